@@ -1,0 +1,28 @@
+from django.contrib import admin
+
+from .models import APIToken, User
+
+
+class APITokenInline(admin.TabularInline):
+    model = APIToken
+    extra = 0
+    fields = ["prefix", "created_at", "revoked_at"]
+    readonly_fields = ["prefix", "created_at"]
+    can_delete = False
+
+
+@admin.register(User)
+class UserAdmin(admin.ModelAdmin):
+    list_display = ["id", "email", "name", "max_concurrent_bots", "is_staff", "created_at"]
+    search_fields = ["email", "name"]
+    readonly_fields = ["created_at", "last_login", "password"]
+    exclude = ["user_permissions", "groups"]
+    inlines = [APITokenInline]
+
+
+@admin.register(APIToken)
+class APITokenAdmin(admin.ModelAdmin):
+    list_display = ["id", "user", "prefix", "created_at", "revoked_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["user__email", "prefix"]
+    readonly_fields = ["token_hash", "prefix", "created_at", "user"]

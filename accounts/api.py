@@ -1,0 +1,94 @@
+"""The admin API (`/admin/...`), guarded by `X-Admin-API-Key`. Views parse, call, serialize."""
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import services
+from .authentication import HasAdminAPIKey
+from .models import User
+from .serializers import (
+    IssuedTokenSerializer,
+    TokenSerializer,
+    UserCreateSerializer,
+    UserSerializer,
+    UserUpdateSerializer,
+)
+
+
+class AdminView(APIView):
+    authentication_classes: list = []
+    permission_classes = [HasAdminAPIKey]
+
+
+def _non_negative_int(request, name: str, default: int, maximum: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError({name: [f"must be a whole number, got {raw!r}"]})
+    if value < 0:
+        raise ValidationError({name: ["must be 0 or more"]})
+    return min(value, maximum) if maximum else value
+
+
+class UsersView(AdminView):
+    def get(self, request):
+        skip = _non_negative_int(request, "skip", 0)
+        limit = _non_negative_int(request, "limit", 100, maximum=1000)
+        users = User.objects.order_by("id")[skip : skip + limit]
+        return Response(UserSerializer(users, many=True).data)
+
+    def post(self, request):
+        body = UserCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        fields = dict(body.validated_data)
+        user, created = services.get_or_create_user(fields.pop("email"), **fields)
+        return Response(UserSerializer(user).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class UserDetailView(AdminView):
+    def get(self, request, user_id: int):
+        return Response(UserSerializer(get_object_or_404(User, pk=user_id)).data)
+
+    def patch(self, request, user_id: int):
+        user = get_object_or_404(User, pk=user_id)
+        body = UserUpdateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        changes = dict(body.validated_data)
+        if "data" in changes:
+            user.data = {**(user.data or {}), **changes.pop("data")}
+        for name, value in changes.items():
+            setattr(user, name, value)
+        user.save()
+        return Response(UserSerializer(user).data)
+
+
+class UserByEmailView(AdminView):
+    def get(self, request, email: str):
+        return Response(UserSerializer(get_object_or_404(User, email__iexact=email)).data)
+
+
+class UserTokensView(AdminView):
+    def get(self, request, user_id: int):
+        user = get_object_or_404(User, pk=user_id)
+        return Response(TokenSerializer(user.api_tokens.order_by("id"), many=True).data)
+
+    def post(self, request, user_id: int):
+        user = get_object_or_404(User, pk=user_id)
+        issued = services.issue_token(user)
+        return Response(IssuedTokenSerializer(issued).data, status=status.HTTP_201_CREATED)
+
+
+class TokenDetailView(AdminView):
+    def delete(self, request, token_id: int):
+        record = services.revoke_token(token_id)
+        if record is None:
+            return Response({"detail": f"Token {token_id} not found."}, status=status.HTTP_404_NOT_FOUND)
+        return Response(TokenSerializer(record).data)

@@ -1,0 +1,42 @@
+from rest_framework import serializers
+
+from .models import APIToken, User
+
+
+class UserSerializer(serializers.ModelSerializer):
+    data = serializers.SerializerMethodField()
+
+    class Meta:
+        model = User
+        fields = ["id", "email", "name", "image_url", "max_concurrent_bots", "data", "created_at"]
+
+    def get_data(self, user: User) -> dict:
+        # The webhook secret signs deliveries; it is shown once when generated, never here.
+        return {k: v for k, v in (user.data or {}).items() if k != "webhook_secret"}
+
+
+class UserCreateSerializer(serializers.Serializer):
+    email = serializers.EmailField()
+    name = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    image_url = serializers.URLField(required=False, allow_blank=True, max_length=1024)
+    max_concurrent_bots = serializers.IntegerField(required=False, min_value=0)
+
+
+class UserUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    image_url = serializers.URLField(required=False, allow_blank=True, max_length=1024)
+    max_concurrent_bots = serializers.IntegerField(required=False, min_value=0)
+    data = serializers.DictField(required=False)
+
+
+class IssuedTokenSerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="record.id")
+    token = serializers.CharField()
+    user_id = serializers.IntegerField(source="record.user_id")
+    created_at = serializers.DateTimeField(source="record.created_at")
+
+
+class TokenSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = APIToken
+        fields = ["id", "user_id", "prefix", "created_at", "revoked_at"]

@@ -1,0 +1,53 @@
+"""Account services: the admin API, the management commands and the Django admin all call these."""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from .models import APIToken, User, hash_token
+
+TOKEN_PREFIX = "bm_"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A freshly issued token: the only moment the clear value exists."""
+
+    record: APIToken
+    token: str
+
+
+def get_or_create_user(email: str, **fields) -> tuple[User, bool]:
+    email = User.objects.normalize_email(email)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    with transaction.atomic():
+        user = User.objects.filter(email__iexact=email).first()
+        if user is not None:
+            return user, False
+        return User.objects.create_user(email=email, **fields), True
+
+
+def issue_token(user: User) -> IssuedToken:
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    record = APIToken.objects.create(user=user, token_hash=hash_token(token), prefix=token[:10])
+    return IssuedToken(record=record, token=token)
+
+
+def revoke_token(token_id: int) -> APIToken | None:
+    record = APIToken.objects.filter(pk=token_id).first()
+    if record is not None and record.revoked_at is None:
+        record.revoked_at = timezone.now()
+        record.save(update_fields=["revoked_at"])
+    return record
+
+
+def user_for_token(token: str) -> User | None:
+    record = (
+        APIToken.objects.select_related("user")
+        .filter(token_hash=hash_token(token), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    return record.user if record else None

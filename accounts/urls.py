@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("admin/users", api.UsersView.as_view()),
+    path("admin/users/email/<str:email>", api.UserByEmailView.as_view()),
+    path("admin/users/<int:user_id>", api.UserDetailView.as_view()),
+    path("admin/users/<int:user_id>/tokens", api.UserTokensView.as_view()),
+    path("admin/tokens/<int:token_id>", api.TokenDetailView.as_view()),
+]

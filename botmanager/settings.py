@@ -1,0 +1,173 @@
+"""Django settings for botmanager.
+
+This module is the only place that reads the process environment. Every knob has a default that
+works on a developer's machine: with no DATABASE_URL / REDIS_URL, the embedded PostgreSQL and Redis
+servers that `botmanager.devstack` starts under RUN_DIR are used.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+_env = os.environ
+
+
+def _str(name: str, default: str) -> str:
+    return _env.get(name, default)
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env.get(name)
+    return default if raw in (None, "") else float(raw)
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = _env.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+# --- Core -----------------------------------------------------------------------------------------
+SECRET_KEY = _str("SECRET_KEY", "dev-insecure-secret-key-change-me-in-production-0123456789")
+DEBUG = _bool("DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in _str("ALLOWED_HOSTS", "*").split(",") if h.strip()]
+PORT = _int("PORT", 8000)
+RUN_DIR = Path(_str("RUN_DIR", str(BASE_DIR / ".run"))).resolve()
+# The URL bots use to reach the callbacks; derived from PORT for the local stack.
+PUBLIC_BASE_URL = _str("PUBLIC_BASE_URL", f"http://127.0.0.1:{PORT}").rstrip("/")
+ADMIN_API_TOKEN = _str("ADMIN_API_TOKEN", "dev-admin-token")
+
+# --- Embedded servers (used only when the URL is not configured) ----------------------------------
+EMBEDDED_POSTGRES_PORT = _int("EMBEDDED_POSTGRES_PORT", 54329)
+EMBEDDED_REDIS_PORT = _int("EMBEDDED_REDIS_PORT", 63799)
+EMBEDDED_POSTGRES = not _env.get("DATABASE_URL")
+EMBEDDED_REDIS = not _env.get("REDIS_URL")
+DATABASE_URL = _env.get("DATABASE_URL") or (
+    f"postgres://botmanager@127.0.0.1:{EMBEDDED_POSTGRES_PORT}/botmanager"
+)
+REDIS_URL = _env.get("REDIS_URL") or f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
+
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=_int("DB_CONN_MAX_AGE", 60))}
+# Parallel test runs on one server need distinct test database names.
+DATABASES["default"]["TEST"] = {"NAME": _str("TEST_DATABASE_NAME", "test_botmanager")}
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "accounts",
+    "meetings",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "botmanager.urls"
+WSGI_APPLICATION = "botmanager.wsgi.application"
+AUTH_USER_MODEL = "accounts.User"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = RUN_DIR / "static"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.APIKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "botmanager.errors.json_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- Users and bots -------------------------------------------------------------------------------
+DEFAULT_MAX_CONCURRENT_BOTS = _int("DEFAULT_MAX_CONCURRENT_BOTS", 1)
+# Signs the meeting token (JWT) handed to each bot.
+BOT_TOKEN_SECRET = _str("BOT_TOKEN_SECRET", SECRET_KEY)
+BOT_TOKEN_TTL_SECONDS = _int("BOT_TOKEN_TTL_SECONDS", 24 * 3600)
+DEFAULT_BOT_NAME = _str("DEFAULT_BOT_NAME", "Botmanager Notetaker")
+# automaticLeave timeouts handed to the bot, in milliseconds.
+BOT_WAITING_ROOM_TIMEOUT_MS = _int("BOT_WAITING_ROOM_TIMEOUT_MS", 300_000)
+BOT_NO_ONE_JOINED_TIMEOUT_MS = _int("BOT_NO_ONE_JOINED_TIMEOUT_MS", 120_000)
+BOT_EVERYONE_LEFT_TIMEOUT_MS = _int("BOT_EVERYONE_LEFT_TIMEOUT_MS", 60_000)
+
+# --- Orchestrators --------------------------------------------------------------------------------
+ORCHESTRATOR = _str("ORCHESTRATOR", "process")
+# Two deployments on one engine never touch each other's bots: every bot carries this label.
+DEPLOYMENT_NAME = _str("DEPLOYMENT_NAME", "local")
+PROCESS_BOT_COMMAND = _str("PROCESS_BOT_COMMAND", "")  # empty: the simulated bot with this Python
+BOT_IMAGE = _str("BOT_IMAGE", "botmanager-simbot:latest")
+DOCKER_NETWORK = _str("DOCKER_NETWORK", "")
+DOCKER_BOT_MEM_LIMIT = _str("DOCKER_BOT_MEM_LIMIT", "")
+DOCKER_BOT_NANO_CPUS = _int("DOCKER_BOT_NANO_CPUS", 0)
+NOMAD_ADDR = _str("NOMAD_ADDR", "http://127.0.0.1:4646")
+NOMAD_TOKEN = _str("NOMAD_TOKEN", "")
+NOMAD_NAMESPACE = _str("NOMAD_NAMESPACE", "")
+NOMAD_BOT_JOB = _str("NOMAD_BOT_JOB", "botmanager-bot")
+
+# --- Lifecycle timing knobs (seconds) -------------------------------------------------------------
+BOT_STOP_DELAY_SECONDS = _float("BOT_STOP_DELAY_SECONDS", 30)
+BOT_STOP_GRACE_SECONDS = _float("BOT_STOP_GRACE_SECONDS", 10)
+BOT_STOP_TIMEOUT_SECONDS = _float("BOT_STOP_TIMEOUT_SECONDS", 10)
+ORPHAN_SWEEP_INTERVAL_SECONDS = _float("ORPHAN_SWEEP_INTERVAL_SECONDS", 60)
+ORPHAN_GRACE_SECONDS = _float("ORPHAN_GRACE_SECONDS", 60)
+REQUESTED_TIMEOUT_SECONDS = _float("REQUESTED_TIMEOUT_SECONDS", 300)
+JOINING_TIMEOUT_SECONDS = _float("JOINING_TIMEOUT_SECONDS", 600)
+AWAITING_ADMISSION_TIMEOUT_SECONDS = _float("AWAITING_ADMISSION_TIMEOUT_SECONDS", 900)
+MAX_BOT_DURATION_SECONDS = _float("MAX_BOT_DURATION_SECONDS", 4 * 3600)
+
+# --- Celery ---------------------------------------------------------------------------------------
+CELERY_BROKER_URL = _str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_ALWAYS_EAGER = _bool("CELERY_TASK_ALWAYS_EAGER", False)
+WEB_CONCURRENCY = _int("WEB_CONCURRENCY", 2)
+CELERY_CONCURRENCY = _int("CELERY_CONCURRENCY", 2)
+
+# --- Logging --------------------------------------------------------------------------------------
+LOG_LEVEL = _str("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

@@ -1,0 +1,46 @@
+"""Celery configuration. Values come from Django settings (the only env reader)."""
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
+
+from django.conf import settings  # noqa: E402
+
+broker_url = settings.CELERY_BROKER_URL
+# Results are not used: tasks report through the database.
+result_backend = None
+task_ignore_result = True
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+# Tasks are idempotent (they re-read the row and do nothing if the meeting moved on), so a task
+# lost with a dying worker is simply redelivered.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+
+# Countdown tasks sit unacknowledged in the broker until due; the visibility timeout must exceed
+# the longest countdown or Redis redelivers them early (a duplicate, harmless but wasteful).
+_longest_countdown = max(
+    settings.BOT_STOP_DELAY_SECONDS,
+    settings.BOT_STOP_GRACE_SECONDS,
+    settings.ORPHAN_SWEEP_INTERVAL_SECONDS,
+)
+broker_transport_options = {"visibility_timeout": int(max(3600, 4 * _longest_countdown))}
+broker_connection_retry_on_startup = True
+
+# Warm shutdown first lets running tasks finish; soft shutdown then gives tasks (including
+# countdown tasks held by the worker) time to be re-queued rather than lost.
+worker_soft_shutdown_timeout = 10.0
+worker_enable_soft_shutdown_on_idle = True
+
+task_soft_time_limit = 60
+task_time_limit = 90
+
+task_default_queue = "botmanager"
+
+# Filled by the stop-reliability work: the orphan sweep is the backstop for every deadline.
+beat_schedule: dict = {}

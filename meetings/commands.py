@@ -1,0 +1,81 @@
+"""Redis side of the bot protocol: command channels, the current session, status events.
+
+The current session is resolved from Redis `bm:meeting:{id}:current_uid`, falling back to the
+newest MeetingSession: the seed system fell back to the *oldest* one, so a bot that had restarted
+never received its leave command (the seed's H2).
+"""
+from __future__ import annotations
+
+import json
+import uuid
+
+from django.utils import timezone
+
+from .models import Meeting, MeetingSession
+from .redis_client import get_redis
+
+
+def meeting_channel(meeting_id: int) -> str:
+    return f"bot_commands:meeting:{meeting_id}"
+
+
+def session_channel(connection_id: str) -> str:
+    return f"bot_commands:{connection_id}"
+
+
+def current_uid_key(meeting_id: int) -> str:
+    return f"bm:meeting:{meeting_id}:current_uid"
+
+
+def status_channel(meeting_id: int) -> str:
+    return f"bm:meeting:{meeting_id}:status"
+
+
+def set_current_session(meeting_id: int, session_uid: str) -> None:
+    get_redis().set(current_uid_key(meeting_id), str(session_uid))
+
+
+def current_session_uid(meeting_id: int) -> str | None:
+    uid = get_redis().get(current_uid_key(meeting_id))
+    if uid:
+        return uid
+    newest = (
+        MeetingSession.objects.filter(meeting_id=meeting_id)
+        .order_by("-started_at", "-id")
+        .values_list("session_uid", flat=True)
+        .first()
+    )
+    return str(newest) if newest else None
+
+
+def _publish_command(meeting_id: int, uid: str | None, command: dict) -> None:
+    r = get_redis()
+    body = json.dumps(command)
+    r.publish(meeting_channel(meeting_id), body)
+    if uid:
+        r.publish(session_channel(uid), body)
+
+
+def publish_leave(meeting_id: int) -> str | None:
+    """Publish `leave` on the meeting channel and the current session's channel; returns that uid."""
+    uid = current_session_uid(meeting_id)
+    _publish_command(meeting_id, uid, {"action": "leave", "meeting_id": meeting_id, "connection_id": uid,
+                                       "command_id": str(uuid.uuid4())})
+    return uid
+
+
+def publish_reconfigure(meeting_id: int, language: str | None, task: str | None) -> str | None:
+    uid = current_session_uid(meeting_id)
+    _publish_command(meeting_id, uid, {"action": "reconfigure", "meeting_id": meeting_id, "uid": uid,
+                                       "language": language, "task": task, "command_id": str(uuid.uuid4())})
+    return uid
+
+
+def publish_status(meeting: Meeting) -> None:
+    event = {
+        "type": "meeting.status",
+        "meeting": {"id": meeting.id, "platform": meeting.platform, "native_id": meeting.native_meeting_id},
+        "payload": {"status": meeting.status},
+        "ts": timezone.now().isoformat(),
+    }
+    get_redis().publish(status_channel(meeting.id), json.dumps(event))

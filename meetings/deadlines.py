@@ -1,0 +1,27 @@
+"""The deadline each status carries: when the manager acts if neither the bot nor the user does.
+
+PostgreSQL owns every deadline (`Meeting.deadline_at`); every applied transition resets it. Celery
+countdown tasks are the fast path, and the beat sweep finalizes whatever is past its deadline.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+
+from .statuses import MeetingStatus as S
+
+
+def seconds_for(status: str) -> float | None:
+    return {
+        S.REQUESTED: settings.REQUESTED_TIMEOUT_SECONDS,
+        S.JOINING: settings.JOINING_TIMEOUT_SECONDS,
+        S.AWAITING_ADMISSION: settings.AWAITING_ADMISSION_TIMEOUT_SECONDS,
+        S.ACTIVE: settings.MAX_BOT_DURATION_SECONDS,
+        S.STOPPING: settings.BOT_STOP_DELAY_SECONDS + settings.BOT_STOP_GRACE_SECONDS,
+    }.get(status)
+
+
+def deadline_for(status: str, now: datetime) -> datetime | None:
+    seconds = seconds_for(status)
+    return None if seconds is None else now + timedelta(seconds=seconds)

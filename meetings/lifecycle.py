@@ -1,0 +1,165 @@
+"""The one writer of `Meeting.status`.
+
+`transition()` locks the meeting row, applies the transition table, records the attempt (refused
+ones too), resets the meeting's deadline, and registers side effects to run after commit. Two
+callbacks, a stop and a sweep racing on one meeting serialize on the row lock; each sees the status
+the previous one committed, so exactly one consistent history results.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from . import commands, deadlines
+from .models import Meeting, MeetingSession, MeetingTransition
+from .statuses import TERMINAL, FailureStage, MeetingStatus, is_allowed
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(str, enum.Enum):
+    APPLIED = "applied"
+    NOOP = "noop"  # already in the requested status: nothing changed, no side effect
+    REFUSED = "refused"  # not allowed by the table, terminal, or from a stale session
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    outcome: Outcome
+    meeting: Meeting
+    from_status: str
+    to_status: str
+    record: MeetingTransition | None
+    refusal: str = ""
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome is Outcome.APPLIED
+
+
+def create_meeting(*, user, platform: str, native_meeting_id: str, data: dict, source: str) -> Meeting:
+    """Insert a meeting in `requested` with its first transition record and deadline.
+
+    Raises IntegrityError when the user already has a live meeting for this platform and id (the
+    partial unique index); callers run it in a savepoint.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        meeting = Meeting.objects.create(
+            user=user, platform=platform, native_meeting_id=native_meeting_id, data=data,
+            status=MeetingStatus.REQUESTED, deadline_at=deadlines.deadline_for(MeetingStatus.REQUESTED, now),
+        )
+        MeetingTransition.objects.create(meeting=meeting, from_status="", to_status=MeetingStatus.REQUESTED,
+                                         source=source, reason="bot requested")
+        transaction.on_commit(lambda: _after_commit(meeting), robust=True)
+    return meeting
+
+
+def transition(
+    meeting_id: int,
+    to_status: str,
+    *,
+    source: str,
+    reason: str = "",
+    completion_reason: str | None = None,
+    failure_stage: str | None = None,
+    session: MeetingSession | None = None,
+    require_current_session: bool = False,
+    metadata: dict[str, Any] | None = None,
+    data_updates: dict[str, Any] | None = None,
+) -> TransitionResult:
+    """Move a meeting to `to_status` if the transition table allows it.
+
+    `require_current_session`: the attempt comes from `session` and must be refused unless that
+    session is the meeting's current one (a stale bot never moves the meeting).
+    `data_updates` are merged into `Meeting.data` only when the transition applies.
+    Raises Meeting.DoesNotExist for an unknown id.
+    """
+    to_status = MeetingStatus(to_status)
+    metadata = dict(metadata or {})
+    with transaction.atomic():
+        meeting = Meeting.objects.select_for_update().get(pk=meeting_id)
+        from_status = meeting.status
+
+        refusal = _refusal(meeting, to_status, session, require_current_session)
+        if refusal is None and from_status == to_status:
+            return TransitionResult(Outcome.NOOP, meeting, from_status, to_status, None)
+
+        record = MeetingTransition(
+            meeting=meeting, from_status=from_status, to_status=to_status, source=source, reason=reason,
+            session=session, metadata=metadata,
+        )
+        if refusal is not None:
+            record.applied = False
+            record.completion_reason = completion_reason
+            record.failure_stage = failure_stage
+            record.metadata = {**metadata, "refused": refusal}
+            record.save()
+            log.info("meeting %s: refused %s -> %s from %s (%s)", meeting.id, from_status, to_status,
+                     source, refusal)
+            return TransitionResult(Outcome.REFUSED, meeting, from_status, to_status, record, refusal)
+
+        now = timezone.now()
+        changed = _apply(meeting, from_status, to_status, now, completion_reason, failure_stage, data_updates)
+        meeting.save(update_fields=changed)
+        record.completion_reason = meeting.completion_reason if to_status in TERMINAL else None
+        record.failure_stage = meeting.failure_stage if to_status == MeetingStatus.FAILED else None
+        record.save()
+        log.info("meeting %s: %s -> %s by %s%s", meeting.id, from_status, to_status, source,
+                 f" ({reason})" if reason else "")
+        transaction.on_commit(lambda: _after_commit(meeting), robust=True)
+        return TransitionResult(Outcome.APPLIED, meeting, from_status, to_status, record)
+
+
+def _refusal(meeting: Meeting, to_status: str, session: MeetingSession | None,
+             require_current_session: bool) -> str | None:
+    if require_current_session and session is not None and meeting.current_session_id != session.id:
+        return "stale session: not the meeting's current bot session"
+    if meeting.status in TERMINAL:
+        return f"meeting is {meeting.status} (terminal)" if meeting.status != to_status else None
+    if meeting.status != to_status and not is_allowed(meeting.status, to_status):
+        return f"transition {meeting.status} -> {to_status} is not allowed"
+    return None
+
+
+def _apply(meeting: Meeting, from_status: str, to_status: str, now, completion_reason: str | None,
+           failure_stage: str | None, data_updates: dict | None) -> list[str]:
+    meeting.status = to_status
+    meeting.deadline_at = deadlines.deadline_for(to_status, now)
+    changed = ["status", "deadline_at", "updated_at"]
+    data = dict(meeting.data or {})
+    if data_updates:
+        data.update(data_updates)
+    if to_status == MeetingStatus.ACTIVE and meeting.start_time is None:
+        meeting.start_time = now
+        changed.append("start_time")
+    if to_status == MeetingStatus.STOPPING and meeting.stop_requested_at is None:
+        meeting.stop_requested_at = now
+        changed.append("stop_requested_at")
+    if to_status in TERMINAL:
+        meeting.end_time = now
+        changed.append("end_time")
+    if to_status == MeetingStatus.COMPLETED:
+        meeting.completion_reason = completion_reason
+        data["completion_reason"] = completion_reason
+        changed.append("completion_reason")
+    if to_status == MeetingStatus.FAILED:
+        # A failure without a stated stage failed in the stage it was in.
+        stage = failure_stage or (from_status if from_status in FailureStage.values else None)
+        meeting.failure_stage = stage
+        data["failure_stage"] = stage
+        changed.append("failure_stage")
+    meeting.data = data
+    changed.append("data")
+    return changed
+
+
+def _after_commit(meeting: Meeting) -> None:
+    # The status event is a notification; the database is the truth. A Redis outage is logged by
+    # Django's robust on_commit and never undoes or fails a committed transition.
+    commands.publish_status(meeting)

@@ -1,0 +1,97 @@
+"""Meeting data and its invariants. Flows live in services (lifecycle, bots, callbacks, reconcile)."""
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from .statuses import LIVE, CompletionReason, FailureStage, MeetingStatus, Platform, TransitionSource
+
+
+class Meeting(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="meetings")
+    platform = models.CharField(max_length=32, choices=Platform.choices)
+    native_meeting_id = models.CharField(max_length=255)
+    # Written only by meetings.lifecycle.
+    status = models.CharField(max_length=32, choices=MeetingStatus.choices, default=MeetingStatus.REQUESTED)
+    completion_reason = models.CharField(max_length=64, choices=CompletionReason.choices, null=True, blank=True)
+    failure_stage = models.CharField(max_length=32, choices=FailureStage.choices, null=True, blank=True)
+    bot_container_id = models.CharField(max_length=255, null=True, blank=True)
+    orchestrator = models.CharField(max_length=32, blank=True, default="")
+    # The bot session whose callbacks may move the meeting (mirrored in Redis for command routing).
+    current_session = models.ForeignKey("MeetingSession", null=True, blank=True, on_delete=models.SET_NULL,
+                                        related_name="+")
+    start_time = models.DateTimeField(null=True, blank=True)
+    end_time = models.DateTimeField(null=True, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
+    # The next moment the manager must act if nothing else happens (set by every applied transition).
+    deadline_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Set when post-meeting work has been handed off, so it runs once whatever path ended the meeting.
+    post_meeting_enqueued_at = models.DateTimeField(null=True, blank=True)
+    post_meeting_done_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "platform", "native_meeting_id"],
+                condition=Q(status__in=sorted(LIVE)),
+                name="meeting_unique_live_per_user",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["user", "platform", "native_meeting_id"], name="meeting_user_platform_id"),
+            models.Index(fields=["status"], name="meeting_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Meeting {self.pk} {self.platform}/{self.native_meeting_id} [{self.status}]"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in (MeetingStatus.COMPLETED, MeetingStatus.FAILED)
+
+
+class MeetingSession(models.Model):
+    """One run of a bot for a meeting; the session uid is the bot's `connection_id` capability."""
+
+    meeting = models.ForeignKey(Meeting, on_delete=models.CASCADE, related_name="sessions")
+    session_uid = models.UUIDField(unique=True, default=uuid.uuid4)
+    started_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["meeting", "-started_at"], name="session_meeting_newest")]
+
+    def __str__(self) -> str:
+        return f"Session {self.session_uid} of meeting {self.meeting_id}"
+
+
+class MeetingTransition(models.Model):
+    """Append-only record of every transition attempt, applied or refused."""
+
+    meeting = models.ForeignKey(Meeting, on_delete=models.CASCADE, related_name="transitions")
+    from_status = models.CharField(max_length=32, blank=True, default="")
+    to_status = models.CharField(max_length=32)
+    source = models.CharField(max_length=32, choices=TransitionSource.choices)
+    reason = models.TextField(blank=True, default="")
+    completion_reason = models.CharField(max_length=64, null=True, blank=True)
+    failure_stage = models.CharField(max_length=32, null=True, blank=True)
+    session = models.ForeignKey(MeetingSession, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="transitions")
+    metadata = models.JSONField(default=dict, blank=True)
+    applied = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["meeting", "id"], name="transition_meeting_order")]
+
+    def __str__(self) -> str:
+        mark = "" if self.applied else " (refused)"
+        return f"{self.from_status or '∅'} → {self.to_status} by {self.source}{mark}"

@@ -1,0 +1,290 @@
+"""The lifecycle core: the transition table, terminal immutability, no-ops, records, side effects,
+and real concurrency on PostgreSQL."""
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+
+import pytest
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+
+from meetings import lifecycle
+from meetings.commands import status_channel
+from meetings.lifecycle import Outcome
+from meetings.models import Meeting, MeetingTransition
+from meetings.statuses import TERMINAL, TRANSITIONS, MeetingStatus, TransitionSource
+from tests.factories import make_meeting, make_session
+
+ALL = [s.value for s in MeetingStatus]
+USER = TransitionSource.USER
+
+
+def _expected(from_status: str, to_status: str) -> Outcome:
+    if from_status == to_status:
+        return Outcome.NOOP
+    if to_status in TRANSITIONS[from_status]:
+        return Outcome.APPLIED
+    return Outcome.REFUSED
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("from_status,to_status", list(itertools.product(ALL, ALL)))
+def test_every_pair_of_the_transition_table(from_status, to_status):
+    meeting = make_meeting(status=from_status)
+    before = MeetingTransition.objects.filter(meeting=meeting).count()
+
+    result = lifecycle.transition(meeting.id, to_status, source=USER, reason="table test")
+
+    meeting.refresh_from_db()
+    expected = _expected(from_status, to_status)
+    assert result.outcome is expected
+    records = MeetingTransition.objects.filter(meeting=meeting).order_by("id")
+    if expected is Outcome.APPLIED:
+        assert meeting.status == to_status
+        last = records.last()
+        assert (last.from_status, last.to_status, last.applied) == (from_status, to_status, True)
+    elif expected is Outcome.NOOP:
+        assert meeting.status == from_status
+        assert records.count() == before
+    else:
+        assert meeting.status == from_status
+        last = records.last()
+        assert (last.from_status, last.to_status, last.applied) == (from_status, to_status, False)
+        assert last.metadata["refused"]
+
+
+def test_the_table_allows_joining_to_active_and_nothing_out_of_terminal():
+    assert MeetingStatus.ACTIVE in TRANSITIONS[MeetingStatus.JOINING]
+    for terminal in TERMINAL:
+        assert TRANSITIONS[terminal] == frozenset()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("terminal", [MeetingStatus.COMPLETED, MeetingStatus.FAILED])
+def test_terminal_meetings_never_change(terminal):
+    meeting = make_meeting(status=terminal, completion_reason="stopped")
+    for target in ALL:
+        lifecycle.transition(meeting.id, target, source=TransitionSource.ORPHAN_SWEEP,
+                             completion_reason="timeout", failure_stage="active")
+    meeting.refresh_from_db()
+    assert meeting.status == terminal
+    assert meeting.completion_reason == "stopped"
+
+
+@pytest.mark.django_db
+def test_repeat_of_current_status_is_a_noop_without_record_or_event(redis_conn):
+    meeting = make_meeting(status=MeetingStatus.ACTIVE)
+    pubsub = redis_conn.pubsub()
+    pubsub.subscribe(status_channel(meeting.id))
+    pubsub.get_message(timeout=1)  # subscription confirmation
+    count = MeetingTransition.objects.count()
+
+    result = lifecycle.transition(meeting.id, MeetingStatus.ACTIVE, source=TransitionSource.BOT_CALLBACK)
+
+    assert result.outcome is Outcome.NOOP
+    assert MeetingTransition.objects.count() == count
+    assert pubsub.get_message(timeout=0.3) is None
+    pubsub.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_applied_transition_publishes_status_event_after_commit(redis_conn):
+    meeting = make_meeting()
+    pubsub = redis_conn.pubsub()
+    pubsub.subscribe(status_channel(meeting.id))
+    pubsub.get_message(timeout=1)
+
+    lifecycle.transition(meeting.id, MeetingStatus.JOINING, source=TransitionSource.BOT_CALLBACK)
+
+    message = pubsub.get_message(timeout=2)
+    pubsub.close()
+    assert message is not None
+    event = json.loads(message["data"])
+    assert event["type"] == "meeting.status"
+    assert event["meeting"] == {"id": meeting.id, "platform": meeting.platform,
+                                "native_id": meeting.native_meeting_id}
+    assert event["payload"] == {"status": "joining"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_refused_transition_publishes_nothing(redis_conn):
+    meeting = make_meeting(status=MeetingStatus.COMPLETED)
+    pubsub = redis_conn.pubsub()
+    pubsub.subscribe(status_channel(meeting.id))
+    pubsub.get_message(timeout=1)
+
+    result = lifecycle.transition(meeting.id, MeetingStatus.ACTIVE, source=TransitionSource.BOT_CALLBACK)
+
+    assert result.outcome is Outcome.REFUSED
+    assert pubsub.get_message(timeout=0.3) is None
+    pubsub.close()
+
+
+@pytest.mark.django_db
+def test_completion_sets_end_time_reason_and_clears_deadline():
+    meeting = make_meeting(status=MeetingStatus.ACTIVE)
+    lifecycle.transition(meeting.id, MeetingStatus.COMPLETED, source=USER, completion_reason="stopped")
+    meeting.refresh_from_db()
+    assert meeting.end_time is not None
+    assert meeting.completion_reason == "stopped"
+    assert meeting.data["completion_reason"] == "stopped"
+    assert meeting.deadline_at is None
+    record = meeting.transitions.last()
+    assert record.completion_reason == "stopped"
+
+
+@pytest.mark.django_db
+def test_failure_without_stage_records_the_stage_it_was_in():
+    meeting = make_meeting(status=MeetingStatus.AWAITING_ADMISSION)
+    lifecycle.transition(meeting.id, MeetingStatus.FAILED, source=TransitionSource.BOT_CALLBACK)
+    meeting.refresh_from_db()
+    assert meeting.failure_stage == "awaiting_admission"
+    assert meeting.data["failure_stage"] == "awaiting_admission"
+
+
+@pytest.mark.django_db
+def test_each_applied_transition_resets_the_deadline(settings):
+    settings.JOINING_TIMEOUT_SECONDS = 100
+    settings.BOT_STOP_DELAY_SECONDS = 30
+    settings.BOT_STOP_GRACE_SECONDS = 10
+    meeting = make_meeting()
+    lifecycle.transition(meeting.id, MeetingStatus.JOINING, source=TransitionSource.BOT_CALLBACK)
+    meeting.refresh_from_db()
+    assert 95 < (meeting.deadline_at - meeting.updated_at).total_seconds() <= 100
+    lifecycle.transition(meeting.id, MeetingStatus.STOPPING, source=USER)
+    meeting.refresh_from_db()
+    assert 35 < (meeting.deadline_at - meeting.updated_at).total_seconds() <= 40
+    assert meeting.stop_requested_at is not None
+
+
+@pytest.mark.django_db
+def test_active_sets_start_time_once():
+    meeting = make_meeting(status=MeetingStatus.AWAITING_ADMISSION)
+    lifecycle.transition(meeting.id, MeetingStatus.ACTIVE, source=TransitionSource.BOT_CALLBACK)
+    meeting.refresh_from_db()
+    assert meeting.start_time is not None
+
+
+@pytest.mark.django_db
+def test_data_updates_merge_only_when_applied():
+    meeting = make_meeting(status=MeetingStatus.COMPLETED, data={"bot_name": "x"})
+    lifecycle.transition(meeting.id, MeetingStatus.FAILED, source=TransitionSource.LAUNCH,
+                         data_updates={"last_error": "boom"})
+    meeting.refresh_from_db()
+    assert "last_error" not in meeting.data
+
+    other = make_meeting(data={"bot_name": "y"})
+    lifecycle.transition(other.id, MeetingStatus.FAILED, source=TransitionSource.LAUNCH,
+                         failure_stage="requested", data_updates={"last_error": "boom"})
+    other.refresh_from_db()
+    assert other.data == {"bot_name": "y", "last_error": "boom", "failure_stage": "requested"}
+
+
+@pytest.mark.django_db
+def test_stale_session_never_moves_the_meeting_and_is_recorded():
+    meeting = make_meeting(status=MeetingStatus.ACTIVE)
+    old = make_session(meeting)
+    make_session(meeting)  # the bot restarted: the new session is current
+
+    result = lifecycle.transition(meeting.id, MeetingStatus.FAILED, source=TransitionSource.BOT_CALLBACK,
+                                  session=old, require_current_session=True)
+
+    meeting.refresh_from_db()
+    assert result.outcome is Outcome.REFUSED
+    assert "stale session" in result.refusal
+    assert meeting.status == MeetingStatus.ACTIVE
+    assert meeting.transitions.last().session_id == old.id
+
+
+@pytest.mark.django_db
+def test_creation_records_the_first_transition_and_deadline():
+    meeting = make_meeting()
+    first = meeting.transitions.get()
+    assert (first.from_status, first.to_status, first.applied) == ("", "requested", True)
+    assert meeting.deadline_at is not None
+
+
+@pytest.mark.django_db
+def test_transition_locks_the_row():
+    meeting = make_meeting()
+    with CaptureQueriesContext(connection) as queries:
+        lifecycle.transition(meeting.id, MeetingStatus.JOINING, source=TransitionSource.BOT_CALLBACK)
+    assert any("FOR UPDATE" in q["sql"] for q in queries.captured_queries)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_transitions_yield_one_consistent_history():
+    """Threads race every kind of transition on the same meetings; each meeting ends with one
+    history in which every applied record starts where the previous one ended."""
+    targets = [MeetingStatus.JOINING, MeetingStatus.AWAITING_ADMISSION, MeetingStatus.ACTIVE,
+               MeetingStatus.STOPPING, MeetingStatus.COMPLETED, MeetingStatus.FAILED,
+               MeetingStatus.ACTIVE, MeetingStatus.STOPPING]
+    meetings = [make_meeting() for _ in range(10)]
+    errors: list[BaseException] = []
+
+    def race(meeting_id: int, target: str, barrier: threading.Barrier) -> None:
+        try:
+            barrier.wait(timeout=10)
+            lifecycle.transition(meeting_id, target, source=TransitionSource.BOT_CALLBACK,
+                                 completion_reason="stopped")
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    for meeting in meetings:
+        barrier = threading.Barrier(len(targets))
+        threads = [threading.Thread(target=race, args=(meeting.id, t, barrier)) for t in targets]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+
+    assert errors == []
+    for meeting in meetings:
+        meeting.refresh_from_db()
+        applied = list(MeetingTransition.objects.filter(meeting=meeting, applied=True).order_by("id"))
+        chain = [r.from_status for r in applied] + [applied[-1].to_status]
+        assert chain[0] == ""
+        for previous, record in zip(applied, applied[1:]):
+            assert record.from_status == previous.to_status
+            assert record.to_status in TRANSITIONS[record.from_status]
+        assert meeting.status == applied[-1].to_status
+        # Every attempt is accounted for: applied, refused, or a no-op repeat.
+        attempts = MeetingTransition.objects.filter(meeting=meeting).count() - 1
+        assert attempts <= len(targets)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_terminal_attempts_have_exactly_one_winner():
+    meeting = make_meeting(status=MeetingStatus.STOPPING)
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(12)
+
+    def finish(i: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            target = MeetingStatus.COMPLETED if i % 2 else MeetingStatus.FAILED
+            result = lifecycle.transition(meeting.id, target, source=TransitionSource.GRACE_FINALIZER,
+                                          completion_reason="stopped")
+            with lock:
+                outcomes.append((target, result.outcome))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+    applied = [o for o in outcomes if o[1] is Outcome.APPLIED]
+    assert len(outcomes) == 12
+    assert len(applied) == 1
+    meeting.refresh_from_db()
+    assert meeting.status == applied[0][0]
+    assert MeetingTransition.objects.filter(meeting=meeting, applied=True, to_status__in=list(TERMINAL)).count() == 1
