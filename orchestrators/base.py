@@ -1,0 +1,90 @@
+"""The orchestrator interface every backend implements, and the types it speaks.
+
+A backend starts a bot from a `BotSpec`, stops it, lists every bot of this deployment in one call,
+and inspects one. Errors talking to the engine raise `OrchestratorError`: `list()` never answers
+an empty list when it could not look, so reconciliation can tell "no bots" from "unknown".
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+# Labels every bot carries. The deployment label keeps two deployments on one engine apart.
+LABEL_MANAGED = "botmanager.managed"
+LABEL_DEPLOYMENT = "botmanager.deployment"
+LABEL_MEETING_ID = "botmanager.meeting_id"
+LABEL_USER_ID = "botmanager.user_id"
+LABEL_SESSION_UID = "botmanager.session_uid"
+
+
+class NormalizedStatus(str, enum.Enum):
+    REQUESTED = "Requested"
+    STARTING = "Starting"
+    UP = "Up"
+    STOPPING = "Stopping"
+    EXITED = "Exited"
+    FAILED = "Failed"
+
+    @property
+    def is_running(self) -> bool:
+        """Could the bot still be doing something (so it must not be judged gone)?"""
+        return self in (NormalizedStatus.REQUESTED, NormalizedStatus.STARTING, NormalizedStatus.UP,
+                        NormalizedStatus.STOPPING)
+
+
+class OrchestratorError(Exception):
+    """The backend could not be reached or answered an error: the state is unknown."""
+
+
+@dataclass(frozen=True)
+class BotSpec:
+    """What to run: the bot's name, its BOT_CONFIG and its labels."""
+
+    name: str
+    config: dict
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BotInfo:
+    """What a backend sees of one bot."""
+
+    container_id: str
+    name: str
+    status: NormalizedStatus
+    raw_status: str
+    labels: dict[str, str]
+    created_at: datetime | None = None
+    exit_code: int | None = None
+
+    @property
+    def meeting_id(self) -> int | None:
+        raw = self.labels.get(LABEL_MEETING_ID)
+        return int(raw) if raw and raw.isdigit() else None
+
+
+def bot_name(meeting_id: int, session_uid: str) -> str:
+    return f"botmanager-bot-{meeting_id}-{str(session_uid).replace('-', '')[:8]}"
+
+
+@runtime_checkable
+class Orchestrator(Protocol):
+    name: str
+
+    def start(self, spec: BotSpec) -> str:
+        """Start the bot; return its container id. Raises OrchestratorError."""
+
+    def stop(self, container_id: str, timeout: float) -> None:
+        """Stop the bot (graceful, then forced after `timeout` seconds). A bot that is already
+        gone counts as stopped. Raises OrchestratorError only when the state is unknown."""
+
+    def list(self) -> list[BotInfo]:
+        """Every bot of this deployment, in one call to the engine. Raises OrchestratorError."""
+
+    def inspect(self, container_id: str) -> BotInfo | None:
+        """One bot, or None when the engine says it does not exist. Raises OrchestratorError."""
+
+    def remove(self, container_id: str) -> None:
+        """Forget an exited bot (its record, container or job). Gone counts as removed."""
