@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from botmanager import errors
 
 from . import services
 from .authentication import HasAdminAPIKey
@@ -24,7 +27,13 @@ class AdminView(APIView):
     permission_classes = [HasAdminAPIKey]
 
 
-def _non_negative_int(request, name: str, default: int, maximum: int | None = None) -> int:
+# PostgreSQL's OFFSET is a bigint: a larger skip would fail in the database (a 500).
+MAX_SKIP = 2**63 - 1
+
+
+def _non_negative_int(request, name: str, default: int, maximum: int | None = None,
+                      largest: int | None = None) -> int:
+    """`maximum` caps the value silently; `largest` refuses values above it."""
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -34,12 +43,14 @@ def _non_negative_int(request, name: str, default: int, maximum: int | None = No
         raise ValidationError({name: [f"must be a whole number, got {raw!r}"]})
     if value < 0:
         raise ValidationError({name: ["must be 0 or more"]})
+    if largest is not None and value > largest:
+        raise ValidationError({name: [f"must be at most {largest}"]})
     return min(value, maximum) if maximum else value
 
 
 class UsersView(AdminView):
     def get(self, request):
-        skip = _non_negative_int(request, "skip", 0)
+        skip = _non_negative_int(request, "skip", 0, largest=MAX_SKIP)
         limit = _non_negative_int(request, "limit", 100, maximum=1000)
         users = User.objects.order_by("id")[skip : skip + limit]
         return Response(UserSerializer(users, many=True).data)
@@ -92,3 +103,10 @@ class TokenDetailView(AdminView):
         if record is None:
             return Response({"detail": f"Token {token_id} not found."}, status=status.HTTP_404_NOT_FOUND)
         return Response(TokenSerializer(record).data)
+
+
+@csrf_exempt
+def unknown_admin_path(request, rest: str = ""):
+    """Any other path under /admin/users or /admin/tokens: a JSON 404, not the Django admin's
+    login redirect (the Django admin is mounted at /admin/ and would catch it)."""
+    return errors.not_found(request)

@@ -2,6 +2,19 @@ from rest_framework import serializers
 
 from .models import APIToken, User
 
+# The largest value the PositiveIntegerField column holds; beyond it PostgreSQL raises (a 500).
+MAX_CONCURRENT_BOTS_LIMIT = 2**31 - 1
+
+
+def _contains_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
+
 
 class UserSerializer(serializers.ModelSerializer):
     data = serializers.SerializerMethodField()
@@ -19,14 +32,22 @@ class UserCreateSerializer(serializers.Serializer):
     email = serializers.EmailField()
     name = serializers.CharField(required=False, allow_blank=True, max_length=255)
     image_url = serializers.URLField(required=False, allow_blank=True, max_length=1024)
-    max_concurrent_bots = serializers.IntegerField(required=False, min_value=0)
+    max_concurrent_bots = serializers.IntegerField(required=False, min_value=0,
+                                                   max_value=MAX_CONCURRENT_BOTS_LIMIT)
 
 
 class UserUpdateSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, allow_blank=True, max_length=255)
     image_url = serializers.URLField(required=False, allow_blank=True, max_length=1024)
-    max_concurrent_bots = serializers.IntegerField(required=False, min_value=0)
+    max_concurrent_bots = serializers.IntegerField(required=False, min_value=0,
+                                                   max_value=MAX_CONCURRENT_BOTS_LIMIT)
     data = serializers.DictField(required=False)
+
+    def validate_data(self, value: dict) -> dict:
+        # PostgreSQL's jsonb cannot store the NUL character (\u0000).
+        if _contains_nul(value):
+            raise serializers.ValidationError("Null characters are not allowed.")
+        return value
 
 
 class IssuedTokenSerializer(serializers.Serializer):

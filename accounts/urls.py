@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from . import api
 
@@ -8,4 +8,5 @@ urlpatterns = [
     path("admin/users/<int:user_id>", api.UserDetailView.as_view()),
     path("admin/users/<int:user_id>/tokens", api.UserTokensView.as_view()),
     path("admin/tokens/<int:token_id>", api.TokenDetailView.as_view()),
+    re_path(r"^admin/(?:users|tokens)(?P<rest>/.*)?$", api.unknown_admin_path),
 ]

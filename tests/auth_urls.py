@@ -1,0 +1,22 @@
+"""URLconf for tests that need a user-API endpoint guarded by the default `X-API-Key`
+authentication, without depending on the real user API: the project's routes plus `/test/whoami`."""
+from django.urls import path
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from botmanager import urls as project_urls
+
+
+class WhoAmI(APIView):
+    """Uses the project's default authentication and permission classes (settings.REST_FRAMEWORK)."""
+
+    def get(self, request):
+        return Response({"user_id": request.user.id, "email": request.user.email})
+
+
+urlpatterns = [path("test/whoami", WhoAmI.as_view()), *project_urls.urlpatterns]
+
+handler400 = project_urls.handler400
+handler403 = project_urls.handler403
+handler404 = project_urls.handler404
+handler500 = project_urls.handler500
