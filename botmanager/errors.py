@@ -26,6 +26,10 @@ def _first_message(errors) -> str:
 
 
 def json_exception_handler(exc, context):
+    from meetings.errors import DomainError
+
+    if isinstance(exc, DomainError):
+        return Response({"detail": exc.detail}, status=exc.http_status)
     if isinstance(exc, exceptions.ValidationError):
         errors = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         return Response(

@@ -59,6 +59,8 @@ REDIS_URL = _env.get("REDIS_URL") or f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=_int("DB_CONN_MAX_AGE", 60))}
 # Parallel test runs on one server need distinct test database names.
 DATABASES["default"]["TEST"] = {"NAME": _str("TEST_DATABASE_NAME", "test_botmanager")}
+# Redis database the tests use as Celery broker, apart from a running `make run`.
+TEST_REDIS_DB = _int("TEST_REDIS_DB", 9)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -130,6 +132,9 @@ BOT_WAITING_ROOM_TIMEOUT_MS = _int("BOT_WAITING_ROOM_TIMEOUT_MS", 300_000)
 BOT_NO_ONE_JOINED_TIMEOUT_MS = _int("BOT_NO_ONE_JOINED_TIMEOUT_MS", 120_000)
 BOT_EVERYONE_LEFT_TIMEOUT_MS = _int("BOT_EVERYONE_LEFT_TIMEOUT_MS", 60_000)
 
+# Webhooks to private/loopback addresses (SSRF guard); allowed by default for local use.
+WEBHOOK_ALLOW_PRIVATE_ADDRESSES = _bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", True)
+
 # --- Orchestrators --------------------------------------------------------------------------------
 ORCHESTRATOR = _str("ORCHESTRATOR", "process")
 # Two deployments on one engine never touch each other's bots: every bot carries this label.
@@ -143,6 +148,12 @@ NOMAD_ADDR = _str("NOMAD_ADDR", "http://127.0.0.1:4646")
 NOMAD_TOKEN = _str("NOMAD_TOKEN", "")
 NOMAD_NAMESPACE = _str("NOMAD_NAMESPACE", "")
 NOMAD_BOT_JOB = _str("NOMAD_BOT_JOB", "botmanager-bot")
+# Engine endpoint of the docker backend; empty: the local socket (unix:///var/run/docker.sock).
+DOCKER_HOST = _str("DOCKER_HOST", "")
+# Timeout of one call to the Docker engine or the Nomad API (a docker stop adds its own grace).
+ORCHESTRATOR_TIMEOUT_SECONDS = _float("ORCHESTRATOR_TIMEOUT_SECONDS", 30)
+# Set by CI: the Docker tests must run there, so a skipped Docker test fails the run.
+CI = _bool("CI", False)
 
 # --- Lifecycle timing knobs (seconds) -------------------------------------------------------------
 BOT_STOP_DELAY_SECONDS = _float("BOT_STOP_DELAY_SECONDS", 30)

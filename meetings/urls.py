@@ -1,3 +1,17 @@
 from django.urls import path
 
-urlpatterns: list = []
+from accounts.user_api import WebhookView
+
+from .api import bots, callbacks, meetings
+
+urlpatterns = [
+    path("bots", bots.BotsView.as_view()),
+    path("bots/status", bots.BotStatusView.as_view()),
+    path("bots/internal/callback/<str:name>", callbacks.CallbackView.as_view()),
+    path("bots/<str:platform>/<str:native_meeting_id>", bots.BotDetailView.as_view()),
+    path("bots/<str:platform>/<str:native_meeting_id>/config", bots.BotConfigView.as_view()),
+    path("meetings", meetings.MeetingsView.as_view()),
+    path("meetings/<int:meeting_id>", meetings.MeetingDetailView.as_view()),
+    path("meetings/<str:platform>/<str:native_meeting_id>", meetings.MeetingByNativeIdView.as_view()),
+    path("user/webhook", WebhookView.as_view()),
+]

@@ -1,0 +1,138 @@
+"""Request validation and response shapes of the user API and the bot callbacks."""
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from .. import platforms
+from ..callbacks import REPORTABLE
+from ..models import Meeting, MeetingTransition
+from ..statuses import CompletionReason, FailureStage, Platform
+
+# Never shown in responses: the passcode travels only inside the meeting URL; the stop reason
+# is internal bookkeeping of the stop flow.
+HIDDEN_DATA_KEYS = {"passcode", "stop_completion_reason"}
+
+
+def validate_platform(value: str) -> str:
+    if value not in Platform.values:
+        raise serializers.ValidationError(
+            f"Unknown platform {value!r}; use one of {', '.join(Platform.values)}.")
+    return value
+
+
+class BotRequestSerializer(serializers.Serializer):
+    platform = serializers.CharField()
+    native_meeting_id = serializers.CharField(max_length=255)
+    bot_name = serializers.CharField(required=False, allow_null=True, max_length=100)
+    language = serializers.CharField(required=False, allow_null=True, max_length=16)
+    task = serializers.ChoiceField(choices=["transcribe", "translate"], required=False, allow_null=True)
+    passcode = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=64)
+
+    def validate_platform(self, value: str) -> str:
+        return validate_platform(value)
+
+    def validate(self, attrs: dict) -> dict:
+        rule = platforms.RULES[Platform(attrs["platform"])]
+        native_id = attrs["native_meeting_id"].strip()
+        if not rule.id_pattern.match(native_id):
+            raise serializers.ValidationError(
+                {"native_meeting_id": [f"Invalid {attrs['platform']} meeting id {native_id!r}: expected {rule.id_hint}."]})
+        attrs["native_meeting_id"] = native_id
+        passcode = attrs.get("passcode") or None
+        if passcode is not None:
+            if rule.passcode_pattern is None:
+                raise serializers.ValidationError(
+                    {"passcode": [f"{attrs['platform']} meetings do not take a passcode."]})
+            if not rule.passcode_pattern.match(passcode):
+                raise serializers.ValidationError({"passcode": ["Invalid passcode format."]})
+        attrs["passcode"] = passcode
+        return attrs
+
+
+class BotConfigSerializer(serializers.Serializer):
+    language = serializers.CharField(required=False, allow_null=True, max_length=16)
+    task = serializers.ChoiceField(choices=["transcribe", "translate"], required=False, allow_null=True)
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs.get("language") is None and attrs.get("task") is None:
+            raise serializers.ValidationError("Give at least one of 'language' or 'task'.")
+        return attrs
+
+
+class MeetingDataPatchSerializer(serializers.Serializer):
+    class DataSerializer(serializers.Serializer):
+        name = serializers.CharField(required=False, allow_null=True, max_length=500)
+        participants = serializers.ListField(child=serializers.CharField(max_length=255), required=False)
+        languages = serializers.ListField(child=serializers.CharField(max_length=16), required=False)
+        notes = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=10000)
+
+        def validate(self, attrs):
+            unknown = set(self.initial_data) - set(self.fields)
+            if unknown:
+                raise serializers.ValidationError(
+                    f"Unknown field(s) {', '.join(sorted(unknown))}; allowed: {', '.join(self.fields)}.")
+            return attrs
+
+    data = DataSerializer()
+
+
+class MeetingSerializer(serializers.ModelSerializer):
+    constructed_meeting_url = serializers.SerializerMethodField()
+    data = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Meeting
+        fields = ["id", "user_id", "platform", "native_meeting_id", "constructed_meeting_url", "status",
+                  "bot_container_id", "start_time", "end_time", "data", "created_at", "updated_at"]
+
+    def get_constructed_meeting_url(self, meeting: Meeting) -> str:
+        return platforms.meeting_url(meeting.platform, meeting.native_meeting_id,
+                                     (meeting.data or {}).get("passcode"))
+
+    def get_data(self, meeting: Meeting) -> dict:
+        return {k: v for k, v in (meeting.data or {}).items() if k not in HIDDEN_DATA_KEYS}
+
+
+class TransitionSerializer(serializers.ModelSerializer):
+    # `from` is a Python keyword, hence the explicit field names.
+    to = serializers.CharField(source="to_status")
+
+    class Meta:
+        model = MeetingTransition
+        fields = ["to", "source", "reason", "completion_reason", "failure_stage", "applied", "created_at"]
+
+    def to_representation(self, instance):
+        body = super().to_representation(instance)
+        return {"from": instance.from_status or None, **body}
+
+
+class MeetingDetailSerializer(MeetingSerializer):
+    transitions = TransitionSerializer(many=True, read_only=True)
+
+    class Meta(MeetingSerializer.Meta):
+        fields = MeetingSerializer.Meta.fields + ["transitions"]
+
+
+class CallbackSerializer(serializers.Serializer):
+    connection_id = serializers.CharField(max_length=64)
+    container_id = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=255)
+    status = serializers.CharField(required=False, allow_null=True)
+    exit_code = serializers.IntegerField(required=False, allow_null=True)
+    reason = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=2000)
+    error_details = serializers.JSONField(required=False, allow_null=True)
+    platform_specific_error = serializers.JSONField(required=False, allow_null=True)
+    completion_reason = serializers.ChoiceField(choices=CompletionReason.values, required=False, allow_null=True)
+    failure_stage = serializers.ChoiceField(choices=FailureStage.values, required=False, allow_null=True)
+    timestamp = serializers.CharField(required=False, allow_null=True, max_length=64)
+
+    def validate(self, attrs: dict) -> dict:
+        name = self.context["name"]
+        if name == "exited" and attrs.get("exit_code") is None:
+            raise serializers.ValidationError({"exit_code": ["The exited callback needs an exit_code."]})
+        if name == "status_change":
+            status = attrs.get("status")
+            if status not in {s.value for s in REPORTABLE}:
+                raise serializers.ValidationError(
+                    {"status": [f"status must be one of {', '.join(sorted(s.value for s in REPORTABLE))}."]})
+        return attrs
+

@@ -1,0 +1,116 @@
+"""User-facing bot services: request, stop and reconfigure a bot. Views, the admin and tasks call these."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+
+from accounts.models import User
+
+from . import commands, lifecycle, stopping
+from .errors import BotLimitReached, DuplicateMeeting, MeetingConflict, MeetingNotFound
+from .models import Meeting
+from .statuses import LIVE, TERMINAL, MeetingStatus, TransitionSource
+
+
+@dataclass(frozen=True)
+class BotRequest:
+    platform: str
+    native_meeting_id: str
+    bot_name: str | None = None
+    language: str | None = None
+    task: str | None = None
+    passcode: str | None = None
+
+
+def request_bot(user: User, req: BotRequest) -> Meeting:
+    """Create a meeting in `requested` and launch its bot once the request commits.
+
+    The limit is counted under a lock on the user row, so N concurrent requests at limit L create
+    exactly L meetings; the partial unique index makes concurrent duplicates lose with a 409.
+    A refused request leaves no row.
+    """
+    from . import tasks
+
+    data = {k: v for k, v in {"bot_name": req.bot_name, "language": req.language, "task": req.task,
+                              "passcode": req.passcode}.items() if v is not None}
+    with transaction.atomic():
+        locked = User.objects.select_for_update().only("id", "max_concurrent_bots").get(pk=user.pk)
+        limit = locked.max_concurrent_bots
+        if limit and Meeting.objects.filter(user_id=user.pk, status__in=sorted(LIVE)).count() >= limit:
+            raise BotLimitReached(f"User has reached the maximum concurrent bot limit ({limit}).")
+        try:
+            with transaction.atomic():
+                meeting = lifecycle.create_meeting(user=locked, platform=req.platform,
+                                                   native_meeting_id=req.native_meeting_id, data=data,
+                                                   source=TransitionSource.USER)
+        except IntegrityError:
+            raise DuplicateMeeting(
+                f"An active or requested meeting already exists for {req.platform}/{req.native_meeting_id}; "
+                "stop it first (DELETE /bots/{platform}/{native_meeting_id})."
+            ) from None
+        transaction.on_commit(lambda: tasks.launch_bot.delay(meeting.id))
+    return meeting
+
+
+def _user_meetings(user: User, platform: str, native_meeting_id: str):
+    return Meeting.objects.filter(user=user, platform=platform, native_meeting_id=native_meeting_id)
+
+
+def stop_bot(user: User, platform: str, native_meeting_id: str) -> str:
+    """Stop every non-terminal meeting of this user/platform/id; returns the message for the user."""
+    meeting_ids = list(_user_meetings(user, platform, native_meeting_id)
+                       .exclude(status__in=sorted(TERMINAL)).order_by("-id").values_list("id", flat=True))
+    if not meeting_ids:
+        newest = _user_meetings(user, platform, native_meeting_id).order_by("-id").first()
+        if newest is None:
+            raise MeetingNotFound(f"No meeting found for {platform}/{native_meeting_id}.")
+        return f"Meeting already {newest.status}."
+    for meeting_id in meeting_ids:
+        stopping.request_stop(meeting_id, source=TransitionSource.USER, reason="stop requested by user")
+    return "Stop request accepted and is being processed."
+
+
+def reconfigure_bot(user: User, platform: str, native_meeting_id: str, *, language: str | None,
+                    task: str | None) -> Meeting:
+    with transaction.atomic():
+        meeting = (_user_meetings(user, platform, native_meeting_id).select_for_update()
+                   .order_by("-id").first())
+        if meeting is None:
+            raise MeetingNotFound(f"No meeting found for {platform}/{native_meeting_id}.")
+        if meeting.status != MeetingStatus.ACTIVE:
+            raise MeetingConflict(f"Meeting found but is not active (status: '{meeting.status}')")
+        changes = {k: v for k, v in {"language": language, "task": task}.items() if v is not None}
+        meeting.data = {**(meeting.data or {}), **changes}
+        meeting.save(update_fields=["data", "updated_at"])
+        meeting_id = meeting.id
+        current = meeting.data
+        transaction.on_commit(lambda: commands.publish_reconfigure(
+            meeting_id, current.get("language"), current.get("task")))
+    return meeting
+
+
+def update_meeting_data(user: User, platform: str, native_meeting_id: str, changes: dict) -> Meeting:
+    with transaction.atomic():
+        meeting = (_user_meetings(user, platform, native_meeting_id).select_for_update()
+                   .order_by("-id").first())
+        if meeting is None:
+            raise MeetingNotFound(f"No meeting found for {platform}/{native_meeting_id}.")
+        meeting.data = {**(meeting.data or {}), **changes}
+        meeting.save(update_fields=["data", "updated_at"])
+    return meeting
+
+
+def delete_meetings(user: User, platform: str, native_meeting_id: str) -> int:
+    """Delete a user's ended meetings for this platform/id (with their history)."""
+    with transaction.atomic():
+        meetings = list(_user_meetings(user, platform, native_meeting_id).select_for_update())
+        if not meetings:
+            raise MeetingNotFound(f"No meeting found for {platform}/{native_meeting_id}.")
+        live = [m for m in meetings if m.status not in TERMINAL]
+        if live:
+            raise MeetingConflict(
+                f"Meeting is still {live[0].status}; stop it first (DELETE /bots/{platform}/{native_meeting_id})."
+            )
+        Meeting.objects.filter(pk__in=[m.pk for m in meetings]).delete()
+    return len(meetings)

@@ -1,0 +1,125 @@
+"""Launching a meeting's bot (run by the `launch_bot` task after the request commits).
+
+Idempotent under redelivery: the session is created and committed before the orchestrator is
+asked, so a redelivered launch finds it. A redelivery whose earlier attempt died between
+`start()` and recording the container id adopts the running bot (found by its session label)
+instead of starting a second one.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+
+from orchestrators.base import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED,
+    LABEL_MEETING_ID,
+    LABEL_SESSION_UID,
+    LABEL_USER_ID,
+    BotSpec,
+    OrchestratorError,
+    bot_name,
+)
+from orchestrators.registry import get_orchestrator
+
+from . import commands, lifecycle, platforms, tokens
+from .models import Meeting, MeetingSession
+from .statuses import FailureStage, MeetingStatus, TransitionSource
+
+log = logging.getLogger(__name__)
+
+
+def build_bot_config(meeting: Meeting, session: MeetingSession, container_name: str) -> dict:
+    data = meeting.data or {}
+    return {
+        "meeting_id": meeting.id,
+        "platform": meeting.platform,
+        "meetingUrl": platforms.meeting_url(meeting.platform, meeting.native_meeting_id, data.get("passcode")),
+        "botName": data.get("bot_name") or settings.DEFAULT_BOT_NAME,
+        "nativeMeetingId": meeting.native_meeting_id,
+        "connectionId": str(session.session_uid),
+        "language": data.get("language"),
+        "task": data.get("task") or "transcribe",
+        "redisUrl": settings.REDIS_URL,
+        "container_name": container_name,
+        "token": tokens.issue(meeting),
+        "automaticLeave": {
+            "waitingRoomTimeout": settings.BOT_WAITING_ROOM_TIMEOUT_MS,
+            "noOneJoinedTimeout": settings.BOT_NO_ONE_JOINED_TIMEOUT_MS,
+            "everyoneLeftTimeout": settings.BOT_EVERYONE_LEFT_TIMEOUT_MS,
+        },
+        "botManagerCallbackUrl": f"{settings.PUBLIC_BASE_URL}/bots/internal/callback/exited",
+    }
+
+
+def bot_labels(meeting: Meeting, session: MeetingSession) -> dict[str, str]:
+    return {
+        LABEL_MANAGED: "true",
+        LABEL_DEPLOYMENT: settings.DEPLOYMENT_NAME,
+        LABEL_MEETING_ID: str(meeting.id),
+        LABEL_USER_ID: str(meeting.user_id),
+        LABEL_SESSION_UID: str(session.session_uid),
+    }
+
+
+def _claim_session(meeting_id: int) -> tuple[Meeting, MeetingSession, bool] | None:
+    """Lock the meeting; return it with the session to launch, and whether a previous attempt
+    already claimed that session. None when there is nothing to launch."""
+    with transaction.atomic():
+        meeting = Meeting.objects.select_for_update().get(pk=meeting_id)
+        if meeting.status != MeetingStatus.REQUESTED or meeting.bot_container_id:
+            return None
+        if meeting.current_session_id:
+            return meeting, meeting.current_session, True
+        session = MeetingSession.objects.create(meeting=meeting)
+        meeting.current_session = session
+        meeting.save(update_fields=["current_session", "updated_at"])
+        return meeting, session, False
+
+
+def launch(meeting_id: int) -> str | None:
+    """Start the meeting's bot; returns the container id (None when nothing was to be done)."""
+    claimed = _claim_session(meeting_id)
+    if claimed is None:
+        return None
+    meeting, session, retried = claimed
+    backend = get_orchestrator()
+    name = bot_name(meeting.id, str(session.session_uid))
+    try:
+        container_id = _adopt(backend, session) if retried else None
+        if container_id is None:
+            spec = BotSpec(name=name, config=build_bot_config(meeting, session, name),
+                           labels=bot_labels(meeting, session))
+            container_id = backend.start(spec)
+    except (OrchestratorError, OSError, ValueError) as exc:
+        log.warning("meeting %s: bot launch failed: %s", meeting.id, exc)
+        lifecycle.transition(meeting.id, MeetingStatus.FAILED, source=TransitionSource.LAUNCH,
+                             reason="bot launch failed", failure_stage=FailureStage.REQUESTED,
+                             session=session, data_updates={"last_error": f"Bot launch failed: {exc}"})
+        return None
+    _record_container(meeting.id, session, container_id, backend)
+    return container_id
+
+
+def _adopt(backend, session: MeetingSession) -> str | None:
+    uid = str(session.session_uid)
+    for info in backend.list():
+        if info.labels.get(LABEL_SESSION_UID) == uid:
+            return info.container_id
+    return None
+
+
+def _record_container(meeting_id: int, session: MeetingSession, container_id: str, backend) -> None:
+    with transaction.atomic():
+        meeting = Meeting.objects.select_for_update().get(pk=meeting_id)
+        meeting.bot_container_id = container_id
+        meeting.orchestrator = backend.name
+        meeting.save(update_fields=["bot_container_id", "orchestrator", "updated_at"])
+        uid = str(session.session_uid)
+        transaction.on_commit(lambda: commands.set_current_session(meeting_id, uid), robust=True)
+        if meeting.is_terminal:
+            # Stopped while the bot was starting: the container must not outlive its meeting.
+            transaction.on_commit(lambda: backend.stop(container_id, timeout=settings.BOT_STOP_TIMEOUT_SECONDS))
+    log.info("meeting %s: bot %s started on %s", meeting_id, container_id, backend.name)

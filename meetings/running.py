@@ -1,0 +1,35 @@
+"""What the user's bots look like from the orchestrator (`GET /bots/status`)."""
+from __future__ import annotations
+
+from orchestrators.base import LABEL_USER_ID, OrchestratorError
+from orchestrators.registry import get_orchestrator
+
+from .errors import BackendUnavailable
+from .models import Meeting
+
+
+def running_bots(user) -> list[dict]:
+    backend = get_orchestrator()
+    try:
+        bots = backend.list()
+    except OrchestratorError as exc:
+        raise BackendUnavailable(f"Could not list bots from the {backend.name} backend: {exc}") from None
+    mine = [b for b in bots if b.labels.get(LABEL_USER_ID) == str(user.pk) and b.status.is_running]
+    meetings = Meeting.objects.filter(user=user, pk__in=[b.meeting_id for b in mine if b.meeting_id]).only(
+        "id", "platform", "native_meeting_id")
+    by_id = {m.id: m for m in meetings}
+    result = []
+    for bot in mine:
+        meeting = by_id.get(bot.meeting_id)
+        result.append({
+            "container_id": bot.container_id,
+            "container_name": bot.name,
+            "platform": meeting.platform if meeting else None,
+            "native_meeting_id": meeting.native_meeting_id if meeting else None,
+            "status": bot.raw_status,
+            "normalized_status": bot.status.value,
+            "created_at": bot.created_at.isoformat() if bot.created_at else None,
+            "labels": bot.labels,
+            "meeting_id_from_name": str(bot.meeting_id) if bot.meeting_id else None,
+        })
+    return result

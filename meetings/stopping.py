@@ -1,0 +1,102 @@
+"""The stop flow: stop request → delayed container stop → post-stop grace finalizer.
+
+1. `request_stop`: persist `stopping` (deadline = now + delay + grace), publish `leave` to the
+   bot's current session on commit, and enqueue `delayed_stop` with countdown
+   BOT_STOP_DELAY_SECONDS. A meeting with no launched bot finishes at once (completed/stopped).
+2. `delayed_stop`: the bot had its chance: stop its container, then enqueue
+   `finalize_after_stop` with countdown BOT_STOP_GRACE_SECONDS.
+3. `finalize_after_stop`: if the bot's exit callback still has not ended the meeting, inspect the
+   container (stop it again if it somehow runs) and finalize completed/stopped.
+Every step re-reads the row and does nothing once the meeting has moved on. The countdowns are
+the fast path; the orphan sweep finalizes from `deadline_at` if they are lost.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+from django.conf import settings
+from django.db import transaction
+
+from orchestrators.base import OrchestratorError
+from orchestrators.registry import get_orchestrator
+
+from . import commands, lifecycle
+from .lifecycle import Outcome, TransitionResult
+from .models import Meeting
+from .statuses import CompletionReason, MeetingStatus, TransitionSource
+
+log = logging.getLogger(__name__)
+
+STOP_REASON_KEY = "stop_completion_reason"
+
+
+def bot_launched(meeting: Meeting) -> bool:
+    return bool(meeting.bot_container_id or meeting.current_session_id)
+
+
+def request_stop(meeting_id: int, *, source: str, reason: str,
+                 completion_reason: str = CompletionReason.STOPPED) -> TransitionResult:
+    from . import tasks
+
+    with transaction.atomic():
+        meeting = Meeting.objects.select_for_update().get(pk=meeting_id)
+        if not meeting.is_terminal and not bot_launched(meeting):
+            return lifecycle.transition(meeting_id, MeetingStatus.COMPLETED, source=source,
+                                        reason=f"{reason}; no bot was launched",
+                                        completion_reason=completion_reason)
+        result = lifecycle.transition(meeting_id, MeetingStatus.STOPPING, source=source, reason=reason,
+                                      data_updates={STOP_REASON_KEY: completion_reason})
+        if result.outcome in (Outcome.APPLIED, Outcome.NOOP) and result.meeting.status == MeetingStatus.STOPPING:
+            # A repeated stop re-sends leave: the bot may have missed the first one.
+            transaction.on_commit(lambda: commands.publish_leave(meeting_id), robust=True)
+        if result.applied:
+            transaction.on_commit(lambda: tasks.delayed_stop.apply_async(
+                (meeting_id,), countdown=settings.BOT_STOP_DELAY_SECONDS), robust=True)
+    return result
+
+
+def _backend(meeting: Meeting):
+    return get_orchestrator(meeting.orchestrator or None)
+
+
+def delayed_stop(meeting_id: int) -> None:
+    from . import tasks
+
+    meeting = Meeting.objects.filter(pk=meeting_id).first()
+    if meeting is None:
+        return
+    if meeting.bot_container_id:
+        # Also when the meeting already ended: a container that outlived its meeting must go
+        # (stopping a gone container is a no-op).
+        _backend(meeting).stop(meeting.bot_container_id, timeout=settings.BOT_STOP_TIMEOUT_SECONDS)
+    if meeting.is_terminal:
+        return
+    tasks.finalize_after_stop.apply_async((meeting_id,), countdown=settings.BOT_STOP_GRACE_SECONDS)
+
+
+def finalize_after_stop(meeting_id: int) -> TransitionResult | None:
+    meeting = Meeting.objects.filter(pk=meeting_id).first()
+    if meeting is None or meeting.is_terminal:
+        return None
+    seen: dict = {"container_id": meeting.bot_container_id}
+    if meeting.bot_container_id:
+        backend = _backend(meeting)
+        try:
+            info = backend.inspect(meeting.bot_container_id)
+        except OrchestratorError as exc:
+            # Unknown state: finalize anyway (the user asked for a stop and the bound must hold);
+            # the sweep stops any container whose meeting is over.
+            seen["backend"] = f"unknown: {exc}"
+        else:
+            seen["backend"] = None if info is None else {**asdict(info), "status": info.status.value,
+                                                         "created_at": str(info.created_at)}
+            if info is not None and info.status.is_running:
+                backend.stop(meeting.bot_container_id, timeout=0)
+                seen["forced_stop"] = True
+    return lifecycle.transition(
+        meeting_id, MeetingStatus.COMPLETED, source=TransitionSource.GRACE_FINALIZER,
+        reason="bot did not report its exit within the stop grace period",
+        completion_reason=(meeting.data or {}).get(STOP_REASON_KEY, CompletionReason.STOPPED),
+        metadata=seen,
+    )
