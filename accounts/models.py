@@ -7,6 +7,7 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models
+from django.db.models.functions import Lower
 
 
 def default_max_concurrent_bots() -> int:
@@ -42,6 +43,13 @@ class User(AbstractBaseUser, PermissionsMixin):
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = UserManager()
+
+    class Meta:
+        constraints = [
+            # Every lookup by email is case-insensitive, so uniqueness must be too.
+            models.UniqueConstraint(Lower("email"), name="accounts_user_email_ci_unique",
+                                    violation_error_message="A user with this email already exists."),
+        ]
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"

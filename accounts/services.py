@@ -4,7 +4,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .models import APIToken, User, hash_token
@@ -21,13 +21,24 @@ class IssuedToken:
 
 
 def get_or_create_user(email: str, **fields) -> tuple[User, bool]:
+    """The user with this email (case-insensitive), created if there is none.
+
+    Two concurrent calls for one email both miss the lookup; the unique index lets one insert win
+    and the other then returns the winner's user.
+    """
     email = User.objects.normalize_email(email)
     fields = {k: v for k, v in fields.items() if v is not None}
-    with transaction.atomic():
+    user = User.objects.filter(email__iexact=email).first()
+    if user is not None:
+        return user, False
+    try:
+        with transaction.atomic():
+            return User.objects.create_user(email=email, **fields), True
+    except IntegrityError:
         user = User.objects.filter(email__iexact=email).first()
-        if user is not None:
-            return user, False
-        return User.objects.create_user(email=email, **fields), True
+        if user is None:
+            raise
+        return user, False
 
 
 def issue_token(user: User) -> IssuedToken:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test import Client
 
 from accounts.models import APIToken, User
@@ -522,3 +524,63 @@ def test_an_unsupported_method_answers_405_json(api, method, path):
     assert response.status_code == 405
     assert response["Content-Type"] == "application/json"
     assert method.upper() in response.json()["detail"]
+
+
+# --- Creation racing another creation of the same email --------------------------------------------
+def _race_create_user(api, committed_email: str, posted_email: str):
+    """Another connection inserts `committed_email` and holds its transaction open while the API
+    creates `posted_email`; once the API is blocked on it (or done), the other side commits."""
+    inserted, release = threading.Event(), threading.Event()
+    result: dict = {}
+
+    def concurrent_insert():
+        try:
+            with transaction.atomic():
+                User.objects.create_user(email=committed_email)
+                inserted.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    def api_call():
+        try:
+            result["response"] = post_json(api, "/admin/users", {"email": posted_email})
+        except Exception as exc:  # the test client re-raises what would have been a 500
+            result["error"] = exc
+        finally:
+            connections.close_all()
+
+    other = threading.Thread(target=concurrent_insert)
+    other.start()
+    assert inserted.wait(10)
+    caller = threading.Thread(target=api_call)
+    caller.start()
+    deadline = time.monotonic() + 10
+    while caller.is_alive() and time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND wait_event_type = 'Lock'")
+            if cursor.fetchone()[0]:
+                break
+        time.sleep(0.02)
+    release.set()
+    other.join(10)
+    caller.join(10)
+    assert "error" not in result, f"the API raised (a 500): {result.get('error')!r}"
+    return result["response"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_create_user_racing_a_concurrent_creation_of_the_same_email_answers_200_with_that_user(api):
+    response = _race_create_user(api, "race@example.com", "race@example.com")
+
+    assert response.status_code == 200
+    assert response.json()["id"] == User.objects.get(email="race@example.com").id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_users_never_share_an_email_that_differs_only_by_case(api):
+    response = _race_create_user(api, "Racer@example.com", "racer@example.com")
+
+    assert response.status_code == 200
+    assert User.objects.filter(email__iexact="racer@example.com").count() == 1
