@@ -1,6 +1,8 @@
 """URLconf for tests that need a user-API endpoint guarded by the default `X-API-Key`
 authentication, without depending on the real user API: the project's routes plus `/test/whoami`."""
 from django.urls import path
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -14,7 +16,26 @@ class WhoAmI(APIView):
         return Response({"user_id": request.user.id, "email": request.user.email})
 
 
-urlpatterns = [path("test/whoami", WhoAmI.as_view()), *project_urls.urlpatterns]
+class NoCredentials(BaseAuthentication):
+    """Finds no credentials (returns None), so DRF raises NotAuthenticated, not AuthenticationFailed."""
+
+    def authenticate(self, request):
+        return None
+
+
+class NeedsAuthentication(APIView):
+    authentication_classes = [NoCredentials]
+    permission_classes = [IsAuthenticated]
+
+    def get(self, request):
+        return Response({"reached": True})
+
+
+urlpatterns = [
+    path("test/whoami", WhoAmI.as_view()),
+    path("test/not-authenticated", NeedsAuthentication.as_view()),
+    *project_urls.urlpatterns,
+]
 
 handler400 = project_urls.handler400
 handler403 = project_urls.handler403
