@@ -1,4 +1,6 @@
+from django import forms
 from django.contrib import admin
+from django.db import models
 
 from .models import APIToken, User
 
@@ -10,6 +12,11 @@ class APITokenInline(admin.TabularInline):
     readonly_fields = ["prefix", "created_at"]
     can_delete = False
 
+    def has_add_permission(self, request, obj=None) -> bool:
+        # Tokens are issued by the admin API or `manage.py create_token` (the only places that
+        # show the value once); a row made here would have an empty hash and no usable token.
+        return False
+
 
 @admin.register(User)
 class UserAdmin(admin.ModelAdmin):
@@ -18,6 +25,7 @@ class UserAdmin(admin.ModelAdmin):
     readonly_fields = ["created_at", "last_login", "password"]
     exclude = ["user_permissions", "groups"]
     inlines = [APITokenInline]
+    formfield_overrides = {models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"}}
 
 
 @admin.register(APIToken)
@@ -26,3 +34,6 @@ class APITokenAdmin(admin.ModelAdmin):
     list_filter = ["revoked_at"]
     search_fields = ["user__email", "prefix"]
     readonly_fields = ["token_hash", "prefix", "created_at", "user"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # see APITokenInline.has_add_permission
