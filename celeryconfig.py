@@ -42,5 +42,12 @@ task_time_limit = 90
 
 task_default_queue = "botmanager"
 
-# Filled by the stop-reliability work: the orphan sweep is the backstop for every deadline.
-beat_schedule: dict = {}
+# The orphan sweep is the backstop for every deadline. `expires` drops a run that waited longer
+# than one interval in the queue: the next one is already due, and runs never pile up.
+beat_schedule = {
+    "orphan-sweep": {
+        "task": "meetings.sweep",
+        "schedule": settings.ORPHAN_SWEEP_INTERVAL_SECONDS,
+        "options": {"expires": settings.ORPHAN_SWEEP_INTERVAL_SECONDS},
+    },
+}

@@ -1,6 +1,16 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.template.response import TemplateResponse
 
+from . import operations, reconcile
 from .models import Meeting, MeetingSession, MeetingTransition
+from .statuses import FailureStage, MeetingStatus
+
+
+class FinalizeForm(forms.Form):
+    OUTCOMES = [("completed", "completed (stopped)")] + [
+        (f"failed:{stage}", f"failed at stage {stage}") for stage in FailureStage.values]
+    outcome = forms.ChoiceField(choices=OUTCOMES)
 
 
 class TransitionInline(admin.TabularInline):
@@ -40,9 +50,45 @@ class MeetingAdmin(admin.ModelAdmin):
     # Status and its companions change only through meetings.lifecycle (and the admin actions).
     readonly_fields = ["status", "completion_reason", "failure_stage", "start_time", "end_time",
                        "stop_requested_at", "deadline_at", "current_session", "bot_container_id",
-                       "orchestrator", "post_meeting_enqueued_at", "post_meeting_done_at",
+                       "orchestrator", "post_meeting_done_at",
                        "created_at", "updated_at", "user", "platform", "native_meeting_id"]
     inlines = [SessionInline, TransitionInline]
+    actions = ["finalize_selected", "run_orphan_sweep"]
+
+    @admin.action(description="Finalize selected meetings")
+    def finalize_selected(self, request, queryset):
+        form = FinalizeForm(request.POST if request.POST.get("confirm") else None)
+        if not form.is_valid():
+            return TemplateResponse(request, "admin/meetings/finalize.html", {
+                **self.admin_site.each_context(request), "form": form, "meetings": list(queryset),
+                "title": "Finalize meetings"})
+        to_status, _, stage = form.cleaned_data["outcome"].partition(":")
+        results = operations.finalize_meetings(
+            list(queryset.values_list("id", flat=True)), to_status=MeetingStatus(to_status),
+            failure_stage=stage or None, actor=request.user.get_username())
+        applied = sum(r.applied for r in results)
+        self.message_user(request, f"Finalized {applied} meeting(s); {len(results) - applied} were already ended.",
+                          messages.SUCCESS)
+        return None
+
+    def changelist_view(self, request, extra_context=None):
+        # The sweep looks at every meeting: let its action run without a selection.
+        from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+
+        if request.method == "POST" and request.POST.get("action") == "run_orphan_sweep" \
+                and not request.POST.getlist(ACTION_CHECKBOX_NAME):
+            post = request.POST.copy()
+            first = Meeting.objects.order_by("pk").values_list("pk", flat=True).first()
+            if first is not None:
+                post.setlist(ACTION_CHECKBOX_NAME, [str(first)])
+                request.POST = post
+        return super().changelist_view(request, extra_context)
+
+    @admin.action(description="Run orphan sweep now")
+    def run_orphan_sweep(self, request, queryset):
+        _plan, summary = reconcile.sweep()
+        level = messages.WARNING if summary.errors or summary.skipped else messages.SUCCESS
+        self.message_user(request, f"Orphan sweep: {summary.as_dict()}", level)
 
 
 @admin.register(MeetingTransition)

@@ -70,6 +70,7 @@ def transition(
     failure_stage: str | None = None,
     session: MeetingSession | None = None,
     require_current_session: bool = False,
+    only_from: frozenset[str] | set[str] | None = None,
     metadata: dict[str, Any] | None = None,
     data_updates: dict[str, Any] | None = None,
 ) -> TransitionResult:
@@ -77,6 +78,8 @@ def transition(
 
     `require_current_session`: the attempt comes from `session` and must be refused unless that
     session is the meeting's current one (a stale bot never moves the meeting).
+    `only_from`: refuse unless the meeting is still in one of these statuses; a decision taken on an
+    earlier read (the sweep, a finalizer) must not act on a meeting that has moved on.
     `data_updates` are merged into `Meeting.data` only when the transition applies.
     Raises Meeting.DoesNotExist for an unknown id.
     """
@@ -86,7 +89,7 @@ def transition(
         meeting = Meeting.objects.select_for_update().get(pk=meeting_id)
         from_status = meeting.status
 
-        refusal = _refusal(meeting, to_status, session, require_current_session)
+        refusal = _refusal(meeting, to_status, session, require_current_session, only_from)
         if refusal is None and from_status == to_status:
             return TransitionResult(Outcome.NOOP, meeting, from_status, to_status, None)
 
@@ -113,13 +116,17 @@ def transition(
         log.info("meeting %s: %s -> %s by %s%s", meeting.id, from_status, to_status, source,
                  f" ({reason})" if reason else "")
         transaction.on_commit(lambda: _after_commit(meeting), robust=True)
+        if to_status in TERMINAL:
+            transaction.on_commit(lambda: _enqueue_post_meeting(meeting.id), robust=True)
         return TransitionResult(Outcome.APPLIED, meeting, from_status, to_status, record)
 
 
 def _refusal(meeting: Meeting, to_status: str, session: MeetingSession | None,
-             require_current_session: bool) -> str | None:
+             require_current_session: bool, only_from) -> str | None:
     if require_current_session and session is not None and meeting.current_session_id != session.id:
         return "stale session: not the meeting's current bot session"
+    if only_from is not None and meeting.status not in only_from and meeting.status != to_status:
+        return f"meeting moved on: it is {meeting.status}, expected {'/'.join(sorted(only_from))}"
     if meeting.status in TERMINAL:
         return f"meeting is {meeting.status} (terminal)" if meeting.status != to_status else None
     if meeting.status != to_status and not is_allowed(meeting.status, to_status):
@@ -157,6 +164,14 @@ def _apply(meeting: Meeting, from_status: str, to_status: str, now, completion_r
     meeting.data = data
     changed.append("data")
     return changed
+
+
+def _enqueue_post_meeting(meeting_id: int) -> None:
+    # A lost enqueue is retried by the sweep (post_meeting_done_at stays empty); a duplicate run
+    # does nothing (post_meeting claims the row under lock).
+    from . import tasks
+
+    tasks.post_meeting.delay(meeting_id)
 
 
 def _after_commit(meeting: Meeting) -> None:

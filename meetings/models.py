@@ -29,8 +29,8 @@ class Meeting(models.Model):
     stop_requested_at = models.DateTimeField(null=True, blank=True)
     # The next moment the manager must act if nothing else happens (set by every applied transition).
     deadline_at = models.DateTimeField(null=True, blank=True, db_index=True)
-    # Set when post-meeting work has been handed off, so it runs once whatever path ended the meeting.
-    post_meeting_enqueued_at = models.DateTimeField(null=True, blank=True)
+    # Set (under the row lock) when post-meeting work ran: it runs once whatever path ended the
+    # meeting, and the sweep re-enqueues it for terminal meetings where it is still empty.
     post_meeting_done_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -46,6 +46,8 @@ class Meeting(models.Model):
         indexes = [
             models.Index(fields=["user", "platform", "native_meeting_id"], name="meeting_user_platform_id"),
             models.Index(fields=["status"], name="meeting_status"),
+            models.Index(fields=["end_time"], name="meeting_post_meeting_pending",
+                         condition=Q(post_meeting_done_at__isnull=True, status__in=["completed", "failed"])),
         ]
 
     def __str__(self) -> str:

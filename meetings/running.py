@@ -1,15 +1,26 @@
 """What the user's bots look like from the orchestrator (`GET /bots/status`)."""
 from __future__ import annotations
 
+import logging
+
+from django.conf import settings
+
 from orchestrators.base import LABEL_USER_ID, OrchestratorError
 from orchestrators.registry import get_orchestrator
 
 from .errors import BackendUnavailable
 from .models import Meeting
 
+log = logging.getLogger(__name__)
+
 
 def running_bots(user) -> list[dict]:
-    backend = get_orchestrator()
+    try:
+        backend = get_orchestrator()
+    except (OrchestratorError, ImportError, ValueError) as exc:
+        # A misconfigured or unreachable backend is an outage to report, not a server error.
+        log.exception("the orchestrator backend could not be loaded")
+        raise BackendUnavailable(f"The bot backend ({settings.ORCHESTRATOR}) is unavailable: {exc}") from None
     try:
         bots = backend.list()
     except OrchestratorError as exc:

@@ -36,7 +36,8 @@ def bot_launched(meeting: Meeting) -> bool:
 
 
 def request_stop(meeting_id: int, *, source: str, reason: str,
-                 completion_reason: str = CompletionReason.STOPPED) -> TransitionResult:
+                 completion_reason: str = CompletionReason.STOPPED,
+                 only_from: set[str] | None = None) -> TransitionResult:
     from . import tasks
 
     with transaction.atomic():
@@ -44,9 +45,9 @@ def request_stop(meeting_id: int, *, source: str, reason: str,
         if not meeting.is_terminal and not bot_launched(meeting):
             return lifecycle.transition(meeting_id, MeetingStatus.COMPLETED, source=source,
                                         reason=f"{reason}; no bot was launched",
-                                        completion_reason=completion_reason)
+                                        completion_reason=completion_reason, only_from=only_from)
         result = lifecycle.transition(meeting_id, MeetingStatus.STOPPING, source=source, reason=reason,
-                                      data_updates={STOP_REASON_KEY: completion_reason})
+                                      data_updates={STOP_REASON_KEY: completion_reason}, only_from=only_from)
         if result.outcome in (Outcome.APPLIED, Outcome.NOOP) and result.meeting.status == MeetingStatus.STOPPING:
             # A repeated stop re-sends leave: the bot may have missed the first one.
             transaction.on_commit(lambda: commands.publish_leave(meeting_id), robust=True)

@@ -66,12 +66,15 @@ class MeetingDataPatchSerializer(serializers.Serializer):
         languages = serializers.ListField(child=serializers.CharField(max_length=16), required=False)
         notes = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=10000)
 
-        def validate(self, attrs):
-            unknown = set(self.initial_data) - set(self.fields)
-            if unknown:
-                raise serializers.ValidationError(
-                    f"Unknown field(s) {', '.join(sorted(unknown))}; allowed: {', '.join(self.fields)}.")
-            return attrs
+        def to_internal_value(self, data):
+            # A nested serializer has no `initial_data`: the raw dict is only seen here.
+            if isinstance(data, dict):
+                unknown = set(data) - set(self.fields)
+                if unknown:
+                    raise serializers.ValidationError(
+                        f"Unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+                        f"allowed: {', '.join(self.fields)}.")
+            return super().to_internal_value(data)
 
     data = DataSerializer()
 

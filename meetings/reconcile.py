@@ -1,0 +1,286 @@
+"""The orphan sweep: deadline enforcement and reconciliation of meetings against the bots the
+orchestrators actually run. It is the backstop of every countdown task.
+
+Level-triggered: desired state comes from the database, observed state from one listing per
+backend in use. `plan()` is pure (snapshot in, decisions out); `apply()` carries the decisions out
+through the lifecycle function and the orchestrators. Rules:
+- a failed listing means "unknown": nothing is judged gone on that backend;
+- a container is judged gone only from a successful listing;
+- a live bot is never stopped while its meeting is still live;
+- every transition names the statuses it expects (`only_from`), so a meeting that moved on since
+  the snapshot is left alone.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from orchestrators.base import BotInfo, OrchestratorError
+from orchestrators.registry import get_orchestrator
+
+from . import lifecycle, stopping
+from .models import Meeting
+from .statuses import NON_TERMINAL, TERMINAL, CompletionReason, MeetingStatus, TransitionSource
+
+log = logging.getLogger(__name__)
+
+SWEEP_LOCK_KEY = 0x626F746D  # "botm": one sweep at a time across all workers
+S = MeetingStatus
+
+
+# --- Snapshot -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MeetingRow:
+    id: int
+    status: str
+    deadline_at: datetime | None
+    updated_at: datetime
+    bot_container_id: str | None
+    orchestrator: str
+    stop_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One backend's bots, or the error that kept us from seeing them (`bots is None`)."""
+
+    backend: str
+    bots: tuple[BotInfo, ...] | None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.bots is not None
+
+
+# --- Decisions ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Finalize:
+    meeting_id: int
+    from_status: str
+    to_status: str
+    reason: str
+    completion_reason: str | None = None
+    failure_stage: str | None = None
+    stop_container: tuple[str, str] | None = None  # (backend, container id) to stop first
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StartStop:
+    """Run the stop flow (an active meeting past its maximum duration)."""
+
+    meeting_id: int
+    completion_reason: str
+
+
+@dataclass(frozen=True)
+class StopContainer:
+    backend: str
+    container_id: str
+    running: bool
+    reason: str
+
+
+@dataclass
+class Plan:
+    checked: int = 0
+    finalize: list[Finalize] = field(default_factory=list)
+    start_stop: list[StartStop] = field(default_factory=list)
+    containers: list[StopContainer] = field(default_factory=list)
+    post_meeting: list[int] = field(default_factory=list)
+    unknown_backends: dict[str, str] = field(default_factory=dict)
+
+
+def plan(meetings: list[MeetingRow], listings: dict[str, Listing], container_meeting_status: dict[int, str],
+         post_meeting_pending: list[int], now: datetime, orphan_grace: timedelta) -> Plan:
+    """Decide what to do. `container_meeting_status` maps the meeting ids named by the listed bots
+    to their status, read *after* the listings (a meeting missing from it does not exist)."""
+    result = Plan(checked=len(meetings), post_meeting=list(post_meeting_pending))
+    result.unknown_backends = {name: l.error for name, l in listings.items() if not l.ok}
+    by_container = {
+        (name, bot.container_id): bot for name, l in listings.items() if l.ok for bot in l.bots
+    }
+    for m in meetings:
+        decision = _deadline_decision(m, now) or _orphan_decision(m, listings, by_container, now, orphan_grace)
+        if isinstance(decision, Finalize):
+            result.finalize.append(decision)
+        elif isinstance(decision, StartStop):
+            result.start_stop.append(decision)
+    for name, listing in listings.items():
+        if not listing.ok:
+            continue
+        for bot in listing.bots:
+            status = container_meeting_status.get(bot.meeting_id) if bot.meeting_id else None
+            if status is None or status in TERMINAL:
+                why = "meeting unknown" if status is None else f"meeting {status}"
+                result.containers.append(StopContainer(name, bot.container_id, bot.status.is_running, why))
+    return result
+
+
+def _container_of(m: MeetingRow) -> tuple[str, str] | None:
+    return (m.orchestrator, m.bot_container_id) if m.bot_container_id and m.orchestrator else None
+
+
+def _deadline_decision(m: MeetingRow, now: datetime):
+    if m.deadline_at is None or m.deadline_at > now:
+        return None
+    container = _container_of(m)
+    overdue = {"deadline_at": m.deadline_at.isoformat()}
+    if m.status == S.STOPPING:
+        return Finalize(m.id, m.status, S.COMPLETED, "stop deadline passed without the bot's exit",
+                        completion_reason=m.stop_reason or CompletionReason.STOPPED, stop_container=container,
+                        metadata=overdue)
+    if m.status == S.REQUESTED:
+        return Finalize(m.id, m.status, S.FAILED, "no bot callback before the requested timeout",
+                        failure_stage=S.REQUESTED, stop_container=container, metadata=overdue)
+    if m.status == S.JOINING:
+        return Finalize(m.id, m.status, S.FAILED, "bot stayed in joining past the timeout",
+                        failure_stage=S.JOINING, stop_container=container, metadata=overdue)
+    if m.status == S.AWAITING_ADMISSION:
+        return Finalize(m.id, m.status, S.COMPLETED, "not admitted before the waiting-room timeout",
+                        completion_reason=CompletionReason.AWAITING_ADMISSION_TIMEOUT, stop_container=container,
+                        metadata=overdue)
+    if m.status == S.ACTIVE:
+        return StartStop(m.id, CompletionReason.MAX_DURATION)
+    return None
+
+
+def _orphan_decision(m: MeetingRow, listings, by_container, now: datetime, grace: timedelta):
+    container = _container_of(m)
+    if container is None or now - m.updated_at < grace:
+        return None
+    listing = listings.get(m.orchestrator)
+    if listing is None or not listing.ok:
+        return None  # unknown: act on nothing
+    bot = by_container.get(container)
+    if bot is not None and bot.status.is_running:
+        return None
+    seen = {"container": "gone"} if bot is None else {
+        "container": bot.status.value, "raw_status": bot.raw_status, "exit_code": bot.exit_code}
+    if m.status == S.STOPPING:
+        return Finalize(m.id, m.status, S.COMPLETED, "bot container is gone; its exit was never reported",
+                        completion_reason=m.stop_reason or CompletionReason.STOPPED, metadata=seen)
+    return Finalize(m.id, m.status, S.FAILED, f"bot container is gone while {m.status}",
+                    failure_stage=m.status, metadata=seen)
+
+
+# --- Snapshot reading -----------------------------------------------------------------------------
+def snapshot_meetings() -> list[MeetingRow]:
+    rows = Meeting.objects.filter(status__in=sorted(NON_TERMINAL)).values_list(
+        "id", "status", "deadline_at", "updated_at", "bot_container_id", "orchestrator",
+        "data__" + stopping.STOP_REASON_KEY)
+    return [MeetingRow(*row) for row in rows]
+
+
+def list_backends(names: set[str]) -> dict[str, Listing]:
+    listings = {}
+    for name in sorted(names):
+        try:
+            listings[name] = Listing(name, tuple(get_orchestrator(name).list()))
+        except OrchestratorError as exc:
+            listings[name] = Listing(name, None, str(exc))
+    return listings
+
+
+def backends_in_use(meetings: list[MeetingRow]) -> set[str]:
+    return {m.orchestrator for m in meetings if m.orchestrator} | {settings.ORCHESTRATOR}
+
+
+def statuses_of(meeting_ids: set[int]) -> dict[int, str]:
+    return dict(Meeting.objects.filter(pk__in=meeting_ids).values_list("id", "status"))
+
+
+def post_meeting_pending(now: datetime, grace: timedelta, limit: int = 1000) -> list[int]:
+    """Terminal meetings whose post-meeting work has not run (a lost enqueue)."""
+    return list(Meeting.objects.filter(status__in=sorted(TERMINAL), post_meeting_done_at__isnull=True,
+                                       end_time__lt=now - grace).order_by("end_time")
+                .values_list("id", flat=True)[:limit])
+
+
+def make_plan(now: datetime | None = None) -> Plan:
+    now = now or timezone.now()
+    grace = timedelta(seconds=settings.ORPHAN_GRACE_SECONDS)
+    meetings = snapshot_meetings()
+    listings = list_backends(backends_in_use(meetings))
+    named = {bot.meeting_id for l in listings.values() if l.ok for bot in l.bots if bot.meeting_id}
+    return plan(meetings, listings, statuses_of(named), post_meeting_pending(now, grace), now, grace)
+
+
+# --- Applying -------------------------------------------------------------------------------------
+@dataclass
+class Summary:
+    checked: int = 0
+    finalized: int = 0
+    stops_requested: int = 0
+    containers_stopped: int = 0
+    post_meeting_enqueued: int = 0
+    skipped: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def apply(p: Plan) -> Summary:
+    from . import tasks
+
+    summary = Summary(checked=p.checked)
+    summary.errors.extend(f"{name}: listing failed: {err}" for name, err in p.unknown_backends.items())
+    for f in p.finalize:
+        if f.stop_container:
+            _stop(summary, *f.stop_container, running=True)
+        result = lifecycle.transition(
+            f.meeting_id, f.to_status, source=TransitionSource.ORPHAN_SWEEP, reason=f.reason,
+            completion_reason=f.completion_reason, failure_stage=f.failure_stage, metadata=f.metadata,
+            only_from={f.from_status})
+        summary.finalized += int(result.applied)
+    for s in p.start_stop:
+        result = stopping.request_stop(s.meeting_id, source=TransitionSource.ORPHAN_SWEEP,
+                                       reason="maximum bot duration reached", completion_reason=s.completion_reason,
+                                       only_from={S.ACTIVE})
+        summary.stops_requested += int(result.applied)
+    for c in p.containers:
+        if _stop(summary, c.backend, c.container_id, running=c.running, remove=True):
+            summary.containers_stopped += int(c.running)
+    for meeting_id in p.post_meeting:
+        tasks.post_meeting.delay(meeting_id)
+        summary.post_meeting_enqueued += 1
+    return summary
+
+
+def _stop(summary: Summary, backend: str, container_id: str, *, running: bool, remove: bool = False) -> bool:
+    orchestrator = get_orchestrator(backend)
+    try:
+        if running:
+            orchestrator.stop(container_id, timeout=settings.BOT_STOP_TIMEOUT_SECONDS)
+        if remove:
+            orchestrator.remove(container_id)
+    except OrchestratorError as exc:
+        # Counted and reported; the next sweep tries again.
+        summary.errors.append(f"{backend}: could not stop {container_id}: {exc}")
+        log.warning("sweep: could not stop %s on %s: %s", container_id, backend, exc)
+        return False
+    return True
+
+
+def sweep(dry_run: bool = False) -> tuple[Plan, Summary]:
+    """One sweep pass, at most one at a time (PostgreSQL advisory lock)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [SWEEP_LOCK_KEY])
+        if not cursor.fetchone()[0]:
+            log.info("sweep: another sweep is running; skipped")
+            return Plan(), Summary(skipped=True)
+    try:
+        p = make_plan()
+        summary = Summary(checked=p.checked) if dry_run else apply(p)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [SWEEP_LOCK_KEY])
+    log.info("sweep: %s", summary.as_dict())
+    return p, summary
