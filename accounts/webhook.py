@@ -17,7 +17,12 @@ class InvalidWebhookURL(ValueError):
 
 
 def validate_webhook_url(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        # urlsplit refuses a malformed IPv6 host; `.port` refuses a port out of 0-65535.
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (validates)
+    except ValueError as exc:
+        raise InvalidWebhookURL(f"webhook_url is not a valid URL: {exc}.") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidWebhookURL("webhook_url must be an absolute http:// or https:// URL.")
     if parts.username or parts.password:
@@ -30,7 +35,8 @@ def validate_webhook_url(url: str) -> str:
 def _is_private(host: str) -> bool:
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except socket.gaierror:
+    except (socket.gaierror, UnicodeError):
+        # Unresolvable (or not even encodable as a DNS name): nothing private to reach.
         return False
     return any(ipaddress.ip_address(a.split("%")[0]).is_private or ipaddress.ip_address(a.split("%")[0]).is_loopback
                for a in addresses)

@@ -36,8 +36,13 @@ def request_bot(user: User, req: BotRequest) -> Meeting:
                               "passcode": req.passcode}.items() if v is not None}
     with transaction.atomic():
         locked = User.objects.select_for_update().only("id", "max_concurrent_bots").get(pk=user.pk)
+        live = Meeting.objects.filter(user_id=user.pk, status__in=sorted(LIVE))
+        # The duplicate is reported before the limit (as Vexa does): at the limit, a repeated
+        # request for a bot the user already has must say so, not "limit reached".
+        if live.filter(platform=req.platform, native_meeting_id=req.native_meeting_id).exists():
+            raise _duplicate(req)
         limit = locked.max_concurrent_bots
-        if limit and Meeting.objects.filter(user_id=user.pk, status__in=sorted(LIVE)).count() >= limit:
+        if limit and live.count() >= limit:
             raise BotLimitReached(f"User has reached the maximum concurrent bot limit ({limit}).")
         try:
             with transaction.atomic():
@@ -45,12 +50,17 @@ def request_bot(user: User, req: BotRequest) -> Meeting:
                                                    native_meeting_id=req.native_meeting_id, data=data,
                                                    source=TransitionSource.USER)
         except IntegrityError:
-            raise DuplicateMeeting(
-                f"An active or requested meeting already exists for {req.platform}/{req.native_meeting_id}; "
-                "stop it first (DELETE /bots/{platform}/{native_meeting_id})."
-            ) from None
+            # The partial unique index: the backstop should any writer skip the user lock.
+            raise _duplicate(req) from None
         transaction.on_commit(lambda: tasks.launch_bot.delay(meeting.id))
     return meeting
+
+
+def _duplicate(req: BotRequest) -> DuplicateMeeting:
+    return DuplicateMeeting(
+        f"An active or requested meeting already exists for {req.platform}/{req.native_meeting_id}; "
+        "stop it first (DELETE /bots/{platform}/{native_meeting_id})."
+    )
 
 
 def _user_meetings(user: User, platform: str, native_meeting_id: str):

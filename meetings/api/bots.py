@@ -7,7 +7,7 @@ from rest_framework.views import APIView
 
 from .. import bots, running
 from .serializers import BotConfigSerializer, BotRequestSerializer, MeetingSerializer
-from .util import validated, validated_platform
+from .util import validated, validated_meeting_ref
 
 
 class BotsView(APIView):
@@ -19,14 +19,14 @@ class BotsView(APIView):
 
 class BotDetailView(APIView):
     def delete(self, request, platform: str, native_meeting_id: str):
-        message = bots.stop_bot(request.user, validated_platform(platform), native_meeting_id)
+        message = bots.stop_bot(request.user, *validated_meeting_ref(platform, native_meeting_id))
         return Response({"message": message}, status=status.HTTP_202_ACCEPTED)
 
 
 class BotConfigView(APIView):
     def put(self, request, platform: str, native_meeting_id: str):
         body = validated(BotConfigSerializer, request.data)
-        bots.reconfigure_bot(request.user, validated_platform(platform), native_meeting_id,
+        bots.reconfigure_bot(request.user, *validated_meeting_ref(platform, native_meeting_id),
                              language=body.get("language"), task=body.get("task"))
         return Response({"message": "Reconfiguration request accepted and sent to the bot."},
                         status=status.HTTP_202_ACCEPTED)

@@ -8,7 +8,7 @@ from .. import bots
 from ..errors import MeetingNotFound
 from ..models import Meeting
 from .serializers import MeetingDataPatchSerializer, MeetingDetailSerializer, MeetingSerializer
-from .util import validated, validated_platform
+from .util import validated, validated_meeting_ref
 
 
 class MeetingsView(APIView):
@@ -29,10 +29,10 @@ class MeetingDetailView(APIView):
 class MeetingByNativeIdView(APIView):
     def patch(self, request, platform: str, native_meeting_id: str):
         body = validated(MeetingDataPatchSerializer, request.data)
-        meeting = bots.update_meeting_data(request.user, validated_platform(platform), native_meeting_id,
+        meeting = bots.update_meeting_data(request.user, *validated_meeting_ref(platform, native_meeting_id),
                                            body["data"])
         return Response(MeetingSerializer(meeting).data)
 
     def delete(self, request, platform: str, native_meeting_id: str):
-        count = bots.delete_meetings(request.user, validated_platform(platform), native_meeting_id)
+        count = bots.delete_meetings(request.user, *validated_meeting_ref(platform, native_meeting_id))
         return Response({"message": f"Deleted {count} meeting(s) for {platform}/{native_meeting_id}."})

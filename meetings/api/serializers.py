@@ -120,13 +120,19 @@ class CallbackSerializer(serializers.Serializer):
     connection_id = serializers.CharField(max_length=64)
     container_id = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=255)
     status = serializers.CharField(required=False, allow_null=True)
-    exit_code = serializers.IntegerField(required=False, allow_null=True)
+    # The range of the MeetingSession.exit_code column (a larger value was a database error, a 500).
+    exit_code = serializers.IntegerField(required=False, allow_null=True, min_value=-(2**31), max_value=2**31 - 1)
     reason = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=2000)
     error_details = serializers.JSONField(required=False, allow_null=True)
     platform_specific_error = serializers.JSONField(required=False, allow_null=True)
     completion_reason = serializers.ChoiceField(choices=CompletionReason.values, required=False, allow_null=True)
     failure_stage = serializers.ChoiceField(choices=FailureStage.values, required=False, allow_null=True)
     timestamp = serializers.CharField(required=False, allow_null=True, max_length=64)
+
+    def to_internal_value(self, data):
+        # PostgreSQL cannot store NUL (\u0000) in text or jsonb (a 500). A bot's report is machine
+        # input it cannot correct, so NULs are dropped rather than the whole callback refused.
+        return super().to_internal_value(_without_nul(data))
 
     def validate(self, attrs: dict) -> dict:
         name = self.context["name"]
@@ -139,3 +145,12 @@ class CallbackSerializer(serializers.Serializer):
                     {"status": [f"status must be one of {', '.join(sorted(s.value for s in REPORTABLE))}."]})
         return attrs
 
+
+def _without_nul(value):
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
