@@ -1,0 +1,42 @@
+"""`python -m simbot`: run one simulated bot from the BOT_CONFIG environment variable."""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+
+import redis
+
+from . import config
+from .bot import SimBot
+from .callbacks import CallbackClient
+
+log = logging.getLogger("simbot")
+
+
+def main() -> int:
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
+                        format="%(asctime)s simbot %(levelname)s %(message)s")
+    try:
+        cfg = config.load()
+    except config.ConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    log.info("starting; BOT_CONFIG %s; faults %s", json.dumps(config.redacted(cfg.raw)),
+             ",".join(sorted(cfg.faults)) or "none")
+    client = redis.Redis.from_url(cfg.redis_url, decode_responses=True, socket_connect_timeout=5,
+                                  socket_timeout=10, health_check_interval=10)
+    bot = SimBot(cfg, client, CallbackClient(cfg.exited_url, cfg.callback_retry_seconds,
+                                             duplicate=cfg.has("duplicate_callbacks")))
+    signal.signal(signal.SIGTERM, bot.on_signal)
+    signal.signal(signal.SIGINT, bot.on_signal)
+    try:
+        return bot.run()
+    except redis.RedisError as exc:
+        log.error("redis unusable at %s: %s", config.redacted(cfg.raw)["redisUrl"], exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
