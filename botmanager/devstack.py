@@ -204,7 +204,7 @@ def start_redis(run_dir: Path, port: int) -> bool:
     subprocess.run(
         [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
          "--dir", str(data), "--pidfile", str(data / "redis.pid"), "--logfile", str(log),
-         "--save", "60 1", "--appendonly", "no", "--protected-mode", "no"],
+         "--save", "60", "1", "--appendonly", "no", "--protected-mode", "no"],
         check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
     )
     _wait_port(port, 20, "Redis", log)
