@@ -31,9 +31,20 @@ class NeedsAuthentication(APIView):
         return Response({"reached": True})
 
 
+class Crashes(APIView):
+    """An unexpected error inside a view (what the 500 handler is for)."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    def get(self, request):
+        raise RuntimeError("boom: a bug in a view")
+
+
 urlpatterns = [
     path("test/whoami", WhoAmI.as_view()),
     path("test/not-authenticated", NeedsAuthentication.as_view()),
+    path("test/crash", Crashes.as_view()),
     *project_urls.urlpatterns,
 ]
 

@@ -133,6 +133,24 @@ def test_a_view_that_finds_no_credentials_answers_403_json_with_detail():
     assert response.json() == {"detail": "Authentication credentials were not provided."}
 
 
+# --- Errors outside any view answer JSON too ------------------------------------------------------
+def test_an_unknown_url_answers_404_json():
+    response = Client().get("/no/such/page")
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Not found: /no/such/page"}
+
+
+def test_an_unexpected_error_answers_500_json_without_leaking_the_error():
+    response = Client(raise_request_exception=False).get("/test/crash")
+
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Internal server error; the error has been logged."}
+    assert b"boom" not in response.content
+
+
 # --- The authentication class on its own ----------------------------------------------------------
 def test_authenticate_returns_the_tokens_user():
     user = make_user()
