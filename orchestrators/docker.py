@@ -1,0 +1,296 @@
+"""Docker backend: one container per bot, on the engine at DOCKER_HOST (default: the local socket).
+
+- start: `create` then `start` (never `containers.run`, which silently tries a registry pull when
+  the image is missing); the container carries BOT_CONFIG in its env, our labels, the name the
+  launcher chose, the DOCKER_NETWORK network and optional memory/CPU limits. No auto-remove: the
+  sweep must be able to read the exit code of a bot that died, so exited containers stay until
+  `remove()` is called for them.
+- list: one `containers.list(all=True, filters={"label": ...}, sparse=True)` call (sparse: the
+  non-sparse variant inspects every container, i.e. N+1 calls). The exit code comes from the
+  list's `Status` text ("Exited (137) 2 seconds ago"), the only place the list endpoint has it.
+- every engine error (engine down, timeout, API error) becomes OrchestratorError: the caller can
+  tell "no bots" from "could not look".
+
+Status mapping (engine `State` → normalized status):
+
+| engine state | normalized | why |
+|---|---|---|
+| created    | Starting | exists, its process has not started yet |
+| running    | Up       | |
+| paused     | Up       | frozen, not gone: it resumes where it was |
+| restarting | Starting | between two runs under a restart policy |
+| removing   | Stopping | on its way out; it disappears on its own |
+| exited     | Exited if exit code 0, else Failed | |
+| dead       | Failed   | the engine could not stop or remove it cleanly |
+| (other)    | Starting | an unknown state is never reported as gone |
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+from datetime import datetime, timezone
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from .base import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED,
+    LABEL_SESSION_UID,
+    BotInfo,
+    BotSpec,
+    NormalizedStatus,
+    OrchestratorError,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+STATUS_MAP: dict[str, NormalizedStatus] = {
+    "created": NormalizedStatus.STARTING,
+    "running": NormalizedStatus.UP,
+    "paused": NormalizedStatus.UP,
+    "restarting": NormalizedStatus.STARTING,
+    "removing": NormalizedStatus.STOPPING,
+    "exited": NormalizedStatus.EXITED,  # FAILED when the exit code is not 0, see normalize_status
+    "dead": NormalizedStatus.FAILED,
+}
+
+# `Status` of the list endpoint: "Exited (137) 5 seconds ago", "Restarting (3) 1 second ago".
+_EXIT_CODE_IN_STATUS = re.compile(r"^(?:Exited|Restarting) \((-?\d+)\)")
+
+# What the docker SDK lets escape besides its own DockerException: requests' connection and
+# timeout errors are not wrapped by it.
+_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def normalize_status(state: str, exit_code: int | None) -> NormalizedStatus:
+    """The normalized status of an engine `State`, as documented in the module table."""
+    state = (state or "").lower()
+    if state == "exited":
+        return NormalizedStatus.EXITED if exit_code == 0 else NormalizedStatus.FAILED
+    status = STATUS_MAP.get(state)
+    if status is None:
+        log.warning("docker: unknown container state %r, reported as Starting", state)
+        return NormalizedStatus.STARTING
+    return status
+
+
+def exit_code_from_status_text(text: str | None) -> int | None:
+    match = _EXIT_CODE_IN_STATUS.match(text or "")
+    return int(match.group(1)) if match else None
+
+
+def _parse_created(value) -> datetime | None:
+    """`Created` is unix seconds in the list endpoint and RFC 3339 (nanoseconds) in inspect."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    # Python parses at most microseconds: cut the fraction to 6 digits, keep the offset.
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$", value)
+    if not match:
+        return None
+    base, fraction, offset = match.groups()
+    text = base + (f".{fraction[:6]}" if fraction else "") + (
+        "+00:00" if offset in (None, "Z") else offset)
+    return datetime.fromisoformat(text)
+
+
+class DockerOrchestrator:
+    name = "docker"
+
+    def __init__(self, *, image: str, deployment: str, network: str = "", mem_limit: str = "",
+                 nano_cpus: int = 0, base_url: str = DEFAULT_DOCKER_HOST, timeout: float = 30,
+                 client: docker.DockerClient | None = None):
+        if not deployment:
+            raise ValueError("DockerOrchestrator needs a deployment name (DEPLOYMENT_NAME).")
+        self.image = image
+        self.deployment = deployment
+        self.network = network
+        self.mem_limit = mem_limit
+        self.nano_cpus = nano_cpus
+        self.base_url = base_url
+        self.timeout = timeout
+        self._client = client
+        self._client_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings) -> "DockerOrchestrator":
+        return cls(
+            image=settings.BOT_IMAGE,
+            deployment=settings.DEPLOYMENT_NAME,
+            network=settings.DOCKER_NETWORK,
+            mem_limit=settings.DOCKER_BOT_MEM_LIMIT,
+            nano_cpus=settings.DOCKER_BOT_NANO_CPUS,
+            base_url=settings.DOCKER_HOST or DEFAULT_DOCKER_HOST,
+            timeout=settings.ORCHESTRATOR_TIMEOUT_SECONDS,
+        )
+
+    # --- engine access ----------------------------------------------------------------------------
+    @property
+    def client(self) -> docker.DockerClient:
+        """Created on first use: the SDK asks the engine for its API version when it is built, so
+        building it eagerly would make an engine that is down at import time fail forever."""
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    self._client = docker.DockerClient(base_url=self.base_url, version="auto",
+                                                       timeout=self.timeout)
+                except _ENGINE_ERRORS as exc:
+                    raise OrchestratorError(
+                        f"Docker engine at {self.base_url} is not reachable: {exc}") from exc
+            return self._client
+
+    def _label_filters(self) -> list[str]:
+        return [f"{LABEL_MANAGED}=true", f"{LABEL_DEPLOYMENT}={self.deployment}"]
+
+    # --- interface --------------------------------------------------------------------------------
+    def start(self, spec: BotSpec) -> str:
+        # The backend, not the caller, owns the two labels list() filters on: a bot it starts is
+        # always visible to this deployment and never to another one.
+        labels = {str(k): str(v) for k, v in spec.labels.items()}
+        labels[LABEL_MANAGED] = "true"
+        labels[LABEL_DEPLOYMENT] = self.deployment
+        options = {
+            "image": self.image,
+            "name": spec.name,
+            "environment": {"BOT_CONFIG": json.dumps(spec.config)},
+            "labels": labels,
+            "detach": True,
+            "auto_remove": False,
+        }
+        if self.network:
+            options["network"] = self.network
+        if self.mem_limit:
+            options["mem_limit"] = self.mem_limit
+        if self.nano_cpus:
+            options["nano_cpus"] = self.nano_cpus
+        try:
+            container = self.client.containers.create(**options)
+        except docker.errors.ImageNotFound as exc:
+            raise OrchestratorError(
+                f"Bot image {self.image!r} is not present on the Docker engine (it is never pulled "
+                f"implicitly): build it (docker build -f Dockerfile.simbot -t {self.image} .) or "
+                f"pull it, or set BOT_IMAGE. Engine said: {exc.explanation}") from exc
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                return self._adopt_same_session(spec, labels, exc)
+            raise OrchestratorError(f"Docker could not create bot {spec.name}: {exc.explanation or exc}") from exc
+        except _ENGINE_ERRORS as exc:
+            raise OrchestratorError(f"Docker could not create bot {spec.name}: {exc}") from exc
+        try:
+            container.start()
+        except _ENGINE_ERRORS as exc:
+            self._discard_unstarted(container.id)
+            raise OrchestratorError(f"Docker could not start bot {spec.name}: {exc}") from exc
+        return container.id
+
+    def _adopt_same_session(self, spec: BotSpec, labels: dict[str, str], conflict) -> str:
+        """A name conflict on create: when the existing container is this very session's bot (a
+        retried start), it is the answer; anything else is a real conflict."""
+        try:
+            existing = self.client.containers.get(spec.name)
+        except _ENGINE_ERRORS as exc:
+            raise OrchestratorError(f"Docker name conflict for bot {spec.name}: {conflict}") from exc
+        theirs = existing.labels or {}
+        ours = labels.get(LABEL_SESSION_UID)
+        if (ours is not None and theirs.get(LABEL_SESSION_UID) == ours
+                and theirs.get(LABEL_DEPLOYMENT) == self.deployment):
+            if existing.status == "created":
+                try:
+                    existing.start()
+                except _ENGINE_ERRORS as exc:
+                    raise OrchestratorError(f"Docker could not start bot {spec.name}: {exc}") from exc
+            return existing.id
+        raise OrchestratorError(
+            f"A container named {spec.name} already exists and belongs to another session or "
+            f"deployment: {conflict.explanation or conflict}")
+
+    def _discard_unstarted(self, container_id: str) -> None:
+        """A container that was created but could not start must not linger as 'created' (which
+        would read as Starting forever)."""
+        try:
+            self.client.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            return
+        except _ENGINE_ERRORS as exc:
+            log.warning("docker: could not remove unstarted container %s: %s", container_id, exc)
+
+    def stop(self, container_id: str, timeout: float) -> None:
+        # Docker takes whole seconds; rounding up never gives the bot less time than asked.
+        seconds = max(0, math.ceil(timeout))
+        try:
+            # The SDK widens its HTTP timeout by `seconds` for this call on its own.
+            self.client.api.stop(container_id, timeout=seconds)
+        except docker.errors.NotFound:
+            return  # already gone: stopped
+        except _ENGINE_ERRORS as exc:
+            raise OrchestratorError(f"Docker could not stop {container_id}: {exc}") from exc
+
+    def list(self) -> list[BotInfo]:
+        try:
+            containers = self.client.containers.list(
+                all=True, filters={"label": self._label_filters()}, sparse=True)
+        except _ENGINE_ERRORS as exc:
+            raise OrchestratorError(f"Docker could not list bots: {exc}") from exc
+        return [self._from_list_entry(c.attrs) for c in containers]
+
+    def inspect(self, container_id: str) -> BotInfo | None:
+        try:
+            attrs = self.client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return None
+        except _ENGINE_ERRORS as exc:
+            raise OrchestratorError(f"Docker could not inspect {container_id}: {exc}") from exc
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_DEPLOYMENT) != self.deployment or labels.get(LABEL_MANAGED) != "true":
+            # Consistent with list(): another deployment's container does not exist for us.
+            return None
+        state = attrs.get("State") or {}
+        raw = state.get("Status") or ""
+        exit_code = state.get("ExitCode") if raw in ("exited", "dead") else None
+        return BotInfo(
+            container_id=attrs["Id"],
+            name=(attrs.get("Name") or "").lstrip("/"),
+            status=normalize_status(raw, exit_code),
+            raw_status=raw,
+            labels=dict(labels),
+            created_at=_parse_created(attrs.get("Created")),
+            exit_code=exit_code,
+        )
+
+    def remove(self, container_id: str) -> None:
+        try:
+            # No force: remove() is for bots that have exited; a running one is refused (409).
+            self.client.api.remove_container(container_id, force=False)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409 and "already in progress" in str(exc.explanation or ""):
+                return  # someone else is removing it: removed
+            raise OrchestratorError(f"Docker could not remove {container_id}: {exc.explanation or exc}") from exc
+        except _ENGINE_ERRORS as exc:
+            raise OrchestratorError(f"Docker could not remove {container_id}: {exc}") from exc
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def _from_list_entry(self, entry: dict) -> BotInfo:
+        raw = entry.get("State") or ""
+        if isinstance(raw, dict):  # very old engines put the inspect-style object here
+            raw = raw.get("Status") or ""
+        exit_code = exit_code_from_status_text(entry.get("Status")) if raw in ("exited", "dead") else None
+        names = entry.get("Names") or []
+        return BotInfo(
+            container_id=entry["Id"],
+            name=names[0].lstrip("/") if names else "",
+            status=normalize_status(raw, exit_code),
+            raw_status=raw,
+            labels=dict(entry.get("Labels") or {}),
+            created_at=_parse_created(entry.get("Created")),
+            exit_code=exit_code,
+        )
