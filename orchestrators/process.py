@@ -1,0 +1,280 @@
+"""The local-process backend: every bot is a process group on this machine.
+
+`start` launches a small supervisor (`orchestrators.process_runner`) in its own session; the
+supervisor starts the bot command in a session (process group) of its own, records it and waits
+for its exit code. The truth lives in files and in `/proc`, never in memory, so a restarted web or
+worker process still lists and stops the bots an earlier one started:
+
+    RUN_DIR/bots/proc-<12 hex>.json   the record (name, labels, command, pid, pgid, process start
+                                      time, supervisor pid, created_at, exit code, stop request)
+    RUN_DIR/bots/proc-<12 hex>.log    the bot's stdout and stderr, and the supervisor's notes
+
+A pid counts as our bot only while `/proc/<pid>/stat` shows the recorded start time (else the pid
+was reused) and a state other than zombie.
+
+Status mapping (`NormalizedStatus`, raw status in brackets):
+- Starting ["starting"]: recorded, the supervisor has not reported the bot's pid yet.
+- Up ["running"]: the bot process is alive.
+- Stopping ["stopping"]: alive, and a `stop` has sent it SIGTERM.
+- Exited ["exited (N)"]: the bot ended with exit code N, whatever N is: a non-zero exit is still
+  "Exited" (as with Docker); the manager judges failure from the bot's callbacks and exit code.
+  A bot killed by signal S reports 128 + S ["killed by SIGKILL (137)", SIGTERM 143].
+- Exited ["gone (exit code unknown)"], exit_code None: the process is gone (or its pid now belongs
+  to another process) but no exit code was recorded, e.g. the supervisor itself was killed.
+- Failed ["failed: <why>"]: the bot never started (command not found, supervisor crashed, or a
+  record stuck in "starting" for longer than the start timeout).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import select
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import process_state
+from .base import (LABEL_DEPLOYMENT, LABEL_MANAGED, BotInfo, BotSpec, NormalizedStatus,
+                   OrchestratorError)
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_SECONDS = 15.0
+# A record still "starting" after this long lost its supervisor before the bot started.
+STALE_START_SECONDS = START_TIMEOUT_SECONDS + 15.0
+KILL_WAIT_SECONDS = 5.0
+EXIT_CODE_WAIT_SECONDS = 1.0
+POLL_SECONDS = 0.05
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ProcessOrchestrator:
+    name = "process"
+
+    def __init__(self, run_dir: Path | str, deployment: str, command: list[str] | None = None):
+        self.bots_dir = Path(run_dir) / "bots"
+        self.deployment = deployment
+        self.command = command or [sys.executable, "-m", "simbot"]
+
+    @classmethod
+    def from_settings(cls, settings) -> ProcessOrchestrator:
+        raw = settings.PROCESS_BOT_COMMAND.strip()
+        return cls(run_dir=settings.RUN_DIR, deployment=settings.DEPLOYMENT_NAME,
+                   command=shlex.split(raw) if raw else None)
+
+    # --- start ------------------------------------------------------------------------------------
+    def start(self, spec: BotSpec) -> str:
+        container_id = f"proc-{secrets.token_hex(6)}"
+        path = process_state.record_path(self.bots_dir, container_id)
+        log_file = process_state.log_path(self.bots_dir, container_id)
+        record = {
+            "container_id": container_id, "name": spec.name, "command": self.command,
+            "labels": {**spec.labels, LABEL_MANAGED: "true", LABEL_DEPLOYMENT: self.deployment},
+            "status": "starting", "created_at": _now().isoformat(), "log_path": str(log_file),
+            "pid": None, "pgid": None, "proc_start_time": None, "exit_code": None,
+        }
+        try:
+            self.bots_dir.mkdir(parents=True, exist_ok=True)
+            process_state.write(path, record)
+            with log_file.open("ab") as log_handle:
+                runner = subprocess.Popen(
+                    [sys.executable, "-m", "orchestrators.process_runner", str(path)],
+                    cwd=PROJECT_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_handle,
+                    start_new_session=True)
+        except OSError as exc:
+            self._mark_failed(path, f"cannot launch the supervisor: {exc}")
+            raise OrchestratorError(f"bot {spec.name}: cannot launch the supervisor: {exc}") from exc
+        # BOT_CONFIG (it holds the meeting token) travels on the supervisor's stdin, never argv.
+        answer = self._await_ready(runner, json.dumps(spec.config))
+        # The supervisor stays our child until the bot exits; reap it then so it leaves no zombie.
+        threading.Thread(target=runner.wait, name=f"reap-{container_id}", daemon=True).start()
+        if answer != "ok":
+            self._mark_failed(path, answer)
+            raise OrchestratorError(f"bot {spec.name} failed to start: {answer} (log: {log_file})")
+        log.info("bot %s started as %s", spec.name, container_id)
+        return container_id
+
+    def _await_ready(self, runner: subprocess.Popen, bot_config: str) -> str:
+        """The supervisor's one-line answer: "ok" or why the bot did not start."""
+        try:
+            try:
+                runner.stdin.write(bot_config.encode())
+                runner.stdin.close()
+            except BrokenPipeError:
+                return "the supervisor exited before reading BOT_CONFIG"
+            readable, _, _ = select.select([runner.stdout], [], [], START_TIMEOUT_SECONDS)
+            if not readable:
+                runner.kill()
+                return f"the supervisor did not report within {START_TIMEOUT_SECONDS:.0f}s"
+            line = runner.stdout.readline().decode(errors="replace").strip()
+            return line or "the supervisor exited before starting the bot"
+        finally:
+            runner.stdout.close()
+
+    def _mark_failed(self, path: Path, error: str) -> None:
+        """Keep the failed attempt listed as Failed, unless the bot did get a pid after all."""
+        with process_state.locked(path):
+            record = process_state.read(path)
+            if record is not None and record.get("pid") is None:
+                record.update(status="failed", error=error)
+                process_state.write(path, record)
+        if record is not None and record.get("pid") is not None:
+            self.stop(record["container_id"], timeout=0)
+
+    # --- list / inspect ---------------------------------------------------------------------------
+    def list(self) -> list[BotInfo]:
+        try:
+            names = sorted(entry.name for entry in self.bots_dir.iterdir())
+        except FileNotFoundError:
+            return []  # no bot was ever started with this RUN_DIR
+        except OSError as exc:
+            raise OrchestratorError(f"cannot read the process backend state {self.bots_dir}: {exc}") from exc
+        bots = []
+        for name in names:
+            container_id = name.removesuffix(".json")
+            if name.endswith(".json") and process_state.CONTAINER_ID_RE.match(container_id):
+                record = self._read(container_id)
+                if record is not None:
+                    bots.append(self._info(record))
+        return sorted(bots, key=lambda bot: bot.created_at or datetime.min.replace(tzinfo=timezone.utc))
+
+    def inspect(self, container_id: str) -> BotInfo | None:
+        record = self._read(container_id)
+        return None if record is None else self._info(record)
+
+    def _read(self, container_id: str) -> dict | None:
+        """This deployment's record of the bot, or None (unknown id, removed, other deployment)."""
+        if not process_state.CONTAINER_ID_RE.match(container_id or ""):
+            return None
+        path = process_state.record_path(self.bots_dir, container_id)
+        try:
+            record = process_state.read(path)
+        except (OSError, ValueError) as exc:
+            # An unreadable record means an unknown bot state, not "no bot".
+            raise OrchestratorError(f"cannot read the bot record {path}: {exc}") from exc
+        if record is None or record.get("labels", {}).get(LABEL_DEPLOYMENT) != self.deployment:
+            return None
+        return record
+
+    def _info(self, record: dict) -> BotInfo:
+        status, raw = self._status(record)
+        created_at = datetime.fromisoformat(record["created_at"]) if record.get("created_at") else None
+        return BotInfo(container_id=record["container_id"], name=record["name"], status=status,
+                       raw_status=raw, labels=dict(record["labels"]), created_at=created_at,
+                       exit_code=record.get("exit_code") if status is NormalizedStatus.EXITED else None)
+
+    def _status(self, record: dict) -> tuple[NormalizedStatus, str]:
+        if record.get("status") == "failed":
+            return NormalizedStatus.FAILED, f"failed: {record.get('error') or 'unknown error'}"
+        if record.get("pid") is None:
+            if self._age_seconds(record) < STALE_START_SECONDS:
+                return NormalizedStatus.STARTING, "starting"
+            return NormalizedStatus.FAILED, "failed: never started (the supervisor was lost)"
+        if process_state.is_running(record["pid"], record.get("proc_start_time")):
+            if record.get("stop_requested_at"):
+                return NormalizedStatus.STOPPING, "stopping"
+            return NormalizedStatus.UP, "running"
+        code = record.get("exit_code")
+        if code is None:
+            return NormalizedStatus.EXITED, "gone (exit code unknown)"
+        if record.get("signal"):
+            return NormalizedStatus.EXITED, f"killed by {record['signal']} ({code})"
+        return NormalizedStatus.EXITED, f"exited ({code})"
+
+    @staticmethod
+    def _age_seconds(record: dict) -> float:
+        created = datetime.fromisoformat(record["created_at"])
+        return (_now() - created).total_seconds()
+
+    # --- stop / remove ----------------------------------------------------------------------------
+    def stop(self, container_id: str, timeout: float) -> None:
+        """SIGTERM to the bot's process group; SIGKILL to the group if the bot is still running
+        after `timeout` seconds. Once the bot itself is gone, the group is SIGKILLed at once: its
+        leftover children must not outlive it. Unknown or already gone = stopped."""
+        record = self._await_pid(container_id)
+        if record is None or not process_state.is_running(record["pid"], record.get("proc_start_time")):
+            return
+        path = process_state.record_path(self.bots_dir, container_id)
+        process_state.update(path, stop_requested_at=_now().isoformat())
+        self._signal_group(record, signal.SIGTERM)
+        if not self._wait_gone(record, timeout):
+            log.warning("bot %s still running %.1fs after SIGTERM; sending SIGKILL", container_id, timeout)
+            self._signal_group(record, signal.SIGKILL)
+            if not self._wait_gone(record, KILL_WAIT_SECONDS):
+                raise OrchestratorError(f"bot {container_id} (pid {record['pid']}) survived SIGKILL")
+        self._killpg(record["pgid"], signal.SIGKILL)  # leftovers of a bot that is gone
+        self._await_exit_code(path)
+
+    @staticmethod
+    def _await_exit_code(path: Path) -> None:
+        """Give the supervisor a moment to record the exit code, so that an inspect right after
+        stop() tells how the bot ended. A lost supervisor just leaves it unknown."""
+        deadline = time.monotonic() + EXIT_CODE_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            record = process_state.read(path)
+            if record is None or record.get("exit_code") is not None:
+                return
+            time.sleep(POLL_SECONDS)
+
+    def _await_pid(self, container_id: str) -> dict | None:
+        """The record once it has a pid; a bot still starting elsewhere is waited for, so a stop
+        that races a start does not leave the bot running."""
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            record = self._read(container_id)
+            if record is None or record.get("pid") is not None:
+                return record
+            if record.get("status") == "failed" or time.monotonic() >= deadline \
+                    or self._age_seconds(record) >= STALE_START_SECONDS:
+                return None
+            time.sleep(POLL_SECONDS)
+
+    @staticmethod
+    def _signal_group(record: dict, signum: int) -> None:
+        # Checked right before signalling: a reused pid (different start time) is not our bot.
+        if not process_state.is_running(record["pid"], record.get("proc_start_time")):
+            return
+        ProcessOrchestrator._killpg(record["pgid"], signum)
+
+    @staticmethod
+    def _killpg(pgid: int, signum: int) -> None:
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            pass  # the group is already empty: stopped
+        except PermissionError as exc:
+            raise OrchestratorError(f"not allowed to signal process group {pgid}: {exc}") from exc
+
+    @staticmethod
+    def _wait_gone(record: dict, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while process_state.is_running(record["pid"], record.get("proc_start_time")):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+        return True
+
+    def remove(self, container_id: str) -> None:
+        """Forget an exited bot: its record, lock and log. A running bot is refused (forgetting it
+        would leave a process nobody lists); stop it first."""
+        record = self._read(container_id)
+        if record is None:
+            return
+        status, raw = self._status(record)
+        if status.is_running:
+            raise OrchestratorError(f"bot {container_id} is {raw}; stop it before removing it")
+        path = process_state.record_path(self.bots_dir, container_id)
+        for leftover in (path, process_state.log_path(self.bots_dir, container_id),
+                         process_state.lock_path(path)):
+            leftover.unlink(missing_ok=True)
