@@ -116,7 +116,9 @@ class NomadFake:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="nomad-fake", daemon=True)
+        # A short poll interval: shutdown() waits for the next poll, which is 0.5 s by default.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name="nomad-fake", daemon=True)
         self._thread.start()
         return self.url
 

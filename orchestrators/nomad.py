@@ -1,0 +1,316 @@
+"""Nomad backend: every bot is one dispatch of a parameterized batch job (NOMAD_BOT_JOB).
+
+Why dispatch rather than registering a batch job per bot:
+- the operator owns the task definition (driver, image, resources, networks, constraints, secrets,
+  `kill_timeout`) in their own job file, as Nomad intends; botmanager only supplies the per-bot
+  values. A register-per-bot design would have to generate the whole job spec from settings.
+- the dispatch endpoint has an idempotency token: a retried start (worker crash between the HTTP
+  call and recording the id) returns the already dispatched job instead of a second bot.
+- all bots of a deployment are children of one job, so one `GET /v1/jobs?prefix=` finds them.
+
+The dispatched job id (`<NOMAD_BOT_JOB>/dispatch-...`) is the container id. Dispatch Meta carries
+`BOT_CONFIG` (the JSON the bot reads; the job maps it to the task env), `BOT_NAME` and `BOT_LABELS`
+(JSON of the bot's labels, deployment label included), so the parameterized job must declare
+`meta_required = ["BOT_CONFIG", "BOT_NAME", "BOT_LABELS"]`.
+
+Calls: dispatch = `POST /v1/job/<job>/dispatch?idempotency_token=<session uid>` (python-nomad puts
+the token in the body, where Nomad ignores it); stop = `DELETE /v1/job/<id>` (the job and its
+allocations stay readable until Nomad's GC, so the sweep still sees the exit code); remove =
+`DELETE /v1/job/<id>?purge=true`; list = `GET /v1/jobs?prefix=<job>&meta=true` plus
+`GET /v1/allocations?filter=JobID matches "^<job>/dispatch-"` (two calls for all bots); inspect =
+`GET /v1/job/<id>` plus `GET /v1/job/<id>/allocations`. A 404 on stop/remove means already gone.
+Needs Nomad >= 1.6 (`meta` on the job list). The grace period of a stop is the task's
+`kill_timeout` in the job file (Nomad takes no per-call timeout).
+
+Status of a bot = its newest allocation (a rescheduled bot has several):
+
+| client status | desired run | desired stop / evict |
+|---|---|---|
+| pending  | Starting | Stopping |
+| running  | Up       | Stopping |
+| unknown  | Up       | Stopping |   (client disconnected: last known running, never gone)
+| complete | Exited (Failed if the task's exit code is not 0) | same |
+| failed   | Failed   | Failed |
+| lost     | Failed   | Failed |   (its node died; Nomad may place a replacement, then that one counts)
+| (other)  | Starting | Stopping |  (never reported as gone)
+
+A dispatched job with no allocation yet: job status `pending` → Requested, `running` → Starting,
+`dead` → Exited when it was stopped before being placed, else Failed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from datetime import datetime, timezone
+
+import nomad.api
+import nomad.api.exceptions
+import requests
+
+from .base import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED,
+    LABEL_SESSION_UID,
+    BotInfo,
+    BotSpec,
+    NormalizedStatus,
+    OrchestratorError,
+)
+
+log = logging.getLogger(__name__)
+
+META_CONFIG = "BOT_CONFIG"
+META_NAME = "BOT_NAME"
+META_LABELS = "BOT_LABELS"
+
+# The job name goes unescaped into a filter expression and a URL path: keep it to plain characters.
+_JOB_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+_ALLOC_STATUS: dict[tuple[str, bool], NormalizedStatus] = {
+    # (client status, stop desired) -> normalized; terminal ones are handled in alloc_status().
+    ("pending", False): NormalizedStatus.STARTING,
+    ("pending", True): NormalizedStatus.STOPPING,
+    ("running", False): NormalizedStatus.UP,
+    ("running", True): NormalizedStatus.STOPPING,
+    ("unknown", False): NormalizedStatus.UP,
+    ("unknown", True): NormalizedStatus.STOPPING,
+}
+
+
+def alloc_status(client_status: str, desired_status: str, exit_code: int | None) -> NormalizedStatus:
+    """The normalized status of an allocation, as documented in the module table."""
+    client_status = (client_status or "").lower()
+    stop_desired = (desired_status or "").lower() in ("stop", "evict")
+    if client_status == "complete":
+        return NormalizedStatus.FAILED if exit_code not in (None, 0) else NormalizedStatus.EXITED
+    if client_status in ("failed", "lost"):
+        return NormalizedStatus.FAILED
+    status = _ALLOC_STATUS.get((client_status, stop_desired))
+    if status is None:
+        log.warning("nomad: unknown allocation client status %r, not reported as gone", client_status)
+        return NormalizedStatus.STOPPING if stop_desired else NormalizedStatus.STARTING
+    return status
+
+
+def job_status_without_alloc(job_status: str, stopped: bool) -> NormalizedStatus:
+    job_status = (job_status or "").lower()
+    if job_status == "pending":
+        return NormalizedStatus.REQUESTED
+    if job_status == "dead":
+        return NormalizedStatus.EXITED if stopped else NormalizedStatus.FAILED
+    return NormalizedStatus.STARTING
+
+
+def task_exit_code(alloc: dict) -> int | None:
+    """The exit code of the allocation's tasks: the last `Terminated` event of each task; a
+    non-zero one wins (the bot failed even if a sidecar exited cleanly)."""
+    codes = []
+    for state in (alloc.get("TaskStates") or {}).values():
+        terminated = [e for e in (state or {}).get("Events") or [] if e.get("Type") == "Terminated"]
+        if terminated:
+            codes.append(int(terminated[-1].get("ExitCode") or 0))
+    if not codes:
+        return None
+    failing = [c for c in codes if c != 0]
+    return failing[0] if failing else 0
+
+
+def _from_ns(value) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromtimestamp(int(value) / 1e9, tz=timezone.utc)
+
+
+class NomadOrchestrator:
+    name = "nomad"
+
+    def __init__(self, *, address: str, job: str, deployment: str, token: str = "",
+                 namespace: str = "", timeout: float = 30, verify: bool = True):
+        if not _JOB_NAME.match(job or ""):
+            raise ValueError(f"NOMAD_BOT_JOB {job!r} must be letters, digits, '_', '.' or '-'.")
+        if not deployment:
+            raise ValueError("NomadOrchestrator needs a deployment name (DEPLOYMENT_NAME).")
+        self.address = address.rstrip("/")
+        self.job = job
+        self.deployment = deployment
+        self.namespace = namespace or None
+        # The requesters are built directly rather than through nomad.Nomad(), which reads
+        # NOMAD_* variables from the environment behind the settings' back.
+        requester = {
+            "address": self.address,
+            "token": token or None,
+            "namespace": self.namespace,
+            "timeout": timeout,
+            "verify": verify,
+            "session": requests.Session(),
+        }
+        self._job = nomad.api.Job(**requester)
+        self._jobs = nomad.api.Jobs(**requester)
+        self._allocations = nomad.api.Allocations(**requester)
+
+    @classmethod
+    def from_settings(cls, settings) -> "NomadOrchestrator":
+        return cls(
+            address=settings.NOMAD_ADDR,
+            job=settings.NOMAD_BOT_JOB,
+            deployment=settings.DEPLOYMENT_NAME,
+            token=settings.NOMAD_TOKEN,
+            namespace=settings.NOMAD_NAMESPACE,
+            timeout=settings.ORCHESTRATOR_TIMEOUT_SECONDS,
+        )
+
+    # --- helpers ----------------------------------------------------------------------------------
+    @property
+    def _dispatch_prefix(self) -> str:
+        return f"{self.job}/dispatch-"
+
+    def _where(self) -> str:
+        return f"Nomad at {self.address} (namespace {self.namespace or 'default'})"
+
+    def _is_ours(self, container_id: str) -> bool:
+        # Never send a DELETE for anything but a dispatched child of our job: deregistering the
+        # parameterized job itself would stop every bot of the deployment.
+        return container_id.startswith(self._dispatch_prefix) and len(container_id) > len(self._dispatch_prefix)
+
+    def _labels_of(self, meta: dict | None) -> dict[str, str] | None:
+        """The bot's labels from job meta, or None when the job is not a bot of this deployment."""
+        raw = (meta or {}).get(META_LABELS)
+        if not raw:
+            return None
+        try:
+            labels = json.loads(raw)
+        except ValueError:
+            log.warning("nomad: job meta %s is not JSON: %r", META_LABELS, raw[:200])
+            return None
+        if not isinstance(labels, dict):
+            return None
+        if labels.get(LABEL_DEPLOYMENT) != self.deployment or labels.get(LABEL_MANAGED) != "true":
+            return None
+        return {str(k): str(v) for k, v in labels.items()}
+
+    def _info(self, job: dict, labels: dict[str, str], allocs: list[dict]) -> BotInfo:
+        newest = max(allocs, key=lambda a: (a.get("CreateIndex") or 0, a.get("CreateTime") or 0), default=None)
+        meta = job.get("Meta") or {}
+        if newest is None:
+            raw = f"job:{job.get('Status') or ''}"
+            status = job_status_without_alloc(job.get("Status"), bool(job.get("Stop")))
+            exit_code = None
+        else:
+            client_status = newest.get("ClientStatus") or ""
+            desired = newest.get("DesiredStatus") or ""
+            raw = f"{client_status}/{desired}"
+            exit_code = task_exit_code(newest) if client_status in ("complete", "failed") else None
+            status = alloc_status(client_status, desired, exit_code)
+        created = _from_ns(job.get("SubmitTime")) or (_from_ns(newest.get("CreateTime")) if newest else None)
+        return BotInfo(
+            container_id=job["ID"],
+            name=meta.get(META_NAME) or job["ID"],
+            status=status,
+            raw_status=raw,
+            labels=labels,
+            created_at=created,
+            exit_code=exit_code,
+        )
+
+    # --- interface --------------------------------------------------------------------------------
+    def start(self, spec: BotSpec) -> str:
+        labels = {str(k): str(v) for k, v in spec.labels.items()}
+        labels[LABEL_MANAGED] = "true"
+        labels[LABEL_DEPLOYMENT] = self.deployment
+        body = {
+            "Meta": {
+                META_CONFIG: json.dumps(spec.config),
+                META_NAME: spec.name,
+                META_LABELS: json.dumps(labels, sort_keys=True),
+            },
+            # Readable ids in the Nomad UI: <job>/dispatch-<bot name>-<time>-<random>.
+            "IdPrefixTemplate": spec.name,
+        }
+        # One bot per session: a retried start with the same session uid gets the same job back.
+        token = labels.get(LABEL_SESSION_UID) or str(uuid.uuid4())
+        try:
+            response = self._job.request(self.job, "dispatch", method="post", json=body,
+                                         params={"idempotency_token": token}).json()
+        except nomad.api.exceptions.URLNotFoundNomadException as exc:
+            raise OrchestratorError(
+                f"{self._where()} has no parameterized job {self.job!r} to dispatch: register the "
+                f"bot job (see README, Orchestrators) or set NOMAD_BOT_JOB. {exc}") from exc
+        except nomad.api.exceptions.BadRequestNomadException as exc:
+            raise OrchestratorError(
+                f"{self._where()} refused to dispatch {self.job!r} (does the job declare "
+                f"meta_required {META_CONFIG}, {META_NAME}, {META_LABELS}?): {exc}") from exc
+        except (nomad.api.exceptions.BaseNomadException, requests.RequestException, ValueError) as exc:
+            raise OrchestratorError(f"{self._where()} could not dispatch {self.job!r}: {exc}") from exc
+        job_id = response.get("DispatchedJobID")
+        if not job_id:
+            raise OrchestratorError(f"{self._where()} answered a dispatch without DispatchedJobID: {response!r}")
+        return job_id
+
+    def stop(self, container_id: str, timeout: float) -> None:
+        # `timeout` is the job's kill_timeout in Nomad; see the module docstring.
+        self._deregister(container_id, purge=False, verb="stop")
+
+    def remove(self, container_id: str) -> None:
+        self._deregister(container_id, purge=True, verb="remove")
+
+    def _deregister(self, container_id: str, *, purge: bool, verb: str) -> None:
+        if not self._is_ours(container_id):
+            raise OrchestratorError(
+                f"Refusing to {verb} {container_id!r}: not a dispatched bot of job {self.job!r}.")
+        try:
+            self._job.deregister_job(container_id, purge=True if purge else None)
+        except nomad.api.exceptions.URLNotFoundNomadException:
+            return  # already gone
+        except (nomad.api.exceptions.BaseNomadException, requests.RequestException) as exc:
+            raise OrchestratorError(f"{self._where()} could not {verb} {container_id}: {exc}") from exc
+
+    def list(self) -> list[BotInfo]:
+        try:
+            jobs = self._jobs.get_jobs(prefix=self.job, meta=True)
+        except (nomad.api.exceptions.BaseNomadException, requests.RequestException, ValueError) as exc:
+            raise OrchestratorError(f"{self._where()} could not list jobs: {exc}") from exc
+        if not isinstance(jobs, list):
+            raise OrchestratorError(f"{self._where()} answered the job list with {type(jobs).__name__}")
+        if not any(j.get("ID") == self.job for j in jobs):
+            # Without the parent job, "no children" would read as "no bots": that is a
+            # configuration error (wrong NOMAD_BOT_JOB or namespace), not an empty deployment.
+            raise OrchestratorError(
+                f"{self._where()} has no job {self.job!r}: register the parameterized bot job or "
+                f"fix NOMAD_BOT_JOB / NOMAD_NAMESPACE.")
+        bots: dict[str, tuple[dict, dict[str, str]]] = {}
+        for job in jobs:
+            if job.get("ParentID") != self.job:
+                continue
+            if "Meta" not in job:
+                raise OrchestratorError(
+                    f"{self._where()} returned the job list without Meta: botmanager needs Nomad >= 1.6.")
+            labels = self._labels_of(job.get("Meta"))
+            if labels is not None:
+                bots[job["ID"]] = (job, labels)
+        if not bots:
+            return []
+        try:
+            allocs = self._allocations.get_allocations(filter_=f'JobID matches "^{self._dispatch_prefix}"')
+        except (nomad.api.exceptions.BaseNomadException, requests.RequestException, ValueError) as exc:
+            raise OrchestratorError(f"{self._where()} could not list allocations: {exc}") from exc
+        by_job: dict[str, list[dict]] = {}
+        for alloc in allocs:
+            by_job.setdefault(alloc.get("JobID"), []).append(alloc)
+        return [self._info(job, labels, by_job.get(job_id, [])) for job_id, (job, labels) in bots.items()]
+
+    def inspect(self, container_id: str) -> BotInfo | None:
+        if not self._is_ours(container_id):
+            return None
+        try:
+            job = self._job.get_job(container_id)
+            allocs = self._job.get_allocations(container_id)
+        except nomad.api.exceptions.URLNotFoundNomadException:
+            return None
+        except (nomad.api.exceptions.BaseNomadException, requests.RequestException, ValueError) as exc:
+            raise OrchestratorError(f"{self._where()} could not inspect {container_id}: {exc}") from exc
+        labels = self._labels_of(job.get("Meta"))
+        if labels is None:
+            return None
+        return self._info(job, labels, allocs)
