@@ -385,11 +385,16 @@ def test_stop_with_an_invalid_platform_answers_422(api_client, path):
     assert set(body["errors"]) == {"platform"}
 
 
-@pytest.mark.parametrize("path", ["/bots/google_meet/abc%00defg", "/bots/teams/12345", "/bots/zoom/" + "9" * 300])
+@pytest.mark.parametrize("path", ["/bots/google_meet/abc%00defg", "/bots/zoom/" + "9" * 256])
 def test_stop_with_a_meeting_id_no_meeting_can_have_answers_422(api_client, path):
     body = answer(api_client.delete(path), 422)
 
     assert set(body["errors"]) == {"native_meeting_id"}
+
+
+@pytest.mark.parametrize("path", ["/bots/teams/12345", "/bots/google_meet/ABC-DEFG-HIJ", "/bots/zoom/" + "9" * 255])
+def test_stop_with_a_meeting_id_of_the_wrong_format_answers_404(api_client, path):
+    answer(api_client.delete(path), 404)
 
 
 @pytest.mark.parametrize("terminal", [MeetingStatus.COMPLETED, MeetingStatus.FAILED])
