@@ -49,8 +49,38 @@ def _bootstrap_accounts() -> list[str]:
     return lines
 
 
+def _become_subreaper() -> None:
+    """Bots of the process backend outlive a restarted worker; as a child subreaper this
+    supervisor inherits them and reaps them, so no zombie is left behind (Linux only)."""
+    try:
+        import ctypes
+
+        PR_SET_CHILD_SUBREAPER = 36
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reap_orphans(children: dict) -> None:
+    own = {proc.pid for proc in children.values()}
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid in own:
+            # One of ours: let Popen see it exited.
+            for proc in children.values():
+                if proc.pid == pid:
+                    proc.returncode = os.waitstatus_to_exitcode(_status)
+
+
 def main() -> int:
     from django.conf import settings
+
+    _become_subreaper()
 
     started = devstack.ensure_services()
     python = sys.executable
@@ -93,6 +123,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     exit_code = 0
     while not stopping:
+        _reap_orphans(children)
         for name, proc in children.items():
             if proc.poll() is not None:
                 print(f"{name} exited with code {proc.returncode}; stopping the rest", file=sys.stderr)
