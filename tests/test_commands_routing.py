@@ -1,0 +1,170 @@
+"""Command routing to the bot's current session: the seed's H2 (seeds/001: a stop published `leave`
+to the *earliest* session, so a bot that had restarted never got it). protocol.md: commands go to
+`bot_commands:meeting:{id}` and to `bot_commands:{uid}` of the current session, taken from Redis
+`bm:meeting:{id}:current_uid`, else the newest MeetingSession (never the oldest).
+Real PostgreSQL and Redis; every response is JSON, never a 500."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from meetings import commands, tokens
+from meetings.commands import current_uid_key, meeting_channel, session_channel
+from meetings.models import Meeting, MeetingSession
+from meetings.statuses import MeetingStatus
+from tests.factories import make_meeting, make_session
+
+pytestmark = pytest.mark.django_db
+
+MEET_ID = "abc-defg-hij"
+
+
+def answer(response, status: int):
+    """The JSON body of a response that must have `status`; a 500 or a non-JSON body fails first."""
+    assert response.status_code != 500, response.content
+    assert response["Content-Type"].startswith("application/json"), (response["Content-Type"], response.content)
+    body = response.json()
+    assert response.status_code == status, body
+    return body
+
+
+@pytest.fixture
+def restarted(api_user, redis_conn):
+    """An active meeting whose bot restarted: the oldest session (started 10 minutes ago) is dead,
+    the newest is current. No Redis current_uid key (cleared before and after the test)."""
+    meeting = make_meeting(api_user, status=MeetingStatus.ACTIVE, native_meeting_id=MEET_ID,
+                           bot_container_id="container-1")
+    oldest = make_session(meeting)
+    MeetingSession.objects.filter(pk=oldest.pk).update(started_at=timezone.now() - timedelta(minutes=10))
+    newest = make_session(meeting)  # current
+    redis_conn.delete(current_uid_key(meeting.id))
+    yield meeting, str(oldest.session_uid), str(newest.session_uid)
+    redis_conn.delete(current_uid_key(meeting.id))
+
+
+def subscribe(redis_conn, *channels):
+    pubsub = redis_conn.pubsub()
+    pubsub.subscribe(*channels)
+    for _ in channels:
+        assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    return pubsub
+
+
+def received(pubsub, timeout: float = 2.0) -> dict[str, list[dict]]:
+    got: dict[str, list[dict]] = {}
+    while (message := pubsub.get_message(timeout=timeout)) is not None:
+        if message["type"] == "message":
+            got.setdefault(message["channel"], []).append(json.loads(message["data"]))
+        timeout = 0.3
+    pubsub.close()
+    return got
+
+
+def test_a_stop_sends_leave_to_the_newest_session_not_the_oldest(
+        api_client, redis_conn, restarted, django_capture_on_commit_callbacks):
+    meeting, oldest, newest = restarted
+    pubsub = subscribe(redis_conn, meeting_channel(meeting.id), session_channel(oldest), session_channel(newest))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
+
+    got = received(pubsub)
+    assert set(got) == {meeting_channel(meeting.id), session_channel(newest)}
+    [leave] = got[session_channel(newest)]
+    assert (leave["action"], leave["meeting_id"], leave["connection_id"]) == ("leave", meeting.id, newest)
+    assert got[meeting_channel(meeting.id)] == [leave]
+
+
+def test_without_the_redis_key_the_current_session_is_the_newest_session(restarted, redis_conn):
+    meeting, oldest, newest = restarted
+    assert redis_conn.get(current_uid_key(meeting.id)) is None
+
+    assert commands.current_session_uid(meeting.id) == newest
+
+
+def test_the_newest_session_wins_even_when_it_has_the_lower_id(api_user, redis_conn):
+    meeting = make_meeting(api_user, status=MeetingStatus.ACTIVE)
+    later = make_session(meeting)
+    earlier = make_session(meeting)
+    MeetingSession.objects.filter(pk=earlier.pk).update(started_at=timezone.now() - timedelta(minutes=5))
+    redis_conn.delete(current_uid_key(meeting.id))
+
+    assert commands.current_session_uid(meeting.id) == str(later.session_uid)
+
+
+def test_after_three_restarts_the_stop_reaches_the_last_session(
+        api_client, api_user, redis_conn, django_capture_on_commit_callbacks):
+    meeting = make_meeting(api_user, status=MeetingStatus.ACTIVE, native_meeting_id=MEET_ID)
+    sessions = [make_session(meeting) for _ in range(4)]
+    for age, session in zip((30, 20, 10), sessions):
+        MeetingSession.objects.filter(pk=session.pk).update(started_at=timezone.now() - timedelta(minutes=age))
+    uids = [str(s.session_uid) for s in sessions]
+    redis_conn.delete(current_uid_key(meeting.id))
+    pubsub = subscribe(redis_conn, *(session_channel(uid) for uid in uids))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
+
+    assert set(received(pubsub)) == {session_channel(uids[-1])}
+
+
+def test_the_redis_key_names_the_current_session_when_present(restarted, redis_conn):
+    meeting, oldest, newest = restarted
+    redis_conn.set(current_uid_key(meeting.id), newest)
+
+    assert commands.current_session_uid(meeting.id) == newest
+
+
+def test_a_reconfigure_goes_to_the_newest_session_too(
+        api_client, redis_conn, restarted, django_capture_on_commit_callbacks):
+    meeting, oldest, newest = restarted
+    pubsub = subscribe(redis_conn, session_channel(oldest), session_channel(newest))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        answer(api_client.put(f"/bots/google_meet/{MEET_ID}/config", {"language": "es"}, format="json"), 202)
+
+    got = received(pubsub)
+    assert set(got) == {session_channel(newest)}
+    assert (got[session_channel(newest)][0]["action"], got[session_channel(newest)][0]["uid"]) == ("reconfigure", newest)
+
+
+def test_a_bot_that_restarts_and_registers_then_gets_the_stop(
+        api_client, api_user, redis_conn, django_capture_on_commit_callbacks):
+    """The whole H2 path: launch sets the key to the first session; the bot restarts, registers its new
+    session with its token (the key follows); the stop reaches the new session only."""
+    meeting = make_meeting(api_user, status=MeetingStatus.JOINING, native_meeting_id=MEET_ID)
+    first = str(make_session(meeting).session_uid)
+    redis_conn.set(current_uid_key(meeting.id), first)
+    second = str(uuid.uuid4())
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            answer(APIClient().post("/bots/internal/callback/started", {"connection_id": second}, format="json",
+                                    headers={"Authorization": f"Bearer {tokens.issue(meeting)}"}), 200)
+        assert redis_conn.get(current_uid_key(meeting.id)) == second
+        pubsub = subscribe(redis_conn, session_channel(first), session_channel(second))
+
+        with django_capture_on_commit_callbacks(execute=True):
+            answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
+    finally:
+        redis_conn.delete(current_uid_key(meeting.id))
+
+    got = received(pubsub)
+    assert set(got) == {session_channel(second)}
+    assert got[session_channel(second)][0]["connection_id"] == second
+    assert Meeting.objects.get(pk=meeting.pk).status == MeetingStatus.STOPPING
+
+
+def test_a_meeting_without_any_session_publishes_on_the_meeting_channel_only(redis_conn):
+    meeting = make_meeting(status=MeetingStatus.ACTIVE)
+    redis_conn.delete(current_uid_key(meeting.id))
+    pubsub = subscribe(redis_conn, meeting_channel(meeting.id))
+
+    assert commands.publish_leave(meeting.id) is None
+
+    [leave] = received(pubsub)[meeting_channel(meeting.id)]
+    assert (leave["action"], leave["connection_id"]) == ("leave", None)
