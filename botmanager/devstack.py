@@ -201,13 +201,19 @@ def start_redis(run_dir: Path, port: int) -> bool:
     data = run_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
     log = run_dir / "redis.log"
+    pidfile = data / "redis.pid"
+    pidfile.unlink(missing_ok=True)  # left by a killed server; the port is free, so it is stale
     subprocess.run(
         [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
-         "--dir", str(data), "--pidfile", str(data / "redis.pid"), "--logfile", str(log),
+         "--dir", str(data), "--pidfile", str(pidfile), "--logfile", str(log),
          "--save", "60", "1", "--appendonly", "no", "--protected-mode", "no"],
         check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
     )
     _wait_port(port, 20, "Redis", log)
+    # Redis listens before it writes its pid file, and stop_redis() goes by that file.
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
     return True
 
 

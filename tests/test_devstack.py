@@ -97,10 +97,20 @@ def test_ensure_services_starts_postgres_and_redis_under_an_empty_run_dir(separa
 
     assert (started.postgres, started.redis) == (True, True)
     assert (run_dir / "postgres" / "PG_VERSION").exists()
-    assert (run_dir / "redis" / "redis.pid").exists()
     conn = _pg(separate_stack.EMBEDDED_POSTGRES_PORT)  # the application database exists
     conn.close()
     assert _redis(separate_stack.EMBEDDED_REDIS_PORT).ping()
+
+
+def test_when_ensure_services_returns_the_redis_pid_file_names_the_running_server(separate_stack):
+    """Stopping Redis goes by its pid file, and Redis listens before it writes that file: without
+    waiting for it, a stop right after the start (Ctrl-C just after `make run` started) found no
+    pid file and left Redis running."""
+    devstack.ensure_services()
+
+    pidfile = Path(separate_stack.RUN_DIR, "redis", "redis.pid")
+    server = _redis(separate_stack.EMBEDDED_REDIS_PORT).info("server")
+    assert pidfile.read_text().strip() == str(server["process_id"])
 
 
 def test_ensure_services_is_idempotent_when_the_servers_are_already_up(separate_stack):
@@ -178,3 +188,4 @@ def test_a_pid_file_left_by_a_dead_server_does_not_block_the_next_start(separate
     assert started.postgres
     assert devstack._port_open(pg_port)
     assert pidfile.read_text().splitlines()[0] != str(gone.pid)
+
