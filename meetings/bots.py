@@ -1,6 +1,7 @@
 """User-facing bot services: request, stop and reconfigure a bot. Views, the admin and tasks call these."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
@@ -10,7 +11,9 @@ from accounts.models import User
 from . import commands, lifecycle, stopping
 from .errors import BotLimitReached, DuplicateMeeting, MeetingConflict, MeetingNotFound
 from .models import Meeting
-from .statuses import LIVE, TERMINAL, MeetingStatus, TransitionSource
+from .statuses import LIVE, TERMINAL, FailureStage, MeetingStatus, TransitionSource
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,6 @@ def request_bot(user: User, req: BotRequest) -> Meeting:
     exactly L meetings; the partial unique index makes concurrent duplicates lose with a 409.
     A refused request leaves no row.
     """
-    from . import tasks
-
     data = {k: v for k, v in {"bot_name": req.bot_name, "language": req.language, "task": req.task,
                               "passcode": req.passcode}.items() if v is not None}
     with transaction.atomic():
@@ -52,8 +53,26 @@ def request_bot(user: User, req: BotRequest) -> Meeting:
         except IntegrityError:
             # The partial unique index: the backstop should any writer skip the user lock.
             raise _duplicate(req) from None
-        transaction.on_commit(lambda: tasks.launch_bot.delay(meeting.id))
+        meeting_id = meeting.id
+        transaction.on_commit(lambda: _enqueue_launch(meeting_id))
+    # The launch is enqueued on commit; if that failed, the meeting is already `failed`.
+    meeting.refresh_from_db()
     return meeting
+
+
+def _enqueue_launch(meeting_id: int) -> None:
+    """Hand the launch to the worker. If the broker cannot take it, the meeting fails now with the
+    error in `data.last_error` (protocol.md) instead of the request answering 500 after its meeting
+    was committed, and the meeting waiting in `requested` for the sweep."""
+    from . import tasks
+
+    try:
+        tasks.launch_bot.delay(meeting_id)
+    except Exception as exc:  # noqa: BLE001 (kombu/redis errors: the broker is unreachable)
+        log.exception("meeting %s: could not enqueue the bot launch", meeting_id)
+        lifecycle.transition(meeting_id, MeetingStatus.FAILED, source=TransitionSource.LAUNCH,
+                             reason="bot launch could not be enqueued", failure_stage=FailureStage.REQUESTED,
+                             data_updates={"last_error": f"Bot launch could not be enqueued: {exc}"})
 
 
 def _duplicate(req: BotRequest) -> DuplicateMeeting:

@@ -77,6 +77,44 @@ def test_post_bot_records_the_requested_transition(api_client):
     assert (record.from_status, record.to_status, record.source, record.applied) == ("", "requested", "user", True)
 
 
+def test_after_commit_the_request_enqueues_exactly_one_launch(api_client, monkeypatch,
+                                                             django_capture_on_commit_callbacks):
+    from meetings import tasks
+
+    enqueued: list[int] = []
+    monkeypatch.setattr(tasks.launch_bot, "delay", enqueued.append)  # observe, do not send
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        body = answer(post_bot(api_client, platform="google_meet", native_meeting_id=MEET_ID), 201)
+
+    assert callbacks
+    assert enqueued == [body["id"]]
+
+
+def test_when_the_broker_refuses_the_launch_the_meeting_fails_with_last_error_not_a_500(
+        api_client, monkeypatch, django_capture_on_commit_callbacks):
+    """A fake broker outage (the error path of `delay`); the database and the rest are real."""
+    from kombu.exceptions import OperationalError
+
+    from meetings import tasks
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to broker. Connection refused.")
+
+    monkeypatch.setattr(tasks.launch_bot, "delay", broker_down)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        body = answer(post_bot(api_client, platform="google_meet", native_meeting_id=MEET_ID), 201)
+
+    meeting = Meeting.objects.get(pk=body["id"])
+    assert (meeting.status, meeting.failure_stage) == ("failed", "requested")
+    assert "Connection refused" in meeting.data["last_error"]
+    last = meeting.transitions.last()
+    assert (last.from_status, last.to_status, last.source) == ("requested", "failed", "launch")
+    # The seat is free again: the user can ask once more.
+    answer(post_bot(api_client, platform="google_meet", native_meeting_id=MEET_ID), 201)
+
+
 # --- POST /bots: per-platform validation ----------------------------------------------------------
 @pytest.mark.parametrize("native_id", ["abc-defg-hi", "abcd-defg-hij", "ABC-DEFG-HIJ", "abcdefghij",
                                        "abc-defg-hij-klm", "123-4567-890", "abc_defg_hij"])
