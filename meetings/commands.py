@@ -1,8 +1,8 @@
 """Redis side of the bot protocol: command channels, the current session, status events.
 
-The current session is resolved from Redis `bm:meeting:{id}:current_uid`, falling back to the
-newest MeetingSession: the seed system fell back to the *oldest* one, so a bot that had restarted
-never received its leave command (the seed's H2).
+The current session is the meeting row's `current_session`, else Redis `bm:meeting:{id}:current_uid`
+(its mirror), else the newest MeetingSession: the seed system fell back to the *oldest* one, so a
+bot that had restarted never received its leave command (the seed's H2).
 """
 from __future__ import annotations
 
@@ -36,6 +36,14 @@ def set_current_session(meeting_id: int, session_uid: str) -> None:
 
 
 def current_session_uid(meeting_id: int) -> str | None:
+    """The uid commands must reach. The meeting row's current session comes first: it is written
+    under the row lock and mirrored to Redis only after commit, so the Redis key can lag (a Redis
+    blip while a restarted bot registered left it naming the dead session: the seed's H2 again).
+    Then the Redis key, then the newest session (never the oldest)."""
+    db_uid = (Meeting.objects.filter(pk=meeting_id, current_session__isnull=False)
+              .values_list("current_session__session_uid", flat=True).first())
+    if db_uid:
+        return str(db_uid)
     uid = get_redis().get(current_uid_key(meeting_id))
     if uid:
         return uid

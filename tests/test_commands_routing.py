@@ -87,10 +87,10 @@ def test_without_the_redis_key_the_current_session_is_the_newest_session(restart
     assert commands.current_session_uid(meeting.id) == newest
 
 
-def test_the_newest_session_wins_even_when_it_has_the_lower_id(api_user, redis_conn):
+def test_with_neither_the_redis_key_nor_a_current_session_on_the_row_the_newest_session_is_used(api_user, redis_conn):
     meeting = make_meeting(api_user, status=MeetingStatus.ACTIVE)
-    later = make_session(meeting)
-    earlier = make_session(meeting)
+    later = make_session(meeting, current=False)
+    earlier = make_session(meeting, current=False)  # the higher id, but started first
     MeetingSession.objects.filter(pk=earlier.pk).update(started_at=timezone.now() - timedelta(minutes=5))
     redis_conn.delete(current_uid_key(meeting.id))
 
@@ -113,11 +113,29 @@ def test_after_three_restarts_the_stop_reaches_the_last_session(
     assert set(received(pubsub)) == {session_channel(uids[-1])}
 
 
-def test_the_redis_key_names_the_current_session_when_present(restarted, redis_conn):
-    meeting, oldest, newest = restarted
-    redis_conn.set(current_uid_key(meeting.id), newest)
+def test_the_redis_key_names_the_current_session_when_the_row_has_none(api_user, redis_conn):
+    meeting = make_meeting(api_user, status=MeetingStatus.ACTIVE)
+    named = make_session(meeting, current=False)
+    make_session(meeting, current=False)  # newer, but Redis names the other
+    redis_conn.set(current_uid_key(meeting.id), str(named.session_uid))
+    try:
+        assert commands.current_session_uid(meeting.id) == str(named.session_uid)
+    finally:
+        redis_conn.delete(current_uid_key(meeting.id))
 
-    assert commands.current_session_uid(meeting.id) == newest
+
+def test_a_stale_redis_key_naming_the_old_session_does_not_misroute_the_stop(
+        api_client, redis_conn, restarted, django_capture_on_commit_callbacks):
+    """The key is only a mirror written after commit: if it still names the dead session, the
+    meeting row's current session wins."""
+    meeting, oldest, newest = restarted
+    redis_conn.set(current_uid_key(meeting.id), oldest)
+    pubsub = subscribe(redis_conn, session_channel(oldest), session_channel(newest))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
+
+    assert set(received(pubsub)) == {session_channel(newest)}
 
 
 def test_a_reconfigure_goes_to_the_newest_session_too(
@@ -168,3 +186,39 @@ def test_a_meeting_without_any_session_publishes_on_the_meeting_channel_only(red
 
     [leave] = received(pubsub)[meeting_channel(meeting.id)]
     assert (leave["action"], leave["connection_id"]) == ("leave", None)
+
+
+def test_a_bot_that_registered_during_a_redis_outage_still_gets_the_stop(
+        api_client, api_user, redis_conn, settings, django_capture_on_commit_callbacks):
+    """Redis refuses connections while the restarted bot registers (its key keeps naming the first
+    session); once Redis is back, the stop must reach the new session."""
+    from meetings.redis_client import get_redis
+
+    meeting = make_meeting(api_user, status=MeetingStatus.JOINING, native_meeting_id=MEET_ID)
+    first = str(make_session(meeting).session_uid)
+    redis_conn.set(current_uid_key(meeting.id), first)
+    second = str(uuid.uuid4())
+    real_redis_url = settings.REDIS_URL
+    try:
+        settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+        get_redis.cache_clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            body = answer(APIClient().post("/bots/internal/callback/started", {"connection_id": second},
+                                           format="json",
+                                           headers={"Authorization": f"Bearer {tokens.issue(meeting)}"}), 200)
+        assert body["status"] == "processed"
+        settings.REDIS_URL = real_redis_url
+        get_redis.cache_clear()
+        assert redis_conn.get(current_uid_key(meeting.id)) == first  # the mirror lags
+        pubsub = subscribe(redis_conn, session_channel(first), session_channel(second))
+
+        with django_capture_on_commit_callbacks(execute=True):
+            answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
+    finally:
+        settings.REDIS_URL = real_redis_url
+        get_redis.cache_clear()
+        redis_conn.delete(current_uid_key(meeting.id))
+
+    got = received(pubsub)
+    assert set(got) == {session_channel(second)}
+    assert got[session_channel(second)][0]["connection_id"] == second
