@@ -20,9 +20,13 @@ Status mapping (engine `State` → normalized status):
 | paused     | Up       | frozen, not gone: it resumes where it was |
 | restarting | Starting | between two runs under a restart policy |
 | removing   | Stopping | on its way out; it disappears on its own |
-| exited     | Exited if exit code 0, else Failed | |
+| exited     | Exited   | ended, cleanly or not: `exit_code` says which (0, 1, 137...) |
 | dead       | Failed   | the engine could not stop or remove it cleanly |
 | (other)    | Starting | an unknown state is never reported as gone |
+
+As in the bot states reference (seeds/000) and the other backends: Exited = the bot ended and its
+exit code is known, whatever it is; Failed = it never ran, crashed without an exit code, or the
+engine lost it. The manager judges success from the callbacks and `exit_code`, not from this.
 """
 from __future__ import annotations
 
@@ -57,7 +61,7 @@ STATUS_MAP: dict[str, NormalizedStatus] = {
     "paused": NormalizedStatus.UP,
     "restarting": NormalizedStatus.STARTING,
     "removing": NormalizedStatus.STOPPING,
-    "exited": NormalizedStatus.EXITED,  # FAILED when the exit code is not 0, see normalize_status
+    "exited": NormalizedStatus.EXITED,
     "dead": NormalizedStatus.FAILED,
 }
 
@@ -69,11 +73,9 @@ _EXIT_CODE_IN_STATUS = re.compile(r"^(?:Exited|Restarting) \((-?\d+)\)")
 _ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
-def normalize_status(state: str, exit_code: int | None) -> NormalizedStatus:
+def normalize_status(state: str) -> NormalizedStatus:
     """The normalized status of an engine `State`, as documented in the module table."""
     state = (state or "").lower()
-    if state == "exited":
-        return NormalizedStatus.EXITED if exit_code == 0 else NormalizedStatus.FAILED
     status = STATUS_MAP.get(state)
     if status is None:
         log.warning("docker: unknown container state %r, reported as Starting", state)
@@ -258,7 +260,7 @@ class DockerOrchestrator:
         return BotInfo(
             container_id=attrs["Id"],
             name=(attrs.get("Name") or "").lstrip("/"),
-            status=normalize_status(raw, exit_code),
+            status=normalize_status(raw),
             raw_status=raw,
             labels=dict(labels),
             created_at=_parse_created(attrs.get("Created")),
@@ -288,7 +290,7 @@ class DockerOrchestrator:
         return BotInfo(
             container_id=entry["Id"],
             name=names[0].lstrip("/") if names else "",
-            status=normalize_status(raw, exit_code),
+            status=normalize_status(raw),
             raw_status=raw,
             labels=dict(entry.get("Labels") or {}),
             created_at=_parse_created(entry.get("Created")),

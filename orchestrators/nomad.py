@@ -29,10 +29,13 @@ Status of a bot = its newest allocation (a rescheduled bot has several):
 | pending  | Starting | Stopping |
 | running  | Up       | Stopping |
 | unknown  | Up       | Stopping |   (client disconnected: last known running, never gone)
-| complete | Exited (Failed if the task's exit code is not 0) | same |
-| failed   | Failed   | Failed |
-| lost     | Failed   | Failed |   (its node died; Nomad may place a replacement, then that one counts)
-| (other)  | Starting | Stopping |  (never reported as gone)
+| complete | Exited   | Exited   |
+| failed   | Exited when the task reported an exit code, else Failed (it never ran: driver, image) |
+| lost     | Failed   | Failed   |   (its node died; Nomad may place a replacement, then that one counts)
+| (other)  | Starting | Stopping |   (never reported as gone)
+
+As in the bot states reference (seeds/000) and the other backends: Exited = the bot ended and its
+exit code (`exit_code`, 0 or not) is known; Failed = it never ran or was lost without one.
 
 A dispatched job with no allocation yet: job status `pending` → Requested, `running` → Starting,
 `dead` → Exited when it was stopped before being placed, else Failed.
@@ -84,8 +87,10 @@ def alloc_status(client_status: str, desired_status: str, exit_code: int | None)
     client_status = (client_status or "").lower()
     stop_desired = (desired_status or "").lower() in ("stop", "evict")
     if client_status == "complete":
-        return NormalizedStatus.FAILED if exit_code not in (None, 0) else NormalizedStatus.EXITED
-    if client_status in ("failed", "lost"):
+        return NormalizedStatus.EXITED
+    if client_status == "failed":
+        return NormalizedStatus.FAILED if exit_code is None else NormalizedStatus.EXITED
+    if client_status == "lost":
         return NormalizedStatus.FAILED
     status = _ALLOC_STATUS.get((client_status, stop_desired))
     if status is None:

@@ -11,10 +11,6 @@ json_str() {  # the string value of a top-level key of BOT_CONFIG (flat keys, no
     printf '%s' "$BOT_CONFIG" | sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p"
 }
 
-callback_url=$(json_str botManagerCallbackUrl)
-callback_base=${callback_url%/exited}
-connection_id=$(json_str connectionId)
-
 callback() {  # name, JSON body; best effort: a bot must not die because the manager is away
     [ -n "$callback_url" ] || return 0
     # `timeout` rather than wget -T, which crashes the static busybox 1.35 wget.
@@ -28,8 +24,14 @@ leave() {
     exit "$1"
 }
 
-echo "test bot: started as $HOSTNAME"
+# The trap before any work: as PID 1 the shell would ignore a SIGTERM it has no handler for.
 trap 'leave 0' TERM INT
+
+callback_url=$(json_str botManagerCallbackUrl)
+callback_base=${callback_url%/exited}
+connection_id=$(json_str connectionId)
+
+echo "test bot: started as $HOSTNAME"
 callback joining "{\"connection_id\": \"$connection_id\", \"container_id\": \"$HOSTNAME\"}"
 callback started "{\"connection_id\": \"$connection_id\", \"container_id\": \"$HOSTNAME\"}"
 

@@ -169,6 +169,18 @@ class NomadFake:
                     self._terminate(alloc, exit_code, killed=False)
             self._refresh_job_status(namespace, job_id)
 
+    def fail_to_start(self, job_id: str, namespace: str = "default") -> None:
+        """The task never runs (image pull or driver failure): failed, with no exit code."""
+        with self._lock:
+            for alloc in self._allocs_of(namespace, job_id):
+                state = alloc["TaskStates"]["bot"]
+                state["Events"] += [self._event("Driver Failure", "failed to pull image", fails_task=True),
+                                    self._event("Not Restarting", "Error was unrecoverable", fails_task=True)]
+                state["State"], state["Failed"] = "dead", True
+                alloc["ClientStatus"], alloc["ClientDescription"] = "failed", "Failed tasks"
+                alloc["ModifyIndex"] = self._next_index()
+            self._refresh_job_status(namespace, job_id)
+
     def set_alloc_status(self, job_id: str, client_status: str, desired_status: str = "run",
                          namespace: str = "default") -> None:
         """Force the newest allocation of a job into a given state (lost, unknown, evict...)."""

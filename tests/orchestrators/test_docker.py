@@ -31,23 +31,21 @@ from .support import docker_settings, find, make_spec, wait_for
 
 
 # --- status mapping (no engine) -------------------------------------------------------------------
-@pytest.mark.parametrize(("state", "exit_code", "expected"), [
-    ("created", None, NormalizedStatus.STARTING),
-    ("running", None, NormalizedStatus.UP),
-    ("paused", None, NormalizedStatus.UP),
-    ("restarting", None, NormalizedStatus.STARTING),
-    ("removing", None, NormalizedStatus.STOPPING),
-    ("exited", 0, NormalizedStatus.EXITED),
-    ("exited", 137, NormalizedStatus.FAILED),
-    ("exited", None, NormalizedStatus.FAILED),
-    ("dead", None, NormalizedStatus.FAILED),
+@pytest.mark.parametrize(("state", "expected"), [
+    ("created", NormalizedStatus.STARTING),
+    ("running", NormalizedStatus.UP),
+    ("paused", NormalizedStatus.UP),
+    ("restarting", NormalizedStatus.STARTING),
+    ("removing", NormalizedStatus.STOPPING),
+    ("exited", NormalizedStatus.EXITED),
+    ("dead", NormalizedStatus.FAILED),
 ])
-def test_engine_state_maps_to_documented_normalized_status(state, exit_code, expected):
-    assert normalize_status(state, exit_code) is expected
+def test_engine_state_maps_to_documented_normalized_status(state, expected):
+    assert normalize_status(state) is expected
 
 
 def test_unknown_engine_state_is_never_reported_as_gone():
-    assert normalize_status("hibernating", None).is_running
+    assert normalize_status("hibernating").is_running
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -144,7 +142,7 @@ def test_exited_bot_stays_listed_with_its_exit_code(backend, deployment_name):
     container_id = backend.start(make_spec(deployment_name, exit_code=5))
     info = wait_for(lambda: (b := find(backend.list(), container_id)) and not b.status.is_running and b,
                     what="the bot to exit")
-    assert (info.status, info.raw_status, info.exit_code) == (NormalizedStatus.FAILED, "exited", 5)
+    assert (info.status, info.raw_status, info.exit_code) == (NormalizedStatus.EXITED, "exited", 5)
 
 
 @pytest.mark.docker
@@ -179,6 +177,23 @@ def test_start_with_missing_image_raises_without_pulling(docker_client, docker_c
     with pytest.raises(OrchestratorError, match="not present on the Docker engine"):
         backend.start(make_spec(deployment_name))
     assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_DEPLOYMENT}={deployment_name}"}) == []
+
+
+@pytest.mark.docker
+def test_bot_that_cannot_start_raises_and_leaves_no_container(docker_client, docker_cleanup, deployment_name,
+                                                             bot_test_image):
+    # An image whose command does not exist: create succeeds, start fails.
+    holder = docker_client.containers.create(bot_test_image)
+    broken = f"botmanager-test-broken:{uuid.uuid4().hex[:8]}"
+    holder.commit(*broken.split(":"), changes=['CMD ["/no-such-bot"]'])
+    holder.remove()
+    try:
+        backend = DockerOrchestrator.from_settings(docker_settings(deployment_name, broken))
+        with pytest.raises(OrchestratorError, match="could not start"):
+            backend.start(make_spec(deployment_name))
+        assert backend.list() == []
+    finally:
+        docker_client.images.remove(broken)
 
 
 @pytest.mark.docker
@@ -260,7 +275,7 @@ def test_stop_kills_a_bot_that_ignores_sigterm_after_the_timeout(backend, docker
     backend.stop(container.id, timeout=1)
     elapsed = time.monotonic() - started
     info = backend.inspect(container.id)
-    assert (info.status, info.exit_code) == (NormalizedStatus.FAILED, 137)
+    assert (info.status, info.exit_code) == (NormalizedStatus.EXITED, 137)
     assert 0.9 <= elapsed < 10
 
 

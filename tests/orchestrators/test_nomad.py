@@ -27,8 +27,9 @@ from .support import find, make_spec, nomad_settings
     ("complete", "run", 0, NormalizedStatus.EXITED),
     ("complete", "stop", 0, NormalizedStatus.EXITED),
     ("complete", "stop", None, NormalizedStatus.EXITED),
-    ("complete", "stop", 137, NormalizedStatus.FAILED),
-    ("failed", "run", 3, NormalizedStatus.FAILED),
+    ("complete", "stop", 137, NormalizedStatus.EXITED),
+    ("failed", "run", 3, NormalizedStatus.EXITED),
+    ("failed", "run", None, NormalizedStatus.FAILED),
     ("failed", "stop", None, NormalizedStatus.FAILED),
     ("lost", "run", None, NormalizedStatus.FAILED),
     ("lost", "stop", None, NormalizedStatus.FAILED),
@@ -131,11 +132,18 @@ def test_pending_allocation_is_listed_starting(backend, nomad_fake, deployment_n
     assert (info.status, info.raw_status) == (NormalizedStatus.STARTING, "pending/run")
 
 
-def test_bot_that_exits_with_an_error_is_listed_failed_with_its_exit_code(backend, nomad_fake, deployment_name):
+def test_bot_that_exits_with_an_error_is_listed_exited_with_its_exit_code(backend, nomad_fake, deployment_name):
     job_id = backend.start(make_spec(deployment_name))
     nomad_fake.finish(job_id, 3)
     info = find(backend.list(), job_id)
-    assert (info.status, info.raw_status, info.exit_code) == (NormalizedStatus.FAILED, "failed/run", 3)
+    assert (info.status, info.raw_status, info.exit_code) == (NormalizedStatus.EXITED, "failed/run", 3)
+
+
+def test_bot_that_never_ran_is_listed_failed_without_exit_code(backend, nomad_fake, deployment_name):
+    job_id = backend.start(make_spec(deployment_name))
+    nomad_fake.fail_to_start(job_id)
+    info = find(backend.list(), job_id)
+    assert (info.status, info.raw_status, info.exit_code) == (NormalizedStatus.FAILED, "failed/run", None)
 
 
 def test_lost_allocation_is_listed_failed(backend, nomad_fake, deployment_name):
