@@ -30,6 +30,7 @@ chmod 0755 "$rootfs/bot"
 chmod 1777 "$rootfs/tmp"
 echo 'root:x:0:0:root:/:/bin/sh' > "$rootfs/etc/passwd"
 
+previous=$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 tar -C "$rootfs" -c . | docker import \
     --change 'CMD ["/bot"]' \
     --change 'ENV PATH=/bin' \
@@ -39,5 +40,10 @@ tar -C "$rootfs" -c . | docker import \
 if ! docker run --rm --network none "$tag" /bin/busybox true; then
     echo "build.sh: $tag does not run; $busybox must be statically linked (apt-get install busybox-static)" >&2
     exit 1
+fi
+# Each build re-tags: drop the image it replaced, unless a container still uses it (then it stays).
+current=$(docker image inspect --format '{{.Id}}' "$tag")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+    docker image rm "$previous" >/dev/null 2>&1 || echo "build.sh: previous image $previous still in use, kept"
 fi
 echo "build.sh: built $tag"
