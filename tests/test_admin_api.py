@@ -259,8 +259,9 @@ def test_get_user_by_id_answers_the_user(api):
     assert response.json()["name"] == "Erin"
 
 
-def test_get_unknown_user_answers_404_json(api):
-    response = api.get("/admin/users/987654321")
+@pytest.mark.parametrize("user_id", ["987654321", str(10**20)])
+def test_get_unknown_user_answers_404_json(api, user_id):
+    response = api.get(f"/admin/users/{user_id}")
 
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"

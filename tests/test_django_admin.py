@@ -7,6 +7,7 @@ import pytest
 from django.test import Client
 
 from accounts.models import APIToken
+from accounts.services import user_for_token
 from meetings import lifecycle
 from meetings.models import Meeting
 from meetings.statuses import MeetingStatus, TransitionSource
@@ -282,8 +283,6 @@ def test_a_token_can_be_revoked_in_the_django_admin(console):
     assert response.status_code == 302
     record.refresh_from_db()
     assert record.revoked_at is not None
-    from accounts.services import user_for_token
-
     assert user_for_token(token) is None
 
 
