@@ -5,11 +5,12 @@ import logging
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
+from redis.exceptions import RedisError
 
 from accounts.models import User
 
 from . import commands, lifecycle, stopping
-from .errors import BotLimitReached, DuplicateMeeting, MeetingConflict, MeetingNotFound
+from .errors import BackendUnavailable, BotLimitReached, DuplicateMeeting, MeetingConflict, MeetingNotFound
 from .models import Meeting
 from .statuses import LIVE, TERMINAL, FailureStage, MeetingStatus, TransitionSource
 
@@ -112,10 +113,14 @@ def reconfigure_bot(user: User, platform: str, native_meeting_id: str, *, langua
         changes = {k: v for k, v in {"language": language, "task": task}.items() if v is not None}
         meeting.data = {**(meeting.data or {}), **changes}
         meeting.save(update_fields=["data", "updated_at"])
-        meeting_id = meeting.id
-        current = meeting.data
-        transaction.on_commit(lambda: commands.publish_reconfigure(
-            meeting_id, current.get("language"), current.get("task")))
+        # Sent before commit: if Redis cannot take the command, the change is rolled back and the
+        # user gets a 503 to retry, instead of a 500 after a commit the bot never heard of.
+        try:
+            commands.publish_reconfigure(meeting.id, meeting.data.get("language"), meeting.data.get("task"))
+        except RedisError as exc:
+            raise BackendUnavailable(
+                f"Could not send the new settings to the bot (Redis unavailable: {exc}); nothing was changed, "
+                "retry later.") from None
     return meeting
 
 

@@ -630,6 +630,40 @@ def test_reconfigure_with_malformed_json_answers_422(api_client, api_user):
     answer(api_client.put(f"/bots/google_meet/{MEET_ID}/config", '{"language":', content_type="application/json"), 422)
 
 
+@pytest.fixture
+def redis_down(settings):
+    """Redis refuses connections (REDIS_URL at a port nothing listens on) for the test's duration."""
+    from meetings.redis_client import get_redis
+
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    get_redis.cache_clear()
+    yield
+    get_redis.cache_clear()
+
+
+def test_reconfigure_while_redis_is_unreachable_answers_503_and_changes_nothing(api_client, api_user, redis_down):
+    meeting = make_meeting(api_user, status=MeetingStatus.ACTIVE, native_meeting_id=MEET_ID, data={"language": "en"})
+    make_session(meeting)
+
+    body = answer(api_client.put(f"/bots/google_meet/{MEET_ID}/config", {"language": "de"}, format="json"), 503)
+
+    assert "retry" in body["detail"]
+    meeting.refresh_from_db()
+    assert meeting.data == {"language": "en"}
+
+
+def test_stop_while_redis_is_unreachable_still_answers_202_and_moves_to_stopping(
+        api_client, api_user, redis_down, django_capture_on_commit_callbacks):
+    meeting = make_meeting(api_user, status=MeetingStatus.ACTIVE, native_meeting_id=MEET_ID)
+    make_session(meeting)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
+
+    meeting.refresh_from_db()
+    assert meeting.status == MeetingStatus.STOPPING  # the delayed stop and the sweep take it from here
+
+
 # --- GET /bots/status -----------------------------------------------------------------------------
 class _BrokenBackend:
     name = "broken"

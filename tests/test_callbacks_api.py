@@ -207,6 +207,28 @@ def test_nul_characters_in_a_bots_report_are_dropped_not_a_500(bot):
     assert meeting.data["last_error"] == {"msg": "ab"}
 
 
+def test_callbacks_still_move_the_meeting_while_redis_is_unreachable(bot, settings,
+                                                                    django_capture_on_commit_callbacks):
+    """Status events and the current-session mirror are after-commit notifications: a Redis outage
+    is logged and never fails or undoes a callback (the database is the truth)."""
+    from meetings.redis_client import get_redis
+
+    meeting, uid = launched(S.JOINING)
+    new_uid = str(uuid.uuid4())
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    get_redis.cache_clear()
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            started = answer(callback(bot, "started", {"connection_id": uid}), 200)
+            registered = answer(callback(bot, "exited", {"connection_id": new_uid, "exit_code": 0},
+                                         token=tokens.issue(meeting)), 200)
+    finally:
+        get_redis.cache_clear()
+
+    assert started["status"] == registered["status"] == "processed"
+    assert registered["meeting_status"] == "completed"
+
+
 # --- Idempotency and terminal meetings ------------------------------------------------------------
 @pytest.mark.parametrize("name,body,from_status", [
     ("joining", {}, S.REQUESTED),
