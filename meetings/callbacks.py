@@ -17,6 +17,7 @@ from . import commands, lifecycle, tokens
 from .errors import UnknownSession
 from .models import Meeting, MeetingSession
 from .statuses import TERMINAL, CompletionReason, MeetingStatus, TransitionSource
+from .stopping import STOP_REASON_KEY
 
 CALLBACK_NAMES = ("joining", "awaiting_admission", "started", "exited", "status_change")
 _SIMPLE_TARGETS = {
@@ -63,6 +64,10 @@ class CallbackResult:
 def handle(report: CallbackReport, bearer_token: str | None) -> CallbackResult:
     session = _resolve_session(report.connection_id, bearer_token)
     target, completion_reason, failure_stage = _target(report)
+    if target == MeetingStatus.COMPLETED and completion_reason == CompletionReason.STOPPED:
+        # A bot that left because the manager stopped it (max duration, an admin...) reports a
+        # plain "stopped": the reason the manager recorded with the stop is the true one.
+        completion_reason = _manager_stop_reason(session.meeting_id) or completion_reason
     exiting = target in TERMINAL
     if exiting:
         _record_exit(session, report.exit_code)
@@ -97,6 +102,11 @@ def _target(report: CallbackReport) -> tuple[str, str | None, str | None]:
     if target == MeetingStatus.FAILED:
         return target, None, report.failure_stage
     return target, None, None
+
+
+def _manager_stop_reason(meeting_id: int) -> str | None:
+    return (Meeting.objects.filter(pk=meeting_id, stop_requested_at__isnull=False)
+            .values_list(f"data__{STOP_REASON_KEY}", flat=True).first())
 
 
 def _metadata(report: CallbackReport) -> dict:

@@ -152,6 +152,43 @@ def test_exit_code_0_takes_the_completion_reason_from_the_body(bot, reason):
     assert reload(meeting).completion_reason == reason
 
 
+@pytest.mark.parametrize("name,body", [("exited", {"exit_code": 0}),
+                                       ("exited", {"exit_code": 0, "completion_reason": "stopped"}),
+                                       ("status_change", {"status": "completed"})])
+def test_a_bot_stopped_by_the_manager_completes_with_the_managers_reason(bot, name, body):
+    from meetings import stopping
+
+    meeting, uid = launched(S.ACTIVE)
+    stopping.request_stop(meeting.id, source="orphan_sweep", reason="max duration reached",
+                          completion_reason="max_duration")
+
+    answer(callback(bot, name, {"connection_id": uid, **body}), 200)
+
+    meeting = reload(meeting)
+    assert (meeting.status, meeting.completion_reason) == ("completed", "max_duration")
+    assert meeting.data["completion_reason"] == "max_duration"
+
+
+def test_a_bot_stopped_by_the_manager_keeps_its_own_specific_reason(bot):
+    from meetings import stopping
+
+    meeting, uid = launched(S.ACTIVE)
+    stopping.request_stop(meeting.id, source="orphan_sweep", reason="max duration", completion_reason="max_duration")
+
+    answer(callback(bot, "exited", {"connection_id": uid, "exit_code": 0, "completion_reason": "left_alone"}), 200)
+
+    assert reload(meeting).completion_reason == "left_alone"
+
+
+def test_a_bot_stopped_by_its_user_completes_stopped(bot, api_client, api_user):
+    meeting, uid = launched(S.ACTIVE, user=api_user)
+    answer(api_client.delete(f"/bots/{meeting.platform}/{meeting.native_meeting_id}"), 202)
+
+    answer(callback(bot, "exited", {"connection_id": uid, "exit_code": 0}), 200)
+
+    assert reload(meeting).completion_reason == "stopped"
+
+
 @pytest.mark.parametrize("from_status", [S.REQUESTED, S.JOINING, S.AWAITING_ADMISSION, S.ACTIVE, S.STOPPING])
 def test_a_non_zero_exit_fails_the_meeting_in_the_stage_it_was_in(bot, from_status):
     meeting, uid = launched(from_status)
