@@ -8,8 +8,9 @@
 # 3. build botmanager-test-bot:latest (docker/bot-test-image/build.sh, about a second).
 #
 # DOCKER_HOST=unix:///path.sock starts and uses an engine on that socket instead of the default
-# one; DOCKERD_EXTRA_ARGS adds dockerd flags (e.g. a second engine: --data-root, --exec-root,
-# --pidfile, --bridge=none). Needs root to install packages and to run dockerd.
+# one; DOCKERD_EXTRA_ARGS adds dockerd flags (a second engine needs its own --data-root,
+# --exec-root and --pidfile; never --bridge=none next to a running engine: a dockerd started
+# that way deletes the docker0 bridge the other one uses). Needs root for apt-get and dockerd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started_at=$(date +%s)
