@@ -13,9 +13,11 @@ through the lifecycle function and the orchestrators. Rules:
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -185,6 +187,9 @@ def list_backends(names: set[str]) -> dict[str, Listing]:
             listings[name] = Listing(name, tuple(get_orchestrator(name).list()))
         except OrchestratorError as exc:
             listings[name] = Listing(name, None, str(exc))
+        except Exception as exc:  # a backend's bug must not stop the deadlines
+            log.exception("sweep: listing backend %s crashed", name)
+            listings[name] = Listing(name, None, f"{type(exc).__name__}: {exc}")
     return listings
 
 
@@ -235,16 +240,18 @@ def apply(p: Plan) -> Summary:
     for f in p.finalize:
         if f.stop_container:
             _stop(summary, *f.stop_container, running=True)
-        result = lifecycle.transition(
-            f.meeting_id, f.to_status, source=TransitionSource.ORPHAN_SWEEP, reason=f.reason,
-            completion_reason=f.completion_reason, failure_stage=f.failure_stage, metadata=f.metadata,
-            only_from={f.from_status})
-        summary.finalized += int(result.applied)
+        with _decision(summary, f.meeting_id):
+            result = lifecycle.transition(
+                f.meeting_id, f.to_status, source=TransitionSource.ORPHAN_SWEEP, reason=f.reason,
+                completion_reason=f.completion_reason, failure_stage=f.failure_stage, metadata=f.metadata,
+                only_from={f.from_status})
+            summary.finalized += int(result.applied)
     for s in p.start_stop:
-        result = stopping.request_stop(s.meeting_id, source=TransitionSource.ORPHAN_SWEEP,
-                                       reason="maximum bot duration reached", completion_reason=s.completion_reason,
-                                       only_from={S.ACTIVE})
-        summary.stops_requested += int(result.applied)
+        with _decision(summary, s.meeting_id):
+            result = stopping.request_stop(s.meeting_id, source=TransitionSource.ORPHAN_SWEEP,
+                                           reason="maximum bot duration reached",
+                                           completion_reason=s.completion_reason, only_from={S.ACTIVE})
+            summary.stops_requested += int(result.applied)
     for c in p.containers:
         if _stop(summary, c.backend, c.container_id, running=c.running, remove=True):
             summary.containers_stopped += int(c.running)
@@ -254,14 +261,31 @@ def apply(p: Plan) -> Summary:
     return summary
 
 
-def _stop(summary: Summary, backend: str, container_id: str, *, running: bool, remove: bool = False) -> bool:
-    orchestrator = get_orchestrator(backend)
+@contextmanager
+def _decision(summary: Summary, meeting_id: int):
+    """One decision failing (the meeting was deleted meanwhile, a database error) must not keep
+    the sweep from the others: it is reported, and the next sweep decides again."""
     try:
+        yield
+    except SoftTimeLimitExceeded:
+        raise
+    except Meeting.DoesNotExist:
+        log.info("sweep: meeting %s no longer exists; nothing to do", meeting_id)
+    except Exception as exc:
+        log.exception("sweep: decision on meeting %s failed", meeting_id)
+        summary.errors.append(f"meeting {meeting_id}: {type(exc).__name__}: {exc}")
+
+
+def _stop(summary: Summary, backend: str, container_id: str, *, running: bool, remove: bool = False) -> bool:
+    try:
+        orchestrator = get_orchestrator(backend)
         if running:
             orchestrator.stop(container_id, timeout=settings.BOT_STOP_TIMEOUT_SECONDS)
         if remove:
             orchestrator.remove(container_id)
-    except OrchestratorError as exc:
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:  # OrchestratorError, or a backend's bug: same handling
         # Counted and reported; the next sweep tries again.
         summary.errors.append(f"{backend}: could not stop {container_id}: {exc}")
         log.warning("sweep: could not stop %s on %s: %s", container_id, backend, exc)
