@@ -60,6 +60,21 @@ def test_exit_code_is_read_from_the_list_status_text(text, expected):
     assert exit_code_from_status_text(text) == expected
 
 
+def test_registry_builds_the_docker_backend_from_the_django_settings(settings):
+    # The tests build backends from stand-in settings objects; this one proves the names exist.
+    from orchestrators.registry import get_orchestrator
+
+    settings.BOT_IMAGE, settings.DOCKER_BOT_MEM_LIMIT = "registry-check:1", "256m"
+    get_orchestrator.cache_clear()
+    try:
+        backend = get_orchestrator("docker")
+    finally:
+        get_orchestrator.cache_clear()
+    assert isinstance(backend, DockerOrchestrator)
+    assert (backend.image, backend.mem_limit, backend.deployment) == ("registry-check:1", "256m",
+                                                                       settings.DEPLOYMENT_NAME)
+
+
 # --- engine unreachable (no engine needed) --------------------------------------------------------
 def _unreachable(tmp_path, **overrides) -> DockerOrchestrator:
     return DockerOrchestrator.from_settings(docker_settings(

@@ -57,6 +57,21 @@ def test_job_without_allocation_maps_to_documented_status(job_status, stopped, e
     assert job_status_without_alloc(job_status, stopped) is expected
 
 
+def test_registry_builds_the_nomad_backend_from_the_django_settings(settings):
+    # The tests build backends from stand-in settings objects; this one proves the names exist.
+    from orchestrators.registry import get_orchestrator
+
+    settings.NOMAD_ADDR, settings.NOMAD_BOT_JOB = "http://nomad.example:4646", "bots-check"
+    get_orchestrator.cache_clear()
+    try:
+        backend = get_orchestrator("nomad")
+    finally:
+        get_orchestrator.cache_clear()
+    assert isinstance(backend, NomadOrchestrator)
+    assert (backend.address, backend.job, backend.deployment) == ("http://nomad.example:4646", "bots-check",
+                                                                  settings.DEPLOYMENT_NAME)
+
+
 # --- through the fake -----------------------------------------------------------------------------
 @pytest.fixture
 def backend(nomad_fake, deployment_name) -> NomadOrchestrator:
