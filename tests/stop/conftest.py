@@ -100,6 +100,14 @@ def queued_tasks(name: str) -> list[dict]:
     return [m for m in queued() if m["task"] == name]
 
 
+def wait_worker_idle(timeout: float = 15.0) -> None:
+    """Wait until every queued task has run: nothing waits in the queue and nothing delivered is
+    unacknowledged (tasks are acknowledged after they ran: acks_late)."""
+    broker = _broker()
+    wait_for(lambda: broker.llen(QUEUE) == 0 and broker.hlen("unacked") == 0, timeout=timeout,
+             what="the worker to run every queued task")
+
+
 @pytest.fixture(autouse=True)
 def clean_broker():
     """Tasks left by one test (enqueued without a worker, or handed back by a stopping worker)
@@ -221,3 +229,33 @@ def post_meeting_runs():
     post_meeting.STEPS.append(count_run)
     yield counts
     post_meeting.STEPS.remove(count_run)
+
+
+# --- Django admin ----------------------------------------------------------------------------------
+CHANGELIST = "/admin/meetings/meeting/"
+
+
+@pytest.fixture
+def console(db):
+    """A Django test client logged in as a superuser (the operations console)."""
+    from django.test import Client
+
+    from tests.factories import make_user
+
+    client = Client()
+    client.force_login(make_user(email="ops@example.com", is_staff=True, is_superuser=True))
+    return client
+
+
+def admin_action(client, action: str, meeting_ids=(), **fields):
+    """POST the changelist's action bar, as the browser does (`index` marks the action bar)."""
+    return client.post(CHANGELIST, {"action": action, "index": "0",
+                                    "_selected_action": [str(i) for i in meeting_ids], **fields}, follow=True)
+
+
+def admin_finalize(client, meeting_ids, outcome: str):
+    """The finalize action's two steps: the intermediate form, then its confirmation."""
+    form = admin_action(client, "finalize_selected", meeting_ids)
+    assert form.status_code == 200
+    return client.post(CHANGELIST, {"action": "finalize_selected", "confirm": "yes", "outcome": outcome,
+                                    "_selected_action": [str(i) for i in meeting_ids]}, follow=True)
