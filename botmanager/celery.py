@@ -2,9 +2,27 @@
 import os
 
 from celery import Celery
+from celery.signals import setup_logging
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
 app = Celery("botmanager")
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks(["meetings"])
+
+
+@setup_logging.connect(weak=False)
+def _use_django_logging(**kwargs):
+    """Worker and beat log through the settings' LOGGING (LOG_FORMAT=json gives JSON lines there
+    too) instead of Celery's own format."""
+    from logging.config import dictConfig
+
+    from django.conf import settings
+
+    dictConfig(settings.LOGGING)
+
+
+# Sweep runs and what they did are counted in Redis by every worker process (botmanager/metrics.py).
+from botmanager import metrics  # noqa: E402
+
+metrics.connect_worker_signals()

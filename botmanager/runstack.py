@@ -91,9 +91,12 @@ def main() -> int:
     bin_dir = os.path.dirname(python)
     children = {
         "web": subprocess.Popen([
-            os.path.join(bin_dir, "gunicorn"), "botmanager.wsgi", "--bind", f"127.0.0.1:{settings.PORT}",
+            os.path.join(bin_dir, "gunicorn"), "-c", "python:botmanager.gunicorn_conf", "botmanager.wsgi",
+            "--bind", f"127.0.0.1:{settings.PORT}",
             "--workers", str(settings.WEB_CONCURRENCY), "--access-logfile", "-", "--graceful-timeout", "10",
-        ]),
+        ], env={**os.environ,
+                # Metrics of all gunicorn workers, summed on scrape (botmanager/metrics.py).
+                "PROMETHEUS_MULTIPROC_DIR": settings.PROMETHEUS_MULTIPROC_DIR or str(run_dir / "prometheus")}),
         "worker": subprocess.Popen([
             os.path.join(bin_dir, "celery"), "-A", "botmanager", "worker", "--loglevel", "INFO",
             "--concurrency", str(settings.CELERY_CONCURRENCY), "--hostname", "worker@%h",

@@ -75,6 +75,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "botmanager.metrics.CallbackLatencyMiddleware",  # first: times the whole callback
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -174,11 +175,18 @@ CELERY_CONCURRENCY = _int("CELERY_CONCURRENCY", 2)
 
 # --- Logging --------------------------------------------------------------------------------------
 LOG_LEVEL = _str("LOG_LEVEL", "INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+# plain: human lines (make run); json: one JSON object per line with the structured fields
+# (botmanager/jsonlog.py; the compose file sets it).
+LOG_FORMAT = _str("LOG_FORMAT", "plain").strip().lower()
+from botmanager.jsonlog import logging_config  # noqa: E402
+
+LOGGING = logging_config(LOG_FORMAT, LOG_LEVEL)
+
+# --- Health and metrics ---------------------------------------------------------------------------
+# Where gunicorn's workers keep prometheus-client's per-process files (multiprocess mode); empty:
+# single-process metrics. prometheus-client reads this variable itself, at import.
+PROMETHEUS_MULTIPROC_DIR = _str("PROMETHEUS_MULTIPROC_DIR", "")
+# Empty: /metrics is open (keep it off the public network); set: it needs `Authorization: Bearer <it>`.
+METRICS_TOKEN = _str("METRICS_TOKEN", "")
+# /readyz: how long each dependency check may take.
+READYZ_TIMEOUT_SECONDS = _float("READYZ_TIMEOUT_SECONDS", 3)

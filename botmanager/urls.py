@@ -1,9 +1,12 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from . import errors
+from . import errors, health, metrics
 
 urlpatterns = [
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
+    path("metrics", metrics.metrics_view),
     # The admin API (/admin/users, /admin/tokens) is matched before the Django admin (/admin/).
     path("", include("accounts.urls")),
     path("", include("meetings.urls")),

@@ -104,7 +104,10 @@ def transition(
             record.metadata = {**metadata, "refused": refusal}
             record.save()
             log.info("meeting %s: refused %s -> %s from %s (%s)", meeting.id, from_status, to_status,
-                     source, refusal)
+                     source, refusal, extra={
+                         "meeting_id": meeting.id, "session_uid": str(session.session_uid) if session else None,
+                         "source": str(source), "from_status": str(from_status), "to_status": str(to_status),
+                         "applied": False, "refusal": refusal})
             return TransitionResult(Outcome.REFUSED, meeting, from_status, to_status, record, refusal)
 
         now = timezone.now()
@@ -114,7 +117,10 @@ def transition(
         record.failure_stage = meeting.failure_stage if to_status == MeetingStatus.FAILED else None
         record.save()
         log.info("meeting %s: %s -> %s by %s%s", meeting.id, from_status, to_status, source,
-                 f" ({reason})" if reason else "")
+                 f" ({reason})" if reason else "", extra={
+                     "meeting_id": meeting.id, "session_uid": str(session.session_uid) if session else None,
+                     "source": str(source), "from_status": str(from_status), "to_status": str(to_status),
+                     "applied": True, "reason": reason})
         transaction.on_commit(lambda: _after_commit(meeting), robust=True)
         if to_status in TERMINAL:
             transaction.on_commit(lambda: _enqueue_post_meeting(meeting.id), robust=True)

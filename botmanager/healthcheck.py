@@ -1,0 +1,76 @@
+"""Container health probes (docker-compose.yml): `python -m botmanager.healthcheck web|worker|beat`.
+Exit 0 = healthy; otherwise one line on stderr says why.
+
+- web: GET http://127.0.0.1:$PORT/healthz answers 200 (the process serves requests).
+- worker: this container's Celery worker (`worker@<hostname>`) answers a control ping within 5 s,
+  i.e. `celery inspect ping` for this worker only.
+- beat: a sweep completed within the last max(3 × ORPHAN_SWEEP_INTERVAL_SECONDS, 180) s (the
+  Redis counters of botmanager/metrics.py). Beat answers no ping; what matters is that the sweep
+  it schedules runs, so this is the check that catches a beat that is up but not scheduling (it
+  also goes unhealthy when no worker runs the sweeps; the worker's own check tells which).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import urllib.request
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
+
+
+def web() -> str | None:
+    from django.conf import settings
+
+    url = f"http://127.0.0.1:{settings.PORT}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return None if response.status == 200 else f"{url} answered {response.status}"
+    except OSError as exc:
+        return f"{url}: {exc}"
+
+
+def worker() -> str | None:
+    from botmanager.celery import app
+
+    name = f"worker@{socket.gethostname()}"
+    replies = app.control.ping(destination=[name], timeout=5)
+    return None if replies else f"{name} did not answer a ping within 5 s"
+
+
+def beat() -> str | None:
+    from django.conf import settings
+
+    from botmanager.metrics import REDIS_KEY
+    from meetings.redis_client import get_redis
+
+    last = float(get_redis().hget(REDIS_KEY, "sweep_last_success_ts") or 0)
+    limit = max(3 * settings.ORPHAN_SWEEP_INTERVAL_SECONDS, 180)
+    age = time.time() - last
+    return None if age <= limit else f"no sweep completed in the last {limit:.0f} s (last: {age:.0f} s ago)"
+
+
+PROBES = {"web": web, "worker": worker, "beat": beat}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] not in PROBES:
+        print(f"usage: python -m botmanager.healthcheck {'|'.join(PROBES)}", file=sys.stderr)
+        return 2
+    if argv[0] != "web":
+        import django
+
+        django.setup()
+    try:
+        problem = PROBES[argv[0]]()
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
