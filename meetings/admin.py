@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 
 from . import operations, reconcile
@@ -55,7 +57,7 @@ class MeetingAdmin(admin.ModelAdmin):
     inlines = [SessionInline, TransitionInline]
     actions = ["finalize_selected", "run_orphan_sweep"]
 
-    @admin.action(description="Finalize selected meetings")
+    @admin.action(description="Finalize selected meetings", permissions=["change"])
     def finalize_selected(self, request, queryset):
         form = FinalizeForm(request.POST if request.POST.get("confirm") else None)
         if not form.is_valid():
@@ -72,19 +74,17 @@ class MeetingAdmin(admin.ModelAdmin):
         return None
 
     def changelist_view(self, request, extra_context=None):
-        # The sweep looks at every meeting: let its action run without a selection.
-        from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-
+        # The sweep looks at every meeting and at bots no meeting knows: its action runs without a
+        # selection, also when there is no meeting at all (Django's action handling would refuse
+        # an empty selection, and a leftover bot of an emptied database would never be stopped).
         if request.method == "POST" and request.POST.get("action") == "run_orphan_sweep" \
-                and not request.POST.getlist(ACTION_CHECKBOX_NAME):
-            post = request.POST.copy()
-            first = Meeting.objects.order_by("pk").values_list("pk", flat=True).first()
-            if first is not None:
-                post.setlist(ACTION_CHECKBOX_NAME, [str(first)])
-                request.POST = post
+                and not request.POST.getlist(ACTION_CHECKBOX_NAME) \
+                and "run_orphan_sweep" in self.get_actions(request):  # offered: may change meetings
+            self.run_orphan_sweep(request, self.get_queryset(request).none())
+            return HttpResponseRedirect(request.get_full_path())
         return super().changelist_view(request, extra_context)
 
-    @admin.action(description="Run orphan sweep now")
+    @admin.action(description="Run orphan sweep now", permissions=["change"])
     def run_orphan_sweep(self, request, queryset):
         _plan, summary = reconcile.sweep()
         level = messages.WARNING if summary.errors or summary.skipped else messages.SUCCESS

@@ -177,18 +177,25 @@ class Bots:
                 self.backend.stop(bot.container_id, timeout=0)
 
 
-@pytest.fixture
-def bots(settings, tmp_path):
+@pytest.fixture(autouse=True)
+def isolated_backend(settings, tmp_path):
+    """Every test here sees only its own bots: a sweep must never list (and stop) the bots of a
+    `make run` stack in the default RUN_DIR."""
     settings.RUN_DIR = tmp_path
     settings.ORCHESTRATOR = "process"
     settings.DEPLOYMENT_NAME = "stop-tests"
     settings.PROCESS_BOT_COMMAND = ""
-    settings.BOT_STOP_TIMEOUT_SECONDS = 1
     get_orchestrator.cache_clear()
+    yield
+    get_orchestrator.cache_clear()
+
+
+@pytest.fixture
+def bots(settings, tmp_path):
+    settings.BOT_STOP_TIMEOUT_SECONDS = 1
     helper = Bots(tmp_path)
     yield helper
     helper.stop_all()
-    get_orchestrator.cache_clear()
 
 
 # --- Celery worker ---------------------------------------------------------------------------------
