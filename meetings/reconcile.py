@@ -69,7 +69,7 @@ class Finalize:
     reason: str
     completion_reason: str | None = None
     failure_stage: str | None = None
-    stop_container: tuple[str, str] | None = None  # (backend, container id) to stop first
+    stop_container: tuple[str, str] | None = None  # (backend, container id) to stop once ended
     metadata: dict = field(default_factory=dict)
 
 
@@ -238,14 +238,18 @@ def apply(p: Plan) -> Summary:
     summary = Summary(checked=p.checked)
     summary.errors.extend(f"{name}: listing failed: {err}" for name, err in p.unknown_backends.items())
     for f in p.finalize:
-        if f.stop_container:
-            _stop(summary, *f.stop_container, running=True)
         with _decision(summary, f.meeting_id):
             result = lifecycle.transition(
                 f.meeting_id, f.to_status, source=TransitionSource.ORPHAN_SWEEP, reason=f.reason,
                 completion_reason=f.completion_reason, failure_stage=f.failure_stage, metadata=f.metadata,
                 only_from={f.from_status})
             summary.finalized += int(result.applied)
+            # The decision is recorded before the bot is stopped: stopped first, a cooperative bot
+            # reports its own clean exit (completed/stopped) and that replaces the timeout outcome
+            # (failed/joining, awaiting_admission_timeout, ...); and a meeting that moved on since
+            # the snapshot (its bot became active meanwhile) keeps its bot.
+            if f.stop_container and result.meeting.is_terminal:
+                _stop(summary, *f.stop_container, running=True)
     for s in p.start_stop:
         with _decision(summary, s.meeting_id):
             result = stopping.request_stop(s.meeting_id, source=TransitionSource.ORPHAN_SWEEP,
