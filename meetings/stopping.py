@@ -3,8 +3,8 @@
 1. `request_stop`: persist `stopping` (deadline = now + delay + grace), publish `leave` to the
    bot's current session on commit, and enqueue `delayed_stop` with countdown
    BOT_STOP_DELAY_SECONDS. A meeting with no launched bot finishes at once (completed/stopped).
-2. `delayed_stop`: the bot had its chance: stop its container, then enqueue
-   `finalize_after_stop` with countdown BOT_STOP_GRACE_SECONDS.
+2. `delayed_stop`: the bot had its chance: enqueue `finalize_after_stop` for the meeting's stop
+   deadline (normally BOT_STOP_GRACE_SECONDS from now), then stop its container.
 3. `finalize_after_stop`: if the bot's exit callback still has not ended the meeting, inspect the
    container (stop it again if it somehow runs) and finalize completed/stopped.
 Every step re-reads the row and does nothing once the meeting has moved on. The countdowns are
@@ -17,6 +17,7 @@ from dataclasses import asdict
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from orchestrators.base import OrchestratorError
 from orchestrators.registry import get_orchestrator
@@ -67,13 +68,23 @@ def delayed_stop(meeting_id: int) -> None:
     meeting = Meeting.objects.filter(pk=meeting_id).first()
     if meeting is None:
         return
+    if not meeting.is_terminal:
+        # Scheduled before the stop, not after it: a bot that ignores SIGTERM holds `stop()` for
+        # BOT_STOP_TIMEOUT_SECONDS, and that must not push the ending past the stop deadline.
+        tasks.finalize_after_stop.apply_async((meeting_id,), countdown=finalize_countdown(meeting))
     if meeting.bot_container_id:
         # Also when the meeting already ended: a container that outlived its meeting must go
         # (stopping a gone container is a no-op).
         _backend(meeting).stop(meeting.bot_container_id, timeout=settings.BOT_STOP_TIMEOUT_SECONDS)
-    if meeting.is_terminal:
-        return
-    tasks.finalize_after_stop.apply_async((meeting_id,), countdown=settings.BOT_STOP_GRACE_SECONDS)
+
+
+def finalize_countdown(meeting: Meeting) -> float:
+    """Seconds until the finalizer is due: the meeting's stop deadline (stop request + delay +
+    grace), never more than the grace from now."""
+    grace = settings.BOT_STOP_GRACE_SECONDS
+    if meeting.deadline_at is None:
+        return grace
+    return max(0.0, min(grace, (meeting.deadline_at - timezone.now()).total_seconds()))
 
 
 def finalize_after_stop(meeting_id: int) -> TransitionResult | None:

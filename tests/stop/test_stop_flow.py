@@ -71,7 +71,7 @@ def test_the_delayed_stop_stops_the_bot_once_the_stop_delay_has_passed(api_clien
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_finalizer_completes_the_meeting_once_the_grace_has_passed_after_the_delayed_stop(
+def test_the_finalizer_completes_the_meeting_at_its_stop_deadline_a_grace_after_the_delayed_stop(
         api_client, api_user, bots, settings, worker):
     settings.BOT_STOP_DELAY_SECONDS = 0.5
     settings.BOT_STOP_GRACE_SECONDS = 1.5
@@ -79,6 +79,7 @@ def test_the_finalizer_completes_the_meeting_once_the_grace_has_passed_after_the
     container = bots.start(meeting)
 
     assert api_client.delete(f"/bots/google_meet/{MEET_ID}").status_code == 202
+    stop_deadline = Meeting.objects.get(pk=meeting.id).deadline_at
     wait_for(lambda: Meeting.objects.get(pk=meeting.id).status == S.COMPLETED, timeout=20,
              what="the meeting to be completed")
 
@@ -86,8 +87,29 @@ def test_the_finalizer_completes_the_meeting_once_the_grace_has_passed_after_the
     final = applied(meeting.id)[-1]
     assert (final.to_status, final.completion_reason, final.source) == (
         S.COMPLETED, "stopped", TransitionSource.GRACE_FINALIZER)
+    assert stop_deadline <= final.created_at < stop_deadline + timedelta(seconds=2)
     after_stop = (final.created_at - bot_stopped_at).total_seconds()
-    assert 1.5 <= after_stop < 1.5 + 2.5, after_stop
+    assert 1.0 <= after_stop < 1.5 + 2.0, after_stop  # the grace, less the delayed stop's own lateness
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bot_resisting_sigterm_longer_than_the_grace_does_not_push_the_ending_past_the_stop_deadline(
+        api_client, api_user, bots, settings, worker):
+    settings.BOT_STOP_DELAY_SECONDS = 0.5
+    settings.BOT_STOP_GRACE_SECONDS = 1
+    settings.BOT_STOP_TIMEOUT_SECONDS = 4  # the delayed stop waits that long before SIGKILL
+    meeting = make_meeting(api_user, status=S.ACTIVE, native_meeting_id=MEET_ID)
+    container = bots.start(meeting, "stubborn")
+
+    assert api_client.delete(f"/bots/google_meet/{MEET_ID}").status_code == 202
+    wait_for(lambda: Meeting.objects.get(pk=meeting.id).status == S.COMPLETED, timeout=20,
+             what="the meeting to be completed")
+
+    meeting.refresh_from_db()
+    took = (meeting.end_time - meeting.stop_requested_at).total_seconds()
+    assert took < 0.5 + 1 + 1.5, took  # the deadline (delay + grace) and a margin, not delay + 4 s + grace
+    assert applied(meeting.id)[-1].source == TransitionSource.GRACE_FINALIZER
+    wait_for(lambda: not bots.running(container), what="the bot to be gone")
 
 
 @pytest.mark.django_db
