@@ -97,7 +97,10 @@ def stop_bot(user: User, platform: str, native_meeting_id: str) -> str:
             raise MeetingNotFound(f"No meeting found for {platform}/{native_meeting_id}.")
         return f"Meeting already {newest.status}."
     for meeting_id in meeting_ids:
-        stopping.request_stop(meeting_id, source=TransitionSource.USER, reason="stop requested by user")
+        try:
+            stopping.request_stop(meeting_id, source=TransitionSource.USER, reason="stop requested by user")
+        except Meeting.DoesNotExist:
+            continue  # ended and deleted since it was listed: nothing left to stop
     return "Stop request accepted and is being processed."
 
 

@@ -118,7 +118,9 @@ def _record_container(meeting_id: int, session: MeetingSession, container_id: st
         meeting.orchestrator = backend.name
         meeting.save(update_fields=["bot_container_id", "orchestrator", "updated_at"])
         uid = str(session.session_uid)
-        transaction.on_commit(lambda: commands.set_current_session(meeting_id, uid), robust=True)
+        if meeting.current_session_id == session.id:
+            # Not when a restarted bot registered a newer session meanwhile: that one is current.
+            transaction.on_commit(lambda: commands.set_current_session(meeting_id, uid), robust=True)
         if meeting.is_terminal:
             # Stopped while the bot was starting: the container must not outlive its meeting.
             transaction.on_commit(lambda: backend.stop(container_id, timeout=settings.BOT_STOP_TIMEOUT_SECONDS))

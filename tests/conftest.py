@@ -15,17 +15,25 @@ _started: devstack.Started | None = None
 def pytest_configure(config):
     global _started
     _started = devstack.ensure_services()
-    # Tasks enqueued by tests must never reach the worker of a `make run` on the same Redis.
-    from botmanager.celery import app
-
-    app.conf.broker_url = _test_broker_url()
+    _isolate_redis()
 
 
-def _test_broker_url() -> str:
+def _isolate_redis() -> None:
+    """Tests use their own Redis database (TEST_REDIS_DB) for keys and the Celery broker, so a
+    `make run` on the same server never sees their tasks or keys, nor they its."""
+    from urllib.parse import urlsplit, urlunsplit
+
     from django.conf import settings
 
-    base, _, _db = settings.CELERY_BROKER_URL.rpartition("/")
-    return f"{base}/{settings.TEST_REDIS_DB}"
+    from botmanager.celery import app
+
+    def with_db(url: str) -> str:
+        parts = urlsplit(url)
+        return urlunsplit(parts._replace(path=f"/{settings.TEST_REDIS_DB}"))
+
+    settings.REDIS_URL = with_db(settings.REDIS_URL)
+    settings.CELERY_BROKER_URL = with_db(settings.CELERY_BROKER_URL)
+    app.conf.broker_url = settings.CELERY_BROKER_URL
 
 
 def pytest_unconfigure(config):
