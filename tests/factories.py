@@ -13,6 +13,15 @@ from meetings.statuses import MeetingStatus, TransitionSource
 _seq = itertools.count(1)
 
 
+def meet_id(n: int) -> str:
+    """A valid, distinct Google Meet id (`abc-defg-hij` shape) for each n."""
+    letters = ""
+    for _ in range(10):
+        n, digit = divmod(n, 26)
+        letters += chr(ord("a") + digit)
+    return f"{letters[:3]}-{letters[3:7]}-{letters[7:]}"
+
+
 def make_user(**fields) -> User:
     n = next(_seq)
     fields.setdefault("email", f"user{n}-{id(fields)}@example.com")
@@ -30,7 +39,7 @@ def make_meeting(user: User | None = None, status: str = MeetingStatus.REQUESTED
     meeting = lifecycle.create_meeting(
         user=user,
         platform=fields.pop("platform", "google_meet"),
-        native_meeting_id=fields.pop("native_meeting_id", f"abc-defg-{n:03d}"[:12]),
+        native_meeting_id=fields.pop("native_meeting_id", meet_id(n)),
         data=fields.pop("data", {}),
         source=TransitionSource.USER,
     )
