@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench services-stop clean
+.PHONY: run test install bench docker-build-check services-stop clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
+
+# Builds Dockerfile and Dockerfile.simbot with a real engine from a registry-free base image and
+# smoke-tests the service image (needs root, dockerd, the Debian mirror and PyPI).
+docker-build-check: $(STAMP)
+	PYTHON=$(BIN)/python scripts/docker-build-check.sh
 
 services-stop:
 	$(BIN)/python -m botmanager.devstack stop

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs Debian's docker-compose (v1, the one packaged) when missing and validates
+# docker-compose.yml with it. tests/observability/test_compose.py checks the file's shape with the
+# same tool; under CI a missing docker-compose fails that test instead of skipping it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v docker-compose >/dev/null 2>&1; then
+    echo "ci-compose: installing docker-compose"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+fi
+docker-compose -f docker-compose.yml config -q
+echo "ci-compose: docker-compose.yml is valid ($(docker-compose version --short))"

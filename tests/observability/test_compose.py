@@ -1,0 +1,115 @@
+"""docker-compose.yml and the Dockerfile: the compose file validates with `docker-compose config`
+(Debian's docker-compose package) and has the shape the deployment needs.
+
+Without docker-compose the test skips, except in CI (setting CI), where a skip fails: CI installs
+it (scripts/ci-compose.sh). Building the images needs a Docker engine and is done by
+`make docker-build-check` (scripts/docker-build-check.sh), not here.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from django.conf import settings
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+LONG_RUNNING = {"postgres", "redis", "web", "worker", "beat"}
+APP = {"migrate", "web", "worker", "beat"}
+
+
+def _compose_config(**env) -> dict:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        if settings.CI:
+            pytest.fail("docker-compose is missing under CI (scripts/ci-compose.sh installs it)")
+        pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_GID", "BASE_IMAGE"))}
+    result = subprocess.run([binary, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True,
+                            timeout=60, env={**clean, **env}, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return _compose_config()
+
+
+def test_the_compose_file_validates_and_has_every_service(config):
+    assert set(config["services"]) == LONG_RUNNING | {"migrate", "simbot-image"}
+
+
+def test_every_service_has_a_health_check(config):
+    for name, service in config["services"].items():
+        check = service.get("healthcheck")
+        assert check and check.get("test") and not check.get("disable"), name
+    web = config["services"]["web"]["healthcheck"]["test"]
+    assert "/healthz" in " ".join(web)
+    assert "pg_isready" in " ".join(config["services"]["postgres"]["healthcheck"]["test"])
+    assert config["services"]["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert config["services"]["worker"]["healthcheck"]["test"][-1] == "worker"
+
+
+def test_migrations_run_once_before_web_worker_and_beat(config):
+    services = config["services"]
+    assert services["migrate"]["command"][:3] == ["python", "manage.py", "migrate"]
+    assert services["migrate"]["restart"] == "no"
+    for name in ("web", "worker", "beat"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_one_beat_one_web_with_gunicorn_and_a_worker(config):
+    services = config["services"]
+    beats = [n for n, s in services.items() if "beat" in (s.get("command") or [])]
+    assert beats == ["beat"]
+    assert "scale" not in services["beat"] and "replicas" not in services["beat"].get("deploy", {})
+    assert services["web"]["command"][0] == "gunicorn"
+    assert "python:botmanager.gunicorn_conf" in services["web"]["command"]
+    assert services["worker"]["command"][:4] == ["celery", "-A", "botmanager", "worker"]
+
+
+def test_bots_are_launched_through_the_docker_socket_on_the_compose_network(config):
+    services = config["services"]
+    network = config["networks"]["botmanager"]["name"]
+    for name in ("worker", "web"):
+        env = services[name]["environment"]
+        assert env["ORCHESTRATOR"] == "docker"
+        assert env["DOCKER_NETWORK"] == network
+        assert env["PUBLIC_BASE_URL"] == "http://web:8000"
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert any(v.startswith("/var/run/docker.sock:/var/run/docker.sock") for v in services[name]["volumes"])
+        assert services[name]["group_add"]
+    for name in APP:
+        assert services[name]["environment"]["LOG_FORMAT"] == "json", name
+        assert services[name]["image"] == services["web"]["image"]
+        assert services[name]["build"]["dockerfile"] == "Dockerfile"
+    bot_image = services["simbot-image"]
+    assert bot_image["build"]["dockerfile"] == "Dockerfile.simbot"
+    assert bot_image["image"] == services["worker"]["environment"]["BOT_IMAGE"]
+    assert services["worker"]["depends_on"]["simbot-image"]["condition"] == "service_completed_successfully"
+    assert services["web"]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def test_the_base_image_is_a_build_argument(config):
+    assert config["services"]["web"]["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim"
+    local = _compose_config(BASE_IMAGE="botmanager-python-base:3.11", DOCKER_GID="105",
+                            COMPOSE_NETWORK_NAME="bm-test")
+    for name in (*APP, "simbot-image"):
+        assert local["services"][name]["build"]["args"]["BASE_IMAGE"] == "botmanager-python-base:3.11"
+    assert local["services"]["worker"]["group_add"] == ["105"]
+    assert local["services"]["worker"]["environment"]["DOCKER_NETWORK"] == "bm-test"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
+    assert "\nUSER botmanager" in dockerfile
+
+
+def test_the_files_it_builds_from_exist():
+    assert (REPO / "Dockerfile").exists()
+    if not (REPO / "Dockerfile.simbot").exists():
+        pytest.skip("Dockerfile.simbot is not in the tree yet")
