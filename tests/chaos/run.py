@@ -1,12 +1,13 @@
 """The chaos suite as a script, for bigger runs than CI's:
 
-    .venv/bin/python -m tests.chaos.run --count 1000 [--seed N] [--rate 4] [--redis-db 13]
+    .venv/bin/python -m tests.chaos.run --count 1000 [--seed N] [--rate 4] [--redis-db N]
                                         [--database-url postgres://...] [--keep-db] [--keep-run-dir]
 
 Without --database-url it creates a database of its own (`chaos_<time>`) on the configured
 PostgreSQL server (the embedded one when DATABASE_URL is unset; started if needed), migrates it,
 runs, prints the per-scenario table and drops it (unless --keep-db). With --database-url it
-migrates and uses that database. Exit code 0 when every check passed, 1 otherwise.
+migrates and uses that database. The broker is a private Redis server started in the run
+directory, unless --redis-db names a database of the configured server that nobody else uses. Exit code 0 when every check passed, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def _parse(argv):
     parser.add_argument("--count", type=int, default=1000, help="meetings (default 1000)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     parser.add_argument("--rate", type=float, default=None, help="POST /bots per second")
-    parser.add_argument("--redis-db", type=int, default=13, help="dedicated Redis database (default 13)")
+    parser.add_argument("--redis-db", type=int, default=None,
+                        help="use this database of the configured Redis server (default: a private Redis server)")
     parser.add_argument("--database-url", default=None, help="use (and migrate) this database")
     parser.add_argument("--scenarios", default=None, help="comma-separated subset of scenarios")
     parser.add_argument("--no-kill", action="store_true", help="do not SIGKILL a worker")
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(3), "big")
     config = harness.ChaosConfig(
         count=args.count, seed=seed, run_dir=run_dir, database_url=database_url,
-        redis_url=f"{base}/{args.redis_db}", log_level=args.log_level,
+        redis_url=None if args.redis_db is None else f"{base}/{args.redis_db}", log_level=args.log_level,
         kill_worker_at=None if args.no_kill else 0.5,
         scenarios=tuple(args.scenarios.split(",")) if args.scenarios else None,
         settle_seconds=max(150.0, args.count * 0.2),
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
     if args.rate:
         config.rate = args.rate
     print(f"chaos run: {args.count} meetings, seed {seed}, database {database_url.rsplit('/', 1)[-1]}, "
-          f"redis db {args.redis_db}, run dir {run_dir}", flush=True)
+          f"redis {config.redis_url or 'private'}, run dir {run_dir}", flush=True)
     run = harness.ChaosRun(config, log=lambda line: print(line, flush=True))
     ok = False
     try:
