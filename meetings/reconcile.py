@@ -237,6 +237,7 @@ def apply(p: Plan) -> Summary:
 
     summary = Summary(checked=p.checked)
     summary.errors.extend(f"{name}: listing failed: {err}" for name, err in p.unknown_backends.items())
+    bots_of_ended: list[tuple[str, str]] = []
     for f in p.finalize:
         with _decision(summary, f.meeting_id):
             result = lifecycle.transition(
@@ -249,13 +250,18 @@ def apply(p: Plan) -> Summary:
             # (failed/joining, awaiting_admission_timeout, ...); and a meeting that moved on since
             # the snapshot (its bot became active meanwhile) keeps its bot.
             if f.stop_container and result.meeting.is_terminal:
-                _stop(summary, *f.stop_container, running=True)
+                bots_of_ended.append(f.stop_container)
     for s in p.start_stop:
         with _decision(summary, s.meeting_id):
             result = stopping.request_stop(s.meeting_id, source=TransitionSource.ORPHAN_SWEEP,
                                            reason="maximum bot duration reached",
                                            completion_reason=s.completion_reason, only_from={S.ACTIVE})
             summary.stops_requested += int(result.applied)
+    # Only now the bots, each of which may hold us BOT_STOP_TIMEOUT_SECONDS: no meeting's ending
+    # waits for another meeting's bot (nor is lost if the task's time limit ends the sweep here;
+    # the next sweep stops whatever bot of an ended meeting still runs).
+    for backend, container_id in bots_of_ended:
+        _stop(summary, backend, container_id, running=True)
     for c in p.containers:
         if _stop(summary, c.backend, c.container_id, running=c.running, remove=True):
             summary.containers_stopped += int(c.running)

@@ -474,3 +474,40 @@ def test_sweeping_again_changes_no_meeting_and_the_sweeps_settle(bots, settings)
     assert (second.finalized, second.stops_requested) == (0, 0)
     assert (third_plan.finalize, third_plan.start_stop, third_plan.containers) == ([], [], [])
     assert [b.container_id for b in get_orchestrator("process").list()] == [live_bot]
+
+
+# --- Races and slow bots -----------------------------------------------------------------------------------
+def test_a_meeting_that_came_alive_since_the_snapshot_keeps_its_bot(bots, monkeypatch):
+    meeting = make_meeting(status=S.REQUESTED, deadline_at=ago(1))  # no callback before the timeout...
+    container = bots.start(meeting)
+    real_make_plan = reconcile.make_plan
+
+    def plan_then_race(now=None):
+        p = real_make_plan(now)
+        # ...but its bot reports `started` right after the sweep read the meetings.
+        lifecycle.transition(meeting.id, S.ACTIVE, source=TransitionSource.BOT_CALLBACK)
+        return p
+
+    monkeypatch.setattr(reconcile, "make_plan", plan_then_race)
+
+    plan, summary = reconcile.sweep()
+
+    assert [(f.meeting_id, f.stop_container) for f in plan.finalize] == [(meeting.id, ("process", container))]
+    assert Meeting.objects.get(pk=meeting.id).status == S.ACTIVE  # ...refused as the meeting moved on
+    assert bots.running(container)  # and its bot, now live, was left alone
+    assert summary.finalized == 0
+
+
+def test_the_sweep_ends_overdue_meetings_without_waiting_for_their_bots_to_stop(bots, settings):
+    settings.BOT_STOP_TIMEOUT_SECONDS = 1.5  # each of these bots holds its stop that long
+    meetings = [make_meeting(status=S.STOPPING, deadline_at=ago(1)) for _ in range(3)]
+    containers = [bots.start(m, "stubborn") for m in meetings]
+
+    started = timezone.now()
+    reconcile.sweep()
+
+    for m in meetings:
+        m.refresh_from_db()
+        assert m.status == S.COMPLETED
+        assert (m.end_time - started).total_seconds() < 1.0, "an ending waited for another meeting's bot"
+    assert not any(bots.running(c) for c in containers)
