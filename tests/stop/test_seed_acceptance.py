@@ -97,7 +97,9 @@ def test_ac1_a_bot_that_ignores_the_leave_command_still_ends_terminal(live, sett
 
     meeting = Meeting.objects.get(pk=meeting_id)
     assert (meeting.status, meeting.completion_reason) == ("completed", "stopped")
-    assert applied(meeting_id)[-1].source == TransitionSource.GRACE_FINALIZER
+    final = applied(meeting_id)[-1]
+    assert final.source == TransitionSource.GRACE_FINALIZER
+    assert final.metadata["forced_stop"] is True  # the delayed stop was still waiting on SIGTERM
     took, bound = stop_to_terminal(meeting), DELAY + GRACE + MARGIN
     report("AC1 ignore_leave", took, bound, "grace finalizer at the stop deadline (SIGKILL)")
     assert DELAY + GRACE <= took <= bound
