@@ -122,6 +122,17 @@ def test_finalize_tells_the_bot_to_leave(console, redis_conn, django_capture_on_
     assert json.loads(message["data"])["action"] == "leave"
 
 
+def test_the_bot_of_a_meeting_finalized_by_hand_is_stopped_by_the_next_sweep(console, bots):
+    meeting = make_meeting(status=S.ACTIVE)
+    container = bots.start(meeting)  # it does not hear the leave command
+
+    admin_finalize(console, [meeting.id], "completed")
+    assert bots.running(container)
+    reconcile.sweep()
+
+    assert bots.info(container) is None
+
+
 # --- Run orphan sweep now -------------------------------------------------------------------------------
 def test_run_orphan_sweep_without_a_selection_runs_the_sweep_and_reports_its_summary(console, bots):
     overdue = make_meeting(status=S.STOPPING, deadline_at=timezone.now() - timedelta(seconds=1))
