@@ -29,6 +29,9 @@ _longest_countdown = max(
     settings.BOT_STOP_GRACE_SECONDS,
     settings.ORPHAN_SWEEP_INTERVAL_SECONDS,
 )
+# (Webhook retries are countdown tasks too, up to WEBHOOK_BACKOFF_MAX_SECONDS; one redelivered
+# early runs at the same due time as the original: one claims the delivery, the other does
+# nothing. So they do not lengthen this timeout.)
 broker_transport_options = {"visibility_timeout": int(max(3600, 4 * _longest_countdown))}
 broker_connection_retry_on_startup = True
 
@@ -49,5 +52,11 @@ beat_schedule = {
         "task": "meetings.sweep",
         "schedule": settings.ORPHAN_SWEEP_INTERVAL_SECONDS,
         "options": {"expires": settings.ORPHAN_SWEEP_INTERVAL_SECONDS},
+    },
+    # Webhook deliveries whose task was lost (broker or worker outage) are enqueued again.
+    "webhooks-redrive": {
+        "task": "webhooks.redrive",
+        "schedule": settings.WEBHOOK_REDRIVE_INTERVAL_SECONDS,
+        "options": {"expires": settings.WEBHOOK_REDRIVE_INTERVAL_SECONDS},
     },
 }

@@ -8,7 +8,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
 app = Celery("botmanager")
 app.config_from_object("celeryconfig")
-app.autodiscover_tasks(["meetings"])
+app.autodiscover_tasks(["meetings", "webhooks"])
 
 
 @setup_logging.connect(weak=False)

@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "accounts",
     "meetings",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -135,6 +136,14 @@ BOT_EVERYONE_LEFT_TIMEOUT_MS = _int("BOT_EVERYONE_LEFT_TIMEOUT_MS", 60_000)
 
 # Webhooks to private/loopback addresses (SSRF guard); allowed by default for local use.
 WEBHOOK_ALLOW_PRIVATE_ADDRESSES = _bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", True)
+# Delivery (webhooks/): timeout of one attempt; retries with exponential backoff and jitter on
+# network errors, 408, 429 and 5xx until the retry window (from the event) is over.
+WEBHOOK_TIMEOUT_SECONDS = _float("WEBHOOK_TIMEOUT_SECONDS", 10)
+WEBHOOK_RETRY_WINDOW_SECONDS = _float("WEBHOOK_RETRY_WINDOW_SECONDS", 24 * 3600)
+WEBHOOK_BACKOFF_BASE_SECONDS = _float("WEBHOOK_BACKOFF_BASE_SECONDS", 10)
+WEBHOOK_BACKOFF_MAX_SECONDS = _float("WEBHOOK_BACKOFF_MAX_SECONDS", 3600)
+# Period of the job that re-enqueues pending deliveries whose task was lost.
+WEBHOOK_REDRIVE_INTERVAL_SECONDS = _float("WEBHOOK_REDRIVE_INTERVAL_SECONDS", 30)
 
 # --- Orchestrators --------------------------------------------------------------------------------
 ORCHESTRATOR = _str("ORCHESTRATOR", "process")

@@ -15,6 +15,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from webhooks import outbox
+
 from . import commands, deadlines
 from .models import Meeting, MeetingSession, MeetingTransition
 from .statuses import TERMINAL, FailureStage, MeetingStatus, is_allowed
@@ -54,8 +56,9 @@ def create_meeting(*, user, platform: str, native_meeting_id: str, data: dict, s
             user=user, platform=platform, native_meeting_id=native_meeting_id, data=data,
             status=MeetingStatus.REQUESTED, deadline_at=deadlines.deadline_for(MeetingStatus.REQUESTED, now),
         )
-        MeetingTransition.objects.create(meeting=meeting, from_status="", to_status=MeetingStatus.REQUESTED,
-                                         source=source, reason="bot requested")
+        record = MeetingTransition.objects.create(meeting=meeting, from_status="", to_status=MeetingStatus.REQUESTED,
+                                                  source=source, reason="bot requested")
+        outbox.record_status_change(meeting, record)
         transaction.on_commit(lambda: _after_commit(meeting), robust=True)
     return meeting
 
@@ -116,6 +119,7 @@ def transition(
         record.completion_reason = meeting.completion_reason if to_status in TERMINAL else None
         record.failure_stage = meeting.failure_stage if to_status == MeetingStatus.FAILED else None
         record.save()
+        outbox.record_status_change(meeting, record)  # the webhook event, in this transaction
         log.info("meeting %s: %s -> %s by %s%s", meeting.id, from_status, to_status, source,
                  f" ({reason})" if reason else "", extra={
                      "meeting_id": meeting.id, "session_uid": str(session.session_uid) if session else None,

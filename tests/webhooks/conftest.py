@@ -1,0 +1,92 @@
+"""Webhook test fixtures: a real HTTP receiver on localhost, a user whose webhook points at it,
+short delivery timings, and (for the tests that need one) a real Celery worker in this process."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import uuid
+
+import pytest
+
+from tests.webhooks.receiver import Receiver
+
+
+def new_meeting(user, **fields):
+    """tests.factories.make_meeting with an id of its own: the factory's ids repeat after its
+    1000th meeting ("abc-defg-1000"[:12]), and a user's live meetings must differ."""
+    from tests.factories import make_meeting
+
+    fields.setdefault("native_meeting_id", f"wh-{next(_ids):06d}-{uuid.uuid4().hex[:8]}")
+    return make_meeting(user, **fields)
+
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.down()
+
+
+@pytest.fixture(autouse=True)
+def fast_webhooks(settings):
+    settings.WEBHOOK_TIMEOUT_SECONDS = 2
+    settings.WEBHOOK_BACKOFF_BASE_SECONDS = 0.2
+    settings.WEBHOOK_BACKOFF_MAX_SECONDS = 1
+    settings.WEBHOOK_RETRY_WINDOW_SECONDS = 120
+    settings.WEBHOOK_REDRIVE_INTERVAL_SECONDS = 1
+    settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = True
+    return settings
+
+
+@pytest.fixture
+def hook_user(db, receiver):
+    """A user with a webhook to the receiver; `hook_user.secret` is their signing secret."""
+    from accounts import webhook
+    from tests.factories import make_user
+
+    user = make_user()
+    _url, user.secret = webhook.set_webhook(user, receiver.url)
+    user.refresh_from_db()
+    return user
+
+
+@pytest.fixture
+def worker(transactional_db):
+    """A real Celery worker (threads) consuming the test broker while the test runs."""
+    purge_broker()
+    with running_worker():
+        yield
+
+
+@contextlib.contextmanager
+def running_worker():
+    from celery.contrib.testing.worker import start_worker
+
+    from botmanager.celery import app
+
+    try:
+        with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=10,
+                          loglevel="WARNING"):
+            yield
+    finally:
+        purge_broker()
+        _close_worker_connections()
+
+
+def purge_broker() -> int:
+    """Drop every task waiting in the test broker (tasks of earlier tests, or a "lost" task)."""
+    from botmanager.celery import app
+
+    with app.connection_for_write() as conn:
+        return conn.default_channel.queue_purge(app.conf.task_default_queue) or 0
+
+
+def _close_worker_connections() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")

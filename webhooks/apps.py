@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+
+class WebhooksConfig(AppConfig):
+    name = "webhooks"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The final event is a post-meeting step: written once per ended meeting, in the
+        # post-meeting transaction (meetings.post_meeting runs its registry in order).
+        from meetings import post_meeting
+
+        from . import outbox
+
+        post_meeting.register(outbox.record_final)

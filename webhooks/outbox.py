@@ -1,0 +1,88 @@
+"""The outbox: webhook events are rows written in the transaction that caused them.
+
+`record_status_change` is called by meetings.lifecycle for every applied transition, right after
+its record; `record_final` is a post-meeting step (registered in WebhooksConfig.ready). A rolled
+back transition leaves no row; a committed one always has its row, and the delivery task is
+enqueued on commit (a lost enqueue is re-driven by `delivery.redrive`). Nothing is recorded for a
+user without a webhook URL.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.utils import timezone
+from rest_framework.fields import DateTimeField
+
+from .models import FINAL_EVENTS, WebhookDelivery, WebhookEvent
+
+log = logging.getLogger(__name__)
+
+
+def record_status_change(meeting, record) -> WebhookDelivery | None:
+    """`meeting.status_change` for the applied transition `record` (a saved MeetingTransition)."""
+    if not _has_webhook(meeting.user_id):
+        return None
+    payload = {
+        "event": WebhookEvent.STATUS_CHANGE.value,
+        "meeting": meeting_response(meeting),
+        "status_change": {
+            "from": record.from_status or None,
+            "to": str(record.to_status),
+            "reason": record.reason,
+            "source": str(record.source),
+            "timestamp": DateTimeField().to_representation(record.created_at),
+        },
+    }
+    return _record(meeting, WebhookEvent.STATUS_CHANGE, payload, transition=record)
+
+
+def record_final(meeting) -> WebhookDelivery | None:
+    """`meeting.completed` or `meeting.failed`, once per meeting (post-meeting step: `meeting` is
+    terminal and locked)."""
+    if not meeting.is_terminal or not _has_webhook(meeting.user_id):
+        return None
+    if WebhookDelivery.objects.filter(meeting=meeting, event__in=FINAL_EVENTS).exists():
+        return None
+    event = WebhookEvent.COMPLETED if meeting.status == "completed" else WebhookEvent.FAILED
+    return _record(meeting, event, {"event": event.value, "meeting": meeting_response(meeting)})
+
+
+def meeting_response(meeting) -> dict:
+    from meetings.api.serializers import MeetingSerializer  # imports the API layer: keep it lazy
+
+    return MeetingSerializer(meeting).data
+
+
+def _has_webhook(user_id: int) -> bool:
+    from accounts.models import User
+
+    url = User.objects.filter(pk=user_id).values_list("data__webhook_url", flat=True).first()
+    return bool(url)
+
+
+def _record(meeting, event: WebhookEvent, payload: dict, transition=None) -> WebhookDelivery:
+    now = timezone.now()
+    delivery = WebhookDelivery.objects.create(
+        event=event, user_id=meeting.user_id, meeting=meeting, transition=transition,
+        # Serialized once: every attempt sends and signs exactly these bytes (ASCII-only JSON).
+        payload=json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":")),
+        next_attempt_at=now, give_up_at=now + timedelta(seconds=settings.WEBHOOK_RETRY_WINDOW_SECONDS),
+    )
+    transaction.on_commit(lambda: enqueue(delivery.pk), robust=True)
+    return delivery
+
+
+def enqueue(delivery_id: int, countdown: float | None = None) -> None:
+    """Hand a delivery to the worker. A failure here loses nothing: the row stays pending and
+    the redrive job finds it."""
+    from . import tasks
+
+    if countdown:
+        tasks.deliver_webhook.apply_async((delivery_id,), countdown=countdown)
+    else:
+        tasks.deliver_webhook.delay(delivery_id)
