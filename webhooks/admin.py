@@ -1,0 +1,63 @@
+import json
+
+from django.contrib import admin, messages
+from django.utils.html import format_html
+
+from . import delivery
+from .models import WebhookAttempt, WebhookDelivery
+
+
+class AttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    fields = ["number", "started_at", "duration_ms", "url", "response_code", "error", "outcome", "response_body"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = ["id", "event", "status", "user", "meeting_ref", "attempts", "last_response_code",
+                    "next_attempt_at", "created_at", "delivered_at"]
+    list_filter = ["status", "event", "last_response_code", "created_at"]
+    search_fields = ["=webhook_id", "user__email", "meeting__native_meeting_id", "=meeting__id"]
+    date_hierarchy = "created_at"
+    list_select_related = ["user", "meeting"]
+    fields = ["webhook_id", "event", "status", "user", "meeting", "transition", "attempts", "next_attempt_at",
+              "claimed_until", "give_up_at", "url", "last_attempt_at", "last_response_code", "last_response_body",
+              "last_error", "delivered_at", "created_at", "updated_at", "pretty_payload"]
+    readonly_fields = fields
+    inlines = [AttemptInline]
+    actions = ["redeliver_selected"]
+
+    @admin.display(description="meeting", ordering="meeting_id")
+    def meeting_ref(self, obj: WebhookDelivery):
+        return obj.meeting_id
+
+    @admin.display(description="payload")
+    def pretty_payload(self, obj: WebhookDelivery):
+        try:
+            text = json.dumps(json.loads(obj.payload), indent=2)
+        except ValueError:
+            text = obj.payload
+        return format_html("<pre>{}</pre>", text)
+
+    def has_add_permission(self, request) -> bool:
+        return False  # rows come from the outbox only
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # the record of what was sent
+
+    @admin.action(description="Redeliver selected deliveries")
+    def redeliver_selected(self, request, queryset):
+        done, skipped = delivery.redeliver(list(queryset.values_list("pk", flat=True)))
+        text = f"Redelivering {done} deliver{'y' if done == 1 else 'ies'}."
+        if skipped:
+            text += f" {skipped} had an attempt running and were left alone."
+        self.message_user(request, text, messages.SUCCESS if not skipped else messages.WARNING)
