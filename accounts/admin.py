@@ -22,9 +22,17 @@ class APITokenInline(admin.TabularInline):
 class UserAdmin(admin.ModelAdmin):
     list_display = ["id", "email", "name", "max_concurrent_bots", "is_staff", "created_at"]
     search_fields = ["email", "name"]
-    readonly_fields = ["created_at", "last_login", "password"]
-    exclude = ["user_permissions", "groups"]
+    readonly_fields = ["created_at", "last_login", "password", "settings"]
+    # `data` holds the webhook secret: shown here without it, changed only by PUT /user/webhook.
+    exclude = ["user_permissions", "groups", "data"]
     inlines = [APITokenInline]
+
+    @admin.display(description="data (webhook secret hidden)")
+    def settings(self, user: User) -> str:
+        import json
+
+        shown = {k: ("•••" if k == "webhook_secret" else v) for k, v in (user.data or {}).items()}
+        return json.dumps(shown, indent=2, sort_keys=True)
     formfield_overrides = {models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"}}
 
 

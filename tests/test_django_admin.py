@@ -295,3 +295,23 @@ def test_a_second_user_whose_email_differs_only_by_case_is_refused_in_the_admin(
 
     assert response.status_code == 200
     assert "A user with this email already exists." in response.content.decode()
+
+
+def test_user_change_page_never_shows_the_webhook_secret(admin_client_logged_in_for_secret):
+    client, user = admin_client_logged_in_for_secret
+    page = client.get(f"/admin/accounts/user/{user.pk}/change/")
+    assert page.status_code == 200
+    assert "https://hooks.example.com/x" in page.content.decode()
+    assert "s3cr3t-webhook-value" not in page.content.decode()
+
+
+@pytest.fixture
+def admin_client_logged_in_for_secret(db, client):
+    from accounts.models import User
+
+    admin = User.objects.create_superuser("root-secret@example.com", "pw-123456")
+    client.force_login(admin)
+    user = User.objects.create_user("hooked@example.com",
+                                    data={"webhook_url": "https://hooks.example.com/x",
+                                          "webhook_secret": "s3cr3t-webhook-value"})
+    return client, user
