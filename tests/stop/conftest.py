@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import collections
 import json
+import random
 import sys
 import threading
 import time
@@ -118,6 +119,24 @@ def clean_broker():
     purge()
     yield
     purge()
+
+
+@pytest.fixture(autouse=True)
+def unique_meeting_ids(request):
+    """Meeting ids name Redis channels and keys that every test run on this Redis server shares
+    (`bot_commands:meeting:<id>`, `simbot:received:<id>`, `bm:meeting:<id>:current_uid`), and each
+    fresh test database numbers meetings from 1: start each test's ids at a random point, so that
+    concurrent or earlier runs never command (or pollute the records of) each other's bots."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None:
+        return
+    transactional = marker.kwargs.get("transaction", False)
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)",
+                       [Meeting._meta.db_table, random.randint(10**9, 10**12)])
 
 
 # --- Process backend and bots ----------------------------------------------------------------------
