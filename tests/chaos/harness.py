@@ -24,8 +24,9 @@ exit-code wait, I sweep interval, O orphan grace, M margin for load and queueing
     joining          ≤ JOINING_TIMEOUT + I + slack          after entering `joining`
     awaiting_adm.    ≤ AWAITING_ADMISSION_TIMEOUT + I + slack
     stopping         ≤ D + G + I + slack                    after entering `stopping`
-    active           ≤ O + I + slack   after max(entering `active`, the bot's death); a live bot
-                                       may stay active (MAX_BOT_DURATION is set out of reach)
+    active           ≤ MAX_BOT_DURATION + I + slack         after entering `active`, and
+                     ≤ O + I + slack   after max(entering `active`, the bot's death)
+                     (only the `overstay` scenario is meant to reach MAX_BOT_DURATION)
     bot outliving its meeting ≤ I + slack                   after the meeting's end_time
 """
 from __future__ import annotations
@@ -68,7 +69,8 @@ class Timings:
     requested_timeout: float = 20.0
     joining_timeout: float = 8.0
     awaiting_timeout: float = 8.0
-    max_bot_duration: float = 3600.0
+    # Well past every planned stop (at most ~9 s after `active`), so only `overstay` reaches it.
+    max_bot_duration: float = 20.0
     # Load, queueing, process start-up on a busy 2-core machine.
     margin: float = 20.0
 
@@ -97,6 +99,7 @@ class Timings:
             "joining": self.joining_timeout + self.sweep_interval + self.slack,
             "awaiting_admission": self.awaiting_timeout + self.sweep_interval + self.slack,
             "stopping": self.stop_delay + self.stop_grace + self.sweep_interval + self.slack,
+            "active": self.max_bot_duration + self.sweep_interval + self.slack,
         }.get(status)
 
     @property
@@ -166,6 +169,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              natural=("completed", "awaiting_admission_timeout"), natural_sources=frozenset({"orphan_sweep"})),
     Scenario("fail_joining", ("fail_joining",), 2, (("none", 1.0),),
              natural=("failed", "joining"), natural_sources=frozenset({"bot_callback"})),
+    # A cooperative bot nobody stops: the sweep's maximum-duration stop ends it.
+    Scenario("overstay", (), 4, (("none", 1.0),), natural=("completed", "max_duration")),
 ]}
 
 
@@ -196,8 +201,8 @@ class MeetingPlan:
 def make_plans(count: int, seed: int, rate: float, wave: int,
                scenarios: tuple[str, ...] | None = None) -> list[MeetingPlan]:
     rng = random.Random(seed)
-    names = list(scenarios or SCENARIOS)
-    weights = [SCENARIOS[n].weight for n in names]
+    names = list(scenarios or [name for name, scenario in SCENARIOS.items() if scenario.weight])
+    weights = [SCENARIOS[n].weight or 1 for n in names]
     # Every scenario at least once (when count allows), the rest drawn by weight.
     chosen = names[:count] + rng.choices(names, weights, k=max(0, count - len(names)))
     rng.shuffle(chosen)
@@ -968,8 +973,12 @@ def verify(data: RunData) -> tuple[list[MeetingResult], list[str]]:
         final = (status, m["completion_reason"] if status == "completed" else m["failure_stage"]) \
             if status in TERMINAL else None
         last_source = applied[-1]["source"] if applied else None
-        user_stop = [h for h in applied if h["source"] == "user" and h["to_status"] in ("stopping", "completed")
-                     and h["from_status"]]
+        # The first stop that applied decides the reason: the user's (stopped) or the sweep's
+        # maximum-duration stop (max_duration).
+        stops = [h for h in applied if h["from_status"] and (
+            (h["source"] == "user" and h["to_status"] in ("stopping", "completed"))
+            or (h["source"] == "orphan_sweep" and h["to_status"] == "stopping"))]
+        user_stop = stops[:1]
         note = ""
         if final == ("failed", "requested") and last_source == "orphan_sweep" and not sessions \
                 and m["bot_container_id"] is None and data.kill.note and data.kill.at is not None \
@@ -980,7 +989,8 @@ def verify(data: RunData) -> tuple[list[MeetingResult], list[str]]:
             note = "launch lost with the killed worker"
         elif final is not None:
             if user_stop:
-                expected, sources = STOPPED, None
+                expected = STOPPED if user_stop[0]["source"] == "user" else ("completed", "max_duration")
+                sources = None
             elif scenario.natural is not None:
                 expected, sources = scenario.natural, scenario.natural_sources
             else:
@@ -1019,7 +1029,9 @@ def _time_to_terminal(plan: MeetingPlan, m: dict, applied: list[dict], data: Run
             left = applied[i + 1]["created_at"].timestamp() if i + 1 < len(applied) else end
             if left >= due:
                 triggers.append(due)
-    return end - min(triggers) if triggers else None
+    if plan.scenario == "overstay" and m["start_time"] is not None:
+        triggers.append(m["start_time"].timestamp() + t.max_bot_duration)
+    return max(0.0, end - min(triggers)) if triggers else None
 
 
 # --- Reporting ------------------------------------------------------------------------------------
@@ -1033,7 +1045,8 @@ def report(data: RunData, results: list[MeetingResult], run_failures: list[str])
     by_scenario: dict[str, list[MeetingResult]] = defaultdict(list)
     for r in results:
         by_scenario[r.plan.scenario].append(r)
-    header = f"{'scenario':<21} {'n':>4}  {'p50 s':>6} {'worst s':>7}  final statuses | ending sources"
+    header = (f"{'scenario':<21} {'n':>4}  {'p50 s':>6} {'worst s':>7} {'bot+ s':>6}  "
+              "final statuses | ending sources")
     lines += [header, "-" * len(header)]
     for name in SCENARIOS:
         rs = by_scenario.get(name, [])
@@ -1044,12 +1057,15 @@ def report(data: RunData, results: list[MeetingResult], run_failures: list[str])
         ttt = [r.time_to_terminal for r in rs if r.time_to_terminal is not None]
         p50 = f"{statistics.median(ttt):6.1f}" if ttt else "     -"
         worst = f"{max(ttt):7.1f}" if ttt else "      -"
-        lines.append(f"{name:<21} {len(rs):>4}  {p50} {worst}  "
+        outlived = [r.bot_outlived for r in rs if r.bot_outlived is not None]
+        bot_after = f"{max(outlived):6.1f}" if outlived else "     -"
+        lines.append(f"{name:<21} {len(rs):>4}  {p50} {worst} {bot_after}  "
                      + ", ".join(f"{k} {v}" for k, v in finals.most_common()) + " | "
                      + ", ".join(f"{k} {v}" for k, v in sources.most_common()))
     stops = Counter(r.plan.stop for r in results)
     all_ttt = [r.time_to_terminal for r in results if r.time_to_terminal is not None]
-    lines.append("")
+    lines.append("(p50/worst: time to terminal from the stop or fault moment; bot+: worst time a bot was seen "
+                 "alive after its meeting ended)")
     lines.append(f"meetings {len(results)}; stop plans " + ", ".join(f"{k} {v}" for k, v in sorted(stops.items())))
     if all_ttt:
         lines.append(f"time to terminal from the stop or fault moment: p50 {statistics.median(all_ttt):.1f}s, "

@@ -30,7 +30,8 @@ def _parse(argv):
     parser.add_argument("--redis-db", type=int, default=None,
                         help="use this database of the configured Redis server (default: a private Redis server)")
     parser.add_argument("--database-url", default=None, help="use (and migrate) this database")
-    parser.add_argument("--scenarios", default=None, help="comma-separated subset of scenarios")
+    parser.add_argument("--scenarios", default=None,
+                        help="comma-separated subset of the scenarios (default: all)")
     parser.add_argument("--no-kill", action="store_true", help="do not SIGKILL a worker")
     parser.add_argument("--log-level", default="WARNING", help="log level of the service processes")
     parser.add_argument("--keep-db", action="store_true", help="keep the database this script created")

@@ -87,10 +87,13 @@ def test_an_active_meeting_whose_bot_died_must_end_within_the_orphan_bound():
     data = run_data(history, scenario="die_active", stop="none", status="failed", reason="active", end=100,
                     bot_seen=3, events=[{"event": "exit", "t": T0 + 3, "code": 3}])
     assert any("stayed active" in f for f in failures(data))
-    # A live bot's meeting may stay active (no bound while the bot runs).
+    # A live bot's meeting may stay active up to the maximum duration (and its stop flow).
+    history = COOPERATIVE[:4] + [step(40, "active", "stopping", "user"),
+                                 step(40.2, "stopping", "completed", "bot_callback")]
+    assert failures(run_data(history, end=40.2, bot_seen=40.1)) == []
     history = COOPERATIVE[:4] + [step(100, "active", "stopping", "user"),
                                  step(100.2, "stopping", "completed", "bot_callback")]
-    assert failures(run_data(history, end=100.2, bot_seen=100.1)) == []
+    assert any("stayed active" in f for f in failures(run_data(history, end=100.2, bot_seen=100.1)))
 
 
 def test_post_meeting_work_must_run_exactly_once():
@@ -135,3 +138,16 @@ def test_bots_left_running_fail_the_run():
     data = run_data(COOPERATIVE)
     data.leftovers.append("pid 1: bot of meeting 7")
     assert any("left running" in f for f in failures(data))
+
+
+def test_the_first_stop_decides_the_reason_user_stopped_or_sweep_max_duration():
+    overstayed = COOPERATIVE[:4] + [step(22, "active", "stopping", "orphan_sweep"),
+                                    step(22.1, "stopping", "completed", "bot_callback",
+                                         completion_reason="max_duration")]
+    assert failures(run_data(overstayed, scenario="overstay", stop="none", reason="max_duration", end=22.1,
+                             bot_seen=22)) == []
+    # A late user stop does not change it; a bare "stopped" would be wrong.
+    assert failures(run_data(overstayed, reason="max_duration", end=22.1, bot_seen=22)) == []
+    found = failures(run_data(overstayed, scenario="overstay", stop="none", reason="stopped", end=22.1,
+                              bot_seen=22))
+    assert any("expected completed/max_duration" in f for f in found)
