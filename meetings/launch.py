@@ -123,5 +123,7 @@ def _record_container(meeting_id: int, session: MeetingSession, container_id: st
             transaction.on_commit(lambda: commands.set_current_session(meeting_id, uid), robust=True)
         if meeting.is_terminal:
             # Stopped while the bot was starting: the container must not outlive its meeting.
-            transaction.on_commit(lambda: backend.stop(container_id, timeout=settings.BOT_STOP_TIMEOUT_SECONDS))
+            # If this stop fails, the sweep stops the container of an ended meeting.
+            transaction.on_commit(lambda: backend.stop(container_id, timeout=settings.BOT_STOP_TIMEOUT_SECONDS),
+                                  robust=True)
     log.info("meeting %s: bot %s started on %s", meeting_id, container_id, backend.name)
