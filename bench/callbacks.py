@@ -3,9 +3,11 @@
 N meetings (each with a current bot session) are walked requested → joining → awaiting_admission
 → active by 3·N callbacks, one phase after another, sent by 32 concurrent client threads (a new
 connection per request: gunicorn's sync workers close it anyway). Printed: callbacks/s over the
-three phases, p50/p99 latency as the client sees it, SQL queries per callback (the same views
-run in this process under Django's query capture), and the memory (RSS) of each gunicorn worker
-and of the Celery worker after the run (`bench/memory` folded in here).
+three phases, p50/p99 latency as the client sees it, SQL queries per callback (the same view run
+in this process, statements counted), the CPU time the gunicorn workers and their PostgreSQL
+backends spent per callback (independent of other load on the machine, hence a CPU-bound ceiling
+for 2 idle cores), and the memory (RSS) of each gunicorn worker and of the Celery worker after the
+run (`bench/memory` folded in here).
 
     python -m bench.callbacks [--meetings 2000] [--concurrency 32] [--web-workers 4]
 """
@@ -98,6 +100,31 @@ def rss_mb(pids: list[int]) -> list[float]:
     return out
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def postgres_backends(database: str) -> list[int]:
+    """The server processes serving connections to `database` (their title names it)."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith("postgres:") and f" {database} " in cmdline:
+            pids.append(proc.pid)
+    return pids
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meetings", type=int, default=2000)
@@ -110,12 +137,21 @@ def main(argv: list[str] | None = None) -> dict:
     per_callback = queries_per_callback()
     ids = common.bulk_meetings(args.meetings, "requested", prefix="bench-cb", with_sessions=True)
     uids = [str(u) for u in MeetingSession.objects.filter(meeting_id__in=ids).values_list("session_uid", flat=True)]
+    warm_ids = common.bulk_meetings(200, "requested", prefix="bench-warm", with_sessions=True)
+    warmup = [str(u) for u in MeetingSession.objects.filter(meeting_id__in=warm_ids)
+              .values_list("session_uid", flat=True)]
 
     figures: dict = {"meetings": args.meetings, "concurrency": args.concurrency, "web_workers": args.web_workers,
                      "sql_queries_per_callback": per_callback}
     with common.celery_worker(env, concurrency=2) as celery, common.gunicorn(env, args.web_workers) as web:
         port = int(web.url.rsplit(":", 1)[1])
-        run_phase(port, "joining", uids[:0], 1)
+        # Warm-up on other meetings: every worker imports its code and opens its connection.
+        run_phase(port, "joining", warmup, args.concurrency)
+        # CPU actually spent per callback, whatever else runs on the machine: the gunicorn
+        # workers' and their PostgreSQL backends' CPU time over the measured phases.
+        measured = web.pids()[1:]
+        backends = postgres_backends(common.BENCH_DB)
+        server_cpu_before = (cpu_seconds(measured), cpu_seconds(backends))
         all_latencies, errors, wall = [], 0, 0.0
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         for name in PHASES:
@@ -125,6 +161,15 @@ def main(argv: list[str] | None = None) -> dict:
             errors += bad
             wall += seconds
         cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+        web_cpu = cpu_seconds(measured) - server_cpu_before[0]
+        db_cpu = cpu_seconds(backends) - server_cpu_before[1]
+        count = len(all_latencies)
+        figures.update({
+            "gunicorn_cpu_ms_per_callback": round(web_cpu / count * 1000, 2),
+            "postgres_cpu_ms_per_callback": round(db_cpu / count * 1000, 2),
+            "cpu_bound_ceiling_per_second_on_2_cores": round(2 / ((web_cpu + db_cpu) / count)),
+            "postgres_backends_measured": len(backends),
+        })
         figures.update({
             "callbacks": len(all_latencies),
             "errors": errors,
@@ -151,6 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
          "(" + ", ".join(f"{n} {figures[f'{n}_per_second']}/s" for n in PHASES) + ")"),
         ("latency p50 / p99", f"{figures['p50_ms']} ms", f"{figures['p99_ms']} ms"),
         ("SQL queries per callback", json.dumps(per_callback)),
+        ("CPU per callback", f"gunicorn {figures['gunicorn_cpu_ms_per_callback']} ms",
+         f"PostgreSQL {figures['postgres_cpu_ms_per_callback']} ms",
+         f"-> CPU-bound ceiling on 2 idle cores ~{figures['cpu_bound_ceiling_per_second_on_2_cores']}/s"),
         ("load generator CPU", f"{figures['client_cpu_seconds']} s", "(on the same 2 cores)"),
         ("RSS gunicorn worker", f"{figures['gunicorn_worker_rss_mb']} MB",
          f"(master {figures['gunicorn_master_rss_mb']} MB)"),

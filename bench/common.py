@@ -254,6 +254,13 @@ def bulk_meetings(n: int, status: str, *, prefix: str, with_sessions: bool = Fal
             for m, s in zip(created, sessions):
                 m.current_session = s
             Meeting.objects.bulk_update(created, ["current_session"], batch_size=5000)
+    # Fresh statistics, as a live database has: right after a bulk load the planner would think the
+    # tables empty and scan them until autovacuum catches up.
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE meetings_meeting")
+        cursor.execute("ANALYZE meetings_meetingsession")
     return ids
 
 

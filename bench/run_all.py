@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if cb:
         print(f"  callbacks: {cb['callbacks_per_second']}/s (target >= 1000/s), p50 {cb['p50_ms']} ms, "
               f"p99 {cb['p99_ms']} ms, {cb['sql_queries_per_callback']} queries")
+        print(f"    CPU per callback: gunicorn {cb['gunicorn_cpu_ms_per_callback']} ms + PostgreSQL "
+              f"{cb['postgres_cpu_ms_per_callback']} ms -> ceiling on 2 idle cores "
+              f"~{cb['cpu_bound_ceiling_per_second_on_2_cores']}/s")
     sw = results.get("sweep")
     if sw:
         for n, r in sw.items():
