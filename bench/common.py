@@ -2,8 +2,8 @@
 the configured ones), Django set up against them in this process, gunicorn / Celery worker
 subprocesses, and percentile arithmetic.
 
-Benchmarks are not tests: they print figures and never fail a build. Each one creates the
-database `bench_botmanager` (dropped and re-created; never the development or test database) and
+Benchmarks are not tests: they print figures and never fail a build. Each run creates the
+database `bench_botmanager_<pid>` (dropped at exit; never the development or test database) and
 starts a Redis server of its own (stopped at exit), so a running `make run` or test session is
 left alone and cannot take the benchmark's Celery tasks.
 """
@@ -26,7 +26,8 @@ from pathlib import Path
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
 REPO = Path(__file__).resolve().parents[1]
-BENCH_DB = "bench_botmanager"
+# Per run: two benchmark runs at once (or a run and an experiment) never share a database.
+BENCH_DB = f"bench_botmanager_{os.getpid()}"
 RESULTS = REPO / ".run" / "bench"
 
 _ready = False
@@ -50,7 +51,12 @@ def setup() -> dict[str, str]:
                              host=db["HOST"], port=db["PORT"])
     admin.autocommit = True
     with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        # Databases left by killed runs (their process is gone) are dropped too.
+        cur.execute("SELECT datname FROM pg_database WHERE datname LIKE 'bench_botmanager_%%'")
+        for (name,) in cur.fetchall():
+            pid = name.rsplit("_", 1)[1]
+            if name == BENCH_DB or (pid.isdigit() and not _alive(int(pid))):
+                cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         cur.execute(f"CREATE DATABASE {BENCH_DB}")
     admin.close()
     auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
@@ -92,6 +98,16 @@ def setup() -> dict[str, str]:
             "DEFAULT_MAX_CONCURRENT_BOTS": "0"}
     _ready = True
     return _env
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _drop_database(db: dict) -> None:
