@@ -78,6 +78,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "botmanager.metrics.CallbackLatencyMiddleware",  # first: times the whole callback
     "django.middleware.security.SecurityMiddleware",
+    # Serves the Django admin's CSS/JS under gunicorn, straight from the installed apps.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -112,7 +114,8 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = RUN_DIR / "static"
+STATIC_ROOT = None  # served from the apps by WhiteNoise (WHITENOISE_USE_FINDERS)
+WHITENOISE_USE_FINDERS = True  # no collectstatic step needed
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.APIKeyAuthentication"],

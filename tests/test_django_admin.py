@@ -315,3 +315,10 @@ def admin_client_logged_in_for_secret(db, client):
                                     data={"webhook_url": "https://hooks.example.com/x",
                                           "webhook_secret": "s3cr3t-webhook-value"})
     return client, user
+
+
+def test_admin_static_files_are_served_without_debug(client, settings):
+    settings.DEBUG = False
+    response = client.get("/static/admin/css/base.css")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content if response.streaming else [response.content])
