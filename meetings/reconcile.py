@@ -7,6 +7,8 @@ through the lifecycle function and the orchestrators. Rules:
 - a failed listing means "unknown": nothing is judged gone on that backend;
 - a container is judged gone only from a successful listing;
 - a live bot is never stopped while its meeting is still live;
+- a listed bot of a live meeting that has no recorded container (its launch died after starting
+  it) is adopted as the meeting's container, so its death is judged like any other;
 - every transition names the statuses it expects (`only_from`), so a meeting that moved on since
   the snapshot is left alone.
 """
@@ -19,14 +21,14 @@ from datetime import datetime, timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
-from orchestrators.base import BotInfo, OrchestratorError
+from orchestrators.base import LABEL_SESSION_UID, BotInfo, OrchestratorError
 from orchestrators.registry import get_orchestrator
 
 from . import lifecycle, stopping
-from .models import Meeting
+from .models import Meeting, MeetingSession
 from .statuses import NON_TERMINAL, TERMINAL, CompletionReason, MeetingStatus, TransitionSource
 
 log = logging.getLogger(__name__)
@@ -89,9 +91,23 @@ class StopContainer:
     reason: str
 
 
+@dataclass(frozen=True)
+class Adopt:
+    """Record a listed bot as its live meeting's container: the launch that started it died before
+    recording it (its redelivery, after the broker's visibility timeout, finds the meeting moved on
+    and does nothing). Unrecorded, the bot's silent death could not be judged and the stop flow
+    could not stop it."""
+
+    meeting_id: int
+    backend: str
+    container_id: str
+    session_uid: str
+
+
 @dataclass
 class Plan:
     checked: int = 0
+    adopt: list[Adopt] = field(default_factory=list)
     finalize: list[Finalize] = field(default_factory=list)
     start_stop: list[StartStop] = field(default_factory=list)
     containers: list[StopContainer] = field(default_factory=list)
@@ -114,6 +130,7 @@ def plan(meetings: list[MeetingRow], listings: dict[str, Listing], container_mee
             result.finalize.append(decision)
         elif isinstance(decision, StartStop):
             result.start_stop.append(decision)
+    unrecorded = {m.id for m in meetings if not m.bot_container_id}
     for name, listing in listings.items():
         if not listing.ok:
             continue
@@ -122,6 +139,8 @@ def plan(meetings: list[MeetingRow], listings: dict[str, Listing], container_mee
             if status is None or status in TERMINAL:
                 why = "meeting unknown" if status is None else f"meeting {status}"
                 result.containers.append(StopContainer(name, bot.container_id, bot.status.is_running, why))
+            elif bot.meeting_id in unrecorded and bot.labels.get(LABEL_SESSION_UID):
+                result.adopt.append(Adopt(bot.meeting_id, name, bot.container_id, bot.labels[LABEL_SESSION_UID]))
     return result
 
 
@@ -221,6 +240,7 @@ def make_plan(now: datetime | None = None) -> Plan:
 @dataclass
 class Summary:
     checked: int = 0
+    adopted: int = 0
     finalized: int = 0
     stops_requested: int = 0
     containers_stopped: int = 0
@@ -237,6 +257,9 @@ def apply(p: Plan) -> Summary:
 
     summary = Summary(checked=p.checked)
     summary.errors.extend(f"{name}: listing failed: {err}" for name, err in p.unknown_backends.items())
+    for a in p.adopt:
+        with _decision(summary, a.meeting_id):
+            summary.adopted += int(_adopt(a))
     bots_of_ended: list[tuple[str, str]] = []
     for f in p.finalize:
         with _decision(summary, f.meeting_id):
@@ -269,6 +292,24 @@ def apply(p: Plan) -> Summary:
         tasks.post_meeting.delay(meeting_id)
         summary.post_meeting_enqueued += 1
     return summary
+
+
+def _adopt(a: Adopt) -> bool:
+    """Record the bot under the meeting's row lock, if the meeting is still live, still has no
+    container and the bot runs one of its sessions. Its orphan grace starts now (`updated_at`)."""
+    with transaction.atomic():
+        meeting = Meeting.objects.select_for_update().get(pk=a.meeting_id)
+        if meeting.bot_container_id or meeting.is_terminal \
+                or not MeetingSession.objects.filter(meeting_id=meeting.id, session_uid=a.session_uid).exists():
+            return False
+        meeting.bot_container_id = a.container_id
+        meeting.orchestrator = a.backend
+        meeting.save(update_fields=["bot_container_id", "orchestrator", "updated_at"])
+    # Also reached when the sweep lists a bot its launch is still recording (same container id:
+    # harmless).
+    log.warning("sweep: meeting %s had no recorded bot; adopted %s on %s (its launch died after starting it, "
+                "or is still recording it)", a.meeting_id, a.container_id, a.backend)
+    return True
 
 
 @contextmanager

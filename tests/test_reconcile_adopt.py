@@ -1,0 +1,83 @@
+"""The sweep adopts the bot of a live meeting whose launch died between starting the bot and
+recording it (found by the chaos suite: the meeting moved on through the bot's callbacks, the
+redelivered launch did nothing, and the bot's silent death went unseen until the maximum
+duration)."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from meetings import reconcile
+from meetings.models import Meeting
+from meetings.reconcile import Adopt, Listing, MeetingRow, Plan
+from meetings.statuses import MeetingStatus as S
+from orchestrators.base import LABEL_MEETING_ID, LABEL_SESSION_UID, BotInfo, NormalizedStatus
+from tests.factories import make_meeting, make_session
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+GRACE = timedelta(seconds=60)
+
+
+def row(id=1, status="active", container=None):
+    return MeetingRow(id, status, NOW + timedelta(hours=1), NOW - timedelta(minutes=10), container,
+                      "process" if container else "", None)
+
+
+def bot(container_id="proc-0123456789ab", meeting_id=1, session="s-1", status=NormalizedStatus.UP):
+    labels = {LABEL_MEETING_ID: str(meeting_id)}
+    if session:
+        labels[LABEL_SESSION_UID] = session
+    return BotInfo(container_id, f"bot-{container_id}", status, status.value.lower(), labels, None, None)
+
+
+def decide(meetings, bots, statuses):
+    return reconcile.plan(meetings, {"process": Listing("process", tuple(bots))}, statuses, [], NOW, GRACE)
+
+
+def test_a_listed_bot_of_a_live_meeting_without_a_recorded_container_is_adopted():
+    p = decide([row()], [bot()], {1: "active"})
+    assert p.adopt == [Adopt(1, "process", "proc-0123456789ab", "s-1")]
+    assert p.containers == [] and p.finalize == []
+
+
+def test_an_exited_bot_is_adopted_too_so_that_its_death_is_judged():
+    p = decide([row()], [bot(status=NormalizedStatus.EXITED)], {1: "active"})
+    assert [a.container_id for a in p.adopt] == ["proc-0123456789ab"]
+
+
+@pytest.mark.parametrize("meetings,bots,statuses", [
+    ([row(container="proc-0123456789ab")], [bot()], {1: "active"}),  # already recorded
+    ([row()], [bot(session=None)], {1: "active"}),                    # no session label
+    ([], [bot()], {1: "completed"}),                                  # ended: stopped, not adopted
+])
+def test_no_adoption_otherwise(meetings, bots, statuses):
+    assert decide(meetings, bots, statuses).adopt == []
+
+
+@pytest.mark.django_db
+def test_adopting_records_the_container_of_a_live_meeting_running_one_of_its_sessions():
+    meeting = make_meeting(status=S.ACTIVE)
+    session = make_session(meeting)
+
+    summary = reconcile.apply(Plan(adopt=[Adopt(meeting.id, "process", "proc-0123456789ab",
+                                                str(session.session_uid))]))
+
+    meeting.refresh_from_db()
+    assert (meeting.bot_container_id, meeting.orchestrator, summary.adopted) == ("proc-0123456789ab", "process", 1)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("case", ["other session", "already recorded", "ended"])
+def test_adopting_refuses_a_bot_that_is_not_the_meetings_or_a_meeting_that_moved_on(case):
+    meeting = make_meeting(status=S.COMPLETED if case == "ended" else S.ACTIVE,
+                           bot_container_id="proc-aaaaaaaaaaaa" if case == "already recorded" else None)
+    session = make_session(meeting)
+    other = make_session(make_meeting(status=S.ACTIVE))
+    uid = str((other if case == "other session" else session).session_uid)
+
+    summary = reconcile.apply(Plan(adopt=[Adopt(meeting.id, "process", "proc-0123456789ab", uid)]))
+
+    assert Meeting.objects.get(pk=meeting.id).bot_container_id == (
+        "proc-aaaaaaaaaaaa" if case == "already recorded" else None)
+    assert summary.adopted == 0
