@@ -89,7 +89,8 @@ def transition(
     to_status = MeetingStatus(to_status)
     metadata = dict(metadata or {})
     with transaction.atomic():
-        meeting = Meeting.objects.select_for_update().get(pk=meeting_id)
+        # The user comes along (unlocked) for the side effects that need it, e.g. the webhook outbox.
+        meeting = Meeting.objects.select_related("user").select_for_update(of=("self",)).get(pk=meeting_id)
         from_status = meeting.status
 
         refusal = _refusal(meeting, to_status, session, require_current_session, only_from)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def record_status_change(meeting, record) -> WebhookDelivery | None:
     """`meeting.status_change` for the applied transition `record` (a saved MeetingTransition)."""
-    if not _has_webhook(meeting.user_id):
+    if not _has_webhook(meeting):
         return None
     payload = {
         "event": WebhookEvent.STATUS_CHANGE.value,
@@ -44,7 +44,7 @@ def record_status_change(meeting, record) -> WebhookDelivery | None:
 def record_final(meeting) -> WebhookDelivery | None:
     """`meeting.completed` or `meeting.failed`, once per meeting (post-meeting step: `meeting` is
     terminal and locked)."""
-    if not meeting.is_terminal or not _has_webhook(meeting.user_id):
+    if not meeting.is_terminal or not _has_webhook(meeting):
         return None
     if WebhookDelivery.objects.filter(meeting=meeting, event__in=FINAL_EVENTS).exists():
         return None
@@ -58,11 +58,9 @@ def meeting_response(meeting) -> dict:
     return MeetingSerializer(meeting).data
 
 
-def _has_webhook(user_id: int) -> bool:
-    from accounts.models import User
-
-    url = User.objects.filter(pk=user_id).values_list("data__webhook_url", flat=True).first()
-    return bool(url)
+def _has_webhook(meeting) -> bool:
+    # lifecycle loads the user with the locked meeting row: no extra query on the callback path.
+    return bool((meeting.user.data or {}).get("webhook_url"))
 
 
 def _record(meeting, event: WebhookEvent, payload: dict, transition=None) -> WebhookDelivery:
