@@ -125,6 +125,9 @@ class ChaosConfig:
     worker_concurrency: int = 4
     web_workers: int = 3
     kill_worker_at: float | None = 0.5  # fraction of the POSTs after which one worker is SIGKILLed
+    # Wait (up to 30 s) until no launch is in flight before the kill; without it a launch the
+    # killed worker held waits for the broker's visibility timeout (see the report).
+    kill_drain: bool = True
     timings: Timings = field(default_factory=Timings)
     scenarios: tuple[str, ...] | None = None  # only these (default: all)
     log_level: str = "WARNING"
@@ -531,12 +534,14 @@ class RunData:
     bot_last_seen: dict[int, float]
     leftovers: list[str]
     kill: KillInfo
+    adopted: int  # bots the sweep adopted (their launch died after starting them), from the logs
     lost_tasks: Counter
     started_at: float
     posts_done_at: float
     ended_at: float
     timings: Timings
     errors: list[str]
+    kill_planned: bool = False
 
 
 class ChaosRun:
@@ -675,7 +680,7 @@ class ChaosRun:
         while True:
             now = time.time()
             # POSTs, paused while a worker kill is being prepared.
-            while queue and kill_state != "draining" and t0 + queue[0].post_at <= now:
+            while queue and not (kill_state == "draining" and c.kill_drain) and t0 + queue[0].post_at <= now:
                 plan = queue.pop(0)
                 in_flight.add(pool.submit(self._post, plan))
                 posted += 1
@@ -761,15 +766,23 @@ class ChaosRun:
         if time.monotonic() < getattr(self, "_next_kill_check", 0.0):
             return "draining"
         self._next_kill_check = time.monotonic() + 1.0
-        launching = Meeting.objects.filter(pk__in=meeting_ids, status="requested",
+        launching = Meeting.objects.filter(user_id=self.user_id, status="requested",
                                            bot_container_id__isnull=True).count()
-        if launching and waited < 30:
+        if launching and waited < 30 and self.config.kill_drain:
             return "draining"
-        scheduled = self._scheduled_per_worker()
+        if not launching and waited < 30 and not self.config.kill_drain:
+            return "draining"  # hunting for a moment when launches are in flight
         workers = self.service.procs_named("worker")
-        name = max(workers, key=lambda w: (scheduled.get(w, 0), w == workers[0]))
-        if scheduled.get(name, 0) < 2 and waited < 30:
-            return "draining"
+        if self.config.kill_drain:
+            scheduled = self._per_worker("scheduled")
+            name = max(workers, key=lambda w: (scheduled.get(w, 0), w == workers[0]))
+            if scheduled.get(name, 0) < 2 and waited < 30:
+                return "draining"
+        else:
+            # Aim at a worker that holds a launch (executing or reserved).
+            launches = self._per_worker("active", "meetings.launch_bot", timeout=0.3)
+            name = max(workers, key=lambda w: (launches.get(w, 0), w == workers[0]))
+            scheduled = {}
         stopping = Meeting.objects.filter(pk__in=meeting_ids, status="stopping").count()
         self.kill = KillInfo(worker=name, at=time.time(), stopping_meetings=stopping,
                              scheduled=scheduled.get(name, 0), waited_for_launches=waited,
@@ -780,13 +793,14 @@ class ChaosRun:
                  f"stopping); started {name}-restarted")
         return "done"
 
-    def _scheduled_per_worker(self) -> dict[str, int]:
-        """Countdown (ETA) tasks each of our workers holds, through Celery's remote control."""
+    def _per_worker(self, what: str, task_name: str | None = None, timeout: float = 1.0) -> dict[str, int]:
+        """How many tasks each of our workers holds, through Celery's remote control: `scheduled`
+        (countdown tasks), `active` (executing), `reserved` (prefetched)."""
         from celery import Celery
 
         app = Celery("chaos-inspect", broker=self.config.redis_url)
         try:
-            replies = app.control.inspect(timeout=1.0).scheduled() or {}
+            replies = getattr(app.control.inspect(timeout=timeout), what)() or {}
         except Exception as exc:  # an inspection failure only makes the choice blind
             self.log(f"chaos: could not inspect the workers: {exc}")
             replies = {}
@@ -795,6 +809,8 @@ class ChaosRun:
         counts = {}
         for hostname, tasks in replies.items():
             name = hostname.split("@")[0].removesuffix(f"-{self.run_id[:8]}")
+            if task_name:
+                tasks = [t for t in tasks if (t.get("request", t)).get("name") == task_name]
             counts[name] = len(tasks)
         return counts
 
@@ -869,10 +885,13 @@ class ChaosRun:
                      in scan_processes(self.run_id).items()]
         leftovers += [f"backend lists {b} as running" for b in self._backend_running()]
         lost = self.lost_tasks(set(ids))
+        adopted = sum(p.log.read_text(errors="replace").count("had no recorded bot; adopted")
+                      for p in list(self.service.procs.values()) + self.service.retired if p.name.startswith("worker"))
         return RunData(plans=self.plans, meetings=meetings, transitions=dict(transitions), post_meeting_runs=runs,
-                       bot_events=dict(events), bot_last_seen=self.watcher.bot_last_seen(), leftovers=leftovers,
+                       bot_events=dict(events), bot_last_seen=self.watcher.bot_last_seen(), leftovers=leftovers, adopted=adopted,
                        kill=self.kill, lost_tasks=lost, started_at=t0, posts_done_at=posts_done_at, ended_at=ended,
-                       timings=self.config.timings, errors=list(self.errors))
+                       timings=self.config.timings, errors=list(self.errors),
+                       kill_planned=self.config.kill_worker_at is not None)
 
 
 # --- Verification ---------------------------------------------------------------------------------
@@ -979,11 +998,17 @@ def verify(data: RunData) -> tuple[list[MeetingResult], list[str]]:
             (h["source"] == "user" and h["to_status"] in ("stopping", "completed"))
             or (h["source"] == "orphan_sweep" and h["to_status"] == "stopping"))]
         user_stop = stops[:1]
+        if stops and stops[0]["source"] == "orphan_sweep" and plan.scenario != "overstay":
+            # Planned stops come within ~9 s of `active`, far from MAX_BOT_DURATION: reaching it
+            # means nothing else ended the meeting (e.g. a dead bot the sweep cannot see).
+            failures.append(f"reached the maximum bot duration (stop plan {plan.stop}: "
+                            f"{plan.stop_answer or 'never sent'})")
         note = ""
         if final == ("failed", "requested") and last_source == "orphan_sweep" and not sessions \
                 and m["bot_container_id"] is None and data.kill.note and data.kill.at is not None \
                 and plan.posted_at is not None and plan.posted_at < data.kill.at:
-            # The worker was killed while launches were still pending (it waited 30 s for them):
+            # The worker was killed while launches were still pending (it waited 30 s for them, or
+            # the run kills without waiting):
             # a launch it held is redelivered only after the broker's visibility timeout, so the
             # requested timeout ends the meeting. The guarantee holds; the outcome is expected.
             note = "launch lost with the killed worker"
@@ -1009,6 +1034,8 @@ def verify(data: RunData) -> tuple[list[MeetingResult], list[str]]:
 
     if data.leftovers:
         run_failures.append("bot processes left running: " + "; ".join(data.leftovers[:20]))
+    if data.kill_planned and data.kill.at is None:
+        run_failures.append("the planned worker kill never happened")
     return results, run_failures
 
 
@@ -1079,6 +1106,15 @@ def report(data: RunData, results: list[MeetingResult], run_failures: list[str])
     if outlived:
         lines.append(f"bots seen alive after their meeting ended: {sum(1 for o in outlived if o > 0.5)}, worst "
                      f"{max(outlived):.1f}s (bound {data.timings.bot_outlives_bound:.0f}s)")
+    unrecorded = [r.plan.meeting_id for r in results if r.plan.meeting_id in data.meetings
+                  and data.meetings[r.plan.meeting_id]["bot_container_id"] is None
+                  and any(e["event"] == "start" for e in data.bot_events.get(r.plan.meeting_id, []))]
+    if data.adopted:
+        lines.append(f"bots adopted by the sweep (their launch died after starting them, or was still recording "
+                     f"them): {data.adopted}")
+    if unrecorded:
+        lines.append(f"meetings whose bot ran but whose container id was never recorded: {len(unrecorded)} "
+                     f"({', '.join(map(str, unrecorded[:5]))})")
     notes = Counter(r.note for r in results if r.note)
     for note, n in notes.items():
         lines.append(f"accepted: {note}: {n} meetings")

@@ -33,6 +33,8 @@ def _parse(argv):
     parser.add_argument("--scenarios", default=None,
                         help="comma-separated subset of the scenarios (default: all)")
     parser.add_argument("--no-kill", action="store_true", help="do not SIGKILL a worker")
+    parser.add_argument("--kill-without-drain", action="store_true",
+                        help="SIGKILL the worker even while launches are in flight")
     parser.add_argument("--log-level", default="WARNING", help="log level of the service processes")
     parser.add_argument("--keep-db", action="store_true", help="keep the database this script created")
     parser.add_argument("--keep-run-dir", action="store_true", help="keep the logs and bot state")
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
     config = harness.ChaosConfig(
         count=args.count, seed=seed, run_dir=run_dir, database_url=database_url,
         redis_url=None if args.redis_db is None else f"{base}/{args.redis_db}", log_level=args.log_level,
-        kill_worker_at=None if args.no_kill else 0.5,
+        kill_worker_at=None if args.no_kill else 0.5, kill_drain=not args.kill_without_drain,
         scenarios=tuple(args.scenarios.split(",")) if args.scenarios else None,
         settle_seconds=max(150.0, args.count * 0.2),
     )

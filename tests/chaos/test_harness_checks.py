@@ -45,7 +45,7 @@ def run_data(history, *, scenario="cooperative", stop="after_active", status="co
                "stop_requested_at": None, "data": {}}
     return harness.RunData(
         plans=[plan], meetings={7: meeting}, transitions={7: history}, post_meeting_runs=Counter({7: runs}),
-        bot_events={7: events or []}, bot_last_seen={7: T0 + bot_seen}, leftovers=[], kill=harness.KillInfo(),
+        bot_events={7: events or []}, bot_last_seen={7: T0 + bot_seen}, leftovers=[], kill=harness.KillInfo(), adopted=0,
         lost_tasks=Counter(), started_at=T0, posts_done_at=T0 + 1, ended_at=T0 + 200,
         timings=harness.Timings(), errors=[])
 
@@ -146,8 +146,10 @@ def test_the_first_stop_decides_the_reason_user_stopped_or_sweep_max_duration():
                                          completion_reason="max_duration")]
     assert failures(run_data(overstayed, scenario="overstay", stop="none", reason="max_duration", end=22.1,
                              bot_seen=22)) == []
-    # A late user stop does not change it; a bare "stopped" would be wrong.
-    assert failures(run_data(overstayed, reason="max_duration", end=22.1, bot_seen=22)) == []
+    # Outside `overstay`, reaching the maximum duration means nothing else ended the meeting.
+    assert any("reached the maximum bot duration" in f
+               for f in failures(run_data(overstayed, reason="max_duration", end=22.1, bot_seen=22)))
+    # A bare "stopped" would be wrong.
     found = failures(run_data(overstayed, scenario="overstay", stop="none", reason="stopped", end=22.1,
                               bot_seen=22))
     assert any("expected completed/max_duration" in f for f in found)
