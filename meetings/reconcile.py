@@ -112,6 +112,9 @@ class Plan:
     start_stop: list[StartStop] = field(default_factory=list)
     containers: list[StopContainer] = field(default_factory=list)
     post_meeting: list[int] = field(default_factory=list)
+    # Requested meetings whose launch task was lost (worker killed before it started the bot): the
+    # launch is idempotent, so enqueueing it again is safe, and the bot still starts.
+    relaunch: list[int] = field(default_factory=list)
     unknown_backends: dict[str, str] = field(default_factory=dict)
 
 
@@ -141,6 +144,12 @@ def plan(meetings: list[MeetingRow], listings: dict[str, Listing], container_mee
                 result.containers.append(StopContainer(name, bot.container_id, bot.status.is_running, why))
             elif bot.meeting_id in unrecorded and bot.labels.get(LABEL_SESSION_UID):
                 result.adopt.append(Adopt(bot.meeting_id, name, bot.container_id, bot.labels[LABEL_SESSION_UID]))
+    if all(l.ok for l in listings.values()):
+        adopted = {a.meeting_id for a in result.adopt}
+        deciding = {f.meeting_id for f in result.finalize}
+        result.relaunch = [m.id for m in meetings
+                           if m.status == S.REQUESTED and not m.bot_container_id and m.id not in adopted
+                           and m.id not in deciding and now - m.updated_at >= orphan_grace]
     return result
 
 
@@ -245,6 +254,7 @@ class Summary:
     stops_requested: int = 0
     containers_stopped: int = 0
     post_meeting_enqueued: int = 0
+    relaunched: int = 0
     skipped: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -291,6 +301,9 @@ def apply(p: Plan) -> Summary:
     for meeting_id in p.post_meeting:
         tasks.post_meeting.delay(meeting_id)
         summary.post_meeting_enqueued += 1
+    for meeting_id in p.relaunch:
+        tasks.launch_bot.delay(meeting_id)
+        summary.relaunched += 1
     return summary
 
 

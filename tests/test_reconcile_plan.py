@@ -113,7 +113,7 @@ def test_meeting_of_another_backend_is_not_judged_from_this_backends_listing():
     assert p.finalize == []
 
 
-def test_requested_meeting_without_container_waits_for_its_deadline():
+def test_requested_meeting_without_container_is_not_finalized_before_its_deadline():
     p = decide([row(status="requested", container=None)], listing())
     assert p.finalize == []
 
@@ -140,3 +140,32 @@ def test_a_live_meetings_bot_is_never_stopped():
 
 def test_post_meeting_retries_are_carried_into_the_plan():
     assert decide([], listing(), pending=[3, 4]).post_meeting == [3, 4]
+
+
+def test_requested_meeting_without_bot_past_the_grace_is_relaunched():
+    p = decide([row(status="requested", container=None)], listing())
+    assert p.relaunch == [1]
+
+
+def test_a_recent_request_is_not_relaunched():
+    p = decide([row(status="requested", container=None, updated=NOW - timedelta(seconds=5))], listing())
+    assert p.relaunch == []
+
+
+def test_nothing_is_relaunched_when_a_backend_could_not_be_listed():
+    p = decide([row(status="requested", container=None)], failed_listing())
+    assert p.relaunch == []
+
+
+def test_a_request_past_its_deadline_fails_instead_of_relaunching():
+    p = decide([row(status="requested", container=None, deadline=PAST)], listing())
+    assert p.relaunch == []
+    assert only_finalize(p).failure_stage == "requested"
+
+
+def test_a_listed_unrecorded_bot_is_adopted_not_relaunched():
+    bot_of_request = BotInfo("c7", "bot-c7", NormalizedStatus.UP, "running",
+                             {LABEL_MEETING_ID: "1", "botmanager.session_uid": "u-1"})
+    p = decide([row(status="requested", container=None)], listing(bot_of_request), {1: "requested"})
+    assert [a.container_id for a in p.adopt] == ["c7"]
+    assert p.relaunch == []

@@ -23,6 +23,8 @@ class Command(BaseCommand):
                 self.stdout.write(f"would stop and remove {c.backend} bot {c.container_id} ({c.reason})")
             for meeting_id in plan.post_meeting:
                 self.stdout.write(f"would re-enqueue post-meeting work for meeting {meeting_id}")
+            for meeting_id in plan.relaunch:
+                self.stdout.write(f"would re-enqueue the lost launch of meeting {meeting_id}")
             for name, err in plan.unknown_backends.items():
                 self.stdout.write(f"backend {name} could not be listed (nothing judged there): {err}")
             self.stdout.write(f"checked {plan.checked} live meetings (dry run: nothing changed)")

@@ -1,0 +1,55 @@
+"""A launch task lost before it started the bot (its worker was SIGKILLed; the broker hands it back
+only after the visibility timeout) is re-enqueued by the sweep, so the user's bot still starts
+instead of the meeting waiting for REQUESTED_TIMEOUT_SECONDS to fail it."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from meetings import bots as bot_services
+from meetings import reconcile
+from meetings.models import Meeting
+from tests.factories import make_user
+from tests.stop.conftest import QUEUE, _broker, queued_tasks, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def lost_launch_request() -> Meeting:
+    """A requested meeting whose launch task never ran (none is queued), last touched long ago."""
+    meeting = bot_services.request_bot(make_user(), bot_services.BotRequest("zoom", "123456789"))
+    _broker().delete(QUEUE)  # the launch enqueued on commit is lost with its worker
+    Meeting.objects.filter(pk=meeting.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
+    return meeting
+
+
+def test_the_sweep_re_enqueues_a_lost_launch(settings):
+    settings.ORPHAN_GRACE_SECONDS = 60
+    meeting = lost_launch_request()
+
+    _plan, summary = reconcile.sweep()
+
+    assert summary.relaunched == 1
+    assert [t["args"] for t in queued_tasks("meetings.launch_bot")] == [[meeting.id]]
+
+
+def test_the_relaunched_bot_starts_and_its_meeting_goes_live(settings, worker, bots):
+    settings.ORPHAN_GRACE_SECONDS = 60
+    meeting = lost_launch_request()
+
+    reconcile.sweep()
+
+    wait_for(lambda: Meeting.objects.get(pk=meeting.pk).bot_container_id is not None, timeout=20,
+             what="the relaunched bot to be recorded")
+
+
+def test_a_fresh_request_is_left_to_its_own_launch(settings):
+    settings.ORPHAN_GRACE_SECONDS = 60
+    meeting = bot_services.request_bot(make_user(), bot_services.BotRequest("zoom", "987654321"))
+
+    _plan, summary = reconcile.sweep()
+
+    assert summary.relaunched == 0
+    assert Meeting.objects.get(pk=meeting.pk).status == "requested"
