@@ -563,11 +563,11 @@ class ChaosRun:
 
         from accounts.models import User
         from accounts.services import issue_token
-        from tests.chaos import poststep
+        from tests.chaos import postcount
 
         with connection.cursor() as cursor:
-            cursor.execute(poststep.CREATE_SQL)
-            cursor.execute(f"TRUNCATE {poststep.TABLE}")
+            cursor.execute(postcount.CREATE_SQL)
+            cursor.execute(f"TRUNCATE {postcount.TABLE}")
             # Redis Pub/Sub channels are server-wide (not per database), and the command channels
             # are named by meeting id: meeting ids in a range of their own keep this run's leave
             # commands from reaching other runs' bots (and theirs from reaching ours).
@@ -859,7 +859,7 @@ class ChaosRun:
         from django.db import connection
 
         from meetings.models import Meeting, MeetingTransition
-        from tests.chaos import poststep
+        from tests.chaos import postcount
 
         ids = [p.meeting_id for p in self.plans if p.meeting_id is not None]
         meetings = {m["id"]: m for m in Meeting.objects.filter(pk__in=ids).values(
@@ -871,7 +871,7 @@ class ChaosRun:
                 "completion_reason", "failure_stage", "metadata", "session_id"):
             transitions[t["meeting_id"]].append(t)
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT meeting_id, count(*) FROM {poststep.TABLE} GROUP BY meeting_id")
+            cursor.execute(f"SELECT meeting_id, count(*) FROM {postcount.TABLE} GROUP BY meeting_id")
             runs = Counter(dict(cursor.fetchall()))
         events: dict[int, list[dict]] = defaultdict(list)
         if self.service.events_file.exists():

@@ -10,9 +10,7 @@ from django.db import connection
 
 from meetings import post_meeting
 
-TABLE = "chaos_post_meeting_run"
-CREATE_SQL = (f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, meeting_id bigint NOT NULL, "
-              "pid integer NOT NULL, ran_at timestamptz NOT NULL DEFAULT now())")
+from tests.chaos.postcount import TABLE
 
 
 def record_run(meeting) -> None:

@@ -8,7 +8,7 @@ import random
 import pytest
 from django.conf import settings
 
-from tests.chaos import harness
+from tests.chaos import harness, postcount
 
 pytestmark = [pytest.mark.chaos, pytest.mark.django_db(transaction=True)]
 
@@ -66,4 +66,4 @@ def _close_other_connections() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        cursor.execute("DROP TABLE IF EXISTS chaos_post_meeting_run")
+        cursor.execute(f"DROP TABLE IF EXISTS {postcount.TABLE}")
