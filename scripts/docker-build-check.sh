@@ -94,12 +94,17 @@ for _ in $(seq 1 60); do
     sleep 0.5
 done
 fail() { say "FAILED: $*"; docker logs --tail 30 "$NAME-web" 2>&1 | sed 's/^/  web: /'; docker logs --tail 30 "$NAME-worker" 2>&1 | sed 's/^/  worker: /'; exit 1; }
-curl -fsS "http://127.0.0.1:$PORT/healthz" | grep -q '"ok"' || fail "/healthz"
+# Bodies are captured before matching: `grep -q` may exit before curl finished writing (SIGPIPE).
+healthz=$(curl -fsS "http://127.0.0.1:$PORT/healthz") || fail "/healthz"
+[[ $healthz == *'"ok"'* ]] || fail "/healthz: $healthz"
 ready=$(curl -sS -w ' %{http_code}' "http://127.0.0.1:$PORT/readyz")
 [[ $ready == *" 200" && $ready == *'"name": "docker"'* ]] || fail "/readyz: $ready"
-curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q '^botmanager_meetings{status="requested"} 0.0' || fail "/metrics"
+metrics=$(curl -fsS "http://127.0.0.1:$PORT/metrics") || fail "/metrics"
+grep -q '^botmanager_meetings{status="requested"} 0.0' <<<"$metrics" || fail "/metrics: no meetings family"
 docker exec "$NAME-web" python -m botmanager.healthcheck web || fail "web health probe"
-docker logs "$NAME-web" 2>&1 | head -n 1 | "$PY" -c "import json, sys; json.loads(sys.stdin.readline())" \
+# Read the logs whole first: `docker logs | head -n 1` gets SIGPIPE, which pipefail reports as failure.
+web_logs=$(docker logs "$NAME-web" 2>&1)
+printf '%s\n' "$web_logs" | "$PY" -c "import json, sys; json.loads(sys.stdin.readline())" \
     || fail "web logs are not JSON lines"
 ok=""
 for _ in $(seq 1 20); do  # the worker needs a few seconds to boot and join the broker
