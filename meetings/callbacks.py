@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import commands, lifecycle, tokens
+from .compiled import CompiledQuery
 from .errors import UnknownSession
 from .models import Meeting, MeetingSession
 from .statuses import TERMINAL, CompletionReason, MeetingStatus, TransitionSource
@@ -28,6 +29,10 @@ _SIMPLE_TARGETS = {
 # Statuses a bot may report through `status_change` (it never reports requested or stopping).
 REPORTABLE = {MeetingStatus.JOINING, MeetingStatus.AWAITING_ADMISSION, MeetingStatus.ACTIVE,
               MeetingStatus.COMPLETED, MeetingStatus.FAILED}
+# The session of a callback's connection id (compiled once per connection: the hot path).
+_SESSION_BY_UID = CompiledQuery(
+    lambda uid: MeetingSession.objects.filter(session_uid=uid).order_by("pk")[:1],
+    MeetingSession._meta.get_field("session_uid"), uuid.UUID(int=0))
 
 
 @dataclass(frozen=True)
@@ -132,9 +137,9 @@ def _resolve_session(connection_id: str, bearer_token: str | None) -> MeetingSes
         uid = uuid.UUID(str(connection_id))
     except ValueError:
         raise UnknownSession(f"Unknown connection_id {connection_id!r}.") from None
-    session = MeetingSession.objects.filter(session_uid=uid).first()
-    if session is not None:
-        return session
+    found = _SESSION_BY_UID.fetch(uid)
+    if found:
+        return found[0]
     claims = tokens.verify(bearer_token) if bearer_token else None
     if claims is None:
         raise UnknownSession(

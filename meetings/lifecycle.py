@@ -18,10 +18,17 @@ from django.utils import timezone
 from webhooks import outbox
 
 from . import commands, deadlines
+from .compiled import CompiledQuery
 from .models import Meeting, MeetingSession, MeetingTransition
 from .statuses import TERMINAL, FailureStage, MeetingStatus, is_allowed
 
 log = logging.getLogger(__name__)
+
+# The row lock of `transition()`, compiled once per connection (the hot path of bot callbacks).
+# The user comes along (unlocked) for the side effects that need it, e.g. the webhook outbox.
+_LOCK_MEETING = CompiledQuery(
+    lambda pk: Meeting.objects.select_related("user").select_for_update(of=("self",)).filter(pk=pk),
+    Meeting._meta.pk, 0)
 
 
 class Outcome(str, enum.Enum):
@@ -89,8 +96,10 @@ def transition(
     to_status = MeetingStatus(to_status)
     metadata = dict(metadata or {})
     with transaction.atomic():
-        # The user comes along (unlocked) for the side effects that need it, e.g. the webhook outbox.
-        meeting = Meeting.objects.select_related("user").select_for_update(of=("self",)).get(pk=meeting_id)
+        found = _LOCK_MEETING.fetch(meeting_id)
+        if not found:
+            raise Meeting.DoesNotExist("Meeting matching query does not exist.")
+        meeting = found[0]
         from_status = meeting.status
 
         refusal = _refusal(meeting, to_status, session, require_current_session, only_from)

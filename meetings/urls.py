@@ -7,7 +7,7 @@ from .api import bots, callbacks, meetings
 urlpatterns = [
     path("bots", bots.BotsView.as_view()),
     path("bots/status", bots.BotStatusView.as_view()),
-    path("bots/internal/callback/<str:name>", callbacks.CallbackView.as_view()),
+    path("bots/internal/callback/<str:name>", callbacks.callback_view),
     path("bots/<str:platform>/<str:native_meeting_id>", bots.BotDetailView.as_view()),
     path("bots/<str:platform>/<str:native_meeting_id>/config", bots.BotConfigView.as_view()),
     path("meetings", meetings.MeetingsView.as_view()),

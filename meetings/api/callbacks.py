@@ -1,12 +1,23 @@
 """`/bots/internal/callback/<name>`: the bot protocol. No API key: the connection id is the
-capability, and a new session proves itself with the meeting token."""
+capability, and a new session proves itself with the meeting token.
+
+The hot path (issue 7: throughput) is the plain Django view `callback_view`: a valid JSON body is
+read by `callback_body.report` without DRF's request/serializer machinery. Anything else (another
+method, content type, malformed JSON, an invalid field, an unknown callback name) is answered by
+the DRF `CallbackView` with `CallbackSerializer`, so every error keeps its one shape and message.
+"""
 from __future__ import annotations
 
+import json
+
+from django.http import HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import callbacks
-from ..errors import NotFound
+from ..errors import DomainError, NotFound
+from . import callback_body
 from .serializers import CallbackSerializer
 from .util import validated
 
@@ -19,7 +30,35 @@ class CallbackView(APIView):
         if name not in callbacks.CALLBACK_NAMES:
             raise NotFound(f"Unknown callback {name!r}; use one of {', '.join(callbacks.CALLBACK_NAMES)}.")
         body = validated(CallbackSerializer, request.data, name=name)
-        auth = request.headers.get("Authorization", "")
-        bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-        result = callbacks.handle(callbacks.CallbackReport(name=name, **body), bearer)
+        result = callbacks.handle(callbacks.CallbackReport(name=name, **body), _bearer(request))
         return Response(result.as_response())
+
+
+_drf_view = CallbackView.as_view()
+
+
+@csrf_exempt
+def callback_view(request, name: str):
+    report = None
+    if request.method == "POST" and name in callbacks.CALLBACK_NAMES:
+        report = callback_body.report(name, request)
+    if report is None:
+        return _drf_view(request, name=name)
+    try:
+        result = callbacks.handle(report, _bearer(request))
+    except DomainError as exc:
+        return _json({"detail": exc.detail}, exc.http_status)
+    return _json(result.as_response(), 200)
+
+
+def _bearer(request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+def _json(body: dict, status: int) -> HttpResponse:
+    # The bytes and headers DRF's JSONRenderer and APIView give the same body.
+    response = HttpResponse(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+                            content_type="application/json", status=status)
+    response["Allow"] = "POST, OPTIONS"
+    return response

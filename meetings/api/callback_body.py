@@ -1,0 +1,99 @@
+"""The fast path of the bot callback view: a well-formed, valid JSON body read without DRF.
+
+`report(name, request)` returns the CallbackReport for a body that `CallbackSerializer` would
+accept and turn into exactly the same values, and None for anything else (another content type
+or charset, malformed JSON, a value of another type, a blank, too long or NUL-containing string,
+an unknown choice...). The view sends every None to the DRF view, so an invalid callback gets the
+one set of 422 / 404 / 415 answers `CallbackSerializer` and botmanager/errors.py produce: this
+module never builds an error itself, it only recognizes the common valid case cheaply.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from ..callbacks import REPORTABLE, CallbackReport
+from ..statuses import CompletionReason, FailureStage
+from .serializers import _without_nul
+
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_REPORTABLE = frozenset(s.value for s in REPORTABLE)
+_COMPLETION_REASONS = frozenset(CompletionReason.values)
+_FAILURE_STAGES = frozenset(FailureStage.values)
+# Characters the serializer would change or refuse in a string: NUL (dropped), lone surrogates
+# (refused). Strings holding them take the DRF path.
+_ODD = re.compile("[\x00\ud800-\udfff]")
+_NOT_FAST = object()
+
+# field: (allow_blank, max_length) of the CharFields of CallbackSerializer.
+_STRINGS = {
+    "connection_id": (False, 64),
+    "container_id": (True, 255),
+    "status": (False, None),
+    "reason": (True, 2000),
+    "timestamp": (False, 64),
+}
+
+
+def _raise_constant(value):
+    # DRF's strict JSON: NaN / Infinity are refused (a parse error, answered by the DRF path).
+    raise ValueError(value)
+
+
+def report(name: str, request) -> CallbackReport | None:
+    """The parsed report, or None when the DRF view must answer (anything but a plain valid body)."""
+    if request.content_type != "application/json":
+        return None
+    charset = request.content_params.get("charset")
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        return None
+    try:
+        data = json.loads(request.body.decode("utf-8"), parse_constant=_raise_constant)
+    except ValueError:  # malformed JSON, bad UTF-8 (UnicodeDecodeError), NaN...
+        return None
+    if type(data) is not dict:
+        return None
+    fields = {}
+    for key, value in data.items():
+        if "\x00" in key:  # the serializer strips NULs from keys too: "connection_id\0" counts
+            return None
+        if key in _STRINGS:
+            value = _string(value, *_STRINGS[key])
+        elif key == "exit_code":
+            if value is not None and (type(value) is not int or not _INT32_MIN <= value <= _INT32_MAX):
+                return None
+        elif key == "completion_reason":
+            if value is not None and value not in _COMPLETION_REASONS:
+                return None
+        elif key == "failure_stage":
+            if value is not None and value not in _FAILURE_STAGES:
+                return None
+        elif key in ("error_details", "platform_specific_error"):
+            value = _without_nul(value)
+        else:
+            continue  # unknown keys are ignored, as by the serializer
+        if value is _NOT_FAST:
+            return None
+        fields[key] = value
+    if fields.get("connection_id") is None:
+        return None
+    if name == "exited" and fields.get("exit_code") is None:
+        return None
+    if name == "status_change" and fields.get("status") not in _REPORTABLE:
+        return None
+    return CallbackReport(name=name, **fields)
+
+
+def _string(value, allow_blank: bool, max_length: int | None):
+    if value is None:
+        # allow_null on every optional field; connection_id (required, not nullable) is checked
+        # by the caller.
+        return None
+    if type(value) is not str or _ODD.search(value):
+        return _NOT_FAST
+    value = value.strip()
+    if not value:
+        return "" if allow_blank else _NOT_FAST
+    if max_length is not None and len(value) > max_length:
+        return _NOT_FAST
+    return value
