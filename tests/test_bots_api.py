@@ -14,21 +14,13 @@ from meetings.models import Meeting, MeetingTransition
 from meetings.statuses import LIVE, MeetingStatus
 from orchestrators.base import OrchestratorError
 from tests.factories import make_meeting, make_session, make_token, make_user
+from tests.http import answer
 
 pytestmark = pytest.mark.django_db
 
 MEETING_FIELDS = {"id", "user_id", "platform", "native_meeting_id", "constructed_meeting_url", "status",
                   "bot_container_id", "start_time", "end_time", "data", "created_at", "updated_at"}
 MEET_ID = "abc-defg-hij"
-
-
-def answer(response, status: int):
-    """The JSON body of a response that must have `status`; a 500 or a non-JSON body fails first."""
-    assert response.status_code != 500, response.content
-    assert response["Content-Type"].startswith("application/json"), (response["Content-Type"], response.content)
-    body = response.json()
-    assert response.status_code == status, body
-    return body
 
 
 def post_bot(client, **body):

@@ -18,19 +18,11 @@ from meetings.commands import current_uid_key, meeting_channel, session_channel
 from meetings.models import Meeting, MeetingSession
 from meetings.statuses import MeetingStatus
 from tests.factories import make_meeting, make_session
+from tests.http import answer
 
 pytestmark = pytest.mark.django_db
 
 MEET_ID = "abc-defg-hij"
-
-
-def answer(response, status: int):
-    """The JSON body of a response that must have `status`; a 500 or a non-JSON body fails first."""
-    assert response.status_code != 500, response.content
-    assert response["Content-Type"].startswith("application/json"), (response["Content-Type"], response.content)
-    body = response.json()
-    assert response.status_code == status, body
-    return body
 
 
 @pytest.fixture

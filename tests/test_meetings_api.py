@@ -8,6 +8,7 @@ from meetings import lifecycle
 from meetings.models import Meeting, MeetingTransition
 from meetings.statuses import NON_TERMINAL, MeetingStatus, TransitionSource
 from tests.factories import make_meeting, make_session, make_user
+from tests.http import answer
 
 pytestmark = pytest.mark.django_db
 
@@ -16,15 +17,6 @@ MEETING_FIELDS = {"id", "user_id", "platform", "native_meeting_id", "constructed
 TRANSITION_FIELDS = {"from", "to", "source", "reason", "completion_reason", "failure_stage", "applied", "created_at"}
 MEET_ID = "abc-defg-hij"
 BOT = TransitionSource.BOT_CALLBACK
-
-
-def answer(response, status: int):
-    """The JSON body of a response that must have `status`; a 500 or a non-JSON body fails first."""
-    assert response.status_code != 500, response.content
-    assert response["Content-Type"].startswith("application/json"), (response["Content-Type"], response.content)
-    body = response.json()
-    assert response.status_code == status, body
-    return body
 
 
 # --- GET /meetings --------------------------------------------------------------------------------

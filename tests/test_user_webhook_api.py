@@ -8,19 +8,11 @@ import pytest
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from tests.http import answer
 
 pytestmark = pytest.mark.django_db
 
 URL = "https://hooks.example.com/botmanager"
-
-
-def answer(response, status: int):
-    """The JSON body of a response that must have `status`; a 500 or a non-JSON body fails first."""
-    assert response.status_code != 500, response.content
-    assert response["Content-Type"].startswith("application/json"), (response["Content-Type"], response.content)
-    body = response.json()
-    assert response.status_code == status, body
-    return body
 
 
 def put_webhook(client, **body):
