@@ -15,6 +15,7 @@ from meetings.statuses import LIVE, MeetingStatus
 from orchestrators.base import OrchestratorError
 from tests.factories import make_meeting, make_session, make_token, make_user
 from tests.http import answer
+from tests.support import published, subscribe
 
 pytestmark = pytest.mark.django_db
 
@@ -364,25 +365,6 @@ def test_the_limit_is_read_from_the_user_at_request_time(api_client, api_user):
 
 
 # --- DELETE /bots/{platform}/{native_meeting_id} --------------------------------------------------
-def _subscribe(redis_conn, *channels):
-    pubsub = redis_conn.pubsub()
-    pubsub.subscribe(*channels)
-    for _ in channels:
-        assert pubsub.get_message(timeout=2)["type"] == "subscribe"
-    return pubsub
-
-
-def _messages(pubsub, timeout: float = 2.0) -> dict[str, list[dict]]:
-    """Every message published on the subscribed channels, by channel, until `timeout` of silence."""
-    got: dict[str, list[dict]] = {}
-    while (message := pubsub.get_message(timeout=timeout)) is not None:
-        if message["type"] == "message":
-            got.setdefault(message["channel"], []).append(json.loads(message["data"]))
-        timeout = 0.3
-    pubsub.close()
-    return got
-
-
 def test_stop_answers_202_with_a_message(api_client, api_user):
     make_meeting(api_user, status=MeetingStatus.ACTIVE, native_meeting_id=MEET_ID)
 
@@ -461,7 +443,7 @@ def test_stop_of_a_launched_bot_moves_to_stopping_and_publishes_leave_on_both_ch
     session = make_session(meeting)
     uid = str(session.session_uid)
     redis_conn.delete(current_uid_key(meeting.id))
-    pubsub = _subscribe(redis_conn, meeting_channel(meeting.id), session_channel(uid))
+    pubsub = subscribe(redis_conn, meeting_channel(meeting.id), session_channel(uid))
 
     with django_capture_on_commit_callbacks(execute=True):
         answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
@@ -469,7 +451,7 @@ def test_stop_of_a_launched_bot_moves_to_stopping_and_publishes_leave_on_both_ch
     meeting.refresh_from_db()
     assert meeting.status == MeetingStatus.STOPPING
     assert meeting.stop_requested_at is not None
-    got = _messages(pubsub)
+    got = published(pubsub)
     assert set(got) == {meeting_channel(meeting.id), session_channel(uid)}
     for channel, commands in got.items():
         assert len(commands) == 1, channel
@@ -486,14 +468,14 @@ def test_stop_routes_leave_to_the_session_named_by_redis(
     session = make_session(meeting)
     uid = str(session.session_uid)
     redis_conn.set(current_uid_key(meeting.id), uid)
-    pubsub = _subscribe(redis_conn, session_channel(uid))
+    pubsub = subscribe(redis_conn, session_channel(uid))
     try:
         with django_capture_on_commit_callbacks(execute=True):
             answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
     finally:
         redis_conn.delete(current_uid_key(meeting.id))
 
-    assert [c["action"] for c in _messages(pubsub)[session_channel(uid)]] == ["leave"]
+    assert [c["action"] for c in published(pubsub)[session_channel(uid)]] == ["leave"]
 
 
 def test_a_repeated_stop_while_stopping_re_sends_leave_without_a_new_transition(
@@ -503,12 +485,12 @@ def test_a_repeated_stop_while_stopping_re_sends_leave_without_a_new_transition(
     redis_conn.delete(current_uid_key(meeting.id))
     answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
     transitions = MeetingTransition.objects.filter(meeting=meeting).count()
-    pubsub = _subscribe(redis_conn, meeting_channel(meeting.id))
+    pubsub = subscribe(redis_conn, meeting_channel(meeting.id))
 
     with django_capture_on_commit_callbacks(execute=True):
         answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
 
-    assert [c["action"] for c in _messages(pubsub)[meeting_channel(meeting.id)]] == ["leave"]
+    assert [c["action"] for c in published(pubsub)[meeting_channel(meeting.id)]] == ["leave"]
     assert MeetingTransition.objects.filter(meeting=meeting).count() == transitions
     meeting.refresh_from_db()
     assert meeting.status == MeetingStatus.STOPPING
@@ -535,13 +517,13 @@ def test_reconfigure_answers_202_and_publishes_reconfigure_on_both_channels(
                            data={"language": "en", "task": "transcribe"})
     uid = str(make_session(meeting).session_uid)
     redis_conn.delete(current_uid_key(meeting.id))
-    pubsub = _subscribe(redis_conn, meeting_channel(meeting.id), session_channel(uid))
+    pubsub = subscribe(redis_conn, meeting_channel(meeting.id), session_channel(uid))
 
     with django_capture_on_commit_callbacks(execute=True):
         body = answer(api_client.put(f"/bots/google_meet/{MEET_ID}/config", {"language": "de"}, format="json"), 202)
 
     assert set(body) == {"message"}
-    got = _messages(pubsub)
+    got = published(pubsub)
     assert set(got) == {meeting_channel(meeting.id), session_channel(uid)}
     for commands in got.values():
         assert len(commands) == 1

@@ -5,7 +5,6 @@ to the *earliest* session, so a bot that had restarted never got it). protocol.m
 Real PostgreSQL and Redis; every response is JSON, never a 500."""
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import timedelta
 
@@ -19,6 +18,7 @@ from meetings.models import Meeting, MeetingSession
 from meetings.statuses import MeetingStatus
 from tests.factories import make_meeting, make_session
 from tests.http import answer
+from tests.support import published, subscribe
 
 pytestmark = pytest.mark.django_db
 
@@ -39,24 +39,6 @@ def restarted(api_user, redis_conn):
     redis_conn.delete(current_uid_key(meeting.id))
 
 
-def subscribe(redis_conn, *channels):
-    pubsub = redis_conn.pubsub()
-    pubsub.subscribe(*channels)
-    for _ in channels:
-        assert pubsub.get_message(timeout=2)["type"] == "subscribe"
-    return pubsub
-
-
-def received(pubsub, timeout: float = 2.0) -> dict[str, list[dict]]:
-    got: dict[str, list[dict]] = {}
-    while (message := pubsub.get_message(timeout=timeout)) is not None:
-        if message["type"] == "message":
-            got.setdefault(message["channel"], []).append(json.loads(message["data"]))
-        timeout = 0.3
-    pubsub.close()
-    return got
-
-
 def test_a_stop_sends_leave_to_the_newest_session_not_the_oldest(
         api_client, redis_conn, restarted, django_capture_on_commit_callbacks):
     meeting, oldest, newest = restarted
@@ -65,7 +47,7 @@ def test_a_stop_sends_leave_to_the_newest_session_not_the_oldest(
     with django_capture_on_commit_callbacks(execute=True):
         answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
 
-    got = received(pubsub)
+    got = published(pubsub)
     assert set(got) == {meeting_channel(meeting.id), session_channel(newest)}
     [leave] = got[session_channel(newest)]
     assert (leave["action"], leave["meeting_id"], leave["connection_id"]) == ("leave", meeting.id, newest)
@@ -102,7 +84,7 @@ def test_after_three_restarts_the_stop_reaches_the_last_session(
     with django_capture_on_commit_callbacks(execute=True):
         answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
 
-    assert set(received(pubsub)) == {session_channel(uids[-1])}
+    assert set(published(pubsub)) == {session_channel(uids[-1])}
 
 
 def test_the_redis_key_names_the_current_session_when_the_row_has_none(api_user, redis_conn):
@@ -127,7 +109,7 @@ def test_a_stale_redis_key_naming_the_old_session_does_not_misroute_the_stop(
     with django_capture_on_commit_callbacks(execute=True):
         answer(api_client.delete(f"/bots/google_meet/{MEET_ID}"), 202)
 
-    assert set(received(pubsub)) == {session_channel(newest)}
+    assert set(published(pubsub)) == {session_channel(newest)}
 
 
 def test_a_reconfigure_goes_to_the_newest_session_too(
@@ -138,7 +120,7 @@ def test_a_reconfigure_goes_to_the_newest_session_too(
     with django_capture_on_commit_callbacks(execute=True):
         answer(api_client.put(f"/bots/google_meet/{MEET_ID}/config", {"language": "es"}, format="json"), 202)
 
-    got = received(pubsub)
+    got = published(pubsub)
     assert set(got) == {session_channel(newest)}
     assert (got[session_channel(newest)][0]["action"], got[session_channel(newest)][0]["uid"]) == ("reconfigure", newest)
 
@@ -163,7 +145,7 @@ def test_a_bot_that_restarts_and_registers_then_gets_the_stop(
     finally:
         redis_conn.delete(current_uid_key(meeting.id))
 
-    got = received(pubsub)
+    got = published(pubsub)
     assert set(got) == {session_channel(second)}
     assert got[session_channel(second)][0]["connection_id"] == second
     assert Meeting.objects.get(pk=meeting.pk).status == MeetingStatus.STOPPING
@@ -176,7 +158,7 @@ def test_a_meeting_without_any_session_publishes_on_the_meeting_channel_only(red
 
     assert commands.publish_leave(meeting.id) is None
 
-    [leave] = received(pubsub)[meeting_channel(meeting.id)]
+    [leave] = published(pubsub)[meeting_channel(meeting.id)]
     assert (leave["action"], leave["connection_id"]) == ("leave", None)
 
 
@@ -211,6 +193,6 @@ def test_a_bot_that_registered_during_a_redis_outage_still_gets_the_stop(
         get_redis.cache_clear()
         redis_conn.delete(current_uid_key(meeting.id))
 
-    got = received(pubsub)
+    got = published(pubsub)
     assert set(got) == {session_channel(second)}
     assert got[session_channel(second)][0]["connection_id"] == second

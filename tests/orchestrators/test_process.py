@@ -19,6 +19,7 @@ from orchestrators import process_state
 from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_MEETING_ID, BotSpec,
                                 NormalizedStatus, Orchestrator, OrchestratorError)
 from orchestrators.process import ProcessOrchestrator
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_BOT = Path(__file__).with_name("process_fake_bot.py")
@@ -56,16 +57,6 @@ def make_orchestrator(settings, tmp_path):
             os.killpg(record["pgid"], signal.SIGKILL)
 
 
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def bot_log(orch: ProcessOrchestrator, container_id: str) -> str:
     path = process_state.log_path(orch.bots_dir, container_id)
     return path.read_text() if path.exists() else ""
@@ -73,7 +64,7 @@ def bot_log(orch: ProcessOrchestrator, container_id: str) -> str:
 
 def start_ready(orch: ProcessOrchestrator, bot_spec: BotSpec | None = None) -> str:
     container_id = orch.start(bot_spec or spec())
-    wait_until(lambda: "ready" in bot_log(orch, container_id), what="the bot to be ready")
+    wait_for(lambda: "ready" in bot_log(orch, container_id), what="the bot to be ready")
     return container_id
 
 
@@ -182,10 +173,10 @@ def test_a_new_instance_lists_and_stops_a_bot_started_by_a_process_that_exited(m
         cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
     container_id = starter.stdout.strip()
     restarted_worker = make_orchestrator("sleep")
-    wait_until(lambda: "ready" in bot_log(restarted_worker, container_id), what="the bot to be ready")
+    wait_for(lambda: "ready" in bot_log(restarted_worker, container_id), what="the bot to be ready")
     assert [(b.container_id, b.status) for b in restarted_worker.list()] == [(container_id, NormalizedStatus.UP)]
     restarted_worker.stop(container_id, timeout=5)
-    assert wait_until(lambda: exited(restarted_worker, container_id)).exit_code == 0
+    assert wait_for(lambda: exited(restarted_worker, container_id)).exit_code == 0
 
 
 def test_a_bot_whose_supervisor_was_killed_is_still_listed_and_stoppable(make_orchestrator):
@@ -203,16 +194,16 @@ def test_a_bot_whose_supervisor_was_killed_is_still_listed_and_stoppable(make_or
 def test_the_supervisor_is_reaped_after_the_bot_exits(make_orchestrator):
     orch = make_orchestrator("exit", "0")
     container_id = orch.start(spec())
-    wait_until(lambda: exited(orch, container_id))
+    wait_for(lambda: exited(orch, container_id))
     supervisor = record_of(orch, container_id)["supervisor_pid"]
-    wait_until(lambda: process_state_letter(supervisor) is None, what="the supervisor to be reaped")
+    wait_for(lambda: process_state_letter(supervisor) is None, what="the supervisor to be reaped")
 
 
 # --- exit codes and status ------------------------------------------------------------------------
 def test_the_exit_code_of_a_bot_that_exits_by_itself_is_reported(make_orchestrator):
     orch = make_orchestrator("exit", "7")
     container_id = orch.start(spec())
-    info = wait_until(lambda: exited(orch, container_id))
+    info = wait_for(lambda: exited(orch, container_id))
     assert (info.exit_code, info.raw_status) == (7, "exited (7)")
     assert [b.status for b in orch.list()] == [NormalizedStatus.EXITED]
 
@@ -254,7 +245,7 @@ def test_a_zombie_does_not_count_as_running(make_orchestrator):
     child = subprocess.Popen(["true"])  # not waited for: it stays a zombie of this process
     try:
         start_time = process_state.proc_stat(child.pid)[1]
-        wait_until(lambda: process_state_letter(child.pid) == "Z", what="a zombie")
+        wait_for(lambda: process_state_letter(child.pid) == "Z", what="a zombie")
         container_id = craft_record(orch, pid=child.pid, start_time=start_time)
         assert orch.inspect(container_id).status is NormalizedStatus.EXITED
     finally:
@@ -288,7 +279,7 @@ def test_a_bot_being_stopped_is_listed_stopping(make_orchestrator):
     stopper = threading.Thread(target=orch.stop, args=(container_id, 1.0))
     stopper.start()
     try:
-        wait_until(lambda: orch.inspect(container_id).status is NormalizedStatus.STOPPING, what="Stopping")
+        wait_for(lambda: orch.inspect(container_id).status is NormalizedStatus.STOPPING, what="Stopping")
     finally:
         stopper.join()
     assert orch.inspect(container_id).status is NormalizedStatus.EXITED
@@ -300,7 +291,7 @@ def test_stop_kills_the_whole_process_group(make_orchestrator, tmp_path):
     container_id = start_ready(orch)
     child_pid = int(pid_file.read_text())
     orch.stop(container_id, timeout=5)
-    wait_until(lambda: process_state_letter(child_pid) in (None, "Z"), what="the child to die")
+    wait_for(lambda: process_state_letter(child_pid) in (None, "Z"), what="the child to die")
 
 
 def test_stop_of_an_exited_bot_is_a_no_op(make_orchestrator):
@@ -323,7 +314,7 @@ def test_stop_of_an_unknown_id_is_a_no_op(make_orchestrator):
 def test_remove_forgets_an_exited_bot_and_its_log(make_orchestrator):
     orch = make_orchestrator("exit", "0")
     container_id = orch.start(spec())
-    wait_until(lambda: exited(orch, container_id))
+    wait_for(lambda: exited(orch, container_id))
     orch.remove(container_id)
     assert orch.inspect(container_id) is None and orch.list() == []
     assert list(orch.bots_dir.iterdir()) == []

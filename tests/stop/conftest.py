@@ -13,7 +13,6 @@ import json
 import random
 import sys
 import threading
-import time
 from datetime import datetime
 
 import pytest
@@ -28,6 +27,7 @@ from orchestrators.process import ProcessOrchestrator
 from orchestrators.registry import get_orchestrator
 from tests.e2e.conftest import stack  # noqa: F401  (the live stack, reused by test_seed_acceptance)
 from tests.factories import make_session
+from tests.support import wait_for  # noqa: F401 (used by the tests of this folder)
 
 QUEUE = "botmanager"
 
@@ -43,18 +43,6 @@ BOT_COMMANDS = {
     # Exits at once with the code given as the next argument.
     "exit": [_PY, "-c", "import sys; sys.exit(int(sys.argv[1]))"],
 }
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
-    """Poll until `predicate()` is truthy; return its value, or fail saying what never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def run_task(task, *args):

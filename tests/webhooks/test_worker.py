@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from datetime import timedelta
+from functools import partial
 
 import pytest
 from django.utils import timezone
@@ -14,25 +15,18 @@ from django.utils import timezone
 from meetings import lifecycle
 from meetings import tasks as meeting_tasks
 from meetings.statuses import MeetingStatus, TransitionSource
+from tests.support import wait_for
 from tests.webhooks.conftest import new_meeting, purge_broker, running_worker
 from tests.webhooks.receiver import Answer
 from tests.webhooks.test_delivery import readme_verify
 from webhooks import delivery, tasks
 from webhooks.models import WebhookAttempt, WebhookDelivery
 
+
 S = MeetingStatus
+# Deliveries with retries take longer than the default wait.
+wait_until = partial(wait_for, timeout=20)
 CALLBACK = TransitionSource.BOT_CALLBACK
-
-
-def wait_until(predicate, timeout: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def all_settled(user) -> bool:
