@@ -14,11 +14,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import commands, lifecycle, tokens
-from .compiled import CompiledQuery
 from .errors import UnknownSession
 from .models import Meeting, MeetingSession
 from .statuses import TERMINAL, CompletionReason, MeetingStatus, TransitionSource
-from .stopping import STOP_REASON_KEY
 
 CALLBACK_NAMES = ("joining", "awaiting_admission", "started", "exited", "status_change")
 _SIMPLE_TARGETS = {
@@ -29,10 +27,6 @@ _SIMPLE_TARGETS = {
 # Statuses a bot may report through `status_change` (it never reports requested or stopping).
 REPORTABLE = {MeetingStatus.JOINING, MeetingStatus.AWAITING_ADMISSION, MeetingStatus.ACTIVE,
               MeetingStatus.COMPLETED, MeetingStatus.FAILED}
-# The session of a callback's connection id (compiled once per connection: the hot path).
-_SESSION_BY_UID = CompiledQuery(
-    lambda uid: MeetingSession.objects.filter(session_uid=uid).order_by("pk")[:1],
-    MeetingSession._meta.get_field("session_uid"), uuid.UUID(int=0))
 
 
 @dataclass(frozen=True)
@@ -67,28 +61,28 @@ class CallbackResult:
 
 
 def handle(report: CallbackReport, bearer_token: str | None) -> CallbackResult:
-    session = _resolve_session(report.connection_id, bearer_token)
+    uid = _session_uid(report.connection_id)
     target, completion_reason, failure_stage = _target(report)
-    if target == MeetingStatus.COMPLETED and completion_reason == CompletionReason.STOPPED:
-        # A bot that left because the manager stopped it (max duration, an admin...) reports a
-        # plain "stopped": the reason the manager recorded with the stop is the true one.
-        completion_reason = _manager_stop_reason(session.meeting_id) or completion_reason
-    exiting = target in TERMINAL
-    if exiting:
-        _record_exit(session, report.exit_code)
-
-    result = lifecycle.transition(
-        session.meeting_id, target, source=TransitionSource.BOT_CALLBACK,
-        reason=report.reason or f"bot callback {report.name}",
+    if target in TERMINAL:
+        _record_exit(uid, report.exit_code)
+    attempt = dict(
+        source=TransitionSource.BOT_CALLBACK, reason=report.reason or f"bot callback {report.name}",
         completion_reason=completion_reason, failure_stage=failure_stage,
-        session=session, require_current_session=True,
-        metadata=_metadata(report),
-        data_updates=_data_updates(report, target),
+        metadata=_metadata(report), data_updates=_data_updates(report, target),
     )
+    result = lifecycle.transition_from_session(uid, target, **attempt)
+    if result is None:
+        # Not a known session: a restarted bot proves itself with its meeting token.
+        _register_session(uid, report.connection_id, bearer_token)
+        if target in TERMINAL:
+            _record_exit(uid, report.exit_code)
+        result = lifecycle.transition_from_session(uid, target, **attempt)
+        if result is None:  # its meeting was deleted meanwhile
+            raise UnknownSession(f"Unknown connection_id {report.connection_id!r}.")
     meeting = result.meeting
     # A bot whose meeting is being stopped or is over, or that is not the current session, must
     # leave: this reaches a bot that missed the Redis command.
-    stale = meeting.current_session_id != session.id
+    stale = meeting.current_session_id != result.session.id
     leave = bool(meeting.stop_requested_at) or meeting.status in TERMINAL or stale
     return CallbackResult("processed" if result.applied else "ok", meeting.id, meeting.status, leave)
 
@@ -109,11 +103,6 @@ def _target(report: CallbackReport) -> tuple[str, str | None, str | None]:
     return target, None, None
 
 
-def _manager_stop_reason(meeting_id: int) -> str | None:
-    return (Meeting.objects.filter(pk=meeting_id, stop_requested_at__isnull=False)
-            .values_list(f"data__{STOP_REASON_KEY}", flat=True).first())
-
-
 def _metadata(report: CallbackReport) -> dict:
     fields = {
         "callback": report.name, "container_id": report.container_id, "exit_code": report.exit_code,
@@ -132,25 +121,22 @@ def _data_updates(report: CallbackReport, target: str) -> dict:
     return updates
 
 
-def _resolve_session(connection_id: str, bearer_token: str | None) -> MeetingSession:
+def _session_uid(connection_id: str) -> uuid.UUID:
     try:
-        uid = uuid.UUID(str(connection_id))
+        return uuid.UUID(str(connection_id))
     except ValueError:
         raise UnknownSession(f"Unknown connection_id {connection_id!r}.") from None
-    found = _SESSION_BY_UID.fetch(uid)
-    if found:
-        return found[0]
+
+
+def _register_session(uid: uuid.UUID, connection_id: str, bearer_token: str | None) -> None:
+    """A restarted bot's new session becomes the meeting's current one (DB and Redis)."""
     claims = tokens.verify(bearer_token) if bearer_token else None
     if claims is None:
         raise UnknownSession(
             f"Unknown connection_id {connection_id!r}; a restarted bot registers a new session by sending "
             "its meeting token as 'Authorization: Bearer <token>'."
         )
-    return _register_session(claims["meeting_id"], uid)
-
-
-def _register_session(meeting_id: int, uid: uuid.UUID) -> MeetingSession:
-    """A restarted bot's new session becomes the meeting's current one (DB and Redis)."""
+    meeting_id = claims["meeting_id"]
     try:
         with transaction.atomic():
             meeting = Meeting.objects.select_for_update().filter(pk=meeting_id).first()
@@ -161,12 +147,10 @@ def _register_session(meeting_id: int, uid: uuid.UUID) -> MeetingSession:
                 meeting.current_session = session
                 meeting.save(update_fields=["current_session", "updated_at"])
                 transaction.on_commit(lambda: commands.set_current_session(meeting_id, str(uid)), robust=True)
-            return session
     except IntegrityError:
-        # Two first callbacks of the same new session raced: the other one registered it.
-        return MeetingSession.objects.get(session_uid=uid)
+        pass  # two first callbacks of the same new session raced: the other one registered it
 
 
-def _record_exit(session: MeetingSession, exit_code: int | None) -> None:
-    MeetingSession.objects.filter(pk=session.pk, ended_at__isnull=True).update(
+def _record_exit(uid: uuid.UUID, exit_code: int | None) -> None:
+    MeetingSession.objects.filter(session_uid=uid, ended_at__isnull=True).update(
         ended_at=timezone.now(), exit_code=exit_code)

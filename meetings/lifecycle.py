@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,10 @@ from django.utils import timezone
 from webhooks import outbox
 
 from . import commands, deadlines
+from . import compiled
 from .compiled import CompiledQuery
 from .models import Meeting, MeetingSession, MeetingTransition
-from .statuses import TERMINAL, FailureStage, MeetingStatus, is_allowed
+from .statuses import TERMINAL, CompletionReason, FailureStage, MeetingStatus, is_allowed
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,14 @@ log = logging.getLogger(__name__)
 _LOCK_MEETING = CompiledQuery(
     lambda pk: Meeting.objects.select_related("user").select_for_update(of=("self",)).filter(pk=pk),
     Meeting._meta.pk, 0)
+# The same lock reached through a bot session's uid, with the session, in one statement.
+_LOCK_BY_SESSION = CompiledQuery(
+    lambda uid: MeetingSession.objects.select_related("meeting__user").select_for_update(of=("meeting",))
+    .filter(session_uid=uid),
+    MeetingSession._meta.get_field("session_uid"), uuid.UUID(int=0))
+
+# Where a stop records the completion reason the meeting ends with (see `_apply`).
+STOP_REASON_KEY = "stop_completion_reason"
 
 
 class Outcome(str, enum.Enum):
@@ -45,6 +55,7 @@ class TransitionResult:
     to_status: str
     record: MeetingTransition | None
     refusal: str = ""
+    session: MeetingSession | None = None  # the session the attempt came from, if any
 
     @property
     def applied(self) -> bool:
@@ -93,52 +104,86 @@ def transition(
     `data_updates` are merged into `Meeting.data` only when the transition applies.
     Raises Meeting.DoesNotExist for an unknown id.
     """
-    to_status = MeetingStatus(to_status)
-    metadata = dict(metadata or {})
     with transaction.atomic():
         found = _LOCK_MEETING.fetch(meeting_id)
         if not found:
             raise Meeting.DoesNotExist("Meeting matching query does not exist.")
-        meeting = found[0]
-        from_status = meeting.status
+        return _transition_locked(
+            found[0], to_status, source=source, reason=reason, completion_reason=completion_reason,
+            failure_stage=failure_stage, session=session, require_current_session=require_current_session,
+            only_from=only_from, metadata=metadata, data_updates=data_updates)
 
-        refusal = _refusal(meeting, to_status, session, require_current_session, only_from)
-        if refusal is None and from_status == to_status:
-            return TransitionResult(Outcome.NOOP, meeting, from_status, to_status, None)
 
-        record = MeetingTransition(
-            meeting=meeting, from_status=from_status, to_status=to_status, source=source, reason=reason,
-            session=session, metadata=metadata,
-        )
-        if refusal is not None:
-            record.applied = False
-            record.completion_reason = completion_reason
-            record.failure_stage = failure_stage
-            record.metadata = {**metadata, "refused": refusal}
-            record.save()
-            log.info("meeting %s: refused %s -> %s from %s (%s)", meeting.id, from_status, to_status,
-                     source, refusal, extra={
-                         "meeting_id": meeting.id, "session_uid": str(session.session_uid) if session else None,
-                         "source": str(source), "from_status": str(from_status), "to_status": str(to_status),
-                         "applied": False, "refusal": refusal})
-            return TransitionResult(Outcome.REFUSED, meeting, from_status, to_status, record, refusal)
+def transition_from_session(
+    session_uid: uuid.UUID,
+    to_status: str,
+    *,
+    source: str,
+    reason: str = "",
+    completion_reason: str | None = None,
+    failure_stage: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    data_updates: dict[str, Any] | None = None,
+) -> TransitionResult | None:
+    """`transition()` asked for by the bot session `session_uid`: refused unless it is the
+    meeting's current session. The session and its meeting are found and the meeting row locked
+    in one statement (the bot-callback hot path). None when no session has this uid.
+    """
+    with transaction.atomic():
+        found = _LOCK_BY_SESSION.fetch(session_uid)
+        if not found:
+            return None
+        session = found[0]
+        return _transition_locked(
+            session.meeting, to_status, source=source, reason=reason, completion_reason=completion_reason,
+            failure_stage=failure_stage, session=session, require_current_session=True, only_from=None,
+            metadata=metadata, data_updates=data_updates)
 
-        now = timezone.now()
-        changed = _apply(meeting, from_status, to_status, now, completion_reason, failure_stage, data_updates)
-        meeting.save(update_fields=changed)
-        record.completion_reason = meeting.completion_reason if to_status in TERMINAL else None
-        record.failure_stage = meeting.failure_stage if to_status == MeetingStatus.FAILED else None
-        record.save()
-        outbox.record_status_change(meeting, record)  # the webhook event, in this transaction
-        log.info("meeting %s: %s -> %s by %s%s", meeting.id, from_status, to_status, source,
-                 f" ({reason})" if reason else "", extra={
+
+def _transition_locked(meeting: Meeting, to_status: str, *, source, reason, completion_reason, failure_stage,
+                       session, require_current_session, only_from, metadata, data_updates) -> TransitionResult:
+    """The body of `transition()`, on a meeting row locked in the current transaction."""
+    to_status = MeetingStatus(to_status)
+    metadata = dict(metadata or {})
+    from_status = meeting.status
+
+    refusal = _refusal(meeting, to_status, session, require_current_session, only_from)
+    if refusal is None and from_status == to_status:
+        return TransitionResult(Outcome.NOOP, meeting, from_status, to_status, None, session=session)
+
+    record = MeetingTransition(
+        meeting=meeting, from_status=from_status, to_status=to_status, source=source, reason=reason,
+        session=session, metadata=metadata,
+    )
+    if refusal is not None:
+        record.applied = False
+        record.completion_reason = completion_reason
+        record.failure_stage = failure_stage
+        record.metadata = {**metadata, "refused": refusal}
+        compiled.insert(record)
+        log.info("meeting %s: refused %s -> %s from %s (%s)", meeting.id, from_status, to_status,
+                 source, refusal, extra={
                      "meeting_id": meeting.id, "session_uid": str(session.session_uid) if session else None,
                      "source": str(source), "from_status": str(from_status), "to_status": str(to_status),
-                     "applied": True, "reason": reason})
-        transaction.on_commit(lambda: _after_commit(meeting), robust=True)
-        if to_status in TERMINAL:
-            transaction.on_commit(lambda: _enqueue_post_meeting(meeting.id), robust=True)
-        return TransitionResult(Outcome.APPLIED, meeting, from_status, to_status, record)
+                     "applied": False, "refusal": refusal})
+        return TransitionResult(Outcome.REFUSED, meeting, from_status, to_status, record, refusal, session)
+
+    now = timezone.now()
+    changed = _apply(meeting, from_status, to_status, now, completion_reason, failure_stage, data_updates)
+    record.completion_reason = meeting.completion_reason if to_status in TERMINAL else None
+    record.failure_stage = meeting.failure_stage if to_status == MeetingStatus.FAILED else None
+    # = meeting.save(update_fields=changed); record.save(): one round trip (the callback hot path).
+    compiled.save_fields_and_insert(meeting, changed, record)
+    outbox.record_status_change(meeting, record)  # the webhook event, in this transaction
+    log.info("meeting %s: %s -> %s by %s%s", meeting.id, from_status, to_status, source,
+             f" ({reason})" if reason else "", extra={
+                 "meeting_id": meeting.id, "session_uid": str(session.session_uid) if session else None,
+                 "source": str(source), "from_status": str(from_status), "to_status": str(to_status),
+                 "applied": True, "reason": reason})
+    transaction.on_commit(lambda: _after_commit(meeting), robust=True)
+    if to_status in TERMINAL:
+        transaction.on_commit(lambda: _enqueue_post_meeting(meeting.id), robust=True)
+    return TransitionResult(Outcome.APPLIED, meeting, from_status, to_status, record, session=session)
 
 
 def _refusal(meeting: Meeting, to_status: str, session: MeetingSession | None,
@@ -172,6 +217,11 @@ def _apply(meeting: Meeting, from_status: str, to_status: str, now, completion_r
         meeting.end_time = now
         changed.append("end_time")
     if to_status == MeetingStatus.COMPLETED:
+        if completion_reason in (None, CompletionReason.STOPPED) and meeting.stop_requested_at:
+            # A meeting the manager stopped (max duration, an admin...) completes with the reason
+            # recorded with the stop, whoever reports the end: its bot ("stopped"), the grace
+            # finalizer or the sweep.
+            completion_reason = data.get(STOP_REASON_KEY) or completion_reason
         meeting.completion_reason = completion_reason
         data["completion_reason"] = completion_reason
         changed.append("completion_reason")

@@ -23,13 +23,11 @@ from orchestrators.base import OrchestratorError
 from orchestrators.registry import get_orchestrator
 
 from . import commands, lifecycle
-from .lifecycle import Outcome, TransitionResult
+from .lifecycle import STOP_REASON_KEY, Outcome, TransitionResult
 from .models import Meeting
 from .statuses import CompletionReason, MeetingStatus, TransitionSource
 
 log = logging.getLogger(__name__)
-
-STOP_REASON_KEY = "stop_completion_reason"
 
 
 def bot_launched(meeting: Meeting) -> bool:
@@ -109,6 +107,6 @@ def finalize_after_stop(meeting_id: int) -> TransitionResult | None:
     return lifecycle.transition(
         meeting_id, MeetingStatus.COMPLETED, source=TransitionSource.GRACE_FINALIZER,
         reason="bot did not report its exit within the stop grace period",
-        completion_reason=(meeting.data or {}).get(STOP_REASON_KEY, CompletionReason.STOPPED),
+        completion_reason=CompletionReason.STOPPED,  # lifecycle substitutes the stop's recorded reason
         metadata=seen,
     )

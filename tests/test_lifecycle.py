@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import time
 
 import pytest
 from django.db import connection, connections
@@ -134,6 +133,33 @@ def test_completion_sets_end_time_reason_and_clears_deadline():
     assert meeting.deadline_at is None
     record = meeting.transitions.last()
     assert record.completion_reason == "stopped"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("reported", [None, "stopped"])
+def test_a_stopped_meeting_completes_with_the_reason_recorded_with_its_stop(reported):
+    meeting = make_meeting(status=MeetingStatus.ACTIVE)
+    lifecycle.transition(meeting.id, MeetingStatus.STOPPING, source=USER,
+                         data_updates={lifecycle.STOP_REASON_KEY: "max_duration"})
+
+    lifecycle.transition(meeting.id, MeetingStatus.COMPLETED, source=TransitionSource.GRACE_FINALIZER,
+                         completion_reason=reported)
+
+    meeting.refresh_from_db()
+    assert meeting.completion_reason == "max_duration"
+    assert meeting.data["completion_reason"] == "max_duration"
+    assert meeting.transitions.last().completion_reason == "max_duration"
+
+
+@pytest.mark.django_db
+def test_a_specific_completion_reason_wins_over_the_one_recorded_with_the_stop():
+    meeting = make_meeting(status=MeetingStatus.ACTIVE)
+    lifecycle.transition(meeting.id, MeetingStatus.STOPPING, source=USER,
+                         data_updates={lifecycle.STOP_REASON_KEY: "max_duration"})
+
+    lifecycle.transition(meeting.id, MeetingStatus.COMPLETED, source=USER, completion_reason="left_alone")
+
+    assert Meeting.objects.get(pk=meeting.pk).completion_reason == "left_alone"
 
 
 @pytest.mark.django_db

@@ -1,0 +1,149 @@
+"""The compiled hot-path statements (meetings/compiled.py) write and read exactly what the ORM
+calls they stand for would, and step aside for model signal receivers."""
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from django.db import DatabaseError, connection
+from django.db.models.signals import pre_save
+from django.test.utils import CaptureQueriesContext
+
+from meetings import compiled
+from meetings.compiled import CompiledQuery
+from meetings.models import Meeting, MeetingTransition
+from meetings.statuses import MeetingStatus, TransitionSource
+from tests.factories import make_meeting, make_session
+
+LOCK = CompiledQuery(
+    lambda pk: Meeting.objects.select_related("user").select_for_update(of=("self",)).filter(pk=pk),
+    Meeting._meta.pk, 0)
+
+pytestmark = pytest.mark.django_db  # in a transaction: the lock query needs one
+
+
+def _row(model, pk) -> dict:
+    return model.objects.filter(pk=pk).values().get()
+
+
+def test_fetch_returns_the_querysets_instances_with_their_related_user():
+    meeting = make_meeting(data={"k": [1, 2]})
+
+    (found,) = LOCK.fetch(meeting.pk)
+
+    expected = Meeting.objects.select_related("user").get(pk=meeting.pk)
+    assert {f.attname: getattr(found, f.attname) for f in Meeting._meta.concrete_fields} == \
+        {f.attname: getattr(expected, f.attname) for f in Meeting._meta.concrete_fields}
+    assert found.user.email == expected.user.email  # populated, not lazily fetched
+    assert found._state.adding is False and found._state.db == "default"
+
+
+def test_fetch_of_an_unknown_key_returns_nothing():
+    assert LOCK.fetch(2**62) == []
+
+
+def test_fetch_sends_the_querysets_own_statement():
+    meeting = make_meeting()
+    with CaptureQueriesContext(connection) as compiled_run:
+        LOCK.fetch(meeting.pk)
+    with CaptureQueriesContext(connection) as orm_run:
+        list(Meeting.objects.select_related("user").select_for_update(of=("self",)).filter(pk=meeting.pk))
+    assert [q["sql"] for q in compiled_run.captured_queries] == [q["sql"] for q in orm_run.captured_queries]
+
+
+def _transition(meeting, **fields) -> MeetingTransition:
+    return MeetingTransition(meeting=meeting, from_status="requested", to_status="active",
+                             source=TransitionSource.USER, **fields)
+
+
+def test_save_fields_and_insert_writes_what_save_with_update_fields_and_save_write():
+    meeting, twin = make_meeting(), make_meeting()
+    moment = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    for target in (meeting, twin):
+        target.status = MeetingStatus.ACTIVE
+        target.start_time = moment
+        target.data = {"language": "en", "nested": {"a": None}}
+        target.completion_reason = None
+    names = ["status", "start_time", "data", "completion_reason", "updated_at"]
+    record, twin_record = _transition(meeting, metadata={"k": 1}), _transition(twin, metadata={"k": 1})
+
+    with CaptureQueriesContext(connection) as queries:
+        compiled.save_fields_and_insert(meeting, names, record)
+    twin.save(update_fields=names)
+    twin_record.save()
+
+    assert len(queries) == 1
+    mine, theirs = _row(Meeting, meeting.pk), _row(Meeting, twin.pk)
+    for name in ("status", "start_time", "data", "completion_reason"):
+        assert mine[name] == theirs[name]
+    assert mine["updated_at"] == meeting.updated_at > meeting.created_at  # auto_now ran
+    assert record.pk is not None and record._state.adding is False
+    written, expected = _row(MeetingTransition, record.pk), _row(MeetingTransition, twin_record.pk)
+    for name in ("from_status", "to_status", "source", "reason", "metadata", "applied", "session_id"):
+        assert written[name] == expected[name]
+    assert written["meeting_id"] == meeting.pk
+
+
+def test_save_fields_and_insert_leaves_the_other_columns_alone():
+    meeting = make_meeting(data={"keep": True})
+    meeting.status = MeetingStatus.JOINING
+    meeting.data = {"lost": True}  # changed in memory, not named
+
+    compiled.save_fields_and_insert(meeting, ["status"], _transition(meeting))
+
+    row = _row(Meeting, meeting.pk)
+    assert row["status"] == MeetingStatus.JOINING and row["data"] == {"keep": True}
+
+
+def test_save_fields_and_insert_of_a_deleted_row_raises_like_save():
+    meeting, other = make_meeting(), make_meeting()
+    record = _transition(other)
+    Meeting.objects.filter(pk=meeting.pk).delete()
+    meeting.status = MeetingStatus.JOINING
+    with pytest.raises(DatabaseError, match="did not affect any rows"):
+        compiled.save_fields_and_insert(meeting, ["status"], record)
+
+
+def test_insert_writes_what_save_writes_and_sets_the_key():
+    meeting = make_meeting()
+    session = make_session(meeting)
+    record = MeetingTransition(meeting=meeting, from_status="requested", to_status="joining",
+                               source=TransitionSource.BOT_CALLBACK, reason="r", session=session,
+                               metadata={"callback": "joining", "n": 1})
+    twin = MeetingTransition(meeting=meeting, from_status="requested", to_status="joining",
+                             source=TransitionSource.BOT_CALLBACK, reason="r", session=session,
+                             metadata={"callback": "joining", "n": 1})
+
+    with CaptureQueriesContext(connection) as queries:
+        compiled.insert(record)
+    twin.save()
+
+    assert len(queries) == 1
+    assert record.pk is not None and record._state.adding is False and record._state.db == "default"
+    mine, theirs = _row(MeetingTransition, record.pk), _row(MeetingTransition, twin.pk)
+    assert mine.pop("id") == record.pk
+    theirs.pop("id")
+    assert mine.pop("created_at") == record.created_at
+    theirs.pop("created_at")
+    assert mine == theirs
+
+
+def test_writes_go_through_save_when_a_pre_save_receiver_listens():
+    meeting = make_meeting()
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append((sender, kwargs.get("update_fields")))
+
+    pre_save.connect(receiver, sender=Meeting)
+    pre_save.connect(receiver, sender=MeetingTransition)
+    try:
+        meeting.status = MeetingStatus.JOINING
+        compiled.save_fields_and_insert(meeting, ["status"], _transition(meeting))
+        compiled.insert(_transition(meeting))
+    finally:
+        pre_save.disconnect(receiver, sender=Meeting)
+        pre_save.disconnect(receiver, sender=MeetingTransition)
+
+    assert seen == [(Meeting, frozenset({"status"})), (MeetingTransition, None), (MeetingTransition, None)]
+    assert _row(Meeting, meeting.pk)["status"] == MeetingStatus.JOINING
