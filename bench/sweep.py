@@ -31,7 +31,6 @@ def _install_backend(settings) -> None:
 
 
 def one_size(n: int) -> dict:
-    from django.conf import settings
     from django.db import connection
     from django.test import Client
     from django.utils import timezone
