@@ -14,17 +14,49 @@ populators). What the database and `CaptureQueriesContext` see is the same state
 
 The writes skip the model signals only when nobody listens to them (otherwise they are plain
 `save()` calls), so a receiver added later is never bypassed.
+
+With DB_PREPARED_STATEMENTS (the default) each statement is also prepared on the server: PREPARE
+once per database session, EXECUTE after. PostgreSQL then skips parsing and planning, which cost
+more than running these one-row statements (the lock with its joins: ≈ 0.3 ms of server CPU
+unprepared, ≈ 0.1 ms prepared). Prepared statements outlive a rolled-back transaction and die
+with the session, so the registry of what is prepared is kept per DB-API connection.
 """
 from __future__ import annotations
 
+import re
+import weakref
 from itertools import count
 from typing import Callable
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.models import NOT_PROVIDED, Field, Model, QuerySet, signals
 from django.db.models.query import get_related_populators
 
 _ids = count()
+# DB-API connection -> names of the statements prepared in its session.
+_prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PLACEHOLDER = re.compile(r"%[s%]")
+
+
+def _execute(connection, cursor, name: str, sql: str, params) -> None:
+    """`cursor.execute(sql, params)`, as the prepared statement `name` when enabled."""
+    if not settings.DB_PREPARED_STATEMENTS:
+        cursor.execute(sql, params)
+        return
+    names = _prepared.get(connection.connection)
+    if names is None:
+        names = _prepared[connection.connection] = set()
+    if name not in names:
+        cursor.execute(f"PREPARE {name} AS {_numbered(sql)}")
+        names.add(name)
+    cursor.execute(f"EXECUTE {name}({', '.join(['%s'] * len(params))})", params)
+
+
+def _numbered(sql: str) -> str:
+    """Django's `%s` placeholders as PostgreSQL's `$1, $2...` (and `%%` as `%`)."""
+    numbers = count(1)
+    return _PLACEHOLDER.sub(lambda m: "%" if m.group() == "%%" else f"${next(numbers)}", sql)
 
 
 class CompiledQuery:
@@ -32,7 +64,8 @@ class CompiledQuery:
         """`build(value)` returns the queryset for one parameter `value`, which Django binds
         through `field` (e.g. a primary key); `placeholder` is a valid value used to compile it."""
         self._build, self._field, self._placeholder = build, field, placeholder
-        self._attr = f"_botmanager_compiled_{next(_ids)}"
+        self._name = f"botmanager_q{next(_ids)}"
+        self._attr = f"_{self._name}"
 
     def fetch(self, value) -> list:
         """The instances the queryset built with `value` returns (on the default database)."""
@@ -43,7 +76,7 @@ class CompiledQuery:
         sql, compiler, converters, start, end, init_list, populators = plan
         param = self._field.get_db_prep_value(self._field.get_prep_value(value), connection, prepared=True)
         with connection.cursor() as cursor:
-            cursor.execute(sql, (param,))
+            _execute(connection, cursor, self._name, sql, (param,))
             rows = cursor.fetchall()
         if converters:
             rows = compiler.apply_converters(rows, converters)
@@ -85,10 +118,10 @@ def insert(instance: Model) -> None:
         instance.save()
         return
     connection = connections[DEFAULT_DB_ALIAS]
-    sql, fields, pk = _plan(connection, ("insert", model), lambda: _insert_plan(model, connection))
+    name, (sql, fields, pk) = _plan(connection, ("insert", model), lambda: _insert_plan(model, connection))
     params = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        _execute(connection, cursor, name, sql, params)
         (value,) = cursor.fetchone()
     _inserted(instance, pk, value, connection)
 
@@ -105,13 +138,13 @@ def save_fields_and_insert(instance: Model, names: list[str] | tuple[str, ...], 
         return
     connection = connections[DEFAULT_DB_ALIAS]
     key = ("update+insert", type(instance), tuple(names), type(new))
-    sql, update_fields, update_pk, insert_fields, pk = _plan(
+    name, (sql, update_fields, update_pk, insert_fields, pk) = _plan(
         connection, key, lambda: _update_and_insert_plan(type(instance), names, type(new), connection))
     params = [field.get_db_prep_save(field.pre_save(instance, False), connection) for field in update_fields]
     params.append(update_pk.get_db_prep_value(instance.pk, connection))
     params += [field.get_db_prep_save(field.pre_save(new, True), connection) for field in insert_fields]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        _execute(connection, cursor, name, sql, params)
         value, updated = cursor.fetchone()
     if updated == 0:
         raise DatabaseError("Save with update_fields did not affect any rows.")
@@ -130,14 +163,18 @@ def _has_receivers(model) -> bool:
     return signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model)
 
 
+_write_names: dict = {}
+
+
 def _plan(connection, key, build):
-    """The statement for `key` on this connection, built by `build()` the first time."""
+    """(statement name, plan) for `key` on this connection, built by `build()` the first time."""
     plans = connection.__dict__.get("_botmanager_compiled_writes")
     if plans is None:
         plans = connection._botmanager_compiled_writes = {}
     plan = plans.get(key)
     if plan is None:
-        plan = plans[key] = build()
+        name = _write_names.setdefault(key, f"botmanager_w{next(_ids)}")
+        plan = plans[key] = (name, build())
     return plan
 
 

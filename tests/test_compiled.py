@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.db.models.signals import pre_save
 from django.test.utils import CaptureQueriesContext
 
@@ -20,6 +20,11 @@ LOCK = CompiledQuery(
     Meeting._meta.pk, 0)
 
 pytestmark = pytest.mark.django_db  # in a transaction: the lock query needs one
+
+
+def _run(queries) -> list[str]:
+    """The statements run, without the PREPARE a statement's first use in a session sends."""
+    return [q["sql"] for q in queries.captured_queries if not q["sql"].startswith("PREPARE ")]
 
 
 def _row(model, pk) -> dict:
@@ -42,13 +47,64 @@ def test_fetch_of_an_unknown_key_returns_nothing():
     assert LOCK.fetch(2**62) == []
 
 
-def test_fetch_sends_the_querysets_own_statement():
+def _prepared() -> dict[str, str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name, statement FROM pg_prepared_statements")
+        return dict(cursor.fetchall())
+
+
+def test_fetch_runs_the_querysets_own_statement_prepared_once_per_session():
+    meeting = make_meeting()
+    queryset = Meeting.objects.select_related("user").select_for_update(of=("self",)).filter(pk=meeting.pk)
+    orm_sql = queryset.query.sql_with_params()[0]
+
+    with CaptureQueriesContext(connection) as first:
+        LOCK.fetch(meeting.pk)
+    with CaptureQueriesContext(connection) as second:
+        LOCK.fetch(meeting.pk)
+
+    name = LOCK._name
+    assert _prepared()[name] == f"PREPARE {name} AS " + orm_sql.replace("%s", "$1")
+    assert [q["sql"].split("(")[0] for q in second.captured_queries] == [f"EXECUTE {name}"]
+    assert len(first.captured_queries) <= 2  # PREPARE (first use in this session) + EXECUTE
+
+
+def test_without_prepared_statements_fetch_sends_the_querysets_sql(settings):
+    settings.DB_PREPARED_STATEMENTS = False
     meeting = make_meeting()
     with CaptureQueriesContext(connection) as compiled_run:
         LOCK.fetch(meeting.pk)
     with CaptureQueriesContext(connection) as orm_run:
         list(Meeting.objects.select_related("user").select_for_update(of=("self",)).filter(pk=meeting.pk))
     assert [q["sql"] for q in compiled_run.captured_queries] == [q["sql"] for q in orm_run.captured_queries]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_prepared_in_a_rolled_back_transaction_still_runs():
+    meeting = make_meeting()
+    connection.close()  # a fresh session: nothing prepared yet
+    with pytest.raises(RuntimeError), transaction.atomic():
+        LOCK.fetch(meeting.pk)
+        raise RuntimeError("roll back")
+
+    assert LOCK._name in _prepared()
+    with transaction.atomic():
+        (found,) = LOCK.fetch(meeting.pk)
+    assert found.pk == meeting.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_database_session_prepares_again():
+    meeting = make_meeting()
+    with transaction.atomic():
+        LOCK.fetch(meeting.pk)
+    connection.close()
+
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        (found,) = LOCK.fetch(meeting.pk)
+
+    assert found.pk == meeting.pk
+    assert any(q["sql"].startswith(f"PREPARE {LOCK._name} AS ") for q in queries.captured_queries)
 
 
 def _transition(meeting, **fields) -> MeetingTransition:
@@ -72,7 +128,7 @@ def test_save_fields_and_insert_writes_what_save_with_update_fields_and_save_wri
     twin.save(update_fields=names)
     twin_record.save()
 
-    assert len(queries) == 1
+    assert len(_run(queries)) == 1
     mine, theirs = _row(Meeting, meeting.pk), _row(Meeting, twin.pk)
     for name in ("status", "start_time", "data", "completion_reason"):
         assert mine[name] == theirs[name]
@@ -118,7 +174,7 @@ def test_insert_writes_what_save_writes_and_sets_the_key():
         compiled.insert(record)
     twin.save()
 
-    assert len(queries) == 1
+    assert len(_run(queries)) == 1
     assert record.pk is not None and record._state.adding is False and record._state.db == "default"
     mine, theirs = _row(MeetingTransition, record.pk), _row(MeetingTransition, twin.pk)
     assert mine.pop("id") == record.pk
