@@ -4,6 +4,9 @@
 ones too), resets the meeting's deadline, and registers side effects to run after commit. Two
 callbacks, a stop and a sweep racing on one meeting serialize on the row lock; each sees the status
 the previous one committed, so exactly one consistent history results.
+
+`transition_from_session()` is the same for a bot callback, which knows its session uid rather
+than the meeting id: the session is found and the meeting locked in one statement.
 """
 from __future__ import annotations
 
@@ -18,8 +21,7 @@ from django.utils import timezone
 
 from webhooks import outbox
 
-from . import commands, deadlines
-from . import compiled
+from . import commands, compiled, deadlines
 from .compiled import CompiledQuery
 from .models import Meeting, MeetingSession, MeetingTransition
 from .statuses import TERMINAL, CompletionReason, FailureStage, MeetingStatus, is_allowed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import uuid
 
 import pytest
 from django.db import connection, connections
@@ -231,6 +232,38 @@ def test_creation_records_the_first_transition_and_deadline():
     first = meeting.transitions.get()
     assert (first.from_status, first.to_status, first.applied) == ("", "requested", True)
     assert meeting.deadline_at is not None
+
+
+@pytest.mark.django_db
+def test_transition_from_session_moves_the_meeting_of_its_current_session():
+    meeting = make_meeting()
+    session = make_session(meeting)
+
+    result = lifecycle.transition_from_session(session.session_uid, MeetingStatus.JOINING,
+                                               source=TransitionSource.BOT_CALLBACK)
+
+    assert result.outcome is Outcome.APPLIED and result.session == session
+    assert Meeting.objects.get(pk=meeting.pk).status == MeetingStatus.JOINING
+    assert result.record.session_id == session.id
+
+
+@pytest.mark.django_db
+def test_transition_from_session_refuses_a_session_that_is_not_current():
+    meeting = make_meeting()
+    old = make_session(meeting)
+    make_session(meeting)  # a newer bot run took over
+
+    result = lifecycle.transition_from_session(old.session_uid, MeetingStatus.JOINING,
+                                               source=TransitionSource.BOT_CALLBACK)
+
+    assert result.outcome is Outcome.REFUSED and "stale session" in result.refusal
+    assert Meeting.objects.get(pk=meeting.pk).status == MeetingStatus.REQUESTED
+
+
+@pytest.mark.django_db
+def test_transition_from_an_unknown_session_is_none():
+    assert lifecycle.transition_from_session(uuid.uuid4(), MeetingStatus.JOINING,
+                                             source=TransitionSource.BOT_CALLBACK) is None
 
 
 @pytest.mark.django_db
