@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     warmup = [str(u) for u in MeetingSession.objects.filter(meeting_id__in=warm_ids)
               .values_list("session_uid", flat=True)]
 
-    figures: dict = {"meetings": args.meetings, "concurrency": args.concurrency, "web_workers": args.web_workers,
+    probe = common.speed_probe()
+    figures: dict = {"speed_probe": probe, "meetings": args.meetings, "concurrency": args.concurrency, "web_workers": args.web_workers,
                      "sql_queries_per_callback": per_callback}
     with common.celery_worker(env, concurrency=2) as celery, common.gunicorn(env, args.web_workers) as web:
         port = int(web.url.rsplit(":", 1)[1])
@@ -220,6 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
          f"PostgreSQL {figures['postgres_cpu_ms_per_callback']} ms",
          f"-> CPU-bound ceiling on 2 idle cores ~{figures['cpu_bound_ceiling_per_second_on_2_cores']}/s"),
         ("load generator CPU", f"{figures['client_cpu_seconds']} s", "(on the same 2 cores)"),
+        ("machine speed probe", f"Python loop {probe['python_loop_2m_ms']} ms",
+         f"PostgreSQL SELECT 1 round trip {probe['postgres_select_1_round_trip_us']} µs",
+         "(compare runs: docs/benchmarks.md)"),
         ("RSS gunicorn worker", f"{figures['gunicorn_worker_rss_mb']} MB",
          f"(master {figures['gunicorn_master_rss_mb']} MB)"),
         ("RSS Celery worker", f"{figures['celery_main_rss_mb']} MB main",

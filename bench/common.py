@@ -242,6 +242,26 @@ def machine() -> dict:
             "python": platform.python_version(), "load_before": os.getloadavg()}
 
 
+def speed_probe() -> dict:
+    """How fast this machine is right now, to compare runs taken at different times: on a shared
+    virtual machine the same code measures up to 30 % slower at busy hours, and the round trip
+    between two processes (what a callback does ten times) suffers most."""
+    from django.db import connection
+
+    started = time.process_time()
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    loop_ms = (time.process_time() - started) * 1000
+    with connection.cursor() as cursor:
+        started = time.perf_counter()
+        for _ in range(500):
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+        round_trip_us = (time.perf_counter() - started) / 500 * 1e6
+    return {"python_loop_2m_ms": round(loop_ms), "postgres_select_1_round_trip_us": round(round_trip_us)}
+
+
 def make_user(email: str = "bench@example.com"):
     from accounts.models import User
 
