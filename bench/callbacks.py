@@ -80,7 +80,10 @@ def run_phase(port: int, name: str, uids: list[str], concurrency: int) -> tuple[
     while requests and len(selector.get_map()) < concurrency:
         start_one()
     while selector.get_map():
-        for key, events in selector.select(timeout=60):
+        ready = selector.select(timeout=60)
+        if not ready:
+            raise RuntimeError(f"{len(selector.get_map())} callbacks got no answer within 60 s")
+        for key, events in ready:
             sock, state = key.fileobj, key.data
             if events & selectors.EVENT_WRITE:
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -89,7 +92,10 @@ def run_phase(port: int, name: str, uids: list[str], concurrency: int) -> tuple[
                 sock.sendall(state["request"])  # a few hundred bytes: one send on a fresh socket
                 selector.modify(sock, selectors.EVENT_READ, state)
                 continue
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionError:  # reset by the server: counted as a failed callback below
+                chunk = b""
             if chunk:
                 state["response"] += chunk
                 continue
