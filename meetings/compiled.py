@@ -5,7 +5,7 @@ Building and compiling a queryset costs more Python than running it on the bot-c
 statements here are the ones the ORM would send, built once per connection; each call only binds
 its values with the fields' own preparation (`get_prep_value` / `pre_save` / `get_db_prep_save`)
 and builds instances with Django's own row machinery (converters, `from_db`, select_related
-populators). What the database and `CaptureQueriesContext` see is the same statement.
+populators). The database runs the statement the ORM call would have sent (prepared: see below).
 
 - `CompiledQuery`: a one-parameter queryset (a lock by primary key, a lookup by a unique column).
 - `insert(instance)`: what `instance.save()` writes for a new instance with an auto primary key.
@@ -37,6 +37,8 @@ _ids = count()
 # DB-API connection -> names of the statements prepared in its session.
 _prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PLACEHOLDER = re.compile(r"%[s%]")
+# Write plan key -> its prepared statement's name (the same on every connection).
+_write_names: dict = {}
 
 
 def _execute(connection, cursor, name: str, sql: str, params) -> None:
@@ -130,8 +132,8 @@ def save_fields_and_insert(instance: Model, names: list[str] | tuple[str, ...], 
     """`instance.save(update_fields=names)` then `new.save()` (a new instance), sent as one
     statement: `WITH updated AS (UPDATE …) INSERT …`. PostgreSQL runs both to completion; one
     round trip instead of two on the callback path, where every round trip costs two context
-    switches. Raises like `save(update_fields=…)` when the UPDATE matched no row (the caller's transaction
-    then rolls the INSERT back)."""
+    switches. Raises like `save(update_fields=…)` when the UPDATE matched no row (the caller's
+    transaction then rolls the INSERT back)."""
     if _has_receivers(type(instance)) or _has_receivers(type(new)) or new.pk is not None:
         instance.save(update_fields=names)
         new.save()
@@ -161,9 +163,6 @@ def _inserted(instance: Model, pk: Field, value, connection) -> None:
 
 def _has_receivers(model) -> bool:
     return signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model)
-
-
-_write_names: dict = {}
 
 
 def _plan(connection, key, build):
