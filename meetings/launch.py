@@ -12,16 +12,8 @@ import logging
 from django.conf import settings
 from django.db import transaction
 
-from orchestrators.base import (
-    LABEL_DEPLOYMENT,
-    LABEL_MANAGED,
-    LABEL_MEETING_ID,
-    LABEL_SESSION_UID,
-    LABEL_USER_ID,
-    BotSpec,
-    OrchestratorError,
-    bot_name,
-)
+from orchestrators.base import LABEL_SESSION_UID, BotSpec, OrchestratorError, bot_name
+from orchestrators.base import bot_labels as labels_for
 from orchestrators.registry import get_orchestrator
 
 from . import commands, lifecycle, platforms, tokens
@@ -55,13 +47,8 @@ def build_bot_config(meeting: Meeting, session: MeetingSession, container_name: 
 
 
 def bot_labels(meeting: Meeting, session: MeetingSession) -> dict[str, str]:
-    return {
-        LABEL_MANAGED: "true",
-        LABEL_DEPLOYMENT: settings.DEPLOYMENT_NAME,
-        LABEL_MEETING_ID: str(meeting.id),
-        LABEL_USER_ID: str(meeting.user_id),
-        LABEL_SESSION_UID: str(session.session_uid),
-    }
+    return labels_for(deployment=settings.DEPLOYMENT_NAME, meeting_id=meeting.id, user_id=meeting.user_id,
+                      session_uid=session.session_uid)
 
 
 def _claim_session(meeting_id: int) -> tuple[Meeting, MeetingSession, bool] | None:

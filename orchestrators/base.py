@@ -69,6 +69,18 @@ def bot_name(meeting_id: int, session_uid: str) -> str:
     return f"botmanager-bot-{meeting_id}-{str(session_uid).replace('-', '')[:8]}"
 
 
+def bot_labels(*, deployment: str, meeting_id: int, user_id: int, session_uid) -> dict[str, str]:
+    """The labels every launched bot carries: the sweep finds this deployment's bots by them and
+    maps each back to its meeting and session."""
+    return {
+        LABEL_MANAGED: "true",
+        LABEL_DEPLOYMENT: deployment,
+        LABEL_MEETING_ID: str(meeting_id),
+        LABEL_USER_ID: str(user_id),
+        LABEL_SESSION_UID: str(session_uid),
+    }
+
+
 @runtime_checkable
 class Orchestrator(Protocol):
     name: str

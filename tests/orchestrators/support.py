@@ -8,15 +8,7 @@ from types import SimpleNamespace
 
 from django.conf import settings
 
-from orchestrators.base import (
-    LABEL_DEPLOYMENT,
-    LABEL_MANAGED,
-    LABEL_MEETING_ID,
-    LABEL_SESSION_UID,
-    LABEL_USER_ID,
-    BotSpec,
-    bot_name,
-)
+from orchestrators.base import BotSpec, bot_labels, bot_name
 
 _meeting_ids = itertools.count(int(time.time()) % 100_000 * 10)
 
@@ -38,13 +30,7 @@ def make_spec(deployment: str, *, meeting_id: int | None = None, session_uid: st
     }
     if exit_code is not None:
         bot_config["test_exit_code"] = exit_code
-    labels = {
-        LABEL_MANAGED: "true",
-        LABEL_DEPLOYMENT: deployment,
-        LABEL_MEETING_ID: str(meeting_id),
-        LABEL_USER_ID: str(user_id),
-        LABEL_SESSION_UID: session_uid,
-    }
+    labels = bot_labels(deployment=deployment, meeting_id=meeting_id, user_id=user_id, session_uid=session_uid)
     return BotSpec(name=name, config=bot_config, labels=labels)
 
 

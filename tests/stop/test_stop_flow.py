@@ -200,11 +200,7 @@ def test_delayed_stop_of_an_ended_meeting_whose_bot_is_gone_does_nothing(bots):
 @pytest.mark.django_db
 def test_an_exit_callback_after_finalization_answers_ok_and_changes_nothing(
         bots, django_capture_on_commit_callbacks):
-    meeting = make_meeting(status=S.ACTIVE)
-    bots.start(meeting)
-    stop_by_user(meeting.id, django_capture_on_commit_callbacks)
-    run_task(tasks.delayed_stop, meeting.id)
-    run_task(tasks.finalize_after_stop, meeting.id)
+    meeting = _finalized_by_the_stop_flow(bots, django_capture_on_commit_callbacks)
     before = snapshot(meeting.id)
     uid = str(Meeting.objects.get(pk=meeting.id).current_session.session_uid)
 
@@ -260,11 +256,7 @@ def test_delayed_stop_run_twice_changes_nothing_the_second_time(bots, django_cap
 
 @pytest.mark.django_db
 def test_finalize_after_stop_run_twice_changes_nothing_the_second_time(bots, django_capture_on_commit_callbacks):
-    meeting = make_meeting(status=S.ACTIVE)
-    bots.start(meeting)
-    stop_by_user(meeting.id, django_capture_on_commit_callbacks)
-    run_task(tasks.delayed_stop, meeting.id)
-    run_task(tasks.finalize_after_stop, meeting.id)
+    meeting = _finalized_by_the_stop_flow(bots, django_capture_on_commit_callbacks)
     before = snapshot(meeting.id)
 
     run_task(tasks.finalize_after_stop, meeting.id)
@@ -287,3 +279,13 @@ def test_stopping_a_meeting_whose_bot_was_never_launched_completes_it_at_once(
     last = applied(meeting.id)[-1]
     assert (last.from_status, last.to_status, last.source) == (S.REQUESTED, S.COMPLETED, TransitionSource.USER)
     assert queued_tasks("meetings.delayed_stop") == []
+
+
+def _finalized_by_the_stop_flow(bots, capture_on_commit):
+    """An active meeting with a bot that ignored the user's stop: delayed stop, then finalizer."""
+    meeting = make_meeting(status=S.ACTIVE)
+    bots.start(meeting)
+    stop_by_user(meeting.id, capture_on_commit)
+    run_task(tasks.delayed_stop, meeting.id)
+    run_task(tasks.finalize_after_stop, meeting.id)
+    return meeting
