@@ -63,8 +63,6 @@ class CallbackResult:
 def handle(report: CallbackReport, bearer_token: str | None) -> CallbackResult:
     uid = _session_uid(report.connection_id)
     target, completion_reason, failure_stage = _target(report)
-    if target in TERMINAL:
-        _record_exit(uid, report.exit_code)
     attempt = dict(
         source=TransitionSource.BOT_CALLBACK, reason=report.reason or f"bot callback {report.name}",
         completion_reason=completion_reason, failure_stage=failure_stage,
@@ -74,11 +72,11 @@ def handle(report: CallbackReport, bearer_token: str | None) -> CallbackResult:
     if result is None:
         # Not a known session: a restarted bot proves itself with its meeting token.
         _register_session(uid, report.connection_id, bearer_token)
-        if target in TERMINAL:
-            _record_exit(uid, report.exit_code)
         result = lifecycle.transition_from_session(uid, target, **attempt)
         if result is None:  # its meeting was deleted meanwhile
             raise UnknownSession(f"Unknown connection_id {report.connection_id!r}.")
+    if target in TERMINAL:
+        _record_exit(uid, report.exit_code)
     meeting = result.meeting
     # A bot whose meeting is being stopped or is over, or that is not the current session, must
     # leave: this reaches a bot that missed the Redis command.
