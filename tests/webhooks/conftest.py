@@ -77,11 +77,25 @@ def running_worker():
 
 
 def purge_broker() -> int:
-    """Drop every task waiting in the test broker (tasks of earlier tests, or a "lost" task)."""
+    """Drop every task waiting in the test broker, in every queue (tasks of earlier tests, or a
+    "lost" task)."""
     from botmanager.celery import app
 
     with app.connection_for_write() as conn:
-        return conn.default_channel.queue_purge(app.conf.task_default_queue) or 0
+        return sum(conn.default_channel.queue_purge(name) or 0 for name in queue_names())
+
+
+def queue_names() -> list[str]:
+    from botmanager.celery import app
+
+    return sorted({q.name for q in app.conf.task_queues or ()} | {app.conf.task_default_queue})
+
+
+def delivery_queue() -> str:
+    """The queue the webhooks.deliver task is routed to."""
+    from botmanager.celery import app
+
+    return app.amqp.router.route({}, "webhooks.deliver")["queue"].name
 
 
 def _close_worker_connections() -> None:

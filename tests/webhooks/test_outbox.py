@@ -13,7 +13,7 @@ from meetings.api.serializers import MeetingSerializer
 from meetings.models import Meeting, MeetingTransition
 from meetings.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_user
-from tests.webhooks.conftest import new_meeting, purge_broker
+from tests.webhooks.conftest import delivery_queue, new_meeting, purge_broker
 from webhooks import outbox
 from webhooks.models import DeliveryStatus, WebhookDelivery
 
@@ -205,7 +205,7 @@ def queued_deliveries() -> list[int]:
 
     client = redis.Redis.from_url(app.conf.broker_url)
     try:
-        messages = [json.loads(raw) for raw in client.lrange(app.conf.task_default_queue, 0, -1)]
+        messages = [json.loads(raw) for raw in client.lrange(delivery_queue(), 0, -1)]
     finally:
         client.close()
     return [int(m["headers"]["argsrepr"].strip("(),")) for m in messages
