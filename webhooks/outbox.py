@@ -16,7 +16,8 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.utils import timezone
-from rest_framework.fields import DateTimeField
+
+from meetings.payloads import meeting_response, timestamp
 
 from .models import FINAL_EVENTS, WebhookDelivery, WebhookEvent
 
@@ -35,7 +36,7 @@ def record_status_change(meeting, record) -> WebhookDelivery | None:
             "to": str(record.to_status),
             "reason": record.reason,
             "source": str(record.source),
-            "timestamp": DateTimeField().to_representation(record.created_at),
+            "timestamp": timestamp(record.created_at),
         },
     }
     return _record(meeting, WebhookEvent.STATUS_CHANGE, payload, transition=record)
@@ -50,12 +51,6 @@ def record_final(meeting) -> WebhookDelivery | None:
         return None
     event = WebhookEvent.COMPLETED if meeting.status == "completed" else WebhookEvent.FAILED
     return _record(meeting, event, {"event": event.value, "meeting": meeting_response(meeting)})
-
-
-def meeting_response(meeting) -> dict:
-    from meetings.api.serializers import MeetingSerializer  # imports the API layer: keep it lazy
-
-    return MeetingSerializer(meeting).data
 
 
 def _has_webhook(meeting) -> bool:

@@ -6,11 +6,8 @@ from rest_framework import serializers
 from .. import platforms
 from ..callbacks import REPORTABLE
 from ..models import Meeting, MeetingTransition
+from ..payloads import meeting_response
 from ..statuses import CompletionReason, FailureStage, Platform
-
-# Never shown in responses: the passcode travels only inside the meeting URL; the stop reason
-# is internal bookkeeping of the stop flow.
-HIDDEN_DATA_KEYS = {"passcode", "stop_completion_reason"}
 
 
 def validate_platform(value: str) -> str:
@@ -79,21 +76,11 @@ class MeetingDataPatchSerializer(serializers.Serializer):
     data = DataSerializer()
 
 
-class MeetingSerializer(serializers.ModelSerializer):
-    constructed_meeting_url = serializers.SerializerMethodField()
-    data = serializers.SerializerMethodField()
+class MeetingSerializer(serializers.Serializer):
+    """The MeetingResponse (meetings.payloads, shared with the webhook events)."""
 
-    class Meta:
-        model = Meeting
-        fields = ["id", "user_id", "platform", "native_meeting_id", "constructed_meeting_url", "status",
-                  "bot_container_id", "start_time", "end_time", "data", "created_at", "updated_at"]
-
-    def get_constructed_meeting_url(self, meeting: Meeting) -> str:
-        return platforms.meeting_url(meeting.platform, meeting.native_meeting_id,
-                                     (meeting.data or {}).get("passcode"))
-
-    def get_data(self, meeting: Meeting) -> dict:
-        return {k: v for k, v in (meeting.data or {}).items() if k not in HIDDEN_DATA_KEYS}
+    def to_representation(self, meeting: Meeting) -> dict:
+        return meeting_response(meeting)
 
 
 class TransitionSerializer(serializers.ModelSerializer):
@@ -110,10 +97,11 @@ class TransitionSerializer(serializers.ModelSerializer):
 
 
 class MeetingDetailSerializer(MeetingSerializer):
-    transitions = TransitionSerializer(many=True, read_only=True)
+    """The MeetingResponse with the meeting's transition history."""
 
-    class Meta(MeetingSerializer.Meta):
-        fields = MeetingSerializer.Meta.fields + ["transitions"]
+    def to_representation(self, meeting: Meeting) -> dict:
+        return {**meeting_response(meeting),
+                "transitions": TransitionSerializer(meeting.transitions.all(), many=True).data}
 
 
 class CallbackSerializer(serializers.Serializer):

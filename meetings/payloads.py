@@ -1,0 +1,49 @@
+"""The MeetingResponse: a meeting as the API shows it (an item of `GET /meetings`) and as webhook
+events carry it.
+
+A plain function of the Meeting row, so the webhook outbox (called inside lifecycle transitions)
+builds it without importing the API layer: meetings.api.serializers imports meetings.callbacks,
+which imports lifecycle, which imports the outbox. The API serializer returns this same dict, so
+both stay byte-identical.
+"""
+from __future__ import annotations
+
+from rest_framework.fields import DateTimeField
+
+from . import platforms
+
+# Never shown: the passcode travels only inside the meeting URL; the stop reason is internal
+# bookkeeping of the stop flow.
+HIDDEN_DATA_KEYS = frozenset({"passcode", "stop_completion_reason"})
+
+# DRF's rendering of datetimes (ISO 8601, "Z" for UTC), as every other API timestamp.
+_datetime = DateTimeField().to_representation
+
+
+def meeting_response(meeting) -> dict:
+    data = meeting.data or {}
+    return {
+        "id": meeting.id,
+        "user_id": meeting.user_id,
+        "platform": _text(meeting.platform),
+        "native_meeting_id": _text(meeting.native_meeting_id),
+        "constructed_meeting_url": platforms.meeting_url(meeting.platform, meeting.native_meeting_id,
+                                                         data.get("passcode")),
+        "status": _text(meeting.status),
+        "bot_container_id": _text(meeting.bot_container_id),
+        "start_time": timestamp(meeting.start_time),
+        "end_time": timestamp(meeting.end_time),
+        "data": {k: v for k, v in data.items() if k not in HIDDEN_DATA_KEYS},
+        "created_at": timestamp(meeting.created_at),
+        "updated_at": timestamp(meeting.updated_at),
+    }
+
+
+def _text(value) -> str | None:
+    # A status set in this process is a TextChoices member: shown (and serialized) as its value.
+    return None if value is None else str(value)
+
+
+def timestamp(value) -> str | None:
+    """A datetime as the API shows it."""
+    return None if value is None else _datetime(value)
