@@ -1,3 +1,5 @@
+import json
+
 from django import forms
 from django.contrib import admin
 from django.db import models
@@ -22,17 +24,16 @@ class APITokenInline(admin.TabularInline):
 class UserAdmin(admin.ModelAdmin):
     list_display = ["id", "email", "name", "max_concurrent_bots", "is_staff", "created_at"]
     search_fields = ["email", "name"]
-    readonly_fields = ["created_at", "last_login", "password", "settings"]
-    # `data` holds the webhook secret: shown here without it, changed only by PUT /user/webhook.
-    exclude = ["user_permissions", "groups", "data"]
+    # The webhook is set up by PUT /user/webhook (validated, with its secret): shown, not edited
+    # here; the secret is never shown.
+    readonly_fields = ["created_at", "last_login", "password", "settings", "webhook_url"]
+    exclude = ["user_permissions", "groups", "data", "webhook_secret"]
     inlines = [APITokenInline]
 
-    @admin.display(description="data (webhook secret hidden)")
+    @admin.display(description="data")
     def settings(self, user: User) -> str:
-        import json
+        return json.dumps(user.data or {}, indent=2, sort_keys=True)
 
-        shown = {k: ("•••" if k == "webhook_secret" else v) for k, v in (user.data or {}).items()}
-        return json.dumps(shown, indent=2, sort_keys=True)
     formfield_overrides = {models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"}}
 
 

@@ -14,8 +14,20 @@ def default_max_concurrent_bots() -> int:
     return settings.DEFAULT_MAX_CONCURRENT_BOTS
 
 
+# The webhook settings were keys of User.data before they had columns; the admin API (Vexa's
+# shape) still spells the URL as data.webhook_url.
+WEBHOOK_DATA_KEYS = ("webhook_url", "webhook_secret")
+
+
 class UserManager(BaseUserManager):
     def create_user(self, email: str, password: str | None = None, **fields) -> "User":
+        if isinstance(fields.get("data"), dict):
+            # Given in the old spelling, the webhook settings go to their columns.
+            data = dict(fields["data"])
+            for key in WEBHOOK_DATA_KEYS:
+                if key in data:
+                    fields[key] = data.pop(key) or ""
+            fields["data"] = data
         user = self.model(email=self.normalize_email(email), **fields)
         if password:
             user.set_password(password)
@@ -36,8 +48,12 @@ class User(AbstractBaseUser, PermissionsMixin):
     image_url = models.URLField(max_length=1024, blank=True, default="")
     # 0 means unlimited.
     max_concurrent_bots = models.PositiveIntegerField(default=default_max_concurrent_bots)
-    # webhook_url, webhook_secret (never logged, never returned except when generated).
+    # Free-form settings of the admin API (Vexa's `data`).
     data = models.JSONField(default=dict, blank=True)
+    # Where webhook events go (empty: none), and the secret that signs them: never logged, never
+    # returned except by PUT /user/webhook, which sets it up.
+    webhook_url = models.CharField(max_length=2048, blank=True, default="")
+    webhook_secret = models.CharField(max_length=128, blank=True, default="")
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -24,16 +24,11 @@ class UserSerializer(serializers.ModelSerializer):
         fields = ["id", "email", "name", "image_url", "max_concurrent_bots", "data", "created_at"]
 
     def get_data(self, user: User) -> dict:
-        # The webhook secret signs deliveries; it is shown once when generated, never here.
-        return {k: v for k, v in (user.data or {}).items() if k != "webhook_secret"}
-
-
-class UserCreateSerializer(serializers.Serializer):
-    email = serializers.EmailField()
-    name = serializers.CharField(required=False, allow_blank=True, max_length=255)
-    image_url = serializers.URLField(required=False, allow_blank=True, max_length=1024)
-    max_concurrent_bots = serializers.IntegerField(required=False, min_value=0,
-                                                   max_value=MAX_CONCURRENT_BOTS_LIMIT)
+        # The admin API (Vexa's shape) shows the webhook URL inside data; the secret never.
+        data = dict(user.data or {})
+        if user.webhook_url:
+            data["webhook_url"] = user.webhook_url
+        return data
 
 
 class UserUpdateSerializer(serializers.Serializer):
@@ -41,6 +36,7 @@ class UserUpdateSerializer(serializers.Serializer):
     image_url = serializers.URLField(required=False, allow_blank=True, max_length=1024)
     max_concurrent_bots = serializers.IntegerField(required=False, min_value=0,
                                                    max_value=MAX_CONCURRENT_BOTS_LIMIT)
+    # data.webhook_url is the user's webhook (accounts.webhook.split_data).
     data = serializers.DictField(required=False)
 
     def validate_data(self, value: dict) -> dict:
@@ -48,6 +44,10 @@ class UserUpdateSerializer(serializers.Serializer):
         if _contains_nul(value):
             raise serializers.ValidationError("Null characters are not allowed.")
         return value
+
+
+class UserCreateSerializer(UserUpdateSerializer):
+    email = serializers.EmailField()
 
 
 class IssuedTokenSerializer(serializers.Serializer):

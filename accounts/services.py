@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from . import webhook
 from .models import APIToken, User, hash_token
 
 TOKEN_PREFIX = "bm_"
@@ -21,24 +22,51 @@ class IssuedToken:
 
 
 def get_or_create_user(email: str, **fields) -> tuple[User, bool]:
-    """The user with this email (case-insensitive), created if there is none.
+    """The user with this email (case-insensitive), created if there is none (with `fields`;
+    `data` in the admin API's shape, see webhook.split_data, which raises InvalidWebhookURL).
 
     Two concurrent calls for one email both miss the lookup; the unique index lets one insert win
     and the other then returns the winner's user.
     """
     email = User.objects.normalize_email(email)
     fields = {k: v for k, v in fields.items() if v is not None}
+    url = None
+    if "data" in fields:
+        fields["data"], url = webhook.split_data(fields["data"])
     user = User.objects.filter(email__iexact=email).first()
     if user is not None:
         return user, False
     try:
         with transaction.atomic():
-            return User.objects.create_user(email=email, **fields), True
+            user = User.objects.create_user(email=email, **fields)
+            if url:
+                user.save(update_fields=webhook.apply_url(user, url))
+            return user, True
     except IntegrityError:
         user = User.objects.filter(email__iexact=email).first()
         if user is None:
             raise
         return user, False
+
+
+def update_user(user_id: int, changes: dict) -> User:
+    """The admin API's PATCH: `data` is merged into the user's data (its webhook_url goes to the
+    column, see webhook.split_data, which raises InvalidWebhookURL); other fields are set.
+    Raises User.DoesNotExist."""
+    changes = dict(changes)
+    data, url = webhook.split_data(changes.pop("data")) if "data" in changes else (None, None)
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=user_id)
+        changed = list(changes)
+        if data is not None:
+            user.data = {**(user.data or {}), **data}
+            changed.append("data")
+        changed += webhook.apply_url(user, url)
+        for name, value in changes.items():
+            setattr(user, name, value)
+        if changed:
+            user.save(update_fields=changed)
+    return user
 
 
 def issue_token(user: User) -> IssuedToken:

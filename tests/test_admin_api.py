@@ -394,7 +394,89 @@ def test_the_webhook_secret_is_never_returned_by_the_admin_api(api):
     assert api.get(f"/admin/users/{user.id}").json()["data"] == {
         "webhook_url": "https://hooks.example.com/x", "notes": "n"}
     user.refresh_from_db()
-    assert user.data["webhook_secret"] == SECRET  # hidden, not lost
+    assert user.webhook_secret == SECRET  # hidden, not lost
+    assert user.data == {"notes": "n"}
+
+
+# --- The webhook URL in data (Vexa's shape), kept in its column -----------------------------------
+HOOK = "https://hooks.example.com/botmanager"
+
+
+def test_patch_data_webhook_url_sets_the_webhook_and_shows_it_in_data(api):
+    user = make_user(data={"plan": "pro"})
+
+    response = patch_json(api, f"/admin/users/{user.id}", {"data": {"webhook_url": HOOK, "notes": "n"}})
+
+    assert response.status_code == 200
+    assert response.json()["data"] == {"plan": "pro", "notes": "n", "webhook_url": HOOK}
+    user.refresh_from_db()
+    assert (user.webhook_url, user.data) == (HOOK, {"plan": "pro", "notes": "n"})
+    # Its deliveries are signed: a secret is generated (PUT /user/webhook answers it), never shown here.
+    assert len(user.webhook_secret) == 64
+    assert user.webhook_secret not in response.content.decode()
+    assert api.get(f"/admin/users/{user.id}").json()["data"] == {"plan": "pro", "notes": "n", "webhook_url": HOOK}
+
+
+def test_patch_data_webhook_url_keeps_the_secret_and_an_empty_url_removes_the_webhook(api):
+    user = make_user(data={"webhook_url": HOOK, "webhook_secret": SECRET})
+
+    assert patch_json(api, f"/admin/users/{user.id}",
+                      {"data": {"webhook_url": "https://other.example.com/x"}}).status_code == 200
+    user.refresh_from_db()
+    assert (user.webhook_url, user.webhook_secret) == ("https://other.example.com/x", SECRET)
+
+    for removed in ("", None):
+        response = patch_json(api, f"/admin/users/{user.id}", {"data": {"webhook_url": removed}})
+        assert response.status_code == 200
+        assert response.json()["data"] == {}
+        user.refresh_from_db()
+        assert (user.webhook_url, user.data) == ("", {})
+
+
+@pytest.mark.parametrize("value", [123, 1.5, True, ["https://hooks.example.com/x"], {"url": HOOK},
+                                   "ftp://hooks.example.com/x", "not a url", "https://" + "x" * 2048 + ".com"])
+def test_patch_data_webhook_url_that_is_not_a_valid_url_string_answers_422_json(api, value):
+    user = make_user(data={"webhook_url": HOOK, "keep": 1})
+
+    response = patch_json(api, f"/admin/users/{user.id}", {"data": {"webhook_url": value}, "name": "changed"})
+
+    assert response.status_code == 422
+    assert response["Content-Type"] == "application/json"
+    assert set(response.json()["errors"]) == {"data"}
+    user.refresh_from_db()
+    assert (user.webhook_url, user.data, user.name) == (HOOK, {"keep": 1}, "")
+
+
+def test_patch_data_webhook_secret_is_refused(api):
+    user = make_user()
+
+    response = patch_json(api, f"/admin/users/{user.id}", {"data": {"webhook_secret": "mine"}})
+
+    assert response.status_code == 422
+    assert "PUT /user/webhook" in response.json()["errors"]["data"][0]
+    user.refresh_from_db()
+    assert (user.webhook_secret, user.data) == ("", {})
+
+
+def test_create_user_with_data_webhook_url_sets_the_webhook(api):
+    response = post_json(api, "/admin/users", {"email": "hooked@example.com",
+                                               "data": {"webhook_url": HOOK, "plan": "pro"}})
+
+    assert response.status_code == 201
+    assert response.json()["data"] == {"plan": "pro", "webhook_url": HOOK}
+    user = User.objects.get(email="hooked@example.com")
+    assert (user.webhook_url, user.data, len(user.webhook_secret)) == (HOOK, {"plan": "pro"}, 64)
+    assert user.webhook_secret not in response.content.decode()
+
+
+@pytest.mark.parametrize("data", [{"webhook_url": 42}, {"webhook_url": "javascript:alert(1)"},
+                                  {"webhook_secret": "x"}, "not an object"])
+def test_create_user_with_invalid_webhook_data_answers_422_and_creates_nothing(api, data):
+    response = post_json(api, "/admin/users", {"email": "nohook@example.com", "data": data})
+
+    assert response.status_code == 422
+    assert set(response.json()["errors"]) == {"data"}
+    assert not User.objects.filter(email="nohook@example.com").exists()
 
 
 # --- Tokens ----------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ def put_webhook(client, **body):
     return client.put("/user/webhook", body, format="json")
 
 
-def stored(user) -> dict:
-    return User.objects.get(pk=user.pk).data
+def stored(user) -> User:
+    return User.objects.get(pk=user.pk)
 
 
 def test_put_webhook_answers_the_url_and_a_secret_and_stores_both(api_client, api_user):
@@ -30,7 +30,8 @@ def test_put_webhook_answers_the_url_and_a_secret_and_stores_both(api_client, ap
     assert re.fullmatch(r"[0-9a-f]{64}", body["webhook_secret"])
     assert body["id"] == api_user.id
     assert body["data"] == {"webhook_url": URL}  # the user's data, without the secret
-    assert stored(api_user) == {"webhook_url": URL, "webhook_secret": body["webhook_secret"]}
+    user = stored(api_user)
+    assert (user.webhook_url, user.webhook_secret, user.data) == (URL, body["webhook_secret"], {})
 
 
 def test_the_secret_stays_the_same_when_the_url_changes(api_client, api_user):
@@ -40,7 +41,7 @@ def test_the_secret_stays_the_same_when_the_url_changes(api_client, api_user):
 
     assert second["webhook_url"] == "https://other.example.com/hook"
     assert second["webhook_secret"] == first["webhook_secret"]
-    assert stored(api_user)["webhook_url"] == "https://other.example.com/hook"
+    assert stored(api_user).webhook_url == "https://other.example.com/hook"
 
 
 def test_rotate_secret_issues_a_new_secret(api_client, api_user):
@@ -50,7 +51,7 @@ def test_rotate_secret_issues_a_new_secret(api_client, api_user):
 
     assert rotated["webhook_secret"] != first["webhook_secret"]
     assert re.fullmatch(r"[0-9a-f]{64}", rotated["webhook_secret"])
-    assert stored(api_user)["webhook_secret"] == rotated["webhook_secret"]
+    assert stored(api_user).webhook_secret == rotated["webhook_secret"]
     again = answer(put_webhook(api_client, webhook_url=URL, rotate_secret=False), 200)
     assert again["webhook_secret"] == rotated["webhook_secret"]
 
@@ -74,6 +75,7 @@ def test_put_webhook_keeps_the_users_other_data(api_client, api_user):
     body = answer(put_webhook(api_client, webhook_url=URL), 200)
 
     assert body["data"] == {"plan": "pro", "webhook_url": URL}
+    assert stored(api_user).data == {"plan": "pro"}  # the webhook has its own columns
 
 
 @pytest.mark.parametrize("url", [
@@ -99,7 +101,7 @@ def test_an_invalid_webhook_url_answers_422_and_keeps_the_previous_one(api_clien
 
     assert set(body["errors"]) == {"webhook_url"}
     assert "webhook_secret" not in body
-    assert stored(api_user)["webhook_url"] == URL
+    assert stored(api_user).webhook_url == URL
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9000/hook", "http://localhost/hook", "http://10.1.2.3/hook"])
@@ -135,14 +137,14 @@ def test_an_invalid_body_answers_422(api_client, api_user, body, field):
     response = answer(api_client.put("/user/webhook", body, format="json"), 422)
 
     assert set(response["errors"]) == {field}
-    assert "webhook_url" not in stored(api_user)
+    assert stored(api_user).webhook_url == ""
 
 
 @pytest.mark.parametrize("raw", ["[]", '"https://hooks.example.com"', "null", '{"webhook_url": '])
 def test_a_body_that_is_not_a_json_object_answers_422(api_client, api_user, raw):
     answer(api_client.put("/user/webhook", raw, content_type="application/json"), 422)
 
-    assert "webhook_url" not in stored(api_user)
+    assert stored(api_user).webhook_url == ""
 
 
 @pytest.mark.parametrize("method", ["get", "post", "delete"])
@@ -180,3 +182,56 @@ def test_the_user_api_shows_the_secret_nowhere_else(api_client, api_user):
         response = api_client.get(path)
         answer(response, 200)
         assert secret not in response.content.decode()
+
+
+# --- Where the webhook is stored ----------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_moves_the_webhook_from_data_to_columns_and_back():
+    """accounts 0003/0004: the webhook_url and webhook_secret keys of User.data become columns
+    (other data is kept); reversed, they go back into data."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    def migrate(target):
+        executor = MigrationExecutor(connection)
+        executor.migrate(target)
+        return executor.loader.project_state(target).apps
+
+    old = [("accounts", "0002_user_email_case_insensitive_unique")]
+    latest = MigrationExecutor(connection).loader.graph.leaf_nodes("accounts")
+    try:
+        OldUser = migrate(old).get_model("accounts", "User")
+        rows = {
+            "both": {"webhook_url": URL, "webhook_secret": "s" * 64, "plan": "pro"},
+            "url-only": {"webhook_url": URL},
+            "none": {"plan": "free"},
+            "odd": {"webhook_url": 42, "webhook_secret": None, "keep": [1]},
+        }
+        for name, data in rows.items():
+            OldUser.objects.create(email=f"{name}@migrate.example.com", password="", data=data)
+
+        migrate(latest)
+
+        users = {u.email.split("@")[0]: u for u in User.objects.filter(email__endswith="@migrate.example.com")}
+        assert (users["both"].webhook_url, users["both"].webhook_secret, users["both"].data) == (
+            URL, "s" * 64, {"plan": "pro"})
+        assert (users["url-only"].webhook_url, users["url-only"].webhook_secret, users["url-only"].data) == (
+            URL, "", {})
+        assert (users["none"].webhook_url, users["none"].data) == ("", {"plan": "free"})
+        assert (users["odd"].webhook_url, users["odd"].webhook_secret, users["odd"].data) == ("", "", {"keep": [1]})
+
+        OldUser = migrate(old).get_model("accounts", "User")
+        back = {u.email.split("@")[0]: u.data for u in OldUser.objects.filter(email__endswith="@migrate.example.com")}
+        assert back["both"] == {"webhook_url": URL, "webhook_secret": "s" * 64, "plan": "pro"}
+        assert back["url-only"] == {"webhook_url": URL}
+        assert back["none"] == {"plan": "free"}
+    finally:
+        migrate(latest)
+
+
+def test_a_user_created_with_the_old_data_keys_gets_the_columns():
+    user = User.objects.create_user("legacy@example.com", data={"webhook_url": URL, "webhook_secret": "x" * 64,
+                                                                "plan": "pro"})
+
+    user = stored(user)
+    assert (user.webhook_url, user.webhook_secret, user.data) == (URL, "x" * 64, {"plan": "pro"})

@@ -76,8 +76,7 @@ def _claim(delivery_id: int) -> Claim | None:
         now = timezone.now()
         if delivery is None or not _due(delivery, now):
             return None
-        data = delivery.user.data or {}
-        url, secret = data.get("webhook_url") or "", data.get("webhook_secret") or ""
+        url, secret = delivery.user.webhook_url, delivery.user.webhook_secret
         problem = "" if url and secret else "the user has no webhook URL or secret any more"
         delivery.attempts += 1
         delivery.claimed_until = now + timedelta(seconds=lease_seconds())

@@ -55,7 +55,7 @@ def record_final(meeting) -> WebhookDelivery | None:
 
 def _has_webhook(meeting) -> bool:
     # lifecycle loads the user with the locked meeting row: no extra query on the callback path.
-    return bool((meeting.user.data or {}).get("webhook_url"))
+    return bool(meeting.user.webhook_url)
 
 
 def _record(meeting, event: WebhookEvent, payload: dict, transition=None) -> WebhookDelivery:

@@ -272,7 +272,7 @@ def test_a_rotated_secret_signs_the_retries(hook_user, receiver):
 
 def test_a_removed_webhook_fails_the_delivery_without_a_request(hook_user, receiver):
     d = pending(hook_user)
-    User.objects.filter(pk=hook_user.pk).update(data={})
+    User.objects.filter(pk=hook_user.pk).update(webhook_url="")
 
     assert delivery.attempt(d.pk) == "failed"
     assert receiver.posts() == []
