@@ -143,9 +143,13 @@ BOT_EVERYONE_LEFT_TIMEOUT_MS = _int("BOT_EVERYONE_LEFT_TIMEOUT_MS", 60_000)
 
 # Webhooks to private/loopback addresses (SSRF guard); allowed by default for local use.
 WEBHOOK_ALLOW_PRIVATE_ADDRESSES = _bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", True)
-# Delivery (webhooks/): timeout of one attempt; retries with exponential backoff and jitter on
-# network errors, 408, 429 and 5xx until the retry window (from the event) is over.
+# Delivery (webhooks/): timeout of one attempt (all of it: connect, send, answer, read); retries
+# with exponential backoff and jitter on network errors, 408, 429 and 5xx until the retry window
+# (from the event) is over.
 WEBHOOK_TIMEOUT_SECONDS = _float("WEBHOOK_TIMEOUT_SECONDS", 10)
+# A receiver that does not even accept the connection is given up on this soon (within the
+# attempt's timeout): an unreachable host must not hold a delivery thread for the whole timeout.
+WEBHOOK_CONNECT_TIMEOUT_SECONDS = _float("WEBHOOK_CONNECT_TIMEOUT_SECONDS", 3)
 WEBHOOK_RETRY_WINDOW_SECONDS = _float("WEBHOOK_RETRY_WINDOW_SECONDS", 24 * 3600)
 WEBHOOK_BACKOFF_BASE_SECONDS = _float("WEBHOOK_BACKOFF_BASE_SECONDS", 10)
 WEBHOOK_BACKOFF_MAX_SECONDS = _float("WEBHOOK_BACKOFF_MAX_SECONDS", 3600)

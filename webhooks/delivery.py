@@ -23,7 +23,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.webhook import InvalidWebhookURL, validate_webhook_url
+from accounts.webhook import is_private_address
 
 from . import outbox, policy, sender, signing
 from .models import DeliveryStatus, WebhookAttempt, WebhookDelivery
@@ -49,9 +49,9 @@ class Claim:
 
 
 def lease_seconds() -> float:
-    """How long a claimed attempt may take before another may start: connect, answer and the
-    bounded read each get the timeout; then a margin."""
-    return 3 * settings.WEBHOOK_TIMEOUT_SECONDS + 30
+    """How long a claimed attempt may take before another may start: the attempt's deadline
+    (WEBHOOK_TIMEOUT_SECONDS), then a margin (name resolution, recording)."""
+    return settings.WEBHOOK_TIMEOUT_SECONDS + 30
 
 
 def attempt(delivery_id: int) -> str | None:
@@ -65,7 +65,7 @@ def attempt(delivery_id: int) -> str | None:
         verdict = Verdict.FAILED
     else:
         result = _send(claim)
-        verdict = policy.classify(result.code)
+        verdict = policy.classify(result.code, permanent_error=result.permanent)
     return _record(claim, result, verdict).value
 
 
@@ -83,12 +83,6 @@ def _claim(delivery_id: int) -> Claim | None:
         delivery.last_attempt_at = now
         delivery.url = url
         delivery.save(update_fields=["attempts", "claimed_until", "last_attempt_at", "url", "updated_at"])
-    if not problem and not settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
-        # Checked again at send time: the name may resolve elsewhere than when it was set.
-        try:
-            validate_webhook_url(url)
-        except InvalidWebhookURL as exc:
-            problem = str(exc)
     return Claim(delivery.pk, delivery.attempts, str(delivery.webhook_id), delivery.event, url,
                  delivery.payload, now, secret, problem)
 
@@ -110,7 +104,11 @@ def _send(claim: Claim) -> sender.Result:
         "X-Webhook-Timestamp": timestamp,
         "X-Webhook-Signature": signing.signature(claim.secret, timestamp, body),
     }
-    return sender.post(claim.url, body, headers, settings.WEBHOOK_TIMEOUT_SECONDS)
+    # The private-address guard is applied by the sender to the address it connects to: the name
+    # may resolve elsewhere now than when the URL was set.
+    return sender.post(claim.url, body, headers, settings.WEBHOOK_TIMEOUT_SECONDS,
+                       connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT_SECONDS,
+                       refuse_address=None if settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES else is_private_address)
 
 
 def _record(claim: Claim, result: sender.Result, verdict: Verdict) -> Verdict:

@@ -5,6 +5,7 @@ go down (the port stops listening: connections are refused) and come back on the
 """
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ class Answer:
     body: bytes = b"ok"
     headers: dict = field(default_factory=dict)
     delay: float = 0.0  # seconds to wait before answering
+    hang: bool = False  # accept the request and never answer (until `release()`, then hang up)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class Receiver:
         self.script: list[Answer] = []
         self.default = Answer()
         self._lock = threading.Lock()
+        self._released = threading.Event()
+        self.in_flight = 0  # requests being answered now
+        self.max_in_flight = 0
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
         self.up()
@@ -48,6 +53,7 @@ class Receiver:
 
     def up(self) -> None:
         receiver = self
+        self._released.clear()
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
@@ -56,6 +62,19 @@ class Receiver:
                 with receiver._lock:
                     receiver.requests.append(Received(self.path, self.headers, body, time.monotonic()))
                     answer = receiver.script.pop(0) if receiver.script else receiver.default
+                    receiver.in_flight += 1
+                    receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
+                try:
+                    self.answer_with(answer)
+                finally:
+                    with receiver._lock:
+                        receiver.in_flight -= 1
+
+            def answer_with(self, answer: Answer):
+                if answer.hang:
+                    receiver._released.wait(120)
+                    self.close_connection = True
+                    return
                 if answer.delay:
                     time.sleep(answer.delay)
                 self.send_response(answer.status)
@@ -75,8 +94,13 @@ class Receiver:
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
+    def release(self) -> None:
+        """Hang up the requests held by `hang` answers (and any later one)."""
+        self._released.set()
+
     def down(self) -> None:
         """Stop listening: connections to the port are refused until `up()`."""
+        self.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -97,3 +121,29 @@ class Receiver:
                 raise AssertionError(f"the receiver got {len(self.posts(path))} requests, expected {count}")
             time.sleep(0.05)
         return self.posts(path)
+
+
+class Blackhole:
+    """A port that never completes a TCP connection: a listening socket whose accept queue is
+    full and never drained, so the kernel drops further SYNs (like a firewalled host)."""
+
+    def __init__(self):
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(0)
+        self.port = self._server.getsockname()[1]
+        self._fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", self.port))
+            self._fillers.append(filler)
+        time.sleep(0.1)  # the queue fills
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def close(self) -> None:
+        for s in [*self._fillers, self._server]:
+            s.close()

@@ -18,7 +18,7 @@ from django.utils import timezone
 from accounts import webhook
 from accounts.models import User
 from tests.webhooks.conftest import new_meeting
-from tests.webhooks.receiver import Answer
+from tests.webhooks.receiver import Answer, Blackhole
 from webhooks import delivery
 from webhooks.models import WebhookAttempt, WebhookDelivery
 
@@ -170,6 +170,23 @@ def test_a_receiver_slower_than_the_timeout_is_retried(hook_user, receiver, sett
     d = fresh(d)
     assert (d.status, d.last_response_code, d.last_error) == ("pending", None, "timeout")
     assert WebhookAttempt.objects.get(delivery=d).duration_ms < 1200
+
+
+def test_a_host_that_never_accepts_the_connection_is_given_up_after_the_connect_timeout(hook_user, settings):
+    settings.WEBHOOK_TIMEOUT_SECONDS = 10
+    settings.WEBHOOK_CONNECT_TIMEOUT_SECONDS = 0.3
+    hole = Blackhole()
+    try:
+        webhook.set_webhook(hook_user, hole.url)
+        d = pending(hook_user)
+
+        assert delivery.attempt(d.pk) == "retry"
+    finally:
+        hole.close()
+
+    d = fresh(d)
+    assert (d.status, d.last_response_code, d.last_error) == ("pending", None, "connect timeout")
+    assert WebhookAttempt.objects.get(delivery=d).duration_ms < 1000
 
 
 def test_retry_after_lengthens_the_wait_up_to_the_maximum(hook_user, receiver):
