@@ -153,6 +153,15 @@ WEBHOOK_CONNECT_TIMEOUT_SECONDS = _float("WEBHOOK_CONNECT_TIMEOUT_SECONDS", 3)
 WEBHOOK_RETRY_WINDOW_SECONDS = _float("WEBHOOK_RETRY_WINDOW_SECONDS", 24 * 3600)
 WEBHOOK_BACKOFF_BASE_SECONDS = _float("WEBHOOK_BACKOFF_BASE_SECONDS", 10)
 WEBHOOK_BACKOFF_MAX_SECONDS = _float("WEBHOOK_BACKOFF_MAX_SECONDS", 3600)
+# No slow receiver may hold everyone's delivery threads: at most this many attempts of one user's
+# deliveries run at a time; the others wait (not an attempt) and are tried again this soon.
+WEBHOOK_MAX_IN_FLIGHT_PER_USER = _int("WEBHOOK_MAX_IN_FLIGHT_PER_USER", 4)
+WEBHOOK_CAP_RETRY_SECONDS = _float("WEBHOOK_CAP_RETRY_SECONDS", 2)
+# After this many consecutive failed attempts to one URL, attempts to it wait (not counted) for a
+# back-off starting at WEBHOOK_ENDPOINT_BACKOFF_SECONDS, doubling up to WEBHOOK_BACKOFF_MAX_SECONDS,
+# then one probe goes through; an answer resets it.
+WEBHOOK_ENDPOINT_FAILURE_THRESHOLD = _int("WEBHOOK_ENDPOINT_FAILURE_THRESHOLD", 5)
+WEBHOOK_ENDPOINT_BACKOFF_SECONDS = _float("WEBHOOK_ENDPOINT_BACKOFF_SECONDS", 30)
 # Period of the job that re-enqueues pending deliveries whose task was lost.
 WEBHOOK_REDRIVE_INTERVAL_SECONDS = _float("WEBHOOK_REDRIVE_INTERVAL_SECONDS", 30)
 

@@ -1,10 +1,11 @@
 import json
 
 from django.contrib import admin, messages
+from django.utils import timezone
 from django.utils.html import format_html
 
 from . import delivery
-from .models import WebhookAttempt, WebhookDelivery
+from .models import Endpoint, WebhookAttempt, WebhookDelivery
 
 
 class AttemptInline(admin.TabularInline):
@@ -30,7 +31,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["user", "meeting"]
     fields = ["webhook_id", "event", "status", "user", "meeting", "transition", "attempts", "next_attempt_at",
-              "claimed_until", "give_up_at", "url", "last_attempt_at", "last_response_code", "last_response_body",
+              "claimed_until", "held_by", "give_up_at", "url", "last_attempt_at", "last_response_code", "last_response_body",
               "last_error", "delivered_at", "created_at", "updated_at", "pretty_payload"]
     readonly_fields = fields
     inlines = [AttemptInline]
@@ -61,3 +62,29 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         if skipped:
             text += f" {skipped} had an attempt running and were left alone."
         self.message_user(request, text, messages.SUCCESS if not skipped else messages.WARNING)
+
+
+@admin.register(Endpoint)
+class EndpointAdmin(admin.ModelAdmin):
+    """The back-off state of receiver URLs (webhooks.endpoints): read only, kept by the workers."""
+
+    list_display = ["url", "consecutive_failures", "backing_off", "open_until", "last_error", "last_failure_at",
+                    "last_success_at"]
+    list_filter = ["last_failure_at"]
+    search_fields = ["url"]
+    ordering = ["-consecutive_failures", "-last_failure_at"]
+    readonly_fields = ["url", "url_hash", "consecutive_failures", "open_until", "last_error", "last_failure_at",
+                       "last_success_at", "updated_at"]
+
+    @admin.display(boolean=True, description="backing off")
+    def backing_off(self, obj: Endpoint) -> bool:
+        return obj.open_until is not None and obj.open_until > timezone.now()
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

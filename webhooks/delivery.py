@@ -9,6 +9,12 @@ row's `next_attempt_at`, which the redrive job watches in case that task is lost
 
 Each attempt goes to the user's current webhook URL, signed with their current secret (a rotated
 secret signs the retries too). The secret is never logged, stored elsewhere or shown.
+
+No receiver may hold everyone's delivery threads: at most WEBHOOK_MAX_IN_FLIGHT_PER_USER attempts
+of one user's deliveries run at a time (a delivery refused by the cap is not an attempt: it stays
+pending, its task comes back after WEBHOOK_CAP_RETRY_SECONDS, and each finished attempt of the
+user's enqueues their next due deliveries at once), and an endpoint that keeps failing backs off
+(webhooks.endpoints).
 """
 from __future__ import annotations
 
@@ -19,13 +25,13 @@ from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from accounts.webhook import is_private_address
 
-from . import outbox, policy, sender, signing
+from . import endpoints, outbox, policy, sender, signing
 from .models import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from .policy import Verdict
 
@@ -38,6 +44,7 @@ EARLY_TOLERANCE = timedelta(seconds=1)
 @dataclass(frozen=True)
 class Claim:
     delivery_id: int
+    user_id: int
     number: int
     webhook_id: str
     event: str
@@ -45,7 +52,22 @@ class Claim:
     payload: str
     started_at: datetime
     secret: str = field(repr=False)
-    problem: str = ""  # set: the attempt cannot be made (no URL, a forbidden address)
+    problem: str = ""  # set: the attempt cannot be made (no URL)
+    probe: bool = False  # the attempt its endpoint lets through after backing off
+
+
+@dataclass(frozen=True)
+class Held:
+    """No attempt now, and none counted: the user's cap is full ("capped"), or the endpoint backs
+    off ("deferred"). The delivery stays pending; its task comes back after `countdown`."""
+
+    outcome: str
+    countdown: float
+
+
+CAPPED, DEFERRED = "capped", "deferred"
+# The key space of the per-user advisory lock ("whku"), apart from the sweep's.
+USER_LOCK_CLASS = 0x77686B75
 
 
 def lease_seconds() -> float:
@@ -55,21 +77,33 @@ def lease_seconds() -> float:
 
 
 def attempt(delivery_id: int) -> str | None:
-    """Make the due attempt of a pending delivery. Returns the attempt's verdict, or None when
-    there was nothing to do (unknown, not pending, not due, or another attempt is running)."""
+    """Make the due attempt of a pending delivery. Returns the attempt's verdict; "capped" or
+    "deferred" when it must wait (see Held); None when there was nothing to do (unknown, not
+    pending, not due, or another attempt is running)."""
     claim = _claim(delivery_id)
     if claim is None:
         return None
+    if isinstance(claim, Held):
+        # Never dropped: the task comes back (a finished attempt of the user's may hand it a
+        # slot sooner, and the redrive job is the backstop).
+        outbox.enqueue(delivery_id, countdown=claim.countdown)
+        return claim.outcome
+    recovered = None
     if claim.problem:
         result = sender.Result(None, error=claim.problem)
         verdict = Verdict.FAILED
     else:
         result = _send(claim)
         verdict = policy.classify(result.code, permanent_error=result.permanent)
-    return _record(claim, result, verdict).value
+        recovered = endpoints.record(claim.url, result, probe=claim.probe)
+    verdict = _record(claim, result, verdict)
+    if recovered is not None:
+        _wake(recovered)
+    _hand_off(claim.user_id)
+    return verdict.value
 
 
-def _claim(delivery_id: int) -> Claim | None:
+def _claim(delivery_id: int) -> Claim | Held | None:
     with transaction.atomic():
         delivery = (WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
                     .select_related("user").filter(pk=delivery_id, status=DeliveryStatus.PENDING).first())
@@ -78,13 +112,37 @@ def _claim(delivery_id: int) -> Claim | None:
             return None
         url, secret = delivery.user.webhook_url, delivery.user.webhook_secret
         problem = "" if url and secret else "the user has no webhook URL or secret any more"
+        gate = endpoints.Gate()
+        if not problem:  # an attempt that sends nothing takes no slot
+            if _user_is_at_cap(delivery.user_id, now):
+                return Held(CAPPED, settings.WEBHOOK_CAP_RETRY_SECONDS)
+            gate = endpoints.admit(url, now, lease_seconds())
+            if gate.defer_until is not None:
+                delivery.next_attempt_at = gate.defer_until
+                delivery.held_by_id = gate.endpoint_id
+                delivery.save(update_fields=["next_attempt_at", "held_by", "updated_at"])
+                return Held(DEFERRED, (gate.defer_until - now).total_seconds())
         delivery.attempts += 1
         delivery.claimed_until = now + timedelta(seconds=lease_seconds())
         delivery.last_attempt_at = now
         delivery.url = url
-        delivery.save(update_fields=["attempts", "claimed_until", "last_attempt_at", "url", "updated_at"])
-    return Claim(delivery.pk, delivery.attempts, str(delivery.webhook_id), delivery.event, url,
-                 delivery.payload, now, secret, problem)
+        delivery.held_by_id = None
+        delivery.save(update_fields=["attempts", "claimed_until", "last_attempt_at", "url", "held_by", "updated_at"])
+    return Claim(delivery.pk, delivery.user_id, delivery.attempts, str(delivery.webhook_id), delivery.event, url,
+                 delivery.payload, now, secret, problem, probe=gate.probe)
+
+
+def _user_is_at_cap(user_id: int, now: datetime) -> bool:
+    """Whether WEBHOOK_MAX_IN_FLIGHT_PER_USER of the user's attempts hold a live claim. Claims of
+    one user are serialized by a transaction-scoped advisory lock on the user id (not the user
+    row, which POST /bots locks), so two claims cannot both see the last free slot."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [USER_LOCK_CLASS, user_id & 0x7FFFFFFF])
+    return _in_flight(user_id, now) >= settings.WEBHOOK_MAX_IN_FLIGHT_PER_USER
+
+
+def _in_flight(user_id: int, now: datetime) -> int:
+    return WebhookDelivery.objects.filter(user_id=user_id, claimed_until__gt=now).count()
 
 
 def _due(delivery: WebhookDelivery, now: datetime) -> bool:
@@ -180,6 +238,32 @@ def _log(claim: Claim, result: sender.Result, delivery: WebhookDelivery, retry_i
                  claim.number, host, answer, retry_in or 0)
 
 
+# --- Handing slots on ------------------------------------------------------------------------------
+def _hand_off(user_id: int) -> None:
+    """An attempt of the user's finished: enqueue their next due deliveries, as many as they have
+    free slots, so a delivery refused by the cap goes as soon as a slot frees (not only when its
+    own task comes back). A delivery that already has a task gets a duplicate: harmless."""
+    now = timezone.now()
+    free = settings.WEBHOOK_MAX_IN_FLIGHT_PER_USER - _in_flight(user_id, now)
+    if free <= 0:
+        return
+    for delivery_id in (WebhookDelivery.objects
+                        .filter(user_id=user_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
+                        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
+                        .order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:free]):
+        outbox.enqueue(delivery_id)
+
+
+def _wake(endpoint_id: int) -> None:
+    """The endpoint answered again: the deliveries its back-off deferred are due now."""
+    now = timezone.now()
+    held = WebhookDelivery.objects.filter(held_by_id=endpoint_id, status=DeliveryStatus.PENDING)
+    users = set(held.values_list("user_id", flat=True).distinct())
+    held.update(held_by=None, next_attempt_at=now, updated_at=now)
+    for user_id in users:
+        _hand_off(user_id)
+
+
 # --- Redrive and redelivery ------------------------------------------------------------------------
 def overdue(now: datetime | None = None, limit: int = 500) -> list[int]:
     """Pending deliveries whose attempt is overdue by more than one redrive interval, or whose
@@ -216,6 +300,7 @@ def redeliver(delivery_ids: list[int]) -> tuple[int, int]:
             delivery.give_up_at = now + timedelta(seconds=settings.WEBHOOK_RETRY_WINDOW_SECONDS)
             delivery.attempts_before_window = delivery.attempts
             delivery.delivered_at = None
+            delivery.held_by = None
             delivery.save()
             transaction.on_commit(lambda pk=delivery.pk: outbox.enqueue(pk), robust=True)
             done += 1

@@ -24,6 +24,27 @@ class DeliveryStatus(models.TextChoices):
     FAILED = "failed"
 
 
+class Endpoint(models.Model):
+    """The health of one receiver URL, shared by all workers: after
+    WEBHOOK_ENDPOINT_FAILURE_THRESHOLD consecutive failed attempts it backs off (`open_until`),
+    and attempts to it wait instead of failing; one probe attempt goes through when that time
+    has passed. An answer resets it. A row exists once the URL has failed."""
+
+    url_hash = models.CharField(max_length=64, unique=True)  # sha256 of the URL: URLs are long
+    url = models.CharField(max_length=2048)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    # While in the future (and the failures reached the threshold): no attempt starts, except the
+    # probe, whose lease this is while it runs.
+    open_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.url
+
+
 class WebhookDelivery(models.Model):
     # The idempotency key, sent as X-Webhook-Id: the same on every attempt of this event.
     webhook_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
@@ -46,6 +67,9 @@ class WebhookDelivery(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     # Set while an attempt runs (its lease): no other attempt starts before it has passed.
     claimed_until = models.DateTimeField(null=True, blank=True)
+    # The endpoint whose back-off deferred this delivery: its recovery makes the delivery due.
+    held_by = models.ForeignKey(Endpoint, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="held_deliveries")
     # No retry is scheduled after this moment; set at creation and by a redelivery.
     give_up_at = models.DateTimeField()
     url = models.CharField(max_length=2048, blank=True, default="")  # of the last attempt
@@ -72,6 +96,11 @@ class WebhookDelivery(models.Model):
             models.Index(fields=["next_attempt_at"], name="webhook_pending_due",
                          condition=Q(status="pending")),
             models.Index(fields=["status", "-created_at"], name="webhook_status_created"),
+            # A user's attempts in flight (the per-user cap), and their waiting deliveries.
+            models.Index(fields=["user", "claimed_until"], name="webhook_user_claimed",
+                         condition=Q(claimed_until__isnull=False)),
+            models.Index(fields=["user", "next_attempt_at"], name="webhook_user_pending_due",
+                         condition=Q(status="pending")),
         ]
 
     def __str__(self) -> str:

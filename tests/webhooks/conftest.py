@@ -38,6 +38,11 @@ def fast_webhooks(settings):
     settings.WEBHOOK_RETRY_WINDOW_SECONDS = 120
     settings.WEBHOOK_REDRIVE_INTERVAL_SECONDS = 1
     settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = True
+    settings.WEBHOOK_CAP_RETRY_SECONDS = 0.5
+    settings.WEBHOOK_ENDPOINT_BACKOFF_SECONDS = 0.5
+    # The endpoint back-off has tests of its own (test_fairness.py); elsewhere it would turn the
+    # attempts those tests count into deferrals.
+    settings.WEBHOOK_ENDPOINT_FAILURE_THRESHOLD = 1000
     return settings
 
 
@@ -62,13 +67,13 @@ def worker(transactional_db):
 
 
 @contextlib.contextmanager
-def running_worker():
+def running_worker(concurrency: int = 4):
     from celery.contrib.testing.worker import start_worker
 
     from botmanager.celery import app
 
     try:
-        with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=10,
+        with start_worker(app, pool="threads", concurrency=concurrency, perform_ping_check=False, shutdown_timeout=10,
                           loglevel="WARNING"):
             yield
     finally:

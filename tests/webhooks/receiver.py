@@ -5,6 +5,7 @@ go down (the port stops listening: connections are refused) and come back on the
 """
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -72,7 +73,12 @@ class Receiver:
 
             def answer_with(self, answer: Answer):
                 if answer.hang:
-                    receiver._released.wait(120)
+                    # Held until released or until the client gives up (closes): `in_flight`
+                    # counts the attempts actually waiting on this receiver.
+                    deadline = time.monotonic() + 120
+                    while not receiver._released.wait(0.02) and time.monotonic() < deadline:
+                        if self._client_gone():
+                            break
                     self.close_connection = True
                     return
                 if answer.delay:
@@ -83,6 +89,15 @@ class Receiver:
                 self.send_header("Content-Length", str(len(answer.body)))
                 self.end_headers()
                 self.wfile.write(answer.body)
+
+            def _client_gone(self) -> bool:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                if not readable:
+                    return False
+                try:
+                    return self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
 
             do_GET = do_POST
 

@@ -99,3 +99,26 @@ def test_redeliver_leaves_a_running_attempt_alone(console, hook_user):
 
     assert "1 had an attempt running" in response.content.decode()
     assert WebhookDelivery.objects.get(pk=d.pk).next_attempt_at > timezone.now() + timedelta(seconds=20)
+
+
+def test_the_endpoints_are_listed_read_only(console, hook_user, receiver, settings):
+    from webhooks.models import Endpoint
+
+    settings.WEBHOOK_ENDPOINT_FAILURE_THRESHOLD = 2
+    receiver.down()
+    for _ in range(2):
+        delivery.attempt(WebhookDelivery.objects.get(meeting=new_meeting(hook_user)).pk)
+    state = Endpoint.objects.get(url=receiver.url)
+    endpoints = "/admin/webhooks/endpoint/"
+
+    response = console.get(endpoints)
+
+    assert response.status_code == 200
+    assert {e.pk for e in response.context["cl"].result_list} == {state.pk}
+    page = response.content.decode()
+    assert receiver.url in page and "refused" in page.lower()
+    assert console.get(f"{endpoints}{state.pk}/change/").status_code == 200  # viewed, not edited
+    assert console.post(f"{endpoints}{state.pk}/change/", {"consecutive_failures": "0"}).status_code == 403
+    assert console.get(f"{endpoints}add/").status_code == 403
+    assert console.post(f"{endpoints}{state.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Endpoint.objects.get(pk=state.pk).consecutive_failures == 2

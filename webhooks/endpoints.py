@@ -1,0 +1,101 @@
+"""Per-endpoint back-off: a receiver URL that keeps failing is left alone for a while.
+
+After WEBHOOK_ENDPOINT_FAILURE_THRESHOLD consecutive failed attempts (network error, timeout,
+408, 429, 5xx) to one URL, whoever's deliveries they were, the endpoint backs off: attempts to it
+are deferred (the delivery stays pending, its next_attempt_at moves to the end of the back-off;
+it is not an attempt, so it is never failed for it) until `open_until`. Then one attempt goes
+through as the probe (the others wait for its answer); a failure backs off again, twice as long
+(WEBHOOK_ENDPOINT_BACKOFF_SECONDS doubling, at most WEBHOOK_BACKOFF_MAX_SECONDS); any answer that
+is not a retryable failure resets the endpoint and wakes the deliveries it deferred.
+
+The state is a PostgreSQL row (Endpoint), shared by every worker and kept across restarts.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from . import policy
+from .models import Endpoint
+from .policy import Verdict
+from .sender import Result
+
+
+def url_hash(url: str) -> str:
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Gate:
+    endpoint_id: int | None = None
+    defer_until: datetime | None = None  # set: the endpoint backs off; no attempt now
+    probe: bool = False  # the attempt allowed through after a back-off
+
+
+def admit(url: str, now: datetime, probe_lease: float) -> Gate:
+    """May an attempt to `url` start now? Called inside the claim's transaction: a probe marks
+    the endpoint (`open_until` = its lease) so that no second attempt goes with it."""
+    threshold = settings.WEBHOOK_ENDPOINT_FAILURE_THRESHOLD
+    # The common case, a healthy endpoint, costs one indexed read and takes no lock.
+    if not Endpoint.objects.filter(url_hash=url_hash(url), consecutive_failures__gte=threshold).exists():
+        return Gate()
+    state = Endpoint.objects.select_for_update().filter(url_hash=url_hash(url)).first()
+    if state is None or state.consecutive_failures < threshold:
+        return Gate()  # reset meanwhile
+    if state.open_until is not None and state.open_until > now:
+        return Gate(state.pk, defer_until=state.open_until)
+    state.open_until = now + timedelta(seconds=probe_lease)
+    state.save(update_fields=["open_until", "updated_at"])
+    return Gate(state.pk, probe=True)
+
+
+def record(url: str, result: Result, *, probe: bool) -> int | None:
+    """Count the attempt's outcome for its endpoint. Returns the id of an endpoint this answer
+    reset (its deferred deliveries are due again), else None."""
+    now = timezone.now()
+    if policy.classify(result.code, permanent_error=result.permanent) is Verdict.RETRY:
+        _failed(url, result, now)
+        return None
+    if result.code is not None:
+        return _answered(url, now)
+    if probe:
+        # The probe sent nothing (a refused address): the next attempt may probe at once.
+        Endpoint.objects.filter(url_hash=url_hash(url)).update(open_until=now)
+    return None
+
+
+def backoff_seconds(failures: int) -> float:
+    """How long an endpoint with `failures` consecutive failures (at least the threshold) waits."""
+    beyond = min(max(failures - settings.WEBHOOK_ENDPOINT_FAILURE_THRESHOLD, 0), 60)
+    return min(settings.WEBHOOK_ENDPOINT_BACKOFF_SECONDS * 2 ** beyond, settings.WEBHOOK_BACKOFF_MAX_SECONDS)
+
+
+def _failed(url: str, result: Result, now: datetime) -> None:
+    key = url_hash(url)
+    with transaction.atomic():
+        Endpoint.objects.bulk_create([Endpoint(url_hash=key, url=url)], ignore_conflicts=True)
+        state = Endpoint.objects.select_for_update().get(url_hash=key)
+        state.consecutive_failures += 1
+        state.last_failure_at = now
+        state.last_error = result.error or f"HTTP {result.code}"
+        if state.consecutive_failures >= settings.WEBHOOK_ENDPOINT_FAILURE_THRESHOLD:
+            state.open_until = now + timedelta(seconds=backoff_seconds(state.consecutive_failures))
+        state.save()
+
+
+def _answered(url: str, now: datetime) -> int | None:
+    # Only an endpoint with something to reset is written: a success on a healthy endpoint (the
+    # common case) costs one indexed read.
+    state = (Endpoint.objects.filter(url_hash=url_hash(url))
+             .filter(Q(consecutive_failures__gt=0) | Q(open_until__isnull=False)).first())
+    if state is None:
+        return None
+    Endpoint.objects.filter(pk=state.pk).update(consecutive_failures=0, open_until=None, last_success_at=now,
+                                                updated_at=now)
+    return state.pk
