@@ -4,6 +4,9 @@ import os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
 from django.conf import settings  # noqa: E402
+from kombu import Exchange, Queue  # noqa: E402
+
+from botmanager import workers  # noqa: E402
 
 broker_url = settings.CELERY_BROKER_URL
 # Results are not used: tasks report through the database.
@@ -27,6 +30,7 @@ worker_prefetch_multiplier = 1
 _longest_countdown = max(
     settings.BOT_STOP_DELAY_SECONDS,
     settings.BOT_STOP_GRACE_SECONDS,
+    settings.BOT_STOP_TIMEOUT_SECONDS,
     settings.ORPHAN_SWEEP_INTERVAL_SECONDS,
 )
 # (Webhook retries are countdown tasks too, up to WEBHOOK_BACKOFF_MAX_SECONDS; one redelivered
@@ -43,10 +47,29 @@ worker_enable_soft_shutdown_on_idle = True
 task_soft_time_limit = 60
 task_time_limit = 90
 
-task_default_queue = "botmanager"
+# Queues by what their work waits on (botmanager/workers.py has the pools that serve them).
+# A worker started without `-Q` consumes all of them.
+# Each queue has its own exchange and routing key: queues declared without them would all bind
+# to the default exchange with the default key, and every task would reach every queue.
+task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in workers.QUEUES]
+task_default_queue = workers.LIFECYCLE
+task_routes = {
+    # Calls to the orchestrator: they wait on the engine (a thread pool serves many at once).
+    "meetings.launch_bot": {"queue": workers.ORCHESTRATOR},
+    "meetings.terminate_bot": {"queue": workers.ORCHESTRATOR},
+    "meetings.kill_bot": {"queue": workers.ORCHESTRATOR},
+    # Deliveries wait on users' receivers.
+    "webhooks.deliver": {"queue": workers.WEBHOOKS},
+    # The backstop: alone on its queue, so no storm of other work can delay or expire it.
+    "meetings.sweep": {"queue": workers.SWEEP},
+    # Everything else (delayed stop, finalizer, post-meeting, webhook redrive) is short database
+    # work: the default queue, lifecycle.
+    **settings.CELERY_TASK_ROUTES,
+}
 
 # The orphan sweep is the backstop for every deadline. `expires` drops a run that waited longer
-# than one interval in the queue: the next one is already due, and runs never pile up.
+# than one interval in its own queue (its worker was down): the next one is already due, and runs
+# never pile up.
 beat_schedule = {
     "orphan-sweep": {
         "task": "meetings.sweep",

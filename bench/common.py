@@ -204,6 +204,39 @@ def celery_worker(env: dict, concurrency: int, extra_env: dict | None = None, po
         service.stop()
 
 
+@contextmanager
+def stack(env: dict, extra_env: dict | None = None, web_workers: int = 2):
+    """The whole system as `make run` runs it: gunicorn, one Celery worker per kind
+    (botmanager/workers.py, default pools) and beat. Yields the web service (`.url`)."""
+    from botmanager import workers
+
+    run_dir = Path(env["RUN_DIR"])
+    with gunicorn(env, web_workers, extra_env=extra_env) as web:
+        service_env = {**env, **(extra_env or {}), "PUBLIC_BASE_URL": web.url, "PORT": web.url.rsplit(":", 1)[1]}
+        suffix = f"bench{os.getpid()}-{web.url.rsplit(':', 1)[1]}"
+        services = [Service(kind.argv(str(Path(sys.executable).parent), loglevel="WARNING", hostname_suffix=suffix,
+                                      extra=("--without-gossip", "--without-mingle")),
+                            service_env, run_dir / f"celery-{kind.name}.log") for kind in workers.kinds()]
+        services.append(Service([_bin("celery"), "-A", "botmanager", "beat", "--loglevel", "WARNING",
+                                 "--schedule", str(run_dir / f"beat-{suffix}")], service_env, run_dir / "beat.log"))
+        try:
+            from botmanager.celery import app
+
+            names = {f"{kind.name}@{suffix}" for kind in workers.kinds()}
+            deadline = time.monotonic() + 60
+            while True:
+                answered = {name for reply in app.control.ping(destination=sorted(names), timeout=1) for name in reply}
+                if answered >= names:
+                    break
+                if time.monotonic() > deadline or any(s.proc.poll() is not None for s in services):
+                    raise RuntimeError("the workers did not start: " + ", ".join(sorted(names - answered)))
+            web.services = services
+            yield web
+        finally:
+            for service in services:
+                service.stop()
+
+
 def wait_http(url: str, service: Service, timeout: float = 60) -> None:
     import urllib.request
 

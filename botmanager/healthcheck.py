@@ -1,9 +1,9 @@
-"""Container health probes (docker-compose.yml): `python -m botmanager.healthcheck web|worker|beat`.
+"""Container health probes (docker-compose.yml): `python -m botmanager.healthcheck web|worker <kind>|beat`.
 Exit 0 = healthy; otherwise one line on stderr says why.
 
 - web: GET http://127.0.0.1:$PORT/healthz answers 200 (the process serves requests).
-- worker: this container's Celery worker (`worker@<hostname>`) answers a control ping within 5 s,
-  i.e. `celery inspect ping` for this worker only.
+- worker <kind>: this container's Celery worker (`<kind>@<hostname>`, botmanager/workers.py)
+  answers a control ping within 5 s, i.e. `celery inspect ping` for this worker only.
 - beat: a sweep completed within the last max(3 × ORPHAN_SWEEP_INTERVAL_SECONDS, 180) s (the
   Redis counters of botmanager/metrics.py). Beat answers no ping; what matters is that the sweep
   it schedules runs, so this is the check that catches a beat that is up but not scheduling (it
@@ -31,10 +31,10 @@ def web() -> str | None:
         return f"{url}: {exc}"
 
 
-def worker() -> str | None:
+def worker(kind: str = "lifecycle") -> str | None:
     from botmanager.celery import app
 
-    name = f"worker@{socket.gethostname()}"
+    name = f"{kind}@{socket.gethostname()}"
     replies = app.control.ping(destination=[name], timeout=5)
     return None if replies else f"{name} did not answer a ping within 5 s"
 
@@ -55,15 +55,15 @@ PROBES = {"web": web, "worker": worker, "beat": beat}
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in PROBES:
-        print(f"usage: python -m botmanager.healthcheck {'|'.join(PROBES)}", file=sys.stderr)
+    if not argv or argv[0] not in PROBES or len(argv) > (2 if argv[0] == "worker" else 1):
+        print(f"usage: python -m botmanager.healthcheck web|worker <kind>|beat", file=sys.stderr)
         return 2
     if argv[0] != "web":
         import django
 
         django.setup()
     try:
-        problem = PROBES[argv[0]]()
+        problem = PROBES[argv[0]](*argv[1:])
     except Exception as exc:
         problem = f"{type(exc).__name__}: {exc}"
     if problem:

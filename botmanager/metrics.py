@@ -36,6 +36,12 @@ counter would show only what the scraped process saw. So:
    possible (the request's arrival time is not stored), and counting it in Redis would add a
    round trip to every callback.
 
+4. **Queues** (`botmanager_queue_depth{queue}`, `botmanager_queue_oldest_task_age_seconds{queue}`)
+   are read from the broker on scrape; every task message carries the time it was sent (a
+   `before_task_publish` header). `botmanager_task_lateness_seconds{task}` is a histogram of how
+   late the timed tasks (stop-flow countdowns, kill escalation, sweep) started against their ETA
+   or send time, counted in Redis by the workers as in 2.
+
 A collector that fails (database or Redis down) does not fail the scrape:
 `botmanager_metrics_collector_up{collector}` says which one is missing.
 
@@ -50,11 +56,13 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from meetings.statuses import CALLBACK_NAMES as _CALLBACK_NAMES
+
 log = logging.getLogger(__name__)
 
 CALLBACK_PREFIX = "/bots/internal/callback/"
-# Must match meetings.callbacks.CALLBACK_NAMES; anything else is labelled "unknown" (bounded labels).
-CALLBACK_NAMES = frozenset({"joining", "awaiting_admission", "started", "exited", "status_change"})
+# Anything but a protocol callback name is labelled "unknown" (bounded labels).
+CALLBACK_NAMES = frozenset(_CALLBACK_NAMES)
 CALLBACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STOP_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 40, 45, 60, 90, 120, 300, 600, 1800)
 
@@ -110,6 +118,17 @@ def _on_task_postrun(sender=None, task_id=None, task=None, retval=None, state=No
         log.warning("metrics: could not record the sweep run: %s", exc)
 
 
+# The sweep summary's fields (meetings.reconcile.Summary) counted in Redis, with their metric. The
+# finalized meetings are not among them: they are computed from the transitions in PostgreSQL.
+SWEEP_SUMMARY_COUNTERS = {
+    "containers_stopped": ("botmanager_orphan_containers_stopped",
+                           "Running bot containers the sweep stopped because their meeting was over or unknown."),
+    "stops_requested": ("botmanager_sweep_stops_requested",
+                        "Stop flows the sweep started (active meetings past the maximum duration)."),
+    "post_meeting_enqueued": ("botmanager_sweep_post_meeting_enqueued", "Post-meeting runs the sweep re-enqueued."),
+}
+
+
 def record_sweep(summary: dict | None, duration: float | None) -> None:
     """Count one sweep run from its summary (None: the task raised)."""
     from meetings.redis_client import get_redis
@@ -121,7 +140,7 @@ def record_sweep(summary: dict | None, duration: float | None) -> None:
         pipe.hincrby(REDIS_KEY, "sweep_runs_skipped", 1)
     else:
         pipe.hincrby(REDIS_KEY, "sweep_runs_completed", 1)
-        for field in ("finalized", "stops_requested", "containers_stopped", "post_meeting_enqueued"):
+        for field in SWEEP_SUMMARY_COUNTERS:
             pipe.hincrby(REDIS_KEY, f"sweep_{field}", int(summary.get(field) or 0))
         pipe.hincrby(REDIS_KEY, "sweep_errors", len(summary.get("errors") or ()))
         pipe.hset(REDIS_KEY, mapping={"sweep_last_checked": int(summary.get("checked") or 0),
@@ -131,12 +150,143 @@ def record_sweep(summary: dict | None, duration: float | None) -> None:
     pipe.execute()
 
 
-def connect_worker_signals() -> None:
-    """Called by the Celery app module: every worker process counts its sweep runs."""
-    from celery.signals import task_postrun, task_prerun
+# --- Queues: when each task was sent, and how late the timed ones ran --------------------------------
+SENT_AT_HEADER = "botmanager_sent_at"
+LATENESS_KEY = "bm:metrics:lateness"
+LATENESS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
+# The tasks whose due time is a promise: the stop flow's countdowns, the kill escalation, and the
+# sweep (due when beat sends it).
+TIMED_TASKS = ("meetings.delayed_stop", "meetings.finalize_after_stop", "meetings.kill_bot", SWEEP_TASK)
 
+
+def _on_before_publish(sender=None, headers=None, **kwargs):
+    """Every task message carries when it was sent: the queues' oldest-task age and the lateness
+    of tasks without an ETA are measured from it."""
+    if headers is not None:
+        headers.setdefault(SENT_AT_HEADER, time.time())
+
+
+def due_time(request) -> float | None:
+    """When the task was due: its ETA (countdown tasks), else when it was sent (beat sends the sweep
+    at its scheduled time)."""
+    eta = getattr(request, "eta", None)
+    if eta:
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(eta).timestamp() if isinstance(eta, str) else eta.timestamp()
+        except (TypeError, ValueError):
+            return None
+    sent = getattr(request, SENT_AT_HEADER, None)
+    try:
+        return float(sent) if sent is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def record_lateness(task_name: str, seconds: float) -> None:
+    from meetings.redis_client import get_redis
+
+    seconds = max(0.0, seconds)
+    pipe = get_redis().pipeline(transaction=False)
+    for bound in LATENESS_BUCKETS:
+        if seconds <= bound:
+            pipe.hincrby(LATENESS_KEY, f"{task_name}|{bound}", 1)
+    pipe.hincrby(LATENESS_KEY, f"{task_name}|count", 1)
+    pipe.hincrbyfloat(LATENESS_KEY, f"{task_name}|sum", seconds)
+    pipe.execute()
+
+
+def _on_task_started(sender=None, task_id=None, task=None, **kwargs):
+    name = getattr(task, "name", None)
+    if name not in TIMED_TASKS:
+        return
+    due = due_time(task.request)
+    if due is None:
+        return
+    try:
+        record_lateness(name, time.time() - due)
+    except Exception as exc:  # metrics must never fail the task
+        log.warning("metrics: could not record the lateness of %s: %s", name, exc)
+
+
+def connect_worker_signals() -> None:
+    """Called by the Celery app module: every process stamps the tasks it sends; every worker
+    process counts its sweep runs and how late its timed tasks started."""
+    from celery.signals import before_task_publish, task_postrun, task_prerun
+
+    before_task_publish.connect(_on_before_publish, weak=False, dispatch_uid="botmanager.metrics.publish")
     task_prerun.connect(_on_task_prerun, weak=False, dispatch_uid="botmanager.metrics.prerun")
+    task_prerun.connect(_on_task_started, weak=False, dispatch_uid="botmanager.metrics.lateness")
     task_postrun.connect(_on_task_postrun, weak=False, dispatch_uid="botmanager.metrics.postrun")
+
+
+class QueueCollector:
+    """Each queue's depth and the age of its oldest waiting task, read from the broker on scrape,
+    and the lateness histogram of the timed tasks (kept in Redis by the workers)."""
+
+    def collect(self):
+        import json
+
+        from botmanager.workers import QUEUES
+        from meetings.redis_client import get_redis
+
+        broker = _broker()
+        depth = GaugeMetricFamily("botmanager_queue_depth", "Tasks waiting in each Celery queue (not yet taken "
+                                  "by a worker; countdown tasks a worker holds until due are not counted).",
+                                  labels=["queue"])
+        oldest = GaugeMetricFamily("botmanager_queue_oldest_task_age_seconds",
+                                   "How long the oldest waiting task of each queue has waited (0: empty).",
+                                   labels=["queue"])
+        now = time.time()
+        pipe = broker.pipeline(transaction=False)
+        for queue in QUEUES:
+            pipe.llen(queue)
+            pipe.lindex(queue, -1)  # kombu LPUSHes and workers BRPOP: the oldest is at the right end
+        answers = pipe.execute()
+        for queue, length, raw in zip(QUEUES, answers[::2], answers[1::2]):
+            depth.add_metric([queue], length)
+            age = 0.0
+            if raw:
+                try:
+                    headers = json.loads(raw).get("headers") or {}
+                    due = max(float(headers.get(SENT_AT_HEADER) or now), due_time(_Headers(headers)) or 0.0)
+                    age = max(0.0, now - due)
+                except (ValueError, TypeError, AttributeError):
+                    age = 0.0
+            oldest.add_metric([queue], age)
+        yield depth
+        yield oldest
+        raw = get_redis().hgetall(LATENESS_KEY)
+        lateness = HistogramMetricFamily(
+            "botmanager_task_lateness_seconds", "How late timed tasks started against their due time (the "
+            "stop flow's countdowns, the kill escalation, the sweep).", labels=["task"])
+        for name in TIMED_TASKS:
+            buckets = [(str(float(b)), int(raw.get(f"{name}|{b}", 0))) for b in LATENESS_BUCKETS]
+            buckets.append(("+Inf", int(raw.get(f"{name}|count", 0))))
+            lateness.add_metric([name], buckets, sum_value=float(raw.get(f"{name}|sum", 0)))
+        yield lateness
+
+
+class _Headers:
+    def __init__(self, headers: dict):
+        self.eta = headers.get("eta")
+        setattr(self, SENT_AT_HEADER, headers.get(SENT_AT_HEADER))
+
+
+def _broker():
+    import redis
+    from django.conf import settings
+
+    global _broker_client
+    if _broker_client is None or _broker_client[0] != settings.CELERY_BROKER_URL:
+        _broker_client = (settings.CELERY_BROKER_URL, redis.Redis.from_url(
+            settings.CELERY_BROKER_URL, socket_timeout=settings.READYZ_TIMEOUT_SECONDS,
+            socket_connect_timeout=settings.READYZ_TIMEOUT_SECONDS))
+    return _broker_client[1]
+
+
+_broker_client = None
 
 
 # --- Collectors read on scrape ----------------------------------------------------------------------
@@ -243,13 +393,7 @@ class RedisCountersCollector:
     COUNTERS = {
         "sweep_runs": ("botmanager_sweep_runs", "Orphan sweep runs by outcome (completed, skipped: another "
                                                 "sweep held the lock, failed: the task raised)."),
-        "sweep_containers_stopped": ("botmanager_orphan_containers_stopped",
-                                     "Running bot containers the sweep stopped because their meeting was over "
-                                     "or unknown."),
-        "sweep_stops_requested": ("botmanager_sweep_stops_requested",
-                                  "Stop flows the sweep started (active meetings past the maximum duration)."),
-        "sweep_post_meeting_enqueued": ("botmanager_sweep_post_meeting_enqueued",
-                                        "Post-meeting runs the sweep re-enqueued."),
+        **{f"sweep_{field}": family for field, family in SWEEP_SUMMARY_COUNTERS.items()},
         "sweep_errors": ("botmanager_sweep_errors", "Errors a sweep reported (failed listings, failed stops)."),
     }
 
@@ -306,7 +450,8 @@ def build_registry() -> CollectorRegistry:
         multiprocess.MultiProcessCollector(registry, path=settings.PROMETHEUS_MULTIPROC_DIR)
     else:
         registry.register(LOCAL_REGISTRY)
-    registry.register(_Guarded({**DatabaseCollector().parts(), "redis": RedisCountersCollector().collect}))
+    registry.register(_Guarded({**DatabaseCollector().parts(), "redis": RedisCountersCollector().collect,
+                                "queues": QueueCollector().collect}))
     return registry
 
 

@@ -1,7 +1,8 @@
 """`make run`: the whole system in the foreground.
 
 Starts the embedded PostgreSQL and Redis when no URL is configured, migrates, makes sure a demo
-user with an API key exists, then runs gunicorn (web), a Celery worker and Celery beat. Ctrl-C
+user with an API key exists, then runs gunicorn (web), the Celery workers (one per queue kind,
+botmanager/workers.py) and Celery beat. Ctrl-C
 stops all of them (and the embedded servers this run started); data under RUN_DIR is kept.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
-from botmanager import devstack  # noqa: E402  (loads settings)
+from botmanager import devstack, workers  # noqa: E402  (loads settings)
 
 DEMO_EMAIL = "demo@example.com"
 CONSOLE_EMAIL = "admin@example.com"
@@ -97,10 +98,9 @@ def main() -> int:
         ], env={**os.environ,
                 # Metrics of all gunicorn workers, summed on scrape (botmanager/metrics.py).
                 "PROMETHEUS_MULTIPROC_DIR": settings.PROMETHEUS_MULTIPROC_DIR or str(run_dir / "prometheus")}),
-        "worker": subprocess.Popen([
-            os.path.join(bin_dir, "celery"), "-A", "botmanager", "worker", "--loglevel", "INFO",
-            "--concurrency", str(settings.CELERY_CONCURRENCY), "--hostname", "worker@%h",
-        ]),
+        # One worker per kind of waiting (botmanager/workers.py): lifecycle, orchestrator,
+        # webhooks, sweep.
+        **{f"worker-{kind.name}": subprocess.Popen(kind.argv(bin_dir)) for kind in workers.kinds()},
         "beat": subprocess.Popen([
             os.path.join(bin_dir, "celery"), "-A", "botmanager", "beat", "--loglevel", "INFO",
             "--schedule", str(run_dir / "celerybeat-schedule"),

@@ -6,6 +6,7 @@ servers that `botmanager.devstack` starts under RUN_DIR are used.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -180,8 +181,11 @@ NOMAD_NAMESPACE = _str("NOMAD_NAMESPACE", "")
 NOMAD_BOT_JOB = _str("NOMAD_BOT_JOB", "botmanager-bot")
 # Engine endpoint of the docker backend; empty: the local socket (unix:///var/run/docker.sock).
 DOCKER_HOST = _str("DOCKER_HOST", "")
-# Timeout of one call to the Docker engine or the Nomad API (a docker stop adds its own grace).
+# Timeout of one call to the Docker engine or the Nomad API that starts or removes a bot.
 ORCHESTRATOR_TIMEOUT_SECONDS = _float("ORCHESTRATOR_TIMEOUT_SECONDS", 30)
+# Timeout of list, inspect and signal calls: the sweep, the finalizers and request paths make
+# them, and a hung engine must not hold those for long (unknown state is handled as such).
+ORCHESTRATOR_QUERY_TIMEOUT_SECONDS = _float("ORCHESTRATOR_QUERY_TIMEOUT_SECONDS", 5)
 # Set by CI: the Docker tests must run there, so a skipped Docker test fails the run.
 CI = _bool("CI", False)
 
@@ -198,9 +202,14 @@ MAX_BOT_DURATION_SECONDS = _float("MAX_BOT_DURATION_SECONDS", 4 * 3600)
 
 # --- Celery ---------------------------------------------------------------------------------------
 CELERY_BROKER_URL = _str("CELERY_BROKER_URL", REDIS_URL)
-CELERY_TASK_ALWAYS_EAGER = _bool("CELERY_TASK_ALWAYS_EAGER", False)
 WEB_CONCURRENCY = _int("WEB_CONCURRENCY", 2)
+# Worker pools (botmanager/workers.py): lifecycle processes; threads waiting on the orchestrator;
+# threads waiting on webhook receivers.
 CELERY_CONCURRENCY = _int("CELERY_CONCURRENCY", 2)
+CELERY_ORCHESTRATOR_CONCURRENCY = _int("CELERY_ORCHESTRATOR_CONCURRENCY", 32)
+CELERY_WEBHOOK_CONCURRENCY = _int("CELERY_WEBHOOK_CONCURRENCY", 16)
+# Extra task routes over celeryconfig's, as JSON: {"meetings.post_meeting": {"queue": "postmeeting"}}.
+CELERY_TASK_ROUTES = json.loads(_str("CELERY_TASK_ROUTES", "") or "{}")
 
 # --- Logging --------------------------------------------------------------------------------------
 LOG_LEVEL = _str("LOG_LEVEL", "INFO")

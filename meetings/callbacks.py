@@ -16,9 +16,8 @@ from django.utils import timezone
 from . import commands, lifecycle, tokens
 from .errors import UnknownSession
 from .models import Meeting, MeetingSession
-from .statuses import TERMINAL, CompletionReason, MeetingStatus, TransitionSource
+from .statuses import CALLBACK_NAMES, TERMINAL, CompletionReason, MeetingStatus, TransitionSource  # noqa: F401
 
-CALLBACK_NAMES = ("joining", "awaiting_admission", "started", "exited", "status_change")
 _SIMPLE_TARGETS = {
     "joining": MeetingStatus.JOINING,
     "awaiting_admission": MeetingStatus.AWAITING_ADMISSION,

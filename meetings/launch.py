@@ -16,7 +16,7 @@ from orchestrators.base import LABEL_SESSION_UID, BotSpec, OrchestratorError, bo
 from orchestrators.base import bot_labels as labels_for
 from orchestrators.registry import get_orchestrator
 
-from . import commands, lifecycle, platforms, tokens
+from . import bot_control, commands, lifecycle, platforms, tokens
 from .models import Meeting, MeetingSession
 from .statuses import FailureStage, MeetingStatus, TransitionSource
 
@@ -111,6 +111,5 @@ def _record_container(meeting_id: int, session: MeetingSession, container_id: st
         if meeting.is_terminal:
             # Stopped while the bot was starting: the container must not outlive its meeting.
             # If this stop fails, the sweep stops the container of an ended meeting.
-            transaction.on_commit(lambda: backend.stop(container_id, timeout=settings.BOT_STOP_TIMEOUT_SECONDS),
-                                  robust=True)
+            transaction.on_commit(lambda: bot_control.stop_bot(backend.name, container_id), robust=True)
     log.info("meeting %s: bot %s started on %s", meeting_id, container_id, backend.name)

@@ -27,7 +27,7 @@ from django.utils import timezone
 from orchestrators.base import LABEL_SESSION_UID, BotInfo, OrchestratorError
 from orchestrators.registry import get_orchestrator
 
-from . import lifecycle, stopping
+from . import bot_control, lifecycle, stopping
 from .models import Meeting, MeetingSession
 from .statuses import NON_TERMINAL, TERMINAL, CompletionReason, MeetingStatus, TransitionSource
 
@@ -290,9 +290,8 @@ def apply(p: Plan) -> Summary:
                                            reason="maximum bot duration reached",
                                            completion_reason=s.completion_reason, only_from={S.ACTIVE})
             summary.stops_requested += int(result.applied)
-    # Only now the bots, each of which may hold us BOT_STOP_TIMEOUT_SECONDS: no meeting's ending
-    # waits for another meeting's bot (nor is lost if the task's time limit ends the sweep here;
-    # the next sweep stops whatever bot of an ended meeting still runs).
+    # Only now the bots: asked to stop on the orchestrator queue (SIGTERM, then SIGKILL after
+    # BOT_STOP_TIMEOUT_SECONDS), never waited for here, so no bot can hold the sweep.
     for backend, container_id in bots_of_ended:
         _stop(summary, backend, container_id, running=True)
     for c in p.containers:
@@ -341,18 +340,18 @@ def _decision(summary: Summary, meeting_id: int):
 
 
 def _stop(summary: Summary, backend: str, container_id: str, *, running: bool, remove: bool = False) -> bool:
+    """Hand the bot to the orchestrator queue: a running one is terminated (then killed, then
+    removed when `remove`); an exited one is removed at once by the kill step."""
     try:
-        orchestrator = get_orchestrator(backend)
         if running:
-            orchestrator.stop(container_id, timeout=settings.BOT_STOP_TIMEOUT_SECONDS)
-        if remove:
-            orchestrator.remove(container_id)
+            bot_control.stop_bot(backend, container_id, remove=remove)
+        elif remove:
+            bot_control.kill_bot(backend, container_id, remove=True)
     except SoftTimeLimitExceeded:
         raise
-    except Exception as exc:  # OrchestratorError, or a backend's bug: same handling
-        # Counted and reported; the next sweep tries again.
-        summary.errors.append(f"{backend}: could not stop {container_id}: {exc}")
-        log.warning("sweep: could not stop %s on %s: %s", container_id, backend, exc)
+    except Exception as exc:  # the broker is unreachable: reported; the next sweep asks again
+        summary.errors.append(f"{backend}: could not request the stop of {container_id}: {exc}")
+        log.warning("sweep: could not request the stop of %s on %s: %s", container_id, backend, exc)
         return False
     return True
 

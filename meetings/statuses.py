@@ -72,3 +72,8 @@ class Platform(models.TextChoices):
     GOOGLE_MEET = "google_meet"
     TEAMS = "teams"
     ZOOM = "zoom"
+
+
+# The bot callbacks of the protocol (`/bots/internal/callback/<name>`): the callback handler accepts
+# these, and the metrics label callback latency by them (anything else is "unknown").
+CALLBACK_NAMES = ("joining", "awaiting_admission", "started", "exited", "status_change")

@@ -4,25 +4,23 @@
    bot's current session on commit, and enqueue `delayed_stop` with countdown
    BOT_STOP_DELAY_SECONDS. A meeting with no launched bot finishes at once (completed/stopped).
 2. `delayed_stop`: the bot had its chance: enqueue `finalize_after_stop` for the meeting's stop
-   deadline (normally BOT_STOP_GRACE_SECONDS from now), then stop its container.
-3. `finalize_after_stop`: if the bot's exit callback still has not ended the meeting, inspect the
-   container (stop it again if it somehow runs) and finalize completed/stopped.
+   deadline (normally BOT_STOP_GRACE_SECONDS from now), then ask its backend to stop it
+   (`bot_control.stop_bot`: SIGTERM now, SIGKILL BOT_STOP_TIMEOUT_SECONDS later, on the
+   orchestrator queue: a stubborn bot never holds a lifecycle worker).
+3. `finalize_after_stop`: if the bot's exit callback still has not ended the meeting, finalize
+   completed/stopped and have a bot that may still run killed.
 Every step re-reads the row and does nothing once the meeting has moved on. The countdowns are
 the fast path; the orphan sweep finalizes from `deadline_at` if they are lost.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from orchestrators.base import OrchestratorError
-from orchestrators.registry import get_orchestrator
-
-from . import commands, lifecycle
+from . import bot_control, commands, lifecycle
 from .lifecycle import STOP_REASON_KEY, Outcome, TransitionResult
 from .models import Meeting
 from .statuses import CompletionReason, MeetingStatus, TransitionSource
@@ -56,10 +54,6 @@ def request_stop(meeting_id: int, *, source: str, reason: str,
     return result
 
 
-def _backend(meeting: Meeting):
-    return get_orchestrator(meeting.orchestrator or None)
-
-
 def delayed_stop(meeting_id: int) -> None:
     from . import tasks
 
@@ -67,13 +61,11 @@ def delayed_stop(meeting_id: int) -> None:
     if meeting is None:
         return
     if not meeting.is_terminal:
-        # Scheduled before the stop, not after it: a bot that ignores SIGTERM holds `stop()` for
-        # BOT_STOP_TIMEOUT_SECONDS, and that must not push the ending past the stop deadline.
         tasks.finalize_after_stop.apply_async((meeting_id,), countdown=finalize_countdown(meeting))
     if meeting.bot_container_id:
         # Also when the meeting already ended: a container that outlived its meeting must go
-        # (stopping a gone container is a no-op).
-        _backend(meeting).stop(meeting.bot_container_id, timeout=settings.BOT_STOP_TIMEOUT_SECONDS)
+        # (stopping a gone container is a no-op). Asked on the orchestrator queue, never waited for.
+        bot_control.stop_bot(_backend_name(meeting), meeting.bot_container_id)
 
 
 def finalize_countdown(meeting: Meeting) -> float:
@@ -86,27 +78,22 @@ def finalize_countdown(meeting: Meeting) -> float:
 
 
 def finalize_after_stop(meeting_id: int) -> TransitionResult | None:
+    """Finalize a meeting whose bot did not report its exit by the stop deadline. No call to the
+    orchestrator here (a slow engine must not delay the ending): the bot, if it still runs, is
+    killed by a task of the orchestrator queue once the meeting is over."""
     meeting = Meeting.objects.filter(pk=meeting_id).first()
     if meeting is None or meeting.is_terminal:
         return None
-    seen: dict = {"container_id": meeting.bot_container_id}
-    if meeting.bot_container_id:
-        backend = _backend(meeting)
-        try:
-            info = backend.inspect(meeting.bot_container_id)
-        except OrchestratorError as exc:
-            # Unknown state: finalize anyway (the user asked for a stop and the bound must hold);
-            # the sweep stops any container whose meeting is over.
-            seen["backend"] = f"unknown: {exc}"
-        else:
-            seen["backend"] = None if info is None else {**asdict(info), "status": info.status.value,
-                                                         "created_at": str(info.created_at)}
-            if info is not None and info.status.is_running:
-                backend.stop(meeting.bot_container_id, timeout=0)
-                seen["forced_stop"] = True
-    return lifecycle.transition(
+    result = lifecycle.transition(
         meeting_id, MeetingStatus.COMPLETED, source=TransitionSource.GRACE_FINALIZER,
         reason="bot did not report its exit within the stop grace period",
         completion_reason=CompletionReason.STOPPED,  # lifecycle substitutes the stop's recorded reason
-        metadata=seen,
+        metadata={"container_id": meeting.bot_container_id, "kill_requested": bool(meeting.bot_container_id)},
     )
+    if result.applied and meeting.bot_container_id:
+        bot_control.kill_bot(_backend_name(meeting), meeting.bot_container_id)
+    return result
+
+
+def _backend_name(meeting: Meeting) -> str:
+    return meeting.orchestrator or settings.ORCHESTRATOR

@@ -1,12 +1,14 @@
-"""Celery tasks: thin wrappers around services. Each re-reads the database and is idempotent, so
-redelivery (acks_late) and duplicates are harmless."""
+"""Celery tasks: thin wrappers around services. Each re-reads the database (or asks the backend)
+and is idempotent, so redelivery (acks_late) and duplicates are harmless. Which queue and pool
+runs each one is `task_routes` in celeryconfig.py: lifecycle work never waits behind calls to an
+orchestrator or a webhook receiver."""
 from __future__ import annotations
 
 from celery import shared_task
 
 from orchestrators.base import OrchestratorError
 
-from . import launch, reconcile, stopping
+from . import bot_control, launch, reconcile, stopping
 from . import post_meeting as post_meeting_module
 
 # Transient backend errors are retried; the orphan sweep is the backstop if retries run out.
@@ -19,14 +21,24 @@ def launch_bot(meeting_id: int) -> None:
     launch.launch(meeting_id)
 
 
-@shared_task(name="meetings.delayed_stop", **_RETRY)
+@shared_task(name="meetings.delayed_stop")
 def delayed_stop(meeting_id: int) -> None:
     stopping.delayed_stop(meeting_id)
 
 
-@shared_task(name="meetings.finalize_after_stop", **_RETRY)
+@shared_task(name="meetings.finalize_after_stop")
 def finalize_after_stop(meeting_id: int) -> None:
     stopping.finalize_after_stop(meeting_id)
+
+
+@shared_task(name="meetings.terminate_bot", **_RETRY)
+def terminate_bot(backend: str, container_id: str, remove: bool = False) -> None:
+    bot_control.terminate(backend, container_id, remove)
+
+
+@shared_task(name="meetings.kill_bot", **_RETRY)
+def kill_bot(backend: str, container_id: str, remove: bool = False, checks: int = 0) -> None:
+    bot_control.kill(backend, container_id, remove, checks)
 
 
 @shared_task(name="meetings.post_meeting")

@@ -1,7 +1,9 @@
 """The orchestrator interface every backend implements, and the types it speaks.
 
-A backend starts a bot from a `BotSpec`, stops it, lists every bot of this deployment in one call,
-and inspects one. Errors talking to the engine raise `OrchestratorError`: `list()` never answers
+A backend starts a bot from a `BotSpec`, asks it to stop (`terminate`), forces it (`kill`), lists
+every bot of this deployment in one call, and inspects one. No call waits for a bot to die: the
+escalation from terminate to kill is a countdown task (meetings/bot_control.py), so a bot that
+ignores SIGTERM never holds a worker. Errors talking to the engine raise `OrchestratorError`: `list()` never answers
 an empty list when it could not look, so reconciliation can tell "no bots" from "unknown".
 """
 from __future__ import annotations
@@ -88,9 +90,18 @@ class Orchestrator(Protocol):
     def start(self, spec: BotSpec) -> str:
         """Start the bot; return its container id. Raises OrchestratorError."""
 
+    def terminate(self, container_id: str) -> None:
+        """Ask the bot to stop (SIGTERM, `docker kill -s TERM`, Nomad stop) and return at once:
+        nothing waits for a bot to die. Escalation is the caller's `kill()`, later. A bot that
+        is gone, or still starting, counts as asked. Raises OrchestratorError when unknown."""
+
+    def kill(self, container_id: str) -> None:
+        """Force the bot to stop (SIGKILL) and return once the engine took the order. A bot
+        that is already gone counts as killed. Raises OrchestratorError when the state is unknown."""
+
     def stop(self, container_id: str, timeout: float) -> None:
-        """Stop the bot (graceful, then forced after `timeout` seconds). A bot that is already
-        gone counts as stopped. Raises OrchestratorError only when the state is unknown."""
+        """Blocking convenience for scripts and tests (never called from a task): terminate,
+        wait up to `timeout` seconds, kill. Gone counts as stopped."""
 
     def list(self) -> list[BotInfo]:
         """Every bot of this deployment, in one call to the engine. Raises OrchestratorError."""

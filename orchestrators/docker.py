@@ -109,7 +109,7 @@ class DockerOrchestrator:
 
     def __init__(self, *, image: str, deployment: str, network: str = "", mem_limit: str = "",
                  nano_cpus: int = 0, base_url: str = DEFAULT_DOCKER_HOST, timeout: float = 30,
-                 client: docker.DockerClient | None = None):
+                 query_timeout: float | None = None, client: docker.DockerClient | None = None):
         if not deployment:
             raise ValueError("DockerOrchestrator needs a deployment name (DEPLOYMENT_NAME).")
         self.image = image
@@ -119,7 +119,9 @@ class DockerOrchestrator:
         self.nano_cpus = nano_cpus
         self.base_url = base_url
         self.timeout = timeout
+        self.query_timeout = query_timeout or timeout
         self._client = client
+        self._query_client = client
         self._client_lock = threading.Lock()
 
     @classmethod
@@ -132,22 +134,34 @@ class DockerOrchestrator:
             nano_cpus=settings.DOCKER_BOT_NANO_CPUS,
             base_url=settings.DOCKER_HOST or DEFAULT_DOCKER_HOST,
             timeout=settings.ORCHESTRATOR_TIMEOUT_SECONDS,
+            query_timeout=settings.ORCHESTRATOR_QUERY_TIMEOUT_SECONDS,
         )
 
     # --- engine access ----------------------------------------------------------------------------
     @property
     def client(self) -> docker.DockerClient:
-        """Created on first use: the SDK asks the engine for its API version when it is built, so
-        building it eagerly would make an engine that is down at import time fail forever."""
+        """For create, start and remove (`timeout`). Created on first use: the SDK asks the engine
+        for its API version when it is built, so building it eagerly would make an engine that is
+        down at import time fail forever."""
         with self._client_lock:
             if self._client is None:
-                try:
-                    self._client = docker.DockerClient(base_url=self.base_url, version="auto",
-                                                       timeout=self.timeout)
-                except _ENGINE_ERRORS as exc:
-                    raise OrchestratorError(
-                        f"Docker engine at {self.base_url} is not reachable: {exc}") from exc
+                self._client = self._connect(self.timeout)
             return self._client
+
+    @property
+    def query(self) -> docker.DockerClient:
+        """For list, inspect and signals, with the short `query_timeout`: the sweep, the
+        finalizers and the request paths call these, and a hung engine must not hold them."""
+        with self._client_lock:
+            if self._query_client is None:
+                self._query_client = self._connect(self.query_timeout)
+            return self._query_client
+
+    def _connect(self, timeout: float) -> docker.DockerClient:
+        try:
+            return docker.DockerClient(base_url=self.base_url, version="auto", timeout=timeout)
+        except _ENGINE_ERRORS as exc:
+            raise OrchestratorError(f"Docker engine at {self.base_url} is not reachable: {exc}") from exc
 
     def _label_filters(self) -> list[str]:
         return [f"{LABEL_MANAGED}=true", f"{LABEL_DEPLOYMENT}={self.deployment}"]
@@ -224,6 +238,26 @@ class DockerOrchestrator:
         except _ENGINE_ERRORS as exc:
             log.warning("docker: could not remove unstarted container %s: %s", container_id, exc)
 
+    def terminate(self, container_id: str) -> None:
+        self._kill(container_id, "SIGTERM")
+
+    def kill(self, container_id: str) -> None:
+        self._kill(container_id, "SIGKILL")
+
+    def _kill(self, container_id: str, signal: str) -> None:
+        """`docker kill -s <signal>`: the engine delivers it and answers at once (a `docker stop`
+        would hold the call until the container died)."""
+        try:
+            self.query.api.kill(container_id, signal=signal)
+        except docker.errors.NotFound:
+            return  # already gone
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # "is not running": nothing to signal
+                return
+            raise OrchestratorError(f"Docker could not signal {container_id}: {exc.explanation or exc}") from exc
+        except _ENGINE_ERRORS as exc:
+            raise OrchestratorError(f"Docker could not signal {container_id}: {exc}") from exc
+
     def stop(self, container_id: str, timeout: float) -> None:
         # Docker takes whole seconds; rounding up never gives the bot less time than asked.
         seconds = max(0, math.ceil(timeout))
@@ -237,7 +271,7 @@ class DockerOrchestrator:
 
     def list(self) -> list[BotInfo]:
         try:
-            containers = self.client.containers.list(
+            containers = self.query.containers.list(
                 all=True, filters={"label": self._label_filters()}, sparse=True)
         except _ENGINE_ERRORS as exc:
             raise OrchestratorError(f"Docker could not list bots: {exc}") from exc
@@ -245,7 +279,7 @@ class DockerOrchestrator:
 
     def inspect(self, container_id: str) -> BotInfo | None:
         try:
-            attrs = self.client.api.inspect_container(container_id)
+            attrs = self.query.api.inspect_container(container_id)
         except docker.errors.NotFound:
             return None
         except _ENGINE_ERRORS as exc:

@@ -132,7 +132,8 @@ class NomadOrchestrator:
     name = "nomad"
 
     def __init__(self, *, address: str, job: str, deployment: str, token: str = "",
-                 namespace: str = "", timeout: float = 30, verify: bool = True):
+                 namespace: str = "", timeout: float = 30, query_timeout: float | None = None,
+                 verify: bool = True):
         if not _JOB_NAME.match(job or ""):
             raise ValueError(f"NOMAD_BOT_JOB {job!r} must be letters, digits, '_', '.' or '-'.")
         if not deployment:
@@ -151,9 +152,13 @@ class NomadOrchestrator:
             "verify": verify,
             "session": requests.Session(),
         }
-        self._job = nomad.api.Job(**requester)
-        self._jobs = nomad.api.Jobs(**requester)
-        self._allocations = nomad.api.Allocations(**requester)
+        # Dispatch and purge get `timeout`; what the sweep, finalizers and request paths call
+        # (list, inspect, stop) gets the short `query_timeout`, so a slow API never holds them.
+        self._dispatcher = nomad.api.Job(**requester)
+        quick = {**requester, "timeout": query_timeout or timeout}
+        self._job = nomad.api.Job(**quick)
+        self._jobs = nomad.api.Jobs(**quick)
+        self._allocations = nomad.api.Allocations(**quick)
 
     @classmethod
     def from_settings(cls, settings) -> "NomadOrchestrator":
@@ -164,6 +169,7 @@ class NomadOrchestrator:
             token=settings.NOMAD_TOKEN,
             namespace=settings.NOMAD_NAMESPACE,
             timeout=settings.ORCHESTRATOR_TIMEOUT_SECONDS,
+            query_timeout=settings.ORCHESTRATOR_QUERY_TIMEOUT_SECONDS,
         )
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -236,7 +242,7 @@ class NomadOrchestrator:
         # One bot per session: a retried start with the same session uid gets the same job back.
         token = labels.get(LABEL_SESSION_UID) or str(uuid.uuid4())
         try:
-            response = self._job.request(self.job, "dispatch", method="post", json=body,
+            response = self._dispatcher.request(self.job, "dispatch", method="post", json=body,
                                          params={"idempotency_token": token}).json()
         except nomad.api.exceptions.URLNotFoundNomadException as exc:
             raise OrchestratorError(
@@ -252,6 +258,15 @@ class NomadOrchestrator:
         if not job_id:
             raise OrchestratorError(f"{self._where()} answered a dispatch without DispatchedJobID: {response!r}")
         return job_id
+
+    def terminate(self, container_id: str) -> None:
+        # Nomad sends the task's kill_signal and escalates after its kill_timeout by itself.
+        self._deregister(container_id, purge=False, verb="stop")
+
+    def kill(self, container_id: str) -> None:
+        # A second deregister is idempotent; Nomad's own kill_timeout escalation does the forcing
+        # (its API has no "kill now" for a job).
+        self._deregister(container_id, purge=False, verb="stop")
 
     def stop(self, container_id: str, timeout: float) -> None:
         # `timeout` is the job's kill_timeout in Nomad; see the module docstring.

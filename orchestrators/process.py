@@ -15,7 +15,7 @@ was reused) and a state other than zombie.
 Status mapping (`NormalizedStatus`, raw status in brackets):
 - Starting ["starting"]: recorded, the supervisor has not reported the bot's pid yet.
 - Up ["running"]: the bot process is alive.
-- Stopping ["stopping"]: alive, and a `stop` has sent it SIGTERM.
+- Stopping ["stopping"]: alive, and `terminate` (or `kill`) has signalled it.
 - Exited ["exited (N)"]: the bot ended with exit code N, whatever N is: a non-zero exit is still
   "Exited" (as with Docker); the manager judges failure from the bot's callbacks and exit code.
   A bot killed by signal S reports 128 + S ["killed by SIGKILL (137)", SIGTERM 143].
@@ -130,7 +130,7 @@ class ProcessOrchestrator:
                 record.update(status="failed", error=error)
                 process_state.write(path, record)
         if record is not None and record.get("pid") is not None:
-            self.stop(record["container_id"], timeout=0)
+            self.kill(record["container_id"])
 
     # --- list / inspect ---------------------------------------------------------------------------
     def list(self) -> list[BotInfo]:
@@ -182,7 +182,7 @@ class ProcessOrchestrator:
                 return NormalizedStatus.STARTING, "starting"
             return NormalizedStatus.FAILED, "failed: never started (the supervisor was lost)"
         if process_state.is_running(record["pid"], record.get("proc_start_time")):
-            if record.get("stop_requested_at"):
+            if record.get("stop_requested_at") or record.get("kill_requested_at"):
                 return NormalizedStatus.STOPPING, "stopping"
             return NormalizedStatus.UP, "running"
         code = record.get("exit_code")
@@ -198,19 +198,45 @@ class ProcessOrchestrator:
         return (_now() - created).total_seconds()
 
     # --- stop / remove ----------------------------------------------------------------------------
+    def terminate(self, container_id: str) -> None:
+        """SIGTERM to the bot's process group, and return. A bot still starting is marked: its
+        supervisor signals it as soon as it has a pid. A bot already gone gets its leftover
+        children SIGKILLed (they must not outlive it)."""
+        self._signal(container_id, signal.SIGTERM, mark="stop_requested_at")
+
+    def kill(self, container_id: str) -> None:
+        """SIGKILL to the bot's process group, and return (the kernel does the rest at once)."""
+        self._signal(container_id, signal.SIGKILL, mark="kill_requested_at")
+
+    def _signal(self, container_id: str, signum: int, *, mark: str) -> None:
+        record = self._read(container_id)
+        if record is None or record.get("status") == "failed":
+            return
+        path = process_state.record_path(self.bots_dir, container_id)
+        if record.get("pid") is None:
+            # Starting: the supervisor reads the mark right after recording the pid and signals the
+            # bot itself (process_runner), so a stop racing a start never leaves the bot running.
+            record = process_state.update(path, **{mark: _now().isoformat()})
+            if record is None or record.get("pid") is None:
+                return
+        elif not record.get(mark):
+            process_state.update(path, **{mark: _now().isoformat()})
+        if process_state.is_running(record["pid"], record.get("proc_start_time")):
+            self._killpg(record["pgid"], signum)
+        else:
+            self._killpg(record["pgid"], signal.SIGKILL)  # leftovers of a bot that is gone
+
     def stop(self, container_id: str, timeout: float) -> None:
-        """SIGTERM to the bot's process group; SIGKILL to the group if the bot is still running
-        after `timeout` seconds. Once the bot itself is gone, the group is SIGKILLed at once: its
-        leftover children must not outlive it. Unknown or already gone = stopped."""
+        """Blocking (scripts and tests only): SIGTERM, wait up to `timeout` seconds, SIGKILL,
+        wait for the exit code. Unknown or already gone = stopped."""
         record = self._await_pid(container_id)
         if record is None or not process_state.is_running(record["pid"], record.get("proc_start_time")):
             return
         path = process_state.record_path(self.bots_dir, container_id)
-        process_state.update(path, stop_requested_at=_now().isoformat())
-        self._signal_group(record, signal.SIGTERM)
+        self.terminate(container_id)
         if not self._wait_gone(record, timeout):
             log.warning("bot %s still running %.1fs after SIGTERM; sending SIGKILL", container_id, timeout)
-            self._signal_group(record, signal.SIGKILL)
+            self.kill(container_id)
             if not self._wait_gone(record, KILL_WAIT_SECONDS):
                 raise OrchestratorError(f"bot {container_id} (pid {record['pid']}) survived SIGKILL")
         self._killpg(record["pgid"], signal.SIGKILL)  # leftovers of a bot that is gone

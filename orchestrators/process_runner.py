@@ -30,6 +30,20 @@ def _exit_code(returncode: int) -> tuple[int, str | None]:
     return 128 - returncode, signal.Signals(-returncode).name
 
 
+def _honour_stop_requested_while_starting(path: Path, pgid: int) -> None:
+    """A terminate or kill that came while the bot had no pid only marked the record (the
+    orchestrator returns at once, it never waits for a start): signal the new bot now."""
+    record = process_state.read(path) or {}
+    for mark, signum in (("kill_requested_at", signal.SIGKILL), ("stop_requested_at", signal.SIGTERM)):
+        if record.get(mark):
+            print(f"[process_runner] {mark.split('_')[0]} requested while starting: {signum.name}", flush=True)
+            try:
+                os.killpg(pgid, signum)
+            except ProcessLookupError:
+                pass
+            return
+
+
 def main(argv: list[str]) -> int:
     path = Path(argv[1])
     record = process_state.read(path)
@@ -59,6 +73,7 @@ def main(argv: list[str]) -> int:
                              proc_start_time=stat[1] if stat else None, supervisor_pid=os.getpid(),
                              started_at=_now())
         print(f"[process_runner] bot pid {bot.pid} started", flush=True)
+        _honour_stop_requested_while_starting(path, bot.pid)
         ready.write("ok\n")
         ready.close()
         exit_code, killed_by = _exit_code(bot.wait())

@@ -87,7 +87,7 @@ docker run -d --name "$NAME-web" "${common[@]}" -e PROMETHEUS_MULTIPROC_DIR=/tmp
     gunicorn -c python:botmanager.gunicorn_conf botmanager.wsgi --bind "127.0.0.1:$PORT" --workers 2 \
     --access-logfile - >/dev/null
 docker run -d --name "$NAME-worker" "${common[@]}" "$SERVICE_TAG" \
-    celery -A botmanager worker --loglevel INFO --concurrency 1 --hostname "worker@%h" >/dev/null
+    python -m botmanager.workers orchestrator >/dev/null
 
 for _ in $(seq 1 60); do
     curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
@@ -108,7 +108,7 @@ printf '%s\n' "$web_logs" | "$PY" -c "import json, sys; json.loads(sys.stdin.rea
     || fail "web logs are not JSON lines"
 ok=""
 for _ in $(seq 1 20); do  # the worker needs a few seconds to boot and join the broker
-    if docker exec "$NAME-worker" python -m botmanager.healthcheck worker 2>/dev/null; then
+    if docker exec "$NAME-worker" python -m botmanager.healthcheck worker orchestrator 2>/dev/null; then
         ok=1
         break
     fi

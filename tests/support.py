@@ -1,8 +1,15 @@
-"""Small helpers shared by the tests: polling, and reading Redis pub/sub."""
+"""Small helpers shared by the tests: polling, reading Redis pub/sub, and the Celery broker's
+queues (reading them, running their tasks here, losing them)."""
 from __future__ import annotations
 
+import base64
 import json
 import time
+from datetime import datetime
+
+import redis
+
+from botmanager.workers import QUEUES
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
@@ -36,3 +43,103 @@ def published(pubsub, timeout: float = 2.0) -> dict[str, list[dict]]:
         timeout = 0.3
     pubsub.close()
     return got
+
+
+# --- Subprocess stacks -------------------------------------------------------------------------------
+def stack_env(run_dir, **extra: str) -> dict[str, str]:
+    """The environment of service subprocesses (gunicorn, Celery workers, beat) that work on the
+    test database and the test Redis database."""
+    import os
+
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    base, _, _db = settings.REDIS_URL.rpartition("/")
+    redis_url = f"{base}/{settings.TEST_REDIS_DB}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "SIMBOT_"))}
+    env.update({"DJANGO_SETTINGS_MODULE": "botmanager.settings",
+                "DATABASE_URL": f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+                "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, "RUN_DIR": str(run_dir),
+                "LOG_LEVEL": "WARNING", "DEFAULT_MAX_CONCURRENT_BOTS": "0", "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def close_other_connections() -> None:
+    """End the database connections of other processes and threads (workers) so the test database
+    can be flushed."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
+# --- Broker -----------------------------------------------------------------------------------------
+def broker_client() -> redis.Redis:
+    from botmanager.celery import app
+
+    return redis.Redis.from_url(app.conf.broker_url)
+
+
+def queued() -> list[dict]:
+    """The task messages waiting in the broker, in every queue: [{"task", "args", "eta", "queue"}],
+    oldest first within a queue."""
+    messages = []
+    for queue in QUEUES:
+        for raw in reversed(broker_client().lrange(queue, 0, -1)):  # kombu LPUSHes, consumers BRPOP
+            message = json.loads(raw)
+            headers = message["headers"]
+            body = message["body"]
+            if message["properties"].get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args = json.loads(body)[0]
+            messages.append({"task": headers["task"], "args": args, "queue": queue,
+                             "eta": datetime.fromisoformat(headers["eta"]) if headers.get("eta") else None})
+    return messages
+
+
+def queued_tasks(name: str) -> list[dict]:
+    return [m for m in queued() if m["task"] == name]
+
+
+def lose_queued_tasks() -> None:
+    """Drop every waiting task, as a broker or worker outage loses them."""
+    broker_client().delete(*QUEUES)
+
+
+def run_queued(name: str) -> int:
+    """Run (here and now) the queued tasks named `name`, taking them off the queue as a worker
+    would; returns how many ran. Tasks they enqueue stay queued."""
+    from botmanager.celery import app
+
+    broker = broker_client()
+    ran = 0
+    for queue in QUEUES:
+        for raw in broker.lrange(queue, 0, -1):
+            message = json.loads(raw)
+            if message["headers"]["task"] != name:
+                continue
+            broker.lrem(queue, 1, raw)
+            body = message["body"]
+            if message["properties"].get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args, kwargs, _ = json.loads(body)
+            app.tasks[name].apply(args=args, kwargs=kwargs, throw=True)
+            ran += 1
+    return ran
+
+
+def run_bot_stops(rounds: int = 50) -> int:
+    """Carry out the bot stops the tasks asked for (terminate, then kill and remove), as the
+    orchestrator worker would once their countdowns are due; returns how many tasks ran."""
+    import time
+
+    ran = 0
+    for _ in range(rounds):
+        step = run_queued("meetings.terminate_bot") + run_queued("meetings.kill_bot")
+        ran += step
+        if not step:
+            return ran
+        time.sleep(0.1)  # a killed bot takes a moment to be reaped before it can be removed
+    return ran

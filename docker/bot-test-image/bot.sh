@@ -5,7 +5,9 @@
 # half of the bot protocol (../../../shared/protocol.md) when BOT_CONFIG has botManagerCallbackUrl:
 # `joining` and `started` after start, `exited` (with its exit code) before it ends. It reads no
 # Redis commands (busybox has no Redis client): a leave reaches it as the SIGTERM of the stop.
-# Test hook: "test_exit_code": N in BOT_CONFIG makes it exit with N right after starting.
+# Test hooks: "test_exit_code": N in BOT_CONFIG makes it exit with N right after starting;
+# "test_ignore_sigterm": true, or a botName with ignore_leave (simbot's knob), makes it ignore
+# SIGTERM (only SIGKILL ends it).
 
 json_str() {  # the string value of a top-level key of BOT_CONFIG (flat keys, no escapes: enough here)
     printf '%s' "$BOT_CONFIG" | sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p"
@@ -34,6 +36,10 @@ connection_id=$(json_str connectionId)
 echo "test bot: started as $HOSTNAME"
 callback joining "{\"connection_id\": \"$connection_id\", \"container_id\": \"$HOSTNAME\"}"
 callback started "{\"connection_id\": \"$connection_id\", \"container_id\": \"$HOSTNAME\"}"
+
+case "$BOT_CONFIG" in
+    *'"test_ignore_sigterm": true'*|*'"botName": "simbot:ignore_leave'*) trap '' TERM; echo "test bot: ignoring SIGTERM" ;;
+esac
 
 code=$(printf '%s' "$BOT_CONFIG" | sed -n 's/.*"test_exit_code": *\(-\{0,1\}[0-9][0-9]*\).*/\1/p')
 [ -z "$code" ] || leave "$code"

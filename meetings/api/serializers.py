@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
 
 from .. import platforms
 from ..callbacks import REPORTABLE
 from ..models import Meeting, MeetingTransition
 from ..payloads import meeting_response
 from ..statuses import CompletionReason, FailureStage, Platform
+from .util import validated_platform
 
 
 def validate_platform(value: str) -> str:
-    if value not in Platform.values:
-        raise serializers.ValidationError(
-            f"Unknown platform {value!r}; use one of {', '.join(Platform.values)}.")
-    return value
+    try:
+        return validated_platform(value)
+    except ValidationError as exc:  # the field's own error list, not a nested {"platform": ...}
+        raise serializers.ValidationError(exc.detail["platform"]) from None
 
 
 class BotRequestSerializer(serializers.Serializer):

@@ -18,7 +18,7 @@ def validated(serializer_class, data, **context) -> dict:
 
 
 def validated_platform(value: str) -> str:
-    """A platform taken from the URL path."""
+    """A platform taken from the URL path or a body (422 with the known platforms otherwise)."""
     if value not in Platform.values:
         raise ValidationError({"platform": [f"Unknown platform {value!r}; use one of {', '.join(Platform.values)}."]})
     return value

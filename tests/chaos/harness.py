@@ -293,7 +293,7 @@ class Service:
             "RUN_DIR": str(c.run_dir), "ORCHESTRATOR": "process", "DEPLOYMENT_NAME": "chaos",
             "PROCESS_BOT_COMMAND": f"{shlex.quote(sys.executable)} -m tests.chaos.bot",
             "PUBLIC_BASE_URL": self.base_url, "PORT": str(self.port),
-            "DEFAULT_MAX_CONCURRENT_BOTS": "0", "LOG_LEVEL": c.log_level, "CELERY_TASK_ALWAYS_EAGER": "0",
+            "DEFAULT_MAX_CONCURRENT_BOTS": "0", "LOG_LEVEL": c.log_level,
             "WEB_CONCURRENCY": str(c.web_workers), "CELERY_CONCURRENCY": str(c.worker_concurrency),
             "CHAOS_RUN_ID": self.run_id, "CHAOS_SEED": str(c.seed), "CHAOS_EVENTS_FILE": str(self.events_file),
             "PYTHONUNBUFFERED": "1",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from botmanager.metrics import REDIS_KEY
+from botmanager.metrics import LATENESS_KEY, REDIS_KEY
 from meetings.redis_client import get_redis
 
 
@@ -14,7 +14,7 @@ def metrics_redis(settings):
     base, _, _db = settings.REDIS_URL.rpartition("/")
     settings.REDIS_URL = f"{base}/{settings.TEST_REDIS_DB}"
     get_redis.cache_clear()
-    get_redis().delete(REDIS_KEY)
+    get_redis().delete(REDIS_KEY, LATENESS_KEY)
     yield get_redis()
-    get_redis().delete(REDIS_KEY)
+    get_redis().delete(REDIS_KEY, LATENESS_KEY)
     get_redis.cache_clear()

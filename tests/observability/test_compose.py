@@ -18,8 +18,11 @@ from django.conf import settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
-LONG_RUNNING = {"postgres", "redis", "web", "worker", "beat"}
-APP = {"migrate", "web", "worker", "beat"}
+WORKERS = {"worker-lifecycle", "worker-orchestrator", "worker-webhooks", "worker-sweep"}
+LONG_RUNNING = {"postgres", "redis", "web", "beat"} | WORKERS
+APP = {"migrate", "web", "beat"} | WORKERS
+# The services that reach the engine: web (GET /bots/status, /readyz), launches and stops, the sweep.
+ENGINE = ("web", "worker-orchestrator", "worker-sweep")
 
 
 def _compose_config(**env) -> dict:
@@ -52,32 +55,38 @@ def test_every_service_has_a_health_check(config):
     assert "/healthz" in " ".join(web)
     assert "pg_isready" in " ".join(config["services"]["postgres"]["healthcheck"]["test"])
     assert config["services"]["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
-    assert config["services"]["worker"]["healthcheck"]["test"][-1] == "worker"
+    for name in WORKERS:
+        kind = name.removeprefix("worker-")
+        assert config["services"][name]["healthcheck"]["test"][-2:] == ["worker", kind], name
 
 
 def test_migrations_run_once_before_web_worker_and_beat(config):
     services = config["services"]
     assert services["migrate"]["command"][:3] == ["python", "manage.py", "migrate"]
     assert services["migrate"]["restart"] == "no"
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "beat", *WORKERS):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
-def test_one_beat_one_web_with_gunicorn_and_a_worker(config):
+def test_one_beat_one_web_with_gunicorn_and_one_worker_service_per_queue_kind(config):
     services = config["services"]
     beats = [n for n, s in services.items() if "beat" in (s.get("command") or [])]
     assert beats == ["beat"]
     assert "scale" not in services["beat"] and "replicas" not in services["beat"].get("deploy", {})
     assert services["web"]["command"][0] == "gunicorn"
     assert "python:botmanager.gunicorn_conf" in services["web"]["command"]
-    assert services["worker"]["command"][:4] == ["celery", "-A", "botmanager", "worker"]
+    from botmanager import workers
+
+    assert {f"worker-{kind.name}" for kind in workers.kinds()} == WORKERS
+    for name in WORKERS:
+        assert services[name]["command"] == ["python", "-m", "botmanager.workers", name.removeprefix("worker-")]
 
 
 def test_bots_are_launched_through_the_docker_socket_on_the_compose_network(config):
     services = config["services"]
     network = config["networks"]["botmanager"]["name"]
-    for name in ("worker", "web"):
+    for name in ENGINE:
         env = services[name]["environment"]
         assert env["ORCHESTRATOR"] == "docker"
         assert env["DOCKER_NETWORK"] == network
@@ -91,8 +100,9 @@ def test_bots_are_launched_through_the_docker_socket_on_the_compose_network(conf
         assert services[name]["build"]["dockerfile"] == "Dockerfile"
     bot_image = services["simbot-image"]
     assert bot_image["build"]["dockerfile"] == "Dockerfile.simbot"
-    assert bot_image["image"] == services["worker"]["environment"]["BOT_IMAGE"]
-    assert services["worker"]["depends_on"]["simbot-image"]["condition"] == "service_completed_successfully"
+    assert bot_image["image"] == services["worker-orchestrator"]["environment"]["BOT_IMAGE"]
+    assert services["worker-orchestrator"]["depends_on"]["simbot-image"]["condition"] == \
+        "service_completed_successfully"
     assert services["web"]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
 
 
@@ -102,8 +112,8 @@ def test_the_base_image_is_a_build_argument(config):
                             COMPOSE_NETWORK_NAME="bm-test")
     for name in (*APP, "simbot-image"):
         assert local["services"][name]["build"]["args"]["BASE_IMAGE"] == "botmanager-python-base:3.11"
-    assert local["services"]["worker"]["group_add"] == ["105"]
-    assert local["services"]["worker"]["environment"]["DOCKER_NETWORK"] == "bm-test"
+    assert local["services"]["worker-orchestrator"]["group_add"] == ["105"]
+    assert local["services"]["worker-orchestrator"]["environment"]["DOCKER_NETWORK"] == "bm-test"
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE=python:3.11-slim" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
     assert "\nUSER botmanager" in dockerfile

@@ -15,6 +15,7 @@ from meetings.models import Meeting
 from meetings.statuses import MeetingStatus, TransitionSource
 from orchestrators.base import LABEL_MEETING_ID, BotInfo, NormalizedStatus
 from tests.factories import make_meeting, make_session, make_user
+from tests.support import lose_queued_tasks, queued_tasks
 
 pytestmark = pytest.mark.django_db
 
@@ -103,16 +104,9 @@ class FakeBackend:
     def __init__(self, meeting_id: int):
         self.bots = [BotInfo("c-orphan", "botmanager-bot-x", NormalizedStatus.UP, "running",
                              {LABEL_MEETING_ID: str(meeting_id)})]
-        self.stopped, self.removed = [], []
 
     def list(self):
         return list(self.bots)
-
-    def stop(self, container_id, timeout):
-        self.stopped.append(container_id)
-
-    def remove(self, container_id):
-        self.removed.append(container_id)
 
 
 def test_sweep_runs_what_they_finalized_and_orphan_containers_stopped(metrics_redis, monkeypatch):
@@ -121,13 +115,15 @@ def test_sweep_runs_what_they_finalized_and_orphan_containers_stopped(metrics_re
     overdue = make_meeting(deadline_at=now - timedelta(seconds=5))  # requested past its timeout
     backend = FakeBackend(over.id)
     monkeypatch.setattr(reconcile, "get_orchestrator", lambda name=None: backend)
+    lose_queued_tasks()
 
     before = scrape()
     tasks.sweep.apply()  # the task, with its Celery signals, as a worker runs it
     tasks.sweep.apply()
     after = scrape()
 
-    assert backend.stopped == ["c-orphan", "c-orphan"]  # still listed by the fake on the 2nd pass
+    # Still listed by the fake on the 2nd pass: asked to stop twice, on the orchestrator queue.
+    assert [t["args"] for t in queued_tasks("meetings.terminate_bot")] == [["process", "c-orphan", True]] * 2
     assert Meeting.objects.get(pk=overdue.pk).status == S.FAILED
     assert value(before, "botmanager_sweep_runs_total", outcome="completed") == 0
     assert value(after, "botmanager_sweep_runs_total", outcome="completed") == 2
@@ -209,7 +205,7 @@ def test_every_collector_reports_up(metrics_redis):
     samples = scrape()
     collectors = {dict(labels)["collector"]: v for (n, labels), v in samples.items()
                   if n == "botmanager_metrics_collector_up"}
-    expected = {"meetings", "transitions", "stops", "redis"} | ({"webhooks"} if apps.is_installed("webhooks") else set())
+    expected = {"meetings", "transitions", "stops", "redis", "queues"} | ({"webhooks"} if apps.is_installed("webhooks") else set())
     assert collectors == {name: 1 for name in expected}
 
 
@@ -233,3 +229,52 @@ def test_metrics_token_guards_the_endpoint_when_set(metrics_redis, settings):
     assert Client().get("/metrics").status_code == 403
     assert Client().get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 403
     assert "botmanager_meetings" in {n for n, _ in scrape(Authorization="Bearer scrape-secret")}
+
+
+# --- Queues and lateness -------------------------------------------------------------------------------
+def test_queue_depth_and_the_age_of_the_oldest_waiting_task_come_from_the_broker(metrics_redis):
+    import time
+
+    lose_queued_tasks()
+    meeting = make_meeting(status=S.COMPLETED)
+    tasks.post_meeting.delay(meeting.id)  # no worker here: both wait in the lifecycle queue
+    tasks.post_meeting.delay(meeting.id)
+    tasks.terminate_bot.delay("process", "proc-000000000000")
+    time.sleep(0.3)
+
+    samples = scrape()
+    lose_queued_tasks()
+
+    assert value(samples, "botmanager_queue_depth", queue="lifecycle") == 2
+    assert value(samples, "botmanager_queue_depth", queue="orchestrator") == 1
+    assert value(samples, "botmanager_queue_depth", queue="sweep") == 0
+    assert 0.3 <= value(samples, "botmanager_queue_oldest_task_age_seconds", queue="lifecycle") < 30
+    assert value(samples, "botmanager_queue_oldest_task_age_seconds", queue="sweep") == 0
+
+
+def test_how_late_a_timed_task_started_is_counted_against_its_eta(metrics_redis):
+    from types import SimpleNamespace
+
+    from botmanager import metrics
+
+    late = SimpleNamespace(name="meetings.finalize_after_stop",
+                           request=SimpleNamespace(eta=(timezone.now() - timedelta(seconds=3)).isoformat()))
+    on_time = SimpleNamespace(name="meetings.sweep", request=SimpleNamespace(
+        eta=None, **{metrics.SENT_AT_HEADER: timezone.now().timestamp() - 0.05}))
+
+    metrics._on_task_started(task=late)
+    metrics._on_task_started(task=on_time)
+    samples = scrape()
+
+    name = "botmanager_task_lateness_seconds"
+    assert value(samples, name + "_count", task="meetings.finalize_after_stop") == 1
+    assert value(samples, name + "_bucket", task="meetings.finalize_after_stop", le="2.0") == 0
+    assert value(samples, name + "_bucket", task="meetings.finalize_after_stop", le="5.0") == 1
+    assert value(samples, name + "_bucket", task="meetings.sweep", le="0.1") == 1
+    assert value(samples, name + "_count", task="meetings.kill_bot") == 0
+
+
+def test_every_sweep_counter_is_a_field_of_the_sweep_summary():
+    from botmanager.metrics import SWEEP_SUMMARY_COUNTERS
+
+    assert set(SWEEP_SUMMARY_COUNTERS) <= set(reconcile.Summary().as_dict())

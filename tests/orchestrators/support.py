@@ -43,6 +43,7 @@ def docker_settings(deployment: str, image: str, **overrides) -> SimpleNamespace
         "DOCKER_BOT_NANO_CPUS": 0,
         "DOCKER_HOST": settings.DOCKER_HOST,
         "ORCHESTRATOR_TIMEOUT_SECONDS": 30,
+        "ORCHESTRATOR_QUERY_TIMEOUT_SECONDS": 10,
     }
     values.update(overrides)
     return SimpleNamespace(**values)
@@ -56,6 +57,7 @@ def nomad_settings(address: str, deployment: str, **overrides) -> SimpleNamespac
         "NOMAD_NAMESPACE": "",
         "DEPLOYMENT_NAME": deployment,
         "ORCHESTRATOR_TIMEOUT_SECONDS": 5,
+        "ORCHESTRATOR_QUERY_TIMEOUT_SECONDS": 5,
     }
     values.update(overrides)
     return SimpleNamespace(**values)

@@ -8,7 +8,8 @@
   the harness makes the task exit by itself when the spec asks for it.
 
 Every bot follows one convention: it runs until SIGTERM and then exits 0; with "test_exit_code": N
-in its BOT_CONFIG it exits with N right after starting.
+in its BOT_CONFIG it exits with N right after starting; with "test_ignore_sigterm": true (process
+and docker) only SIGKILL ends it.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ PROCESS_BOT = (
     "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
     "import json, os, time; "
     "config = json.loads(os.environ['BOT_CONFIG']); "
+    "config.get('test_ignore_sigterm') and signal.signal(signal.SIGTERM, signal.SIG_IGN); "
     "'test_exit_code' in config and sys.exit(config['test_exit_code']); "
     "[time.sleep(0.2) for _ in iter(int, 1)]"
 )
@@ -214,6 +216,59 @@ def test_stopped_bot_ends_exited_with_exit_code_zero(harness):
     backend.stop(container_id, timeout=STOP_TIMEOUT)
     info = _ended(backend, container_id)
     assert (info.status, info.exit_code) == (NormalizedStatus.EXITED, 0)
+
+
+def test_terminate_asks_the_bot_to_stop_and_returns_at_once(harness):
+    backend = harness.backend()
+    container_id = harness.start(backend, make_spec(harness.deployment))
+    _up_and_listening(backend, container_id)
+    started = time.monotonic()
+    backend.terminate(container_id)
+    assert time.monotonic() - started < 2.0
+    info = _ended(backend, container_id)
+    assert (info.status, info.exit_code) == (NormalizedStatus.EXITED, 0)
+
+
+def test_terminate_and_kill_of_a_removed_bot_are_no_ops(harness):
+    backend = harness.backend()
+    container_id = harness.start(backend, make_spec(harness.deployment, exit_code=0))
+    _ended(backend, container_id)
+    backend.remove(container_id)
+    backend.terminate(container_id)
+    backend.kill(container_id)
+    assert backend.inspect(container_id) is None
+
+
+@pytest.fixture(params=["process", pytest.param("docker", marks=pytest.mark.docker)])
+def signal_harness(request, tmp_path, deployment_name):
+    """The backends whose bots get signals from us (Nomad signals its tasks itself, after the job's
+    kill_timeout)."""
+    built = HARNESSES[request.param](request, tmp_path, deployment_name)
+    yield built
+    built.cleanup()
+
+
+def test_terminate_returns_at_once_even_when_the_bot_ignores_sigterm(signal_harness):
+    backend = signal_harness.backend()
+    container_id = signal_harness.start(backend, make_spec(signal_harness.deployment, test_ignore_sigterm=True))
+    _up_and_listening(backend, container_id)
+    started = time.monotonic()
+    backend.terminate(container_id)
+    assert time.monotonic() - started < 2.0
+    time.sleep(1.0)
+    assert find(backend.list(), container_id).status.is_running  # it ignored the request
+
+
+def test_kill_ends_a_bot_that_ignores_sigterm_with_exit_code_137(signal_harness):
+    backend = signal_harness.backend()
+    container_id = signal_harness.start(backend, make_spec(signal_harness.deployment, test_ignore_sigterm=True))
+    _up_and_listening(backend, container_id)
+    backend.terminate(container_id)
+    started = time.monotonic()
+    backend.kill(container_id)
+    assert time.monotonic() - started < 2.0
+    info = _ended(backend, container_id)
+    assert (info.status, info.exit_code) == (NormalizedStatus.EXITED, 137)
 
 
 def test_bot_that_exits_by_itself_stays_listed_with_its_exit_code(harness):

@@ -235,11 +235,11 @@ def test_list_is_one_engine_request(backend, docker_client, deployment_name):
         backend.start(make_spec(deployment_name))
     calls = []
     hook = lambda response, *args, **kwargs: calls.append(response.request.path_url)  # noqa: E731
-    backend.client.api.hooks["response"].append(hook)
+    backend.query.api.hooks["response"].append(hook)
     try:
         bots = backend.list()
     finally:
-        backend.client.api.hooks["response"].remove(hook)
+        backend.query.api.hooks["response"].remove(hook)
     assert len(bots) == 3
     assert len(calls) == 1 and calls[0].startswith("/v1.") and "/containers/json" in calls[0]
 

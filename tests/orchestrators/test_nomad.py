@@ -222,7 +222,7 @@ def test_list_raises_on_a_server_error_listing_allocations(backend, nomad_fake, 
 
 def test_list_raises_when_nomad_does_not_answer_in_time(nomad_fake, deployment_name):
     backend = NomadOrchestrator.from_settings(nomad_settings(nomad_fake.url, deployment_name,
-                                                             ORCHESTRATOR_TIMEOUT_SECONDS=0.3))
+                                                             ORCHESTRATOR_QUERY_TIMEOUT_SECONDS=0.3))
     nomad_fake.delay = 1.0
     with pytest.raises(OrchestratorError, match="timed out"):
         backend.list()

@@ -7,17 +7,15 @@ with ORM updates: that is test setup (it simulates elapsed time), never product 
 """
 from __future__ import annotations
 
-import base64
 import collections
-import json
 import random
 import sys
 import threading
-from datetime import datetime
 
 import pytest
-import redis
 from django.conf import settings as django_settings
+
+from botmanager.workers import QUEUES
 
 from meetings import launch, post_meeting
 from meetings.models import Meeting
@@ -27,9 +25,15 @@ from orchestrators.process import ProcessOrchestrator
 from orchestrators.registry import get_orchestrator
 from tests.e2e.conftest import stack  # noqa: F401  (the live stack, reused by test_seed_acceptance)
 from tests.factories import make_session
-from tests.support import wait_for  # noqa: F401 (used by the tests of this folder)
-
-QUEUE = "botmanager"
+from tests.support import (  # noqa: F401 (used by the tests of this folder)
+    broker_client,
+    lose_queued_tasks,
+    queued,
+    queued_tasks,
+    run_bot_stops,
+    run_queued,
+    wait_for,
+)
 
 # Stand-in bots: each prints "ready" once its signal handling is in place. None of them listens to
 # Redis, so a leave command never reaches them: only the orchestrator can end them.
@@ -64,36 +68,11 @@ def snapshot(meeting_id: int) -> dict:
 
 
 # --- Broker ----------------------------------------------------------------------------------------
-def _broker() -> redis.Redis:
-    from botmanager.celery import app
-
-    return redis.Redis.from_url(app.conf.broker_url)
-
-
-def queued() -> list[dict]:
-    """The task messages waiting in the broker: [{"task", "args", "eta"}], oldest first."""
-    messages = []
-    for raw in reversed(_broker().lrange(QUEUE, 0, -1)):  # kombu LPUSHes, consumers BRPOP
-        message = json.loads(raw)
-        headers = message["headers"]
-        body = message["body"]
-        if message["properties"].get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args = json.loads(body)[0]
-        messages.append({"task": headers["task"], "args": args,
-                         "eta": datetime.fromisoformat(headers["eta"]) if headers.get("eta") else None})
-    return messages
-
-
-def queued_tasks(name: str) -> list[dict]:
-    return [m for m in queued() if m["task"] == name]
-
-
 def wait_worker_idle(timeout: float = 15.0) -> None:
     """Wait until every queued task has run: nothing waits in the queue and nothing delivered is
     unacknowledged (tasks are acknowledged after they ran: acks_late)."""
-    broker = _broker()
-    wait_for(lambda: broker.llen(QUEUE) == 0 and broker.hlen("unacked") == 0, timeout=timeout,
+    broker = broker_client()
+    wait_for(lambda: sum(broker.llen(q) for q in QUEUES) == 0 and broker.hlen("unacked") == 0, timeout=timeout,
              what="the worker to run every queued task")
 
 
@@ -102,7 +81,7 @@ def clean_broker():
     """Tasks left by one test (enqueued without a worker, or handed back by a stopping worker)
     must not run in the next one."""
     def purge():
-        _broker().delete(QUEUE, "unacked", "unacked_index")
+        broker_client().delete(*QUEUES, "unacked", "unacked_index")
 
     purge()
     yield

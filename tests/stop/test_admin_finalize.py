@@ -15,7 +15,7 @@ from meetings.commands import meeting_channel
 from meetings.models import Meeting, MeetingTransition
 from meetings.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_meeting
-from tests.stop.conftest import admin_action, admin_finalize, snapshot
+from tests.stop.conftest import admin_action, admin_finalize, run_bot_stops, snapshot
 
 S = MeetingStatus
 pytestmark = pytest.mark.django_db
@@ -129,6 +129,7 @@ def test_the_bot_of_a_meeting_finalized_by_hand_is_stopped_by_the_next_sweep(con
     admin_finalize(console, [meeting.id], "completed")
     assert bots.running(container)
     reconcile.sweep()
+    run_bot_stops()  # the stop it handed to the orchestrator queue
 
     assert bots.info(container) is None
 
@@ -156,6 +157,7 @@ def test_run_orphan_sweep_runs_even_when_there_is_no_meeting_at_all(console, bot
     [message] = messages_of(response)
     assert message.startswith("Orphan sweep: ")
     assert "'containers_stopped': 1" in message
+    run_bot_stops()
     assert bots.info(leftover) is None
 
 

@@ -12,7 +12,7 @@ from meetings import bots as bot_services
 from meetings import reconcile, tasks
 from meetings.models import Meeting
 from tests.factories import make_user
-from tests.stop.conftest import QUEUE, _broker, queued_tasks
+from tests.stop.conftest import lose_queued_tasks, queued_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def lost_launch_request() -> Meeting:
     """A requested meeting whose launch task never ran (none is queued), last touched long ago."""
     meeting = bot_services.request_bot(make_user(), bot_services.BotRequest("zoom", "123456789"))
-    _broker().delete(QUEUE)  # the launch enqueued on commit is lost with its worker
+    lose_queued_tasks()  # the launch enqueued on commit is lost with its worker
     Meeting.objects.filter(pk=meeting.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
     return meeting
 

@@ -99,7 +99,10 @@ def test_ac1_a_bot_that_ignores_the_leave_command_still_ends_terminal(live, sett
     assert (meeting.status, meeting.completion_reason) == ("completed", "stopped")
     final = applied(meeting_id)[-1]
     assert final.source == TransitionSource.GRACE_FINALIZER
-    assert final.metadata["forced_stop"] is True  # the delayed stop was still waiting on SIGTERM
+    assert final.metadata["kill_requested"] is True  # the bot still ignored its SIGTERM
+    container = Meeting.objects.get(pk=meeting_id).bot_container_id
+    wait_for(lambda: get_orchestrator("process").inspect(container).exit_code == 137, timeout=5,
+             what="the finalizer's kill to end the bot")
     took, bound = stop_to_terminal(meeting), DELAY + GRACE + MARGIN
     report("AC1 ignore_leave", took, bound, "grace finalizer at the stop deadline (SIGKILL)")
     assert DELAY + GRACE <= took <= bound
@@ -122,7 +125,6 @@ def test_ac2_h1_a_bot_force_killed_by_the_delayed_stop_ends_terminal_without_its
     assert (info.exit_code, info.raw_status) == (137, "killed by SIGKILL (137)")
     final = applied(meeting_id)[-1]
     assert final.source == TransitionSource.GRACE_FINALIZER
-    assert final.metadata["backend"]["exit_code"] == 137  # what the finalizer saw: the kill
     # H1: the killed bot never reported its exit; the meeting ended anyway.
     assert not MeetingTransition.objects.filter(meeting_id=meeting_id, source=TransitionSource.BOT_CALLBACK,
                                                 to_status__in=TERMINAL).exists()
@@ -146,7 +148,6 @@ def test_ac3_a_missed_exit_callback_still_ends_terminal(live, report):
     assert record.exit_code == 0  # it left by itself on the leave command...
     final = applied(meeting_id)[-1]
     assert final.source == TransitionSource.GRACE_FINALIZER  # ...but never said so
-    assert final.metadata["backend"]["raw_status"] == "exited (0)"
     took, bound = stop_to_terminal(meeting), DELAY + GRACE + MARGIN
     report("AC3 no_exit_callback", took, bound, "delayed stop (bot already gone) + grace finalizer")
     assert DELAY + GRACE <= took <= bound

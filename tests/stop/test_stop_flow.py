@@ -13,7 +13,7 @@ from meetings import stopping, tasks
 from meetings.models import Meeting, MeetingTransition
 from meetings.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_meeting
-from tests.stop.conftest import queued_tasks, run_task, snapshot, wait_for
+from tests.stop.conftest import queued_tasks, run_bot_stops, run_task, snapshot, wait_for
 
 S = MeetingStatus
 MEET_ID = "abc-defg-hij"
@@ -113,7 +113,7 @@ def test_a_bot_resisting_sigterm_longer_than_the_grace_does_not_push_the_ending_
 
 
 @pytest.mark.django_db
-def test_the_delayed_stop_stops_the_bot_and_schedules_the_finalizer_after_the_grace(
+def test_the_delayed_stop_asks_the_backend_to_stop_the_bot_and_schedules_the_finalizer_after_the_grace(
         bots, settings, django_capture_on_commit_callbacks):
     settings.BOT_STOP_GRACE_SECONDS = 7
     meeting = make_meeting(status=S.ACTIVE)
@@ -124,50 +124,53 @@ def test_the_delayed_stop_stops_the_bot_and_schedules_the_finalizer_after_the_gr
     before = timezone.now()
     run_task(tasks.delayed_stop, meeting.id)
 
-    assert not bots.running(container)
     assert Meeting.objects.get(pk=meeting.id).status == S.STOPPING
     [finalizer] = queued_tasks("meetings.finalize_after_stop")
     assert finalizer["args"] == [meeting.id]
     assert before + timedelta(seconds=7) <= finalizer["eta"] <= timezone.now() + timedelta(seconds=7)
+    [terminate] = queued_tasks("meetings.terminate_bot")
+    assert (terminate["args"], terminate["queue"]) == (["process", container, False], "orchestrator")
+    run_bot_stops()
+    assert not bots.running(container)
 
 
 @pytest.mark.django_db
-def test_the_finalizer_completes_a_stopped_bots_meeting_with_what_the_backend_saw(
-        bots, django_capture_on_commit_callbacks):
-    meeting = make_meeting(status=S.ACTIVE)
-    container = bots.start(meeting)
-    stop_by_user(meeting.id, django_capture_on_commit_callbacks)
-    run_task(tasks.delayed_stop, meeting.id)  # SIGTERM ends the stand-in bot: exit 143
+def test_terminating_a_bot_sends_sigterm_and_schedules_the_kill_after_the_stop_timeout(bots, settings):
+    settings.BOT_STOP_TIMEOUT_SECONDS = 6
+    meeting = make_meeting(status=S.STOPPING)
+    container = bots.start(meeting, "stubborn")
 
-    run_task(tasks.finalize_after_stop, meeting.id)
+    started = timezone.now()
+    run_task(tasks.terminate_bot, "process", container)
 
-    meeting.refresh_from_db()
-    assert (meeting.status, meeting.completion_reason) == (S.COMPLETED, "stopped")
-    final = applied(meeting.id)[-1]
-    assert (final.from_status, final.source) == (S.STOPPING, TransitionSource.GRACE_FINALIZER)
-    assert final.metadata["container_id"] == container
-    seen = final.metadata["backend"]
-    assert (seen["status"], seen["exit_code"], seen["raw_status"]) == ("Exited", 143, "killed by SIGTERM (143)")
-    assert "forced_stop" not in final.metadata
+    assert (timezone.now() - started).total_seconds() < 1.0  # it asked; it did not wait
+    assert bots.running(container)  # a stubborn bot ignores the SIGTERM...
+    [kill] = queued_tasks("meetings.kill_bot")
+    assert kill["args"] == ["process", container, False]
+    assert started + timedelta(seconds=6) <= kill["eta"] <= timezone.now() + timedelta(seconds=6)
+    run_bot_stops()  # ...until the kill is due
+    assert bots.info(container).exit_code == 137
 
 
 @pytest.mark.django_db
-def test_a_bot_still_running_at_finalize_time_is_force_stopped_and_the_meeting_finalized(
+def test_the_finalizer_completes_the_meeting_without_calling_the_backend_and_has_the_bot_killed(
         bots, django_capture_on_commit_callbacks):
     meeting = make_meeting(status=S.ACTIVE)
     container = bots.start(meeting, "stubborn")  # ignores SIGTERM
     stop_by_user(meeting.id, django_capture_on_commit_callbacks)
 
-    run_task(tasks.finalize_after_stop, meeting.id)  # as if the delayed stop had not stopped it
+    with django_capture_on_commit_callbacks(execute=True):
+        run_task(tasks.finalize_after_stop, meeting.id)  # as if the delayed stop had not stopped it
 
-    assert not bots.running(container)
-    assert bots.info(container).exit_code == 137  # SIGKILL
     meeting.refresh_from_db()
     assert (meeting.status, meeting.completion_reason) == (S.COMPLETED, "stopped")
     final = applied(meeting.id)[-1]
-    assert final.source == TransitionSource.GRACE_FINALIZER
-    assert final.metadata["forced_stop"] is True
-    assert final.metadata["backend"]["status"] == "Up"
+    assert (final.from_status, final.source) == (S.STOPPING, TransitionSource.GRACE_FINALIZER)
+    assert final.metadata == {"container_id": container, "kill_requested": True}
+    assert bots.running(container)  # the finalizer only asked...
+    assert [t["args"] for t in queued_tasks("meetings.kill_bot")] == [["process", container, False]]
+    run_bot_stops()  # ...the orchestrator queue kills it
+    assert bots.info(container).exit_code == 137  # SIGKILL
 
 
 @pytest.mark.django_db

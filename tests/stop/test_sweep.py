@@ -23,7 +23,7 @@ from orchestrators import registry
 from orchestrators.base import OrchestratorError
 from orchestrators.registry import get_orchestrator
 from tests.factories import make_meeting
-from tests.stop.conftest import QUEUE, _broker, queued_tasks, run_task, snapshot, wait_for
+from tests.stop.conftest import lose_queued_tasks, queued_tasks, run_bot_stops, run_task, snapshot, wait_for
 
 S = MeetingStatus
 pytestmark = pytest.mark.django_db
@@ -59,6 +59,7 @@ def test_a_meeting_past_its_deadline_is_ended_for_its_status_and_its_bot_stopped
     container = bots.start(meeting)
 
     _plan, summary = reconcile.sweep()
+    run_bot_stops()
 
     meeting.refresh_from_db()
     assert (meeting.status, meeting.completion_reason, meeting.failure_stage) == (
@@ -100,7 +101,7 @@ def test_a_stopped_meeting_whose_countdown_tasks_were_lost_is_ended_by_the_sweep
     with django_capture_on_commit_callbacks(execute=True):
         stopping.request_stop(meeting.id, source=TransitionSource.USER, reason="stop requested by user")
     assert len(queued_tasks("meetings.delayed_stop")) == 1
-    _broker().delete(QUEUE)  # the countdown task is lost: delayed_stop never runs
+    lose_queued_tasks()  # the countdown task is lost: delayed_stop never runs
 
     reconcile.sweep()  # before the deadline: the stop flow still has time
     assert Meeting.objects.get(pk=meeting.id).status == S.STOPPING
@@ -109,6 +110,7 @@ def test_a_stopped_meeting_whose_countdown_tasks_were_lost_is_ended_by_the_sweep
     deadline = Meeting.objects.get(pk=meeting.id).deadline_at
     wait_for(lambda: timezone.now() > deadline, what="the stop deadline to pass")
     reconcile.sweep()
+    run_bot_stops()
 
     meeting.refresh_from_db()
     assert (meeting.status, meeting.completion_reason) == (S.COMPLETED, "stopped")
@@ -181,6 +183,7 @@ def test_the_running_bot_of_an_ended_meeting_is_stopped_and_removed(bots, status
     container = bots.start(meeting)
 
     _plan, summary = reconcile.sweep()
+    run_bot_stops()
 
     assert bots.info(container) is None
     assert bots.record(container) is None
@@ -192,6 +195,7 @@ def test_the_exited_bot_of_an_ended_meeting_is_removed(bots):
     container = bots.start(meeting, "exit", 1)
 
     reconcile.sweep()
+    run_bot_stops()
 
     assert bots.info(container) is None
 
@@ -200,6 +204,7 @@ def test_a_bot_whose_meeting_does_not_exist_is_stopped_and_removed(bots):
     container = bots.start_orphan(987_654_321)
 
     _plan, summary = reconcile.sweep()
+    run_bot_stops()
 
     assert bots.info(container) is None
     assert summary.containers_stopped == 1
@@ -227,8 +232,12 @@ class BrokenOrchestrator:
     def inspect(self, container_id):
         raise self.error
 
-    def stop(self, container_id, timeout):
-        self.calls.append(("stop", container_id))
+    def terminate(self, container_id):
+        self.calls.append(("terminate", container_id))
+        raise self.error
+
+    def kill(self, container_id):
+        self.calls.append(("kill", container_id))
         raise self.error
 
     def remove(self, container_id):
@@ -264,8 +273,11 @@ def test_a_failing_listing_acts_on_nothing_but_deadlines(bots, broken_backend, s
     assert Meeting.objects.get(pk=ended.id).status == S.COMPLETED
     assert plan.unknown_backends == {"broken": "engine unreachable"}
     assert any("broken: listing failed" in e for e in summary.errors)
-    # The only call besides the listing: stopping the overdue meeting's bot (it failed, and was reported).
-    assert broken_backend.calls == [("list",), ("stop", overdue.bot_container_id)]
+    # The sweep's only call is the listing; the overdue meeting's bot is handed to the orchestrator
+    # queue, whose task retries while the engine is unreachable.
+    assert broken_backend.calls == [("list",)]
+    assert [t["args"] for t in queued_tasks("meetings.terminate_bot")] == [
+        ["broken", overdue.bot_container_id, False]]
 
 
 def test_a_failing_listing_of_one_backend_does_not_blind_the_sweep_on_another(bots, broken_backend, settings):
@@ -277,6 +289,7 @@ def test_a_failing_listing_of_one_backend_does_not_blind_the_sweep_on_another(bo
     leftover = bots.start_orphan(987_654_321)
 
     reconcile.sweep()
+    run_bot_stops()
 
     assert Meeting.objects.get(pk=dead.id).status == S.FAILED
     assert bots.info(leftover) is None
@@ -465,9 +478,11 @@ def test_sweeping_again_changes_no_meeting_and_the_sweeps_settle(bots, settings)
     live_bot = bots.start(live)
     bots.start_orphan(987_654_321)
     reconcile.sweep()
+    run_bot_stops()
     after_first = {m.id: snapshot(m.id) for m in (overdue, dead, live)}
 
     _plan, second = reconcile.sweep()  # removes the bots of the meetings the first sweep ended
+    run_bot_stops()
     third_plan, third = reconcile.sweep()
 
     assert {m.id: snapshot(m.id) for m in (overdue, dead, live)} == after_first
@@ -499,15 +514,20 @@ def test_a_meeting_that_came_alive_since_the_snapshot_keeps_its_bot(bots, monkey
 
 
 def test_the_sweep_ends_overdue_meetings_without_waiting_for_their_bots_to_stop(bots, settings):
-    settings.BOT_STOP_TIMEOUT_SECONDS = 1.5  # each of these bots holds its stop that long
+    settings.BOT_STOP_TIMEOUT_SECONDS = 1.5  # each of these bots resists its stop that long
     meetings = [make_meeting(status=S.STOPPING, deadline_at=ago(1)) for _ in range(3)]
     containers = [bots.start(m, "stubborn") for m in meetings]
 
     started = timezone.now()
     reconcile.sweep()
+    took = (timezone.now() - started).total_seconds()
 
     for m in meetings:
         m.refresh_from_db()
         assert m.status == S.COMPLETED
         assert (m.end_time - started).total_seconds() < 1.0, "an ending waited for another meeting's bot"
+    assert took < 1.0, "the sweep waited for the bots"
+    # The bots were asked on the orchestrator queue: SIGTERM now, SIGKILL after the stop timeout.
+    assert sorted(t["args"][1] for t in queued_tasks("meetings.terminate_bot")) == sorted(containers)
+    run_bot_stops()
     assert not any(bots.running(c) for c in containers)
