@@ -39,10 +39,6 @@ _LOCK_BY_SESSION = CompiledQuery(
     .filter(session_uid=uid),
     MeetingSession._meta.get_field("session_uid"), uuid.UUID(int=0))
 
-# Where a stop records the completion reason the meeting ends with (see `_apply`).
-STOP_REASON_KEY = "stop_completion_reason"
-
-
 class Outcome(str, enum.Enum):
     APPLIED = "applied"
     NOOP = "noop"  # already in the requested status: nothing changed, no side effect
@@ -214,7 +210,9 @@ def _apply(meeting: Meeting, from_status: str, to_status: str, now, completion_r
         changed.append("start_time")
     if to_status == MeetingStatus.STOPPING and meeting.stop_requested_at is None:
         meeting.stop_requested_at = now
-        changed.append("stop_requested_at")
+        # `completion_reason` of a stop: what the meeting will complete with.
+        meeting.stop_reason = completion_reason or CompletionReason.STOPPED
+        changed += ["stop_requested_at", "stop_reason"]
     if to_status in TERMINAL:
         meeting.end_time = now
         changed.append("end_time")
@@ -223,7 +221,7 @@ def _apply(meeting: Meeting, from_status: str, to_status: str, now, completion_r
             # A meeting the manager stopped (max duration, an admin...) completes with the reason
             # recorded with the stop, whoever reports the end: its bot ("stopped"), the grace
             # finalizer or the sweep.
-            completion_reason = data.get(STOP_REASON_KEY) or completion_reason
+            completion_reason = meeting.stop_reason or completion_reason
         meeting.completion_reason = completion_reason
         data["completion_reason"] = completion_reason
         changed.append("completion_reason")

@@ -27,6 +27,9 @@ class Meeting(models.Model):
     end_time = models.DateTimeField(null=True, blank=True)
     data = models.JSONField(default=dict, blank=True)
     stop_requested_at = models.DateTimeField(null=True, blank=True)
+    # The completion reason a stop ends the meeting with (set with `stopping` by meetings.lifecycle:
+    # "stopped" for a user's stop, "max_duration" for the sweep's), whoever then reports the end.
+    stop_reason = models.CharField(max_length=64, choices=CompletionReason.choices, null=True, blank=True)
     # The next moment the manager must act if nothing else happens (set by every applied transition).
     deadline_at = models.DateTimeField(null=True, blank=True, db_index=True)
     # Set (under the row lock) when post-meeting work ran: it runs once whatever path ended the

@@ -14,7 +14,7 @@ from . import platforms
 
 # Never shown: the passcode travels only inside the meeting URL; the stop reason is internal
 # bookkeeping of the stop flow.
-HIDDEN_DATA_KEYS = frozenset({"passcode", "stop_completion_reason"})
+HIDDEN_DATA_KEYS = frozenset({"passcode"})
 
 # DRF's rendering of datetimes (ISO 8601, "Z" for UTC), as every other API timestamp.
 _datetime = DateTimeField().to_representation

@@ -203,8 +203,7 @@ def _orphan_decision(m: MeetingRow, listings, by_container, now: datetime, grace
 # --- Snapshot reading -----------------------------------------------------------------------------
 def snapshot_meetings() -> list[MeetingRow]:
     rows = Meeting.objects.filter(status__in=sorted(NON_TERMINAL)).values_list(
-        "id", "status", "deadline_at", "updated_at", "bot_container_id", "orchestrator",
-        "data__" + stopping.STOP_REASON_KEY)
+        "id", "status", "deadline_at", "updated_at", "bot_container_id", "orchestrator", "stop_reason")
     return [MeetingRow(*row) for row in rows]
 
 

@@ -21,7 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import bot_control, commands, lifecycle
-from .lifecycle import STOP_REASON_KEY, Outcome, TransitionResult
+from .lifecycle import Outcome, TransitionResult
 from .models import Meeting
 from .statuses import CompletionReason, MeetingStatus, TransitionSource
 
@@ -44,7 +44,7 @@ def request_stop(meeting_id: int, *, source: str, reason: str,
                                         reason=f"{reason}; no bot was launched",
                                         completion_reason=completion_reason, only_from=only_from)
         result = lifecycle.transition(meeting_id, MeetingStatus.STOPPING, source=source, reason=reason,
-                                      data_updates={STOP_REASON_KEY: completion_reason}, only_from=only_from)
+                                      completion_reason=completion_reason, only_from=only_from)
         if result.outcome in (Outcome.APPLIED, Outcome.NOOP) and result.meeting.status == MeetingStatus.STOPPING:
             # A repeated stop re-sends leave: the bot may have missed the first one.
             transaction.on_commit(lambda: commands.publish_leave(meeting_id), robust=True)

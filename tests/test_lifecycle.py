@@ -141,7 +141,7 @@ def test_completion_sets_end_time_reason_and_clears_deadline():
 def test_a_stopped_meeting_completes_with_the_reason_recorded_with_its_stop(reported):
     meeting = make_meeting(status=MeetingStatus.ACTIVE)
     lifecycle.transition(meeting.id, MeetingStatus.STOPPING, source=USER,
-                         data_updates={lifecycle.STOP_REASON_KEY: "max_duration"})
+                         completion_reason="max_duration")
 
     lifecycle.transition(meeting.id, MeetingStatus.COMPLETED, source=TransitionSource.GRACE_FINALIZER,
                          completion_reason=reported)
@@ -156,7 +156,7 @@ def test_a_stopped_meeting_completes_with_the_reason_recorded_with_its_stop(repo
 def test_a_specific_completion_reason_wins_over_the_one_recorded_with_the_stop():
     meeting = make_meeting(status=MeetingStatus.ACTIVE)
     lifecycle.transition(meeting.id, MeetingStatus.STOPPING, source=USER,
-                         data_updates={lifecycle.STOP_REASON_KEY: "max_duration"})
+                         completion_reason="max_duration")
 
     lifecycle.transition(meeting.id, MeetingStatus.COMPLETED, source=USER, completion_reason="left_alone")
 
@@ -357,3 +357,39 @@ def test_concurrent_terminal_attempts_have_exactly_one_winner():
     meeting.refresh_from_db()
     assert meeting.status == applied[0][0]
     assert MeetingTransition.objects.filter(meeting=meeting, applied=True, to_status__in=list(TERMINAL)).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_moves_the_stop_reason_from_data_to_its_column_and_back():
+    """meetings 0003: the stop's completion reason, once a hidden key of Meeting.data, is a column
+    (the rest of data is kept); reversed, it goes back into data."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from tests.factories import make_user
+
+    def migrate(target):
+        executor = MigrationExecutor(connection)
+        executor.migrate(target)
+        return executor.loader.project_state(target).apps
+
+    old = [("meetings", "0002_post_meeting_pending")]
+    latest = MigrationExecutor(connection).loader.graph.leaf_nodes("meetings")
+    user = make_user()
+    try:
+        OldMeeting = migrate(old).get_model("meetings", "Meeting")
+        stopped = OldMeeting.objects.create(user_id=user.id, platform="google_meet", native_meeting_id="abc-defg-hij",
+                                            status="stopping", data={"stop_completion_reason": "max_duration",
+                                                                     "bot_name": "b"})
+        plain = OldMeeting.objects.create(user_id=user.id, platform="google_meet", native_meeting_id="abc-defg-hik",
+                                          status="active", data={"bot_name": "c"})
+
+        migrate(latest)
+
+        assert Meeting.objects.values_list("stop_reason", "data").get(pk=stopped.pk) == ("max_duration", {"bot_name": "b"})
+        assert Meeting.objects.values_list("stop_reason", "data").get(pk=plain.pk) == (None, {"bot_name": "c"})
+
+        OldMeeting = migrate(old).get_model("meetings", "Meeting")
+        assert OldMeeting.objects.get(pk=stopped.pk).data == {"stop_completion_reason": "max_duration", "bot_name": "b"}
+    finally:
+        migrate(latest)

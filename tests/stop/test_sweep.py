@@ -381,7 +381,7 @@ def _add_meetings(bots, n: int) -> None:
     statuses = [S.REQUESTED, S.JOINING, S.AWAITING_ADMISSION, S.ACTIVE, S.STOPPING]
     for i in range(n):
         bots.start(make_meeting(status=statuses[i % len(statuses)], deadline_at=later(3600),
-                                data={"stop_completion_reason": "stopped"}), "exit", 0)
+                                stop_reason="stopped"), "exit", 0)
         make_meeting(status=S.COMPLETED, end_time=ago(3600))
 
 
