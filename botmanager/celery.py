@@ -10,6 +10,12 @@ app = Celery("botmanager")
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks(["meetings", "webhooks"])
 
+# A worker must survive a Redis restart while it holds countdown tasks (celery 5.7.0 / kombu 5.7.0
+# crash there): see botmanager/broker_outage.py.
+from botmanager import broker_outage  # noqa: E402
+
+broker_outage.install(app)
+
 
 @setup_logging.connect(weak=False)
 def _use_django_logging(**kwargs):

@@ -45,6 +45,9 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+port_open = _port_open  # public: make run's supervisor watches the embedded servers with it
+
+
 def _wait_port(port: int, timeout: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -2,8 +2,9 @@
 
 Starts the embedded PostgreSQL and Redis when no URL is configured, migrates, makes sure a demo
 user with an API key exists, then runs gunicorn (web), the Celery workers (one per queue kind,
-botmanager/workers.py) and Celery beat. Ctrl-C
-stops all of them (and the embedded servers this run started); data under RUN_DIR is kept.
+botmanager/workers.py) and Celery beat, and keeps them running (botmanager/supervisor.py: a child
+that exits is restarted with back-off, an embedded server that stops answering is started again).
+Ctrl-C stops all of them (and the embedded servers this run started); data under RUN_DIR is kept.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
 from botmanager import devstack, workers  # noqa: E402  (loads settings)
+from botmanager.supervisor import Supervisor, stop_leftovers  # noqa: E402
 
 DEMO_EMAIL = "demo@example.com"
 CONSOLE_EMAIL = "admin@example.com"
@@ -62,90 +64,105 @@ def _become_subreaper() -> None:
         pass
 
 
-def _reap_orphans(children: dict) -> None:
-    own = {proc.pid for proc in children.values()}
+def _reap_orphans(supervisor: Supervisor) -> None:
+    """As a subreaper we inherit orphaned bots and grandchildren: reap them. A pid of one of our
+    children is handed to its Popen so that `poll()` sees the exit."""
     while True:
         try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        if pid in own:
-            # One of ours: let Popen see it exited.
-            for proc in children.values():
-                if proc.pid == pid:
-                    proc.returncode = os.waitstatus_to_exitcode(_status)
+        for child in supervisor.children:
+            if child.proc is not None and child.proc.pid == pid:
+                child.proc.returncode = os.waitstatus_to_exitcode(status)
+
+
+def _wait_web(port: int, until, timeout: float = 30.0) -> None:
+    """Until the web answers /healthz (the banner comes after the servers' own start-up lines)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
 
 
 def main() -> int:
     from django.conf import settings
 
     _become_subreaper()
+    run_dir = settings.RUN_DIR
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # What a crashed earlier run left (its gunicorn would hold the port, two beats would run).
+    stop_leftovers(run_dir, log=_say)
 
     started = devstack.ensure_services()
     python = sys.executable
     subprocess.run([python, "manage.py", "migrate", "--no-input", "-v", "0"], check=True)
     banner = _bootstrap_accounts()
-    run_dir = settings.RUN_DIR
-    run_dir.mkdir(parents=True, exist_ok=True)
     bin_dir = os.path.dirname(python)
-    children = {
-        "web": subprocess.Popen([
-            os.path.join(bin_dir, "gunicorn"), "-c", "python:botmanager.gunicorn_conf", "botmanager.wsgi",
-            "--bind", f"127.0.0.1:{settings.PORT}",
-            "--workers", str(settings.WEB_CONCURRENCY), "--access-logfile", "-", "--graceful-timeout", "10",
-        ], env={**os.environ,
-                # Metrics of all gunicorn workers, summed on scrape (botmanager/metrics.py).
-                "PROMETHEUS_MULTIPROC_DIR": settings.PROMETHEUS_MULTIPROC_DIR or str(run_dir / "prometheus")}),
-        # One worker per kind of waiting (botmanager/workers.py): lifecycle, orchestrator,
-        # webhooks, sweep.
-        **{f"worker-{kind.name}": subprocess.Popen(kind.argv(bin_dir)) for kind in workers.kinds()},
-        "beat": subprocess.Popen([
-            os.path.join(bin_dir, "celery"), "-A", "botmanager", "beat", "--loglevel", "INFO",
-            "--schedule", str(run_dir / "celerybeat-schedule"),
-        ]),
-    }
-    print("\n".join([
-        "",
-        f"botmanager is up: API http://127.0.0.1:{settings.PORT}/  admin http://127.0.0.1:{settings.PORT}/admin/",
-        f"PostgreSQL {settings.DATABASE_URL.split('@')[-1]}  Redis {settings.REDIS_URL.split('@')[-1]}  "
-        f"orchestrator: {settings.ORCHESTRATOR}",
-        *banner,
-        "Ctrl-C stops everything.",
-        "",
-    ]), flush=True)
-
+    supervisor = Supervisor(run_dir, log=_say)
+    supervisor.add("web", [
+        os.path.join(bin_dir, "gunicorn"), "-c", "python:botmanager.gunicorn_conf", "botmanager.wsgi",
+        "--bind", f"127.0.0.1:{settings.PORT}",
+        "--workers", str(settings.WEB_CONCURRENCY), "--access-logfile", "-", "--graceful-timeout", "10",
+    ], env={**os.environ,
+            # Metrics of all gunicorn workers, summed on scrape (botmanager/metrics.py).
+            "PROMETHEUS_MULTIPROC_DIR": settings.PROMETHEUS_MULTIPROC_DIR or str(run_dir / "prometheus")})
+    # One worker per kind of waiting (botmanager/workers.py): lifecycle, orchestrator, webhooks, sweep.
+    for kind in workers.kinds():
+        supervisor.add(f"worker-{kind.name}", kind.argv(bin_dir))
+    supervisor.add("beat", [os.path.join(bin_dir, "celery"), "-A", "botmanager", "beat", "--loglevel", "INFO",
+                            "--schedule", str(run_dir / "celerybeat-schedule")])
+    # The embedded servers this stack uses are started again if they stop answering (an OOM kill,
+    # a crash): their data (PostgreSQL, Redis's append-only file) survives the restart.
+    if settings.EMBEDDED_POSTGRES:
+        supervisor.servers.append(("PostgreSQL", lambda: devstack.port_open(settings.EMBEDDED_POSTGRES_PORT),
+                                   lambda: devstack.start_postgres(run_dir, settings.EMBEDDED_POSTGRES_PORT)))
+    if settings.EMBEDDED_REDIS:
+        supervisor.servers.append(("Redis", lambda: devstack.port_open(settings.EMBEDDED_REDIS_PORT),
+                                   lambda: devstack.start_redis(run_dir, settings.EMBEDDED_REDIS_PORT)))
     stopping = False
 
     def _stop(signum, frame):
         nonlocal stopping
         stopping = True
 
+    # Before the children start: a Ctrl-C during start-up stops what started.
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    exit_code = 0
+    supervisor.start_all()
+    _wait_web(settings.PORT, until=lambda: stopping)
+    print("\n".join([
+        "",
+        f"botmanager is up: API http://127.0.0.1:{settings.PORT}/  admin http://127.0.0.1:{settings.PORT}/admin/",
+        f"PostgreSQL {settings.DATABASE_URL.split('@')[-1]}  Redis {settings.REDIS_URL.split('@')[-1]}  "
+        f"orchestrator: {settings.ORCHESTRATOR}",
+        *banner,
+        "A process that exits is restarted; Ctrl-C stops everything.",
+        "",
+    ]), flush=True)
+
     while not stopping:
-        _reap_orphans(children)
-        for name, proc in children.items():
-            if proc.poll() is not None:
-                print(f"{name} exited with code {proc.returncode}; stopping the rest", file=sys.stderr)
-                exit_code = 1
-                stopping = True
+        _reap_orphans(supervisor)
+        supervisor.tick()
         time.sleep(0.5)
 
-    for proc in children.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    for proc in children.values():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    _say("stopping: web, workers, beat (Ctrl-C again does not hurry them)")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    supervisor.stop_all()
     devstack.stop_services(started)
     print("botmanager stopped; data kept under", run_dir, flush=True)
-    return exit_code
+    return 0
+
+
+def _say(message: str) -> None:
+    print(f"runstack: {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,182 @@
+"""`make run` (botmanager/runstack.py) supervises its children: a process or an embedded server that
+dies is started again and takes nothing else down; a crashed run leaves nothing that breaks the
+next one; Ctrl-C still stops everything. The real `python -m botmanager.runstack`, on the test
+database and an embedded Redis of its own (so that killing it touches nothing else)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from botmanager.supervisor import _start_time
+from tests.support import close_other_connections, stack_env, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunStack:
+    def __init__(self, run_dir: Path, port: int, redis_port: int):
+        self.run_dir, self.port, self.redis_port = run_dir, port, redis_port
+        env = stack_env(run_dir, PORT=str(port), PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+                        EMBEDDED_REDIS_PORT=str(redis_port), ORCHESTRATOR="process", DEPLOYMENT_NAME="runstack-test",
+                        ORPHAN_SWEEP_INTERVAL_SECONDS="2", LOG_LEVEL="WARNING")
+        for name in ("REDIS_URL", "CELERY_BROKER_URL"):  # the embedded Redis of this stack
+            env.pop(name)
+        self.env = env
+        self.log = run_dir / "runstack.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "botmanager.runstack"], cwd=REPO, env=self.env,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(self.healthy, timeout=60, interval=0.2, what=f"the stack to answer /healthz\n{self.tail()}")
+        wait_for(lambda: set(self.pids()) >= {"web", "beat", "worker-lifecycle", "worker-orchestrator",
+                                              "worker-webhooks", "worker-sweep"},
+                 timeout=30, what="every child in the pid file")
+
+    def healthy(self) -> bool:
+        try:
+            return requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def pids(self) -> dict[str, int]:
+        try:
+            return {name: entry["pid"] for name, entry in json.loads((self.run_dir / "runstack.pids").read_text()).items()}
+        except (OSError, ValueError):
+            return {}
+
+    def redis_pid(self) -> int:
+        return int((self.run_dir / "redis" / "redis.pid").read_text())
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def _command_lines() -> list[list[str]]:
+    lines = []
+    for proc in Path("/proc").iterdir():
+        try:
+            raw = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if raw:
+            lines.append(raw.rstrip(b"\0").decode(errors="replace").split("\0"))
+    return lines
+
+
+def _alive(pid: int) -> bool:
+    return _start_time(pid) is not None and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+
+
+@pytest.fixture
+def runstack(tmp_path):
+    stacks: list[RunStack] = []
+
+    def make() -> RunStack:
+        stack = RunStack(tmp_path, _free_port(), _free_port())
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+    from botmanager import devstack
+
+    devstack.stop_redis(tmp_path)
+    close_other_connections()
+
+
+def test_a_worker_that_dies_is_restarted_and_the_web_keeps_answering(runstack):
+    stack = runstack()
+    stack.start()
+    before = stack.pids()
+
+    os.kill(before["worker-lifecycle"], signal.SIGKILL)
+
+    wait_for(lambda: stack.pids().get("worker-lifecycle") not in (None, before["worker-lifecycle"]), timeout=20,
+             what=f"the lifecycle worker to be restarted\n{stack.tail()}")
+    assert _alive(stack.pids()["worker-lifecycle"])
+    assert stack.healthy()
+    assert {n: p for n, p in stack.pids().items() if n != "worker-lifecycle"} == \
+        {n: p for n, p in before.items() if n != "worker-lifecycle"}  # nobody else was touched
+    assert stack.proc.poll() is None
+    assert "worker-lifecycle exited" in stack.log.read_text()
+
+
+def test_the_embedded_redis_is_started_again_and_bots_launch_afterwards(runstack):
+    from tests.factories import make_token, make_user
+
+    stack = runstack()
+    stack.start()
+    killed = stack.redis_pid()
+
+    os.kill(killed, signal.SIGKILL)
+
+    wait_for(lambda: (stack.run_dir / "redis" / "redis.pid").exists() and stack.redis_pid() != killed,
+             timeout=30, what=f"Redis to be started again\n{stack.tail()}")
+    assert stack.proc.poll() is None and stack.healthy()
+    user = make_user()
+    api = requests.Session()
+    api.headers["X-API-Key"] = make_token(user)
+    base = f"http://127.0.0.1:{stack.port}"
+    created = api.post(f"{base}/bots", json={"platform": "google_meet", "native_meeting_id": "abc-defg-hij"}, timeout=10)
+    assert created.status_code == 201, created.text
+    wait_for(lambda: api.get(f"{base}/meetings/{created.json()['id']}", timeout=5).json()["status"] == "active",
+             timeout=60, interval=0.3, what=f"the bot requested after the restart to be active\n{stack.tail()}")
+    assert api.delete(f"{base}/bots/google_meet/abc-defg-hij", timeout=10).status_code == 202
+
+
+def test_ctrl_c_stops_every_child(runstack):
+    stack = runstack()
+    stack.start()
+    children = stack.pids()
+
+    assert stack.stop() == 0
+
+    assert not any(_alive(pid) for pid in children.values())
+    assert not (stack.run_dir / "runstack.pids").exists()
+
+
+def test_after_the_supervisor_is_killed_the_next_run_comes_up_cleanly(runstack):
+    first = runstack()
+    first.start()
+    children = first.pids()
+
+    first.proc.kill()  # SIGKILL: no chance to stop anything itself
+    first.proc.wait()
+
+    # Its children die with it (parent-death signal), whatever is left is stopped by the next run.
+    second = runstack()
+    second.port, second.redis_port = first.port, first.redis_port
+    second.env = first.env
+    second.start()
+    assert not any(_alive(pid) for pid in children.values())
+    beats = [argv for argv in _command_lines() if "beat" in argv and str(second.run_dir / "celerybeat-schedule") in argv]
+    assert len(beats) == 1, beats  # never two beats on one schedule
