@@ -1,9 +1,11 @@
 """Container health probes (docker-compose.yml): `python -m botmanager.healthcheck web|worker <kind>|beat`.
 Exit 0 = healthy; otherwise one line on stderr says why.
 
-- web: GET http://127.0.0.1:$PORT/healthz answers 200 (the process serves requests).
+- web: GET http://127.0.0.1:$PORT/healthz answers 200 (the process serves requests), and
+  PostgreSQL and Redis answer from this container.
 - worker <kind>: this container's Celery worker (`<kind>@<hostname>`, botmanager/workers.py)
-  answers a control ping within 5 s, i.e. `celery inspect ping` for this worker only.
+  answers a control ping within 5 s (i.e. `celery inspect ping` for this worker only, through the
+  broker: a worker that lost Redis is unhealthy), and PostgreSQL answers from this container.
 - beat: a sweep completed within the last max(3 × ORPHAN_SWEEP_INTERVAL_SECONDS, 180) s (the
   Redis counters of botmanager/metrics.py). Beat answers no ping; what matters is that the sweep
   it schedules runs, so this is the check that catches a beat that is up but not scheduling (it
@@ -26,9 +28,11 @@ def web() -> str | None:
     url = f"http://127.0.0.1:{settings.PORT}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
-            return None if response.status == 200 else f"{url} answered {response.status}"
+            if response.status != 200:
+                return f"{url} answered {response.status}"
     except OSError as exc:
         return f"{url}: {exc}"
+    return _unreachable("database", "redis")
 
 
 def worker(kind: str = "lifecycle") -> str | None:
@@ -36,7 +40,21 @@ def worker(kind: str = "lifecycle") -> str | None:
 
     name = f"{kind}@{socket.gethostname()}"
     replies = app.control.ping(destination=[name], timeout=5)
-    return None if replies else f"{name} did not answer a ping within 5 s"
+    if not replies:
+        return f"{name} did not answer a ping within 5 s"
+    return _unreachable("database")
+
+
+def _unreachable(*names: str) -> str | None:
+    """The first of these dependencies (health.CHECKS) this container cannot reach, said why."""
+    from botmanager import health
+
+    for name in names:
+        try:
+            health.CHECKS[name]()
+        except Exception as exc:
+            return f"{name} unreachable: {type(exc).__name__}: {exc}"[:300]
+    return None
 
 
 def beat() -> str | None:
@@ -58,10 +76,9 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in PROBES or len(argv) > (2 if argv[0] == "worker" else 1):
         print(f"usage: python -m botmanager.healthcheck web|worker <kind>|beat", file=sys.stderr)
         return 2
-    if argv[0] != "web":
-        import django
+    import django
 
-        django.setup()
+    django.setup()
     try:
         problem = PROBES[argv[0]](*argv[1:])
     except Exception as exc:

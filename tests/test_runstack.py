@@ -30,13 +30,20 @@ def _free_port() -> int:
 
 
 class RunStack:
-    def __init__(self, run_dir: Path, port: int, redis_port: int):
+    """`python -m botmanager.runstack` with an embedded Redis of its own, on the test database or
+    (`embedded_postgres`) on an embedded PostgreSQL of its own too."""
+
+    def __init__(self, run_dir: Path, port: int, redis_port: int, embedded_postgres: bool = False, **extra: str):
         self.run_dir, self.port, self.redis_port = run_dir, port, redis_port
-        env = stack_env(run_dir, PORT=str(port), PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
-                        EMBEDDED_REDIS_PORT=str(redis_port), ORCHESTRATOR="process", DEPLOYMENT_NAME="runstack-test",
-                        ORPHAN_SWEEP_INTERVAL_SECONDS="2", LOG_LEVEL="WARNING")
+        env = stack_env(run_dir, **{"PORT": str(port), "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+                                    "EMBEDDED_REDIS_PORT": str(redis_port), "ORCHESTRATOR": "process",
+                                    "DEPLOYMENT_NAME": "runstack-test", "ORPHAN_SWEEP_INTERVAL_SECONDS": "2",
+                                    "LOG_LEVEL": "WARNING", **extra})
         for name in ("REDIS_URL", "CELERY_BROKER_URL"):  # the embedded Redis of this stack
             env.pop(name)
+        if embedded_postgres:
+            env.pop("DATABASE_URL")
+            env["EMBEDDED_POSTGRES_PORT"] = str(_free_port())
         self.env = env
         self.log = run_dir / "runstack.log"
         self.proc: subprocess.Popen | None = None
@@ -64,6 +71,17 @@ class RunStack:
 
     def redis_pid(self) -> int:
         return int((self.run_dir / "redis" / "redis.pid").read_text())
+
+    def postgres_pid(self) -> int:
+        return int((self.run_dir / "postgres" / "postmaster.pid").read_text().splitlines()[0])
+
+    def demo_key(self) -> str:
+        """The demo user's API key, from the banner (printed once, on the first start)."""
+        import re
+
+        found = wait_for(lambda: re.search(r"X-API-Key: (bm_\S+)", self.log.read_text(errors="replace")),
+                         timeout=30, what=f"the banner with the demo key\n{self.tail()}")
+        return found.group(1)
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
@@ -99,8 +117,8 @@ def _alive(pid: int) -> bool:
 def runstack(tmp_path):
     stacks: list[RunStack] = []
 
-    def make() -> RunStack:
-        stack = RunStack(tmp_path, _free_port(), _free_port())
+    def make(**options) -> RunStack:
+        stack = RunStack(tmp_path, _free_port(), _free_port(), **options)
         stacks.append(stack)
         return stack
 
@@ -110,6 +128,8 @@ def runstack(tmp_path):
     from botmanager import devstack
 
     devstack.stop_redis(tmp_path)
+    if (tmp_path / "postgres" / "postmaster.pid").exists():
+        devstack.stop_postgres(tmp_path)
     close_other_connections()
 
 

@@ -51,8 +51,7 @@ def test_every_service_has_a_health_check(config):
     for name, service in config["services"].items():
         check = service.get("healthcheck")
         assert check and check.get("test") and not check.get("disable"), name
-    web = config["services"]["web"]["healthcheck"]["test"]
-    assert "/healthz" in " ".join(web)
+    assert config["services"]["web"]["healthcheck"]["test"] == ["CMD", "python", "-m", "botmanager.healthcheck", "web"]
     assert "pg_isready" in " ".join(config["services"]["postgres"]["healthcheck"]["test"])
     assert config["services"]["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     for name in WORKERS:
@@ -67,6 +66,14 @@ def test_migrations_run_once_before_web_worker_and_beat(config):
     for name in ("web", "beat", *WORKERS):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_every_long_running_service_restarts_on_failure_and_redis_keeps_its_queue(config):
+    for name in LONG_RUNNING:
+        assert config["services"][name]["restart"] in ("unless-stopped", "always", "on-failure"), name
+    command = config["services"]["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "everysec"
 
 
 def test_one_beat_one_web_with_gunicorn_and_one_worker_service_per_queue_kind(config):
