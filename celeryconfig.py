@@ -61,6 +61,7 @@ task_routes = {
     # Deliveries wait on users' receivers.
     "webhooks.deliver": {"queue": workers.WEBHOOKS},
     # The backstop: alone on its queue, so no storm of other work can delay or expire it.
+    # (meetings.sweep_instance and the bot stops are sent to an instance's own queue explicitly.)
     "meetings.sweep": {"queue": workers.SWEEP},
     # Everything else (delayed stop, finalizer, post-meeting, webhook redrive) is short database
     # work: the default queue, lifecycle.

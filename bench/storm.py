@@ -77,6 +77,7 @@ class StormFigures:
     sweeps_completed: int = 0
     sweeps_skipped: int = 0
     sweeps_expected: int = 0
+    lateness_p99: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict:
         from bench.common import percentile
@@ -97,6 +98,7 @@ class StormFigures:
             "bots_gone_after_last_stop_s": None if self.bots_gone_after is None else round(self.bots_gone_after, 2),
             "sweeps_completed": self.sweeps_completed, "sweeps_skipped": self.sweeps_skipped,
             "sweeps_expected": self.sweeps_expected,
+            "task_lateness_p99": self.lateness_p99,
         }
 
 
@@ -151,6 +153,28 @@ class Client:
         meeting_id = self.request_bot(native, "Probe")
         status, at = self.wait(meeting_id, {"active"} | TERMINAL, timeout)
         return native, (at - started) if status == "active" else None
+
+
+def _lateness_p99(url: str) -> dict[str, str]:
+    """Per timed task, the histogram bucket under which 99 % of its starts fell (how late the
+    finalizers, kills and sweeps ran against their due time)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{url}/metrics", timeout=30).text
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "botmanager_task_lateness_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets.setdefault(sample.labels["task"], []).append((float(sample.labels["le"]), sample.value))
+    result = {}
+    for task, rows in buckets.items():
+        rows.sort()
+        total = rows[-1][1]
+        if total:
+            bound = next(le for le, n in rows if n >= 0.99 * total)
+            result[task.split(".")[-1]] = f"<= {bound:g} s ({int(total)} runs)"
+    return result
 
 
 def _sweep_runs(url: str) -> dict[str, int]:
@@ -261,6 +285,7 @@ def run_storm(url: str, backend, *, stubborn: int, hook_bots: int, stop_timeout:
         figures.sweeps_completed = sweeps_after.get("completed", 0) - sweeps_before.get("completed", 0)
         figures.sweeps_skipped = sweeps_after.get("skipped", 0) - sweeps_before.get("skipped", 0)
         figures.sweeps_expected = int(elapsed // SWEEP)
+        figures.lateness_p99 = _lateness_p99(url)
         for native in probe_natives:
             probe.stop(native)
         for meeting_id in hook_ids:

@@ -2,7 +2,7 @@
 import os
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
@@ -15,6 +15,18 @@ app.autodiscover_tasks(["meetings", "webhooks"])
 from botmanager import broker_outage  # noqa: E402
 
 broker_outage.install(app)
+
+
+@worker_init.connect(weak=False)
+def _consume_instance_queues(sender=None, **kwargs):
+    """A worker also consumes the queues of this host's backend instance (botmanager/workers.py)."""
+    from botmanager import workers
+
+    added = workers.consume_instance_queues(sender)
+    if added:
+        import logging
+
+        logging.getLogger(__name__).info("worker %s also consumes %s", sender.hostname, ", ".join(added))
 
 
 @setup_logging.connect(weak=False)

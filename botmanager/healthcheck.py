@@ -74,7 +74,7 @@ PROBES = {"web": web, "worker": worker, "beat": beat}
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in PROBES or len(argv) > (2 if argv[0] == "worker" else 1):
-        print(f"usage: python -m botmanager.healthcheck web|worker <kind>|beat", file=sys.stderr)
+        print("usage: python -m botmanager.healthcheck web|worker <kind>|beat", file=sys.stderr)
         return 2
     import django
 

@@ -297,7 +297,8 @@ class DatabaseCollector:
     def parts(self) -> dict:
         from django.apps import apps
 
-        parts = {"meetings": self._meetings, "transitions": self._transitions, "stops": self._stop_histogram}
+        parts = {"meetings": self._meetings, "transitions": self._transitions, "stops": self._stop_histogram,
+                 "instances": self._instances}
         if apps.is_installed("webhooks"):
             parts["webhooks"] = self._webhooks
         return parts
@@ -340,6 +341,18 @@ class DatabaseCollector:
         for status, n in swept.items():
             finalized.add_metric([status], n)
         yield finalized
+
+    @staticmethod
+    def _instances():
+        from meetings import instances
+
+        live = GaugeMetricFamily(
+            "botmanager_instance_live_meetings", "Live meetings per backend instance their bot runs on; "
+            "unseen=\"true\": no sweep has listed that instance for INSTANCE_UNSEEN_SECONDS (a lost host? its "
+            "meetings wait for the explicit lost-instance policy).", labels=["instance", "unseen"])
+        for row in instances.overview():
+            live.add_metric([row["instance"], "true" if row["unseen"] else "false"], row["live_meetings"])
+        yield live
 
     @staticmethod
     def _stop_histogram():

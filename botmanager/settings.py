@@ -186,6 +186,9 @@ ORCHESTRATOR_TIMEOUT_SECONDS = _float("ORCHESTRATOR_TIMEOUT_SECONDS", 30)
 # Timeout of list, inspect and signal calls: the sweep, the finalizers and request paths make
 # them, and a hung engine must not hold those for long (unknown state is handled as such).
 ORCHESTRATOR_QUERY_TIMEOUT_SECONDS = _float("ORCHESTRATOR_QUERY_TIMEOUT_SECONDS", 5)
+# A live meeting whose bot's instance no sweep has listed for this long is reported as unseen and
+# left to the explicit lost-instance policy (meetings/instances.py), never judged gone.
+INSTANCE_UNSEEN_SECONDS = _float("INSTANCE_UNSEEN_SECONDS", 300)
 # Set by CI: the Docker tests must run there, so a skipped Docker test fails the run.
 CI = _bool("CI", False)
 

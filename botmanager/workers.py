@@ -6,9 +6,13 @@ what the "no meeting stays stuck" guarantee needs (celeryconfig.py routes each t
 | kind         | queue        | pool                      | what it runs                                  |
 |--------------|--------------|---------------------------|-----------------------------------------------|
 | lifecycle    | lifecycle    | prefork, CELERY_CONCURRENCY | delayed stops, finalizers, post-meeting, webhook redrive: short database work |
-| orchestrator | orchestrator | threads, CELERY_ORCHESTRATOR_CONCURRENCY | launches, terminate / kill / remove of bots: waits on the engine |
+| orchestrator | orchestrator, orchestrator.<instance> | threads, CELERY_ORCHESTRATOR_CONCURRENCY | launches (any host); terminate / kill / remove of this instance's bots: waits on the engine |
 | webhooks     | webhooks     | threads, CELERY_WEBHOOK_CONCURRENCY | webhook deliveries: waits on users' receivers |
-| sweep        | sweep        | prefork, 1                | the orphan sweep only: nothing else can fill its queue |
+| sweep        | sweep, sweep.<instance> | prefork, 1       | the orphan sweep (deadlines; the bots of this instance) only: nothing else can fill its queue |
+
+`<instance>` is this host's backend instance (`instance_queue`): work on a bot (stop, kill,
+remove; judging it in the sweep) goes to the queue of the instance that runs it, so it reaches the
+host that can see the bot, whichever host asked.
 
 `make run` (botmanager/runstack.py) starts one process of each; docker-compose.yml has one service
 of each (`python -m botmanager.workers <kind>`), scalable on its own; `celery -A botmanager worker`
@@ -16,6 +20,7 @@ with no `-Q` still consumes every queue (a single-process setup for tests and sm
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -46,7 +51,25 @@ class WorkerKind:
                 "--hostname", f"{self.name}@{hostname_suffix}", *extra]
 
 
+def instance_queue(kind: str, instance: str) -> str:
+    """The queue of the work that must run where a backend instance's bots are (stop, kill,
+    remove; its part of the sweep): `<kind>.<12 hex>`, one per instance, consumed only by the
+    workers of that instance. "" (a bot recorded before instances were) → the shared queue."""
+    if not instance:
+        return kind
+    return f"{kind}.{hashlib.sha256(instance.encode()).hexdigest()[:12]}"
+
+
+def local_instance() -> str:
+    """The instance of this host's configured backend (ORCHESTRATOR)."""
+    from orchestrators.registry import get_orchestrator
+
+    return get_orchestrator().instance_id()
+
+
 def kinds() -> list[WorkerKind]:
+    """The worker kinds of this host. A worker that consumes `orchestrator` or `sweep` also consumes
+    that queue's instance queue for this host (`consume_instance_queues`)."""
     return [
         WorkerKind(LIFECYCLE, (LIFECYCLE,), "prefork", settings.CELERY_CONCURRENCY),
         WorkerKind(ORCHESTRATOR, (ORCHESTRATOR,), "threads", settings.CELERY_ORCHESTRATOR_CONCURRENCY),
@@ -55,19 +78,37 @@ def kinds() -> list[WorkerKind]:
     ]
 
 
+def consume_instance_queues(worker) -> list[str]:
+    """`worker_init` (every worker, `make run`'s, compose's, the tests'): a worker that consumes
+    `orchestrator` or `sweep` also consumes `orchestrator.<instance>` / `sweep.<instance>` of
+    this host's backend instance, where the work on this instance's bots is sent. Returns them."""
+    from kombu import Exchange, Queue
+
+    queues = worker.app.amqp.queues
+    kinds_here = [kind for kind in (ORCHESTRATOR, SWEEP) if kind in queues.consume_from]
+    if not kinds_here:
+        return []
+    instance = local_instance()  # raises when the engine cannot say: the worker must not start blind
+    added = []
+    for kind in kinds_here:
+        name = instance_queue(kind, instance)
+        queues.select_add(Queue(name, Exchange(name, type="direct"), routing_key=name))
+        added.append(name)
+    return added
+
+
 def by_name(name: str) -> WorkerKind:
     for kind in kinds():
         if kind.name == name:
             return kind
-    raise KeyError(f"no worker kind {name!r}; choose one of {', '.join(k.name for k in kinds())}")
+    raise KeyError(f"no worker kind {name!r}; choose one of {', '.join(QUEUES)}")
 
 
 def main(argv: list[str]) -> int:
     """`python -m botmanager.workers <kind> [celery worker options]`: exec the Celery worker of that
     kind (the compose services run this, so queues and pools are configured in one place)."""
-    if not argv or argv[0] not in {k.name for k in kinds()}:
-        print(f"usage: python -m botmanager.workers {'|'.join(k.name for k in kinds())} [celery options]",
-              file=sys.stderr)
+    if not argv or argv[0] not in QUEUES:
+        print(f"usage: python -m botmanager.workers {'|'.join(QUEUES)} [celery options]", file=sys.stderr)
         return 2
     argv_ = by_name(argv[0]).argv(os.path.dirname(sys.executable), loglevel=settings.LOG_LEVEL,
                                   extra=tuple(argv[1:]))

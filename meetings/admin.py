@@ -4,9 +4,11 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 
-from . import operations, reconcile
-from .models import Meeting, MeetingSession, MeetingTransition
-from .statuses import FailureStage, MeetingStatus
+from botmanager.admin_readonly import ReadOnlyInline, ReadOnlyModelAdmin
+
+from . import instances, operations, reconcile
+from .models import BotInstance, Meeting, MeetingSession, MeetingTransition
+from .statuses import NON_TERMINAL, FailureStage, MeetingStatus
 
 
 class FinalizeForm(forms.Form):
@@ -15,19 +17,11 @@ class FinalizeForm(forms.Form):
     outcome = forms.ChoiceField(choices=OUTCOMES)
 
 
-class TransitionInline(admin.TabularInline):
+class TransitionInline(ReadOnlyInline):
     model = MeetingTransition
-    extra = 0
-    can_delete = False
     fields = ["created_at", "from_status", "to_status", "source", "reason", "completion_reason",
               "failure_stage", "session", "applied", "metadata"]
     readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class SessionInline(admin.TabularInline):
@@ -92,19 +86,51 @@ class MeetingAdmin(admin.ModelAdmin):
 
 
 @admin.register(MeetingTransition)
-class MeetingTransitionAdmin(admin.ModelAdmin):
+class MeetingTransitionAdmin(ReadOnlyModelAdmin):
     list_display = ["id", "meeting", "from_status", "to_status", "source", "applied", "created_at"]
     list_filter = ["source", "applied", "to_status"]
     search_fields = ["meeting__native_meeting_id", "reason"]
 
-    def has_add_permission(self, request) -> bool:
-        return False
+
+@admin.register(BotInstance)
+class BotInstanceAdmin(ReadOnlyModelAdmin):
+    """Where bots run, when each instance was last listed, and its live meetings. An instance gone
+    for good (its host will never come back) has its meetings ended by the explicit action."""
+
+    list_display = ["instance", "backend", "last_listed_at", "listed_by", "live_meetings", "unseen"]
+    ordering = ["instance"]
+    actions = ["end_meetings_of_lost_instances"]
+
+    def get_queryset(self, request):
+        from django.db.models import Count, OuterRef, Subquery
+
+        live = (Meeting.objects.filter(bot_instance=OuterRef("instance"), status__in=sorted(NON_TERMINAL))
+                .order_by().values("bot_instance").annotate(n=Count("id")).values("n"))
+        return super().get_queryset(request).annotate(live=Subquery(live))
+
+    @admin.display(description="live meetings")
+    def live_meetings(self, obj) -> int:
+        return obj.live or 0
+
+    @admin.display(boolean=True, description="unseen")
+    def unseen(self, obj) -> bool:
+        from datetime import timedelta
+
+        from django.conf import settings
+        from django.utils import timezone
+
+        return bool(obj.live) and obj.last_listed_at < timezone.now() - timedelta(seconds=settings.INSTANCE_UNSEEN_SECONDS)
 
     def has_change_permission(self, request, obj=None) -> bool:
-        return False
+        # The action ends meetings: offered to whoever may change meetings; the rows stay read-only.
+        return obj is None and request.user.has_perm("meetings.change_meeting")
 
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
+    @admin.action(description="End the live meetings of the selected lost instances", permissions=["change"])
+    def end_meetings_of_lost_instances(self, request, queryset):
+        ended = sum(instances.end_meetings_of(i, by=request.user.get_username())
+                    for i in queryset.values_list("instance", flat=True))
+        self.message_user(request, f"Ended {ended} live meeting(s) of {queryset.count()} lost instance(s).",
+                          messages.WARNING)
 
 
 @admin.register(MeetingSession)

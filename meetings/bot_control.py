@@ -29,28 +29,36 @@ REMOVE_CHECK_SECONDS = 1.0
 REMOVE_CHECKS = 10
 
 
-def stop_bot(backend: str, container_id: str, *, remove: bool = False) -> None:
-    """Ask the bot to stop, and force it BOT_STOP_TIMEOUT_SECONDS later if it has not."""
+def stop_bot(backend: str, container_id: str, instance: str, *, remove: bool = False) -> None:
+    """Ask the bot to stop, and force it BOT_STOP_TIMEOUT_SECONDS later if it has not. Sent to the
+    queue of the bot's instance: only a worker that sees the bot can signal it."""
     from . import tasks
 
-    tasks.terminate_bot.delay(backend, container_id, remove)
+    tasks.terminate_bot.apply_async((backend, container_id, remove, instance), queue=_queue(instance))
 
 
-def kill_bot(backend: str, container_id: str, *, remove: bool = False) -> None:
+def kill_bot(backend: str, container_id: str, instance: str, *, remove: bool = False) -> None:
     """Force the bot to stop now (its meeting is over and its time is up)."""
     from . import tasks
 
-    tasks.kill_bot.delay(backend, container_id, remove)
+    tasks.kill_bot.apply_async((backend, container_id, remove, 0, instance), queue=_queue(instance))
 
 
-def terminate(backend: str, container_id: str, remove: bool) -> None:
+def _queue(instance: str) -> str:
+    from botmanager.workers import ORCHESTRATOR, instance_queue
+
+    return instance_queue(ORCHESTRATOR, instance)
+
+
+def terminate(backend: str, container_id: str, remove: bool, instance: str = "") -> None:
     from . import tasks
 
     get_orchestrator(backend).terminate(container_id)
-    tasks.kill_bot.apply_async((backend, container_id, remove), countdown=settings.BOT_STOP_TIMEOUT_SECONDS)
+    tasks.kill_bot.apply_async((backend, container_id, remove, 0, instance), queue=_queue(instance),
+                               countdown=settings.BOT_STOP_TIMEOUT_SECONDS)
 
 
-def kill(backend: str, container_id: str, remove: bool, checks: int = 0) -> None:
+def kill(backend: str, container_id: str, remove: bool, checks: int = 0, instance: str = "") -> None:
     from . import tasks
 
     orchestrator = get_orchestrator(backend)
@@ -62,7 +70,8 @@ def kill(backend: str, container_id: str, remove: bool, checks: int = 0) -> None
             log.info("bot %s on %s still running after its stop timeout; killing it", container_id, backend)
         orchestrator.kill(container_id)
         if remove and checks < REMOVE_CHECKS:
-            tasks.kill_bot.apply_async((backend, container_id, remove, checks + 1), countdown=REMOVE_CHECK_SECONDS)
+            tasks.kill_bot.apply_async((backend, container_id, remove, checks + 1, instance), queue=_queue(instance),
+                                       countdown=REMOVE_CHECK_SECONDS)
         return
     if remove:
         orchestrator.remove(container_id)

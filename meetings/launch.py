@@ -75,6 +75,7 @@ def launch(meeting_id: int) -> str | None:
     backend = get_orchestrator()
     name = bot_name(meeting.id, str(session.session_uid))
     try:
+        instance = backend.instance_id()
         container_id = _adopt(backend, session) if retried else None
         if container_id is None:
             spec = BotSpec(name=name, config=build_bot_config(meeting, session, name),
@@ -86,7 +87,7 @@ def launch(meeting_id: int) -> str | None:
                              reason="bot launch failed", failure_stage=FailureStage.REQUESTED,
                              session=session, data_updates={"last_error": f"Bot launch failed: {exc}"})
         return None
-    _record_container(meeting.id, session, container_id, backend)
+    _record_container(meeting.id, session, container_id, backend, instance)
     return container_id
 
 
@@ -98,12 +99,14 @@ def _adopt(backend, session: MeetingSession) -> str | None:
     return None
 
 
-def _record_container(meeting_id: int, session: MeetingSession, container_id: str, backend) -> None:
+def _record_container(meeting_id: int, session: MeetingSession, container_id: str, backend, instance: str) -> None:
     with transaction.atomic():
         meeting = Meeting.objects.select_for_update().get(pk=meeting_id)
         meeting.bot_container_id = container_id
         meeting.orchestrator = backend.name
-        meeting.save(update_fields=["bot_container_id", "orchestrator", "updated_at"])
+        meeting.bot_instance = instance
+        meeting.save(update_fields=["bot_container_id", "orchestrator", "bot_instance", "updated_at"])
+        MeetingSession.objects.filter(pk=session.pk).update(instance=instance)
         uid = str(session.session_uid)
         if meeting.current_session_id == session.id:
             # Not when a restarted bot registered a newer session meanwhile: that one is current.
@@ -111,5 +114,5 @@ def _record_container(meeting_id: int, session: MeetingSession, container_id: st
         if meeting.is_terminal:
             # Stopped while the bot was starting: the container must not outlive its meeting.
             # If this stop fails, the sweep stops the container of an ended meeting.
-            transaction.on_commit(lambda: bot_control.stop_bot(backend.name, container_id), robust=True)
-    log.info("meeting %s: bot %s started on %s", meeting_id, container_id, backend.name)
+            transaction.on_commit(lambda: bot_control.stop_bot(backend.name, container_id, instance), robust=True)
+    log.info("meeting %s: bot %s started on %s (%s)", meeting_id, container_id, backend.name, instance)

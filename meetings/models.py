@@ -20,6 +20,10 @@ class Meeting(models.Model):
     failure_stage = models.CharField(max_length=32, choices=FailureStage.choices, null=True, blank=True)
     bot_container_id = models.CharField(max_length=255, null=True, blank=True)
     orchestrator = models.CharField(max_length=32, blank=True, default="")
+    # The backend instance that runs the bot (Orchestrator.instance_id()): only a listing of that
+    # instance may judge the bot gone, and work on the bot is sent to that instance's queue.
+    # Empty for bots recorded before instances were: no listing judges those (deadlines still act).
+    bot_instance = models.CharField(max_length=255, blank=True, default="")
     # The bot session whose callbacks may move the meeting (mirrored in Redis for command routing).
     current_session = models.ForeignKey("MeetingSession", null=True, blank=True, on_delete=models.SET_NULL,
                                         related_name="+")
@@ -69,6 +73,8 @@ class MeetingSession(models.Model):
     started_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
+    # Where the bot this session launched runs (the backend instance), once it is started.
+    instance = models.CharField(max_length=255, blank=True, default="")
 
     class Meta:
         indexes = [models.Index(fields=["meeting", "-started_at"], name="session_meeting_newest")]
@@ -100,3 +106,19 @@ class MeetingTransition(models.Model):
     def __str__(self) -> str:
         mark = "" if self.applied else " (refused)"
         return f"{self.from_status or '∅'} → {self.to_status} by {self.source}{mark}"
+
+
+class BotInstance(models.Model):
+    """A backend instance some worker listed (a Docker engine, a Nomad cluster, a host's process
+    backend), and when it last listed it successfully. A live meeting whose bot's instance nobody
+    has listed for INSTANCE_UNSEEN_SECONDS is reported (sweep log, metrics, admin) and left to the
+    explicit lost-instance policy (meetings/instances.py), never judged gone by a sweep that could
+    not see it."""
+
+    instance = models.CharField(max_length=255, primary_key=True)
+    backend = models.CharField(max_length=32)
+    last_listed_at = models.DateTimeField()
+    listed_by = models.CharField(max_length=255, blank=True, default="")  # the host of the last listing
+
+    def __str__(self) -> str:
+        return self.instance

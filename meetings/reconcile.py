@@ -2,10 +2,15 @@
 orchestrators actually run. It is the backstop of every countdown task.
 
 Level-triggered: desired state comes from the database, observed state from one listing per
-backend in use. `plan()` is pure (snapshot in, decisions out); `apply()` carries the decisions out
-through the lifecycle function and the orchestrators. Rules:
-- a failed listing means "unknown": nothing is judged gone on that backend;
-- a container is judged gone only from a successful listing;
+backend in use, as this host sees it. `plan()` is pure (snapshot in, decisions out); `apply()`
+carries the decisions out through the lifecycle function and the orchestrators. Rules:
+- a sweep judges only what it listed: a bot is judged gone or exited, or adopted, only from a
+  successful listing of the backend instance that runs it (`Meeting.bot_instance`); another
+  host's bots are judged by that host's sweep (`sweep_instance`, sent to its instance queue);
+- a failed listing means "unknown": nothing is judged gone on that instance;
+- the deadlines (from PostgreSQL) are enforced once, by whichever host's sweep runs them;
+- a live meeting whose instance nobody has listed for INSTANCE_UNSEEN_SECONDS is reported (log,
+  metrics, admin), and ended only by the explicit lost-instance policy (meetings/instances.py);
 - a live bot is never stopped while its meeting is still live;
 - a listed bot of a live meeting that has no recorded container (its launch died after starting
   it) is adopted as the meeting's container, so its death is judged like any other;
@@ -27,7 +32,7 @@ from django.utils import timezone
 from orchestrators.base import LABEL_SESSION_UID, BotInfo, OrchestratorError
 from orchestrators.registry import get_orchestrator
 
-from . import bot_control, lifecycle, stopping
+from . import bot_control, instances, lifecycle, stopping
 from .models import Meeting, MeetingSession
 from .statuses import NON_TERMINAL, TERMINAL, CompletionReason, MeetingStatus, TransitionSource
 
@@ -47,15 +52,18 @@ class MeetingRow:
     bot_container_id: str | None
     orchestrator: str
     stop_reason: str | None = None
+    bot_instance: str = ""
 
 
 @dataclass(frozen=True)
 class Listing:
-    """One backend's bots, or the error that kept us from seeing them (`bots is None`)."""
+    """One backend's bots on one instance (this host's view), or the error that kept us from
+    seeing them (`bots is None`)."""
 
     backend: str
     bots: tuple[BotInfo, ...] | None
     error: str = ""
+    instance: str = ""
 
     @property
     def ok(self) -> bool:
@@ -71,7 +79,7 @@ class Finalize:
     reason: str
     completion_reason: str | None = None
     failure_stage: str | None = None
-    stop_container: tuple[str, str] | None = None  # (backend, container id) to stop once ended
+    stop_container: tuple[str, str, str] | None = None  # (backend, container id, instance) to stop once ended
     metadata: dict = field(default_factory=dict)
 
 
@@ -89,6 +97,7 @@ class StopContainer:
     container_id: str
     running: bool
     reason: str
+    instance: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,7 @@ class Adopt:
     backend: str
     container_id: str
     session_uid: str
+    instance: str = ""
 
 
 @dataclass
@@ -116,19 +126,27 @@ class Plan:
     # launch is idempotent, so enqueueing it again is safe, and the bot still starts.
     relaunch: list[int] = field(default_factory=list)
     unknown_backends: dict[str, str] = field(default_factory=dict)
+    # Instances of live meetings' bots nobody has listed for INSTANCE_UNSEEN_SECONDS: live meetings
+    # on each (reported, never judged here).
+    unseen_instances: dict[str, int] = field(default_factory=dict)
+    # Other hosts' instances whose sweep this one asks for (sweep_instance on their queue).
+    delegate: list[str] = field(default_factory=list)
 
 
 def plan(meetings: list[MeetingRow], listings: dict[str, Listing], container_meeting_status: dict[int, str],
-         post_meeting_pending: list[int], now: datetime, orphan_grace: timedelta) -> Plan:
+         post_meeting_pending: list[int], now: datetime, orphan_grace: timedelta, *, deadlines: bool = True) -> Plan:
     """Decide what to do. `container_meeting_status` maps the meeting ids named by the listed bots
-    to their status, read *after* the listings (a meeting missing from it does not exist)."""
+    to their status, read *after* the listings (a meeting missing from it does not exist).
+    `deadlines`: also enforce deadlines and relaunch lost launches (the global part; an instance's
+    own sweep only judges its bots)."""
     result = Plan(checked=len(meetings), post_meeting=list(post_meeting_pending))
     result.unknown_backends = {name: l.error for name, l in listings.items() if not l.ok}
     by_container = {
         (name, bot.container_id): bot for name, l in listings.items() if l.ok for bot in l.bots
     }
     for m in meetings:
-        decision = _deadline_decision(m, now) or _orphan_decision(m, listings, by_container, now, orphan_grace)
+        decision = (deadlines and _deadline_decision(m, now)) \
+            or _orphan_decision(m, listings, by_container, now, orphan_grace)
         if isinstance(decision, Finalize):
             result.finalize.append(decision)
         elif isinstance(decision, StartStop):
@@ -141,10 +159,12 @@ def plan(meetings: list[MeetingRow], listings: dict[str, Listing], container_mee
             status = container_meeting_status.get(bot.meeting_id) if bot.meeting_id else None
             if status is None or status in TERMINAL:
                 why = "meeting unknown" if status is None else f"meeting {status}"
-                result.containers.append(StopContainer(name, bot.container_id, bot.status.is_running, why))
+                result.containers.append(StopContainer(name, bot.container_id, bot.status.is_running, why,
+                                                       listing.instance))
             elif bot.meeting_id in unrecorded and bot.labels.get(LABEL_SESSION_UID):
-                result.adopt.append(Adopt(bot.meeting_id, name, bot.container_id, bot.labels[LABEL_SESSION_UID]))
-    if all(l.ok for l in listings.values()):
+                result.adopt.append(Adopt(bot.meeting_id, name, bot.container_id, bot.labels[LABEL_SESSION_UID],
+                                          listing.instance))
+    if deadlines and all(l.ok for l in listings.values()):
         adopted = {a.meeting_id for a in result.adopt}
         deciding = {f.meeting_id for f in result.finalize}
         result.relaunch = [m.id for m in meetings
@@ -153,8 +173,8 @@ def plan(meetings: list[MeetingRow], listings: dict[str, Listing], container_mee
     return result
 
 
-def _container_of(m: MeetingRow) -> tuple[str, str] | None:
-    return (m.orchestrator, m.bot_container_id) if m.bot_container_id and m.orchestrator else None
+def _container_of(m: MeetingRow) -> tuple[str, str, str] | None:
+    return (m.orchestrator, m.bot_container_id, m.bot_instance) if m.bot_container_id and m.orchestrator else None
 
 
 def _deadline_decision(m: MeetingRow, now: datetime):
@@ -182,13 +202,14 @@ def _deadline_decision(m: MeetingRow, now: datetime):
 
 
 def _orphan_decision(m: MeetingRow, listings, by_container, now: datetime, grace: timedelta):
-    container = _container_of(m)
-    if container is None or now - m.updated_at < grace:
+    if not (m.bot_container_id and m.orchestrator) or now - m.updated_at < grace:
         return None
     listing = listings.get(m.orchestrator)
     if listing is None or not listing.ok:
         return None  # unknown: act on nothing
-    bot = by_container.get(container)
+    if not m.bot_instance or m.bot_instance != listing.instance:
+        return None  # a bot of another instance: no listing of ours could have seen it
+    bot = by_container.get((m.orchestrator, m.bot_container_id))
     if bot is not None and bot.status.is_running:
         return None
     seen = {"container": "gone"} if bot is None else {
@@ -203,20 +224,25 @@ def _orphan_decision(m: MeetingRow, listings, by_container, now: datetime, grace
 # --- Snapshot reading -----------------------------------------------------------------------------
 def snapshot_meetings() -> list[MeetingRow]:
     rows = Meeting.objects.filter(status__in=sorted(NON_TERMINAL)).values_list(
-        "id", "status", "deadline_at", "updated_at", "bot_container_id", "orchestrator", "stop_reason")
+        "id", "status", "deadline_at", "updated_at", "bot_container_id", "orchestrator", "stop_reason",
+        "bot_instance")
     return [MeetingRow(*row) for row in rows]
 
 
 def list_backends(names: set[str]) -> dict[str, Listing]:
+    """This host's listing of each backend, with the instance it is of."""
     listings = {}
     for name in sorted(names):
+        instance = ""
         try:
-            listings[name] = Listing(name, tuple(get_orchestrator(name).list()))
+            backend = get_orchestrator(name)
+            instance = backend.instance_id()
+            listings[name] = Listing(name, tuple(backend.list()), instance=instance)
         except OrchestratorError as exc:
-            listings[name] = Listing(name, None, str(exc))
+            listings[name] = Listing(name, None, str(exc), instance)
         except Exception as exc:  # a backend's bug must not stop the deadlines
             log.exception("sweep: listing backend %s crashed", name)
-            listings[name] = Listing(name, None, f"{type(exc).__name__}: {exc}")
+            listings[name] = Listing(name, None, f"{type(exc).__name__}: {exc}", instance)
     return listings
 
 
@@ -235,13 +261,23 @@ def post_meeting_pending(now: datetime, grace: timedelta, limit: int = 1000) -> 
                 .values_list("id", flat=True)[:limit])
 
 
-def make_plan(now: datetime | None = None) -> Plan:
+def make_plan(now: datetime | None = None, *, deadlines: bool = True, instance: str | None = None) -> Plan:
+    """The global sweep's plan (`deadlines`), or only the judgments of one local `instance`."""
     now = now or timezone.now()
     grace = timedelta(seconds=settings.ORPHAN_GRACE_SECONDS)
     meetings = snapshot_meetings()
     listings = list_backends(backends_in_use(meetings))
+    if instance is not None:
+        listings = {name: l for name, l in listings.items() if l.instance == instance}
     named = {bot.meeting_id for l in listings.values() if l.ok for bot in l.bots if bot.meeting_id}
-    return plan(meetings, listings, statuses_of(named), post_meeting_pending(now, grace), now, grace)
+    result = plan(meetings, listings, statuses_of(named), post_meeting_pending(now, grace) if deadlines else [],
+                  now, grace, deadlines=deadlines)
+    listed = instances.record_listed(listings, now)
+    if deadlines:
+        known = instances.last_listed()
+        result.unseen_instances = instances.unseen(meetings, listed, known, now)
+        result.delegate = instances.to_sweep(meetings, listed, known, now)
+    return result
 
 
 # --- Applying -------------------------------------------------------------------------------------
@@ -254,6 +290,8 @@ class Summary:
     containers_stopped: int = 0
     post_meeting_enqueued: int = 0
     relaunched: int = 0
+    instances_asked: int = 0
+    unseen_instances: dict[str, int] = field(default_factory=dict)
     skipped: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -291,10 +329,10 @@ def apply(p: Plan) -> Summary:
             summary.stops_requested += int(result.applied)
     # Only now the bots: asked to stop on the orchestrator queue (SIGTERM, then SIGKILL after
     # BOT_STOP_TIMEOUT_SECONDS), never waited for here, so no bot can hold the sweep.
-    for backend, container_id in bots_of_ended:
-        _stop(summary, backend, container_id, running=True)
+    for backend, container_id, instance in bots_of_ended:
+        _stop(summary, backend, container_id, instance, running=True)
     for c in p.containers:
-        if _stop(summary, c.backend, c.container_id, running=c.running, remove=True):
+        if _stop(summary, c.backend, c.container_id, c.instance, running=c.running, remove=True):
             summary.containers_stopped += int(c.running)
     for meeting_id in p.post_meeting:
         tasks.post_meeting.delay(meeting_id)
@@ -302,6 +340,14 @@ def apply(p: Plan) -> Summary:
     for meeting_id in p.relaunch:
         tasks.launch_bot.delay(meeting_id)
         summary.relaunched += 1
+    if p.unseen_instances:
+        summary.unseen_instances = dict(p.unseen_instances)
+        log.warning("sweep: live meetings on backend instances nobody has listed for %ss (left to the lost-instance "
+                    "policy): %s", settings.INSTANCE_UNSEEN_SECONDS, p.unseen_instances)
+    for instance in p.delegate:
+        with _decision(summary, 0):
+            instances.request_sweep(instance)
+            summary.instances_asked += 1
     return summary
 
 
@@ -315,7 +361,9 @@ def _adopt(a: Adopt) -> bool:
             return False
         meeting.bot_container_id = a.container_id
         meeting.orchestrator = a.backend
-        meeting.save(update_fields=["bot_container_id", "orchestrator", "updated_at"])
+        meeting.bot_instance = a.instance
+        meeting.save(update_fields=["bot_container_id", "orchestrator", "bot_instance", "updated_at"])
+        MeetingSession.objects.filter(meeting_id=meeting.id, session_uid=a.session_uid).update(instance=a.instance)
     # Also reached when the sweep lists a bot its launch is still recording (same container id:
     # harmless).
     log.warning("sweep: meeting %s had no recorded bot; adopted %s on %s (its launch died after starting it, "
@@ -338,14 +386,15 @@ def _decision(summary: Summary, meeting_id: int):
         summary.errors.append(f"meeting {meeting_id}: {type(exc).__name__}: {exc}")
 
 
-def _stop(summary: Summary, backend: str, container_id: str, *, running: bool, remove: bool = False) -> bool:
-    """Hand the bot to the orchestrator queue: a running one is terminated (then killed, then
-    removed when `remove`); an exited one is removed at once by the kill step."""
+def _stop(summary: Summary, backend: str, container_id: str, instance: str, *, running: bool,
+          remove: bool = False) -> bool:
+    """Hand the bot to its instance's orchestrator queue: a running one is terminated (then killed,
+    then removed when `remove`); an exited one is removed at once by the kill step."""
     try:
         if running:
-            bot_control.stop_bot(backend, container_id, remove=remove)
+            bot_control.stop_bot(backend, container_id, instance, remove=remove)
         elif remove:
-            bot_control.kill_bot(backend, container_id, remove=True)
+            bot_control.kill_bot(backend, container_id, instance, remove=True)
     except SoftTimeLimitExceeded:
         raise
     except Exception as exc:  # the broker is unreachable: reported; the next sweep asks again
@@ -356,17 +405,31 @@ def _stop(summary: Summary, backend: str, container_id: str, *, running: bool, r
 
 
 def sweep(dry_run: bool = False) -> tuple[Plan, Summary]:
-    """One sweep pass, at most one at a time (PostgreSQL advisory lock)."""
+    """One sweep pass (the beat's): deadlines, lost work, the bots this host sees, and a request to
+    every other known instance to sweep its own bots. At most one at a time across all hosts
+    (PostgreSQL advisory lock)."""
+    return _locked([SWEEP_LOCK_KEY], lambda: make_plan(), dry_run)
+
+
+def sweep_instance(instance: str, dry_run: bool = False) -> tuple[Plan, Summary]:
+    """Judge the bots of one backend instance this host runs (asked by another host's sweep, on
+    this instance's queue). One at a time per instance."""
+    return _locked([SWEEP_LOCK_KEY, instances.lock_key(instance)],
+                   lambda: make_plan(deadlines=False, instance=instance), dry_run)
+
+
+def _locked(key: list[int], make, dry_run: bool) -> tuple[Plan, Summary]:
+    placeholders = ", ".join(["%s"] * len(key))
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [SWEEP_LOCK_KEY])
+        cursor.execute(f"SELECT pg_try_advisory_lock({placeholders})", key)
         if not cursor.fetchone()[0]:
             log.info("sweep: another sweep is running; skipped")
             return Plan(), Summary(skipped=True)
     try:
-        p = make_plan()
+        p = make()
         summary = Summary(checked=p.checked) if dry_run else apply(p)
     finally:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [SWEEP_LOCK_KEY])
+            cursor.execute(f"SELECT pg_advisory_unlock({placeholders})", key)
     log.info("sweep: %s", summary.as_dict())
     return p, summary

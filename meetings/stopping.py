@@ -65,7 +65,7 @@ def delayed_stop(meeting_id: int) -> None:
     if meeting.bot_container_id:
         # Also when the meeting already ended: a container that outlived its meeting must go
         # (stopping a gone container is a no-op). Asked on the orchestrator queue, never waited for.
-        bot_control.stop_bot(_backend_name(meeting), meeting.bot_container_id)
+        bot_control.stop_bot(_backend_name(meeting), meeting.bot_container_id, meeting.bot_instance)
 
 
 def finalize_countdown(meeting: Meeting) -> float:
@@ -91,7 +91,7 @@ def finalize_after_stop(meeting_id: int) -> TransitionResult | None:
         metadata={"container_id": meeting.bot_container_id, "kill_requested": bool(meeting.bot_container_id)},
     )
     if result.applied and meeting.bot_container_id:
-        bot_control.kill_bot(_backend_name(meeting), meeting.bot_container_id)
+        bot_control.kill_bot(_backend_name(meeting), meeting.bot_container_id, meeting.bot_instance)
     return result
 
 

@@ -31,14 +31,15 @@ def finalize_after_stop(meeting_id: int) -> None:
     stopping.finalize_after_stop(meeting_id)
 
 
+# Sent to the queue of the bot's instance (bot_control), which only that instance's workers consume.
 @shared_task(name="meetings.terminate_bot", **_RETRY)
-def terminate_bot(backend: str, container_id: str, remove: bool = False) -> None:
-    bot_control.terminate(backend, container_id, remove)
+def terminate_bot(backend: str, container_id: str, remove: bool = False, instance: str = "") -> None:
+    bot_control.terminate(backend, container_id, remove, instance)
 
 
 @shared_task(name="meetings.kill_bot", **_RETRY)
-def kill_bot(backend: str, container_id: str, remove: bool = False, checks: int = 0) -> None:
-    bot_control.kill(backend, container_id, remove, checks)
+def kill_bot(backend: str, container_id: str, remove: bool = False, checks: int = 0, instance: str = "") -> None:
+    bot_control.kill(backend, container_id, remove, checks, instance)
 
 
 @shared_task(name="meetings.post_meeting")
@@ -49,4 +50,11 @@ def post_meeting(meeting_id: int) -> None:
 @shared_task(name="meetings.sweep")
 def sweep() -> dict:
     _plan, summary = reconcile.sweep()
+    return summary.as_dict()
+
+
+# Sent to the instance's own sweep queue (meetings/instances.py): only its host can list its bots.
+@shared_task(name="meetings.sweep_instance")
+def sweep_instance(instance: str) -> dict:
+    _plan, summary = reconcile.sweep_instance(instance)
     return summary.as_dict()

@@ -103,8 +103,15 @@ class Orchestrator(Protocol):
         """Blocking convenience for scripts and tests (never called from a task): terminate,
         wait up to `timeout` seconds, kill. Gone counts as stopped."""
 
+    def instance_id(self) -> str:
+        """Which backend instance this is, i.e. where the bots it starts run and whose bots `list()`
+        sees: a Docker engine's ID, a Nomad cluster's address and namespace, a host and run
+        directory for local processes. Two workers with the same instance see the same bots; the
+        sweep judges a bot only from a listing of its own instance. Raises OrchestratorError."""
+
     def list(self) -> list[BotInfo]:
-        """Every bot of this deployment, in one call to the engine. Raises OrchestratorError."""
+        """Every bot of this deployment on this instance, in one call to the engine. Raises
+        OrchestratorError."""
 
     def inspect(self, container_id: str) -> BotInfo | None:
         """One bot, or None when the engine says it does not exist. Raises OrchestratorError."""

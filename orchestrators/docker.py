@@ -123,6 +123,7 @@ class DockerOrchestrator:
         self._client = client
         self._query_client = client
         self._client_lock = threading.Lock()
+        self._instance: str | None = None
 
     @classmethod
     def from_settings(cls, settings) -> "DockerOrchestrator":
@@ -162,6 +163,16 @@ class DockerOrchestrator:
             return docker.DockerClient(base_url=self.base_url, version="auto", timeout=timeout)
         except _ENGINE_ERRORS as exc:
             raise OrchestratorError(f"Docker engine at {self.base_url} is not reachable: {exc}") from exc
+
+    def instance_id(self) -> str:
+        """`docker:<engine ID>`: two workers that reach one engine (whatever the address) see the
+        same bots; two engines never do. Asked once per process."""
+        if self._instance is None:
+            try:
+                self._instance = f"docker:{self.query.info()['ID']}"
+            except (*_ENGINE_ERRORS, KeyError) as exc:
+                raise OrchestratorError(f"Docker engine at {self.base_url} did not say its ID: {exc}") from exc
+        return self._instance
 
     def _label_filters(self) -> list[str]:
         return [f"{LABEL_MANAGED}=true", f"{LABEL_DEPLOYMENT}={self.deployment}"]

@@ -172,6 +172,10 @@ class NomadOrchestrator:
             query_timeout=settings.ORCHESTRATOR_QUERY_TIMEOUT_SECONDS,
         )
 
+    def instance_id(self) -> str:
+        # Nomad schedules across its cluster: every worker that talks to it sees every bot.
+        return f"nomad:{self.address}/{self.namespace or 'default'}"
+
     # --- helpers ----------------------------------------------------------------------------------
     @property
     def _dispatch_prefix(self) -> str:

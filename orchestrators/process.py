@@ -33,6 +33,7 @@ import secrets
 import select
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -66,6 +67,10 @@ class ProcessOrchestrator:
         self.bots_dir = Path(run_dir) / "bots"
         self.deployment = deployment
         self.command = command or [sys.executable, "-m", "simbot"]
+
+    def instance_id(self) -> str:
+        # The bots of this backend are processes of this host, recorded under this directory.
+        return f"process:{socket.gethostname()}:{self.bots_dir}"
 
     @classmethod
     def from_settings(cls, settings) -> ProcessOrchestrator:

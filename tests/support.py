@@ -82,11 +82,18 @@ def broker_client() -> redis.Redis:
     return redis.Redis.from_url(app.conf.broker_url)
 
 
+def all_queues() -> list[str]:
+    """Every queue of the broker: the fixed ones and the instance queues (`orchestrator.<hex>`,
+    `sweep.<hex>`, botmanager/workers.py)."""
+    dynamic = {key.decode() for pattern in ("orchestrator.*", "sweep.*") for key in broker_client().keys(pattern)}
+    return [*QUEUES, *sorted(dynamic)]
+
+
 def queued() -> list[dict]:
     """The task messages waiting in the broker, in every queue: [{"task", "args", "eta", "queue"}],
     oldest first within a queue."""
     messages = []
-    for queue in QUEUES:
+    for queue in all_queues():
         for raw in reversed(broker_client().lrange(queue, 0, -1)):  # kombu LPUSHes, consumers BRPOP
             message = json.loads(raw)
             headers = message["headers"]
@@ -105,7 +112,7 @@ def queued_tasks(name: str) -> list[dict]:
 
 def lose_queued_tasks() -> None:
     """Drop every waiting task, as a broker or worker outage loses them."""
-    broker_client().delete(*QUEUES)
+    broker_client().delete(*all_queues())
 
 
 def run_queued(name: str) -> int:
@@ -115,7 +122,7 @@ def run_queued(name: str) -> int:
 
     broker = broker_client()
     ran = 0
-    for queue in QUEUES:
+    for queue in all_queues():
         for raw in broker.lrange(queue, 0, -1):
             message = json.loads(raw)
             if message["headers"]["task"] != name:

@@ -13,8 +13,13 @@ FUTURE = NOW + timedelta(minutes=10)
 PAST = NOW - timedelta(seconds=1)
 
 
-def row(id=1, status="active", deadline=FUTURE, updated=OLD, container="c1", backend="process", stop_reason=None):
-    return MeetingRow(id, status, deadline, updated, container, backend, stop_reason)
+HERE = "process:host-a:/run/bots"  # the instance this sweep lists
+THERE = "process:host-b:/run/bots"  # another host's instance
+
+
+def row(id=1, status="active", deadline=FUTURE, updated=OLD, container="c1", backend="process", stop_reason=None,
+        instance=HERE):
+    return MeetingRow(id, status, deadline, updated, container, backend, stop_reason, instance)
 
 
 def bot(container_id="c1", meeting_id=1, status=NormalizedStatus.UP, exit_code=None):
@@ -22,12 +27,12 @@ def bot(container_id="c1", meeting_id=1, status=NormalizedStatus.UP, exit_code=N
                    {LABEL_MEETING_ID: str(meeting_id)}, None, exit_code)
 
 
-def listing(*bots, backend="process"):
-    return {backend: Listing(backend, tuple(bots))}
+def listing(*bots, backend="process", instance=HERE):
+    return {backend: Listing(backend, tuple(bots), instance=instance)}
 
 
 def failed_listing(backend="process"):
-    return {backend: Listing(backend, None, "engine down")}
+    return {backend: Listing(backend, None, "engine down", HERE)}
 
 
 def decide(meetings, listings, statuses=None, pending=()):
@@ -46,7 +51,7 @@ def test_live_meeting_with_running_bot_is_left_alone():
 
 def test_stopping_past_deadline_is_completed_and_its_container_stopped():
     f = only_finalize(decide([row(status="stopping", deadline=PAST)], listing(bot()), {1: "stopping"}))
-    assert (f.to_status, f.completion_reason, f.stop_container) == ("completed", "stopped", ("process", "c1"))
+    assert (f.to_status, f.completion_reason, f.stop_container) == ("completed", "stopped", ("process", "c1", HERE))
     assert f.from_status == "stopping"
 
 
@@ -169,3 +174,32 @@ def test_a_listed_unrecorded_bot_is_adopted_not_relaunched():
     p = decide([row(status="requested", container=None)], listing(bot_of_request), {1: "requested"})
     assert [a.container_id for a in p.adopt] == ["c7"]
     assert p.relaunch == []
+
+
+# --- Instances: a sweep judges only what it listed ---------------------------------------------------
+def test_a_bot_of_another_instance_is_never_judged_gone_by_this_listing():
+    p = decide([row(instance=THERE)], listing())  # not in this listing: it runs on another host
+    assert (p.finalize, p.containers) == ([], [])
+
+
+def test_a_bot_recorded_without_an_instance_is_not_judged_gone():
+    p = decide([row(instance="")], listing())
+    assert p.finalize == []
+
+
+def test_the_deadline_of_a_meeting_on_another_instance_still_applies_and_names_its_instance():
+    f = only_finalize(decide([row(status="stopping", deadline=PAST, instance=THERE)], listing()))
+    assert (f.to_status, f.stop_container) == ("completed", ("process", "c1", THERE))
+
+
+def test_an_instance_sweep_judges_its_bots_but_enforces_no_deadline():
+    # Meeting 1 is past its stop deadline but its bot runs; meeting 2's bot is gone.
+    p = plan([row(id=1, status="stopping", deadline=PAST), row(id=2, container="c2")], listing(bot("c1")),
+             {1: "stopping"}, [], NOW, GRACE, deadlines=False)
+    assert [(f.meeting_id, f.reason) for f in p.finalize] == [(2, "bot container is gone while active")]
+    assert p.relaunch == []
+
+
+def test_orphan_containers_are_stopped_on_the_instance_that_listed_them():
+    p = decide([], listing(bot("c9", meeting_id=9)), {})
+    assert [(c.container_id, c.instance) for c in p.containers] == [("c9", HERE)]

@@ -4,22 +4,16 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html
 
+from botmanager.admin_readonly import ReadOnlyInline, ReadOnlyModelAdmin
+
 from . import delivery
 from .models import Endpoint, WebhookAttempt, WebhookDelivery
 
 
-class AttemptInline(admin.TabularInline):
+class AttemptInline(ReadOnlyInline):
     model = WebhookAttempt
-    extra = 0
-    can_delete = False
     fields = ["number", "started_at", "duration_ms", "url", "response_code", "error", "outcome", "response_body"]
     readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(WebhookDelivery)
@@ -65,7 +59,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
 
 @admin.register(Endpoint)
-class EndpointAdmin(admin.ModelAdmin):
+class EndpointAdmin(ReadOnlyModelAdmin):
     """The back-off state of receiver URLs (webhooks.endpoints): read only, kept by the workers."""
 
     list_display = ["url", "consecutive_failures", "backing_off", "open_until", "last_error", "last_failure_at",
@@ -79,12 +73,3 @@ class EndpointAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="backing off")
     def backing_off(self, obj: Endpoint) -> bool:
         return obj.open_until is not None and obj.open_until > timezone.now()
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

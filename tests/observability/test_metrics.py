@@ -105,6 +105,9 @@ class FakeBackend:
         self.bots = [BotInfo("c-orphan", "botmanager-bot-x", NormalizedStatus.UP, "running",
                              {LABEL_MEETING_ID: str(meeting_id)})]
 
+    def instance_id(self):
+        return "fake:1"
+
     def list(self):
         return list(self.bots)
 
@@ -123,7 +126,7 @@ def test_sweep_runs_what_they_finalized_and_orphan_containers_stopped(metrics_re
     after = scrape()
 
     # Still listed by the fake on the 2nd pass: asked to stop twice, on the orchestrator queue.
-    assert [t["args"] for t in queued_tasks("meetings.terminate_bot")] == [["process", "c-orphan", True]] * 2
+    assert [t["args"] for t in queued_tasks("meetings.terminate_bot")] == [["process", "c-orphan", True, "fake:1"]] * 2
     assert Meeting.objects.get(pk=overdue.pk).status == S.FAILED
     assert value(before, "botmanager_sweep_runs_total", outcome="completed") == 0
     assert value(after, "botmanager_sweep_runs_total", outcome="completed") == 2
@@ -205,7 +208,7 @@ def test_every_collector_reports_up(metrics_redis):
     samples = scrape()
     collectors = {dict(labels)["collector"]: v for (n, labels), v in samples.items()
                   if n == "botmanager_metrics_collector_up"}
-    expected = {"meetings", "transitions", "stops", "redis", "queues"} | ({"webhooks"} if apps.is_installed("webhooks") else set())
+    expected = {"meetings", "transitions", "stops", "instances", "redis", "queues"} | ({"webhooks"} if apps.is_installed("webhooks") else set())
     assert collectors == {name: 1 for name in expected}
 
 

@@ -15,7 +15,6 @@ import threading
 import pytest
 from django.conf import settings as django_settings
 
-from botmanager.workers import QUEUES
 
 from meetings import launch, post_meeting
 from meetings.models import Meeting
@@ -26,6 +25,7 @@ from orchestrators.registry import get_orchestrator
 from tests.e2e.conftest import stack  # noqa: F401  (the live stack, reused by test_seed_acceptance)
 from tests.factories import make_session
 from tests.support import (  # noqa: F401 (used by the tests of this folder)
+    all_queues,
     broker_client,
     lose_queued_tasks,
     queued,
@@ -72,7 +72,7 @@ def wait_worker_idle(timeout: float = 15.0) -> None:
     """Wait until every queued task has run: nothing waits in the queue and nothing delivered is
     unacknowledged (tasks are acknowledged after they ran: acks_late)."""
     broker = broker_client()
-    wait_for(lambda: sum(broker.llen(q) for q in QUEUES) == 0 and broker.hlen("unacked") == 0, timeout=timeout,
+    wait_for(lambda: sum(broker.llen(q) for q in all_queues()) == 0 and broker.hlen("unacked") == 0, timeout=timeout,
              what="the worker to run every queued task")
 
 
@@ -81,7 +81,7 @@ def clean_broker():
     """Tasks left by one test (enqueued without a worker, or handed back by a stopping worker)
     must not run in the next one."""
     def purge():
-        broker_client().delete(*QUEUES, "unacked", "unacked_index")
+        broker_client().delete(*all_queues(), "unacked", "unacked_index")
 
     purge()
     yield
@@ -133,7 +133,8 @@ class Bots:
         """A bot for `meeting`, recorded on the meeting as launch records it."""
         session = make_session(meeting)
         container_id = self._start(kind, launch.bot_labels(meeting, session), f"bot-{meeting.id}", args)
-        Meeting.objects.filter(pk=meeting.pk).update(bot_container_id=container_id, orchestrator="process")
+        Meeting.objects.filter(pk=meeting.pk).update(bot_container_id=container_id, orchestrator="process",
+                                                     bot_instance=self.backend.instance_id())
         meeting.refresh_from_db()
         return container_id
 

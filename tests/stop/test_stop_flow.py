@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from botmanager.workers import instance_queue
 from meetings import stopping, tasks
 from meetings.models import Meeting, MeetingTransition
 from meetings.statuses import MeetingStatus, TransitionSource
@@ -129,7 +130,10 @@ def test_the_delayed_stop_asks_the_backend_to_stop_the_bot_and_schedules_the_fin
     assert finalizer["args"] == [meeting.id]
     assert before + timedelta(seconds=7) <= finalizer["eta"] <= timezone.now() + timedelta(seconds=7)
     [terminate] = queued_tasks("meetings.terminate_bot")
-    assert (terminate["args"], terminate["queue"]) == (["process", container, False], "orchestrator")
+    instance = Meeting.objects.get(pk=meeting.id).bot_instance
+    # To the queue of the bot's instance: only a worker that sees the bot can signal it.
+    assert (terminate["args"], terminate["queue"]) == (["process", container, False, instance],
+                                                       instance_queue("orchestrator", instance))
     run_bot_stops()
     assert not bots.running(container)
 
@@ -146,7 +150,7 @@ def test_terminating_a_bot_sends_sigterm_and_schedules_the_kill_after_the_stop_t
     assert (timezone.now() - started).total_seconds() < 1.0  # it asked; it did not wait
     assert bots.running(container)  # a stubborn bot ignores the SIGTERM...
     [kill] = queued_tasks("meetings.kill_bot")
-    assert kill["args"] == ["process", container, False]
+    assert kill["args"] == ["process", container, False, 0, ""]
     assert started + timedelta(seconds=6) <= kill["eta"] <= timezone.now() + timedelta(seconds=6)
     run_bot_stops()  # ...until the kill is due
     assert bots.info(container).exit_code == 137
@@ -168,7 +172,8 @@ def test_the_finalizer_completes_the_meeting_without_calling_the_backend_and_has
     assert (final.from_status, final.source) == (S.STOPPING, TransitionSource.GRACE_FINALIZER)
     assert final.metadata == {"container_id": container, "kill_requested": True}
     assert bots.running(container)  # the finalizer only asked...
-    assert [t["args"] for t in queued_tasks("meetings.kill_bot")] == [["process", container, False]]
+    instance = Meeting.objects.get(pk=meeting.id).bot_instance
+    assert [t["args"] for t in queued_tasks("meetings.kill_bot")] == [["process", container, False, 0, instance]]
     run_bot_stops()  # ...the orchestrator queue kills it
     assert bots.info(container).exit_code == 137  # SIGKILL
 

@@ -151,7 +151,8 @@ def test_a_silent_death_is_judged_only_once_the_orphan_grace_has_passed(bots, se
 def test_an_active_meeting_whose_bot_vanished_from_the_backend_fails_at_active(bots, settings):
     settings.ORPHAN_GRACE_SECONDS = 60
     meeting = make_meeting(status=S.ACTIVE, deadline_at=later(3600), updated_at=ago(61),
-                           bot_container_id=fake_container(), orchestrator="process")
+                           bot_container_id=fake_container(), orchestrator="process",
+                           bot_instance=get_orchestrator("process").instance_id())
 
     reconcile.sweep()
 
@@ -225,6 +226,9 @@ class BrokenOrchestrator:
     def start(self, spec):
         raise self.error
 
+    def instance_id(self):
+        return "broken:1"
+
     def list(self):
         self.calls.append(("list",))
         raise self.error
@@ -277,7 +281,7 @@ def test_a_failing_listing_acts_on_nothing_but_deadlines(bots, broken_backend, s
     # queue, whose task retries while the engine is unreachable.
     assert broken_backend.calls == [("list",)]
     assert [t["args"] for t in queued_tasks("meetings.terminate_bot")] == [
-        ["broken", overdue.bot_container_id, False]]
+        ["broken", overdue.bot_container_id, False, ""]]
 
 
 def test_a_failing_listing_of_one_backend_does_not_blind_the_sweep_on_another(bots, broken_backend, settings):
@@ -507,7 +511,8 @@ def test_a_meeting_that_came_alive_since_the_snapshot_keeps_its_bot(bots, monkey
 
     plan, summary = reconcile.sweep()
 
-    assert [(f.meeting_id, f.stop_container) for f in plan.finalize] == [(meeting.id, ("process", container))]
+    instance = get_orchestrator("process").instance_id()
+    assert [(f.meeting_id, f.stop_container) for f in plan.finalize] == [(meeting.id, ("process", container, instance))]
     assert Meeting.objects.get(pk=meeting.id).status == S.ACTIVE  # ...refused as the meeting moved on
     assert bots.running(container)  # and its bot, now live, was left alone
     assert summary.finalized == 0

@@ -27,6 +27,11 @@ class Command(BaseCommand):
                 self.stdout.write(f"would re-enqueue the lost launch of meeting {meeting_id}")
             for name, err in plan.unknown_backends.items():
                 self.stdout.write(f"backend {name} could not be listed (nothing judged there): {err}")
+            for instance in plan.delegate:
+                self.stdout.write(f"would ask instance {instance} to sweep its own bots")
+            for instance, n in plan.unseen_instances.items():
+                self.stdout.write(f"instance {instance}: {n} live meeting(s), not listed for a while "
+                                  "(manage.py lost_instances)")
             self.stdout.write(f"checked {plan.checked} live meetings (dry run: nothing changed)")
         else:
             self.stdout.write(json.dumps(summary.as_dict()))
