@@ -13,14 +13,15 @@ import traceback
 from bench import common
 
 TARGETS = "callbacks >= 1000/s on 2 cores; sweep <= 2 s at 10,000; POST /bots p50 <= 20 ms; " \
-          "ignore-leave stop = delay + grace within 1 s"
+          "ignore-leave stop = delay + grace within 1 s; storm (200 stubborn bots): every stop -> terminal <= " \
+          "delay + grace + 1 s, probe <= baseline + 1 s, bots gone <= delay + stop timeout + 2 s, no sweep skipped"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     args = parser.parse_args(argv)
-    from bench import callbacks, post_bots, stop, sweep
+    from bench import callbacks, post_bots, stop, storm, sweep
 
     quick = args.quick
     runs = [
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         ("sweep", sweep.main, ["--sizes", "1000,10000" if quick else "1000,10000,50000"]),
         ("stop", stop.main, ["--bots", "5", "--batch", "5", "--ignoring", "2"] if quick else []),
         ("post_bots", post_bots.main, ["--requests", "100" if quick else "1000"]),
+        ("storm", storm.main, ["--stubborn", "30", "--hook-bots", "5"] if quick else []),
     ]
     print(f"machine: {common.machine()}  date: {time.strftime('%Y-%m-%d %H:%M')}")
     results = {}
@@ -63,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     pb = results.get("post_bots")
     if pb:
         print(f"  POST /bots: p50 {pb['p50_ms']} ms (target <= 20 ms), p99 {pb['p99_ms']} ms")
+    sm = results.get("storm")
+    if sm:
+        print(f"  storm ({sm['stubborn_bots']} stubborn bots): stop -> terminal worst {sm['stop_to_terminal_worst_s']} s "
+              f"(target <= {sm['bound_delay_plus_grace_plus_1_s']} s), probe worst {sm['probe_worst_s']} s (baseline "
+              f"{sm['probe_baseline_s']} s + 1 s), bots gone {sm['bots_gone_after_last_stop_s']} s after the last stop "
+              f"(target <= 15 s), sweeps {sm['sweeps_completed']}/{sm['sweeps_expected']} ({sm['sweeps_skipped']} skipped)")
     if cb:
         print(f"  memory after callbacks: gunicorn workers {cb['gunicorn_worker_rss_mb']} MB, Celery "
               f"{cb['celery_main_rss_mb']} MB main + {cb['celery_pool_rss_mb']} MB pool")

@@ -109,6 +109,13 @@ def _command_lines() -> list[list[str]]:
     return lines
 
 
+def _command_line(pid: int) -> list[str]:
+    try:
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode(errors="replace").split("\0"))
+    except OSError:
+        return []
+
+
 def _alive(pid: int) -> bool:
     return _start_time(pid) is not None and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
 
@@ -197,6 +204,12 @@ def test_after_the_supervisor_is_killed_the_next_run_comes_up_cleanly(runstack):
     second.port, second.redis_port = first.port, first.redis_port
     second.env = first.env
     second.start()
-    assert not any(_alive(pid) for pid in children.values())
-    beats = [argv for argv in _command_lines() if "beat" in argv and str(second.run_dir / "celerybeat-schedule") in argv]
-    assert len(beats) == 1, beats  # never two beats on one schedule
+
+    def left() -> dict[str, str]:
+        return {name: " ".join(_command_line(pid)) for name, pid in children.items() if _alive(pid)}
+
+    wait_for(lambda: not left(), timeout=10, what="the first run's children to be gone")
+    def beats() -> list[list[str]]:
+        return [argv for argv in _command_lines() if "beat" in argv and str(second.run_dir / "celerybeat-schedule") in argv]
+
+    wait_for(lambda: len(beats()) == 1, timeout=20, what="the new run's beat")  # and never two on one schedule
