@@ -236,31 +236,36 @@ def run_storm(url: str, backend, *, stubborn: int, hook_bots: int, stop_timeout:
         # The hanging receiver's user starts bots too: each transition is a delivery that hangs.
         hook_started = time.monotonic()
         hook_ids = [hooked.request_bot(hooked.native_id(series=3), "Hooked") for _ in range(hook_bots)]
-        watchers = ThreadPoolExecutor(hook_bots + 1)
+        watchers = ThreadPoolExecutor(hook_bots + 2)
         hook_waits = [watchers.submit(hooked.wait, i, {"active"} | TERMINAL, 60) for i in hook_ids]
         sweeps_before = _sweep_runs(url)
         storm_started = time.monotonic()
         gone = watchers.submit(_wait_gone, backend, containers, 180)
+        # A probe bot every second while the storm lasts, from its first second on.
+        storm_window = DELAY + max(GRACE, stop_timeout) + 2
+        probing = ThreadPoolExecutor(8)
+        probe_futures = []
+
+        def probe_every_second():
+            while time.monotonic() - storm_started < storm_window:
+                probe_futures.append(probing.submit(probe.time_to_active, 4, 60))
+                time.sleep(1.0)
+
+        prober = watchers.submit(probe_every_second)
         with ThreadPoolExecutor(32) as pool:
             list(pool.map(storm.stop, natives))
         stops_took = time.monotonic() - storm_started
         log(f"  {stubborn} stops sent in {stops_took:.2f} s")
-
-        # A probe bot every second while the storm lasts.
-        storm_window = DELAY + max(GRACE, stop_timeout) + 2
+        prober.result()
         probe_natives = []
-        with ThreadPoolExecutor(8) as pool:
-            futures = []
-            while time.monotonic() - storm_started < storm_window:
-                futures.append(pool.submit(probe.time_to_active, 4, 60))
-                time.sleep(1.0)
-            for future in futures:
-                native, took = future.result()
-                probe_natives.append(native)
-                if took is None:
-                    figures.probes_not_active += 1
-                else:
-                    figures.probes.append(took)
+        for future in probe_futures:
+            native, took = future.result()
+            probe_natives.append(native)
+            if took is None:
+                figures.probes_not_active += 1
+            else:
+                figures.probes.append(took)
+        probing.shutdown()
         for future in hook_waits:
             status, at = future.result()
             if status == "active":
