@@ -60,11 +60,15 @@ task_routes = {
     "meetings.kill_bot": {"queue": workers.ORCHESTRATOR},
     # Deliveries wait on users' receivers.
     "webhooks.deliver": {"queue": workers.WEBHOOKS},
+    # Post-meeting steps have no deadline: hundreds of them after a storm of stops must not sit in
+    # the lifecycle pool ahead of the finalizers that do (a worker holding countdown tasks widens
+    # its prefetch by as many, so a shared queue would reserve them first).
+    "meetings.post_meeting": {"queue": workers.POST_MEETING},
     # The backstop: alone on its queue, so no storm of other work can delay or expire it.
     # (meetings.sweep_instance and the bot stops are sent to an instance's own queue explicitly.)
     "meetings.sweep": {"queue": workers.SWEEP},
-    # Everything else (delayed stop, finalizer, post-meeting, webhook redrive) is short database
-    # work: the default queue, lifecycle.
+    # Everything else (delayed stop, finalizer, webhook redrive) is short database work: the
+    # default queue, lifecycle.
     **settings.CELERY_TASK_ROUTES,
 }
 

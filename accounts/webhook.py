@@ -43,13 +43,36 @@ def _is_private(host: str) -> bool:
     return any(is_private_address(a) for a in addresses)
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits: NAT64 (RFC 6052, RFC 8215).
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
 def is_private_address(address: str) -> bool:
-    """A private, loopback, link-local or unspecified IP address (the sender checks the address
-    it connects to with this, so a name that resolves elsewhere at send time is caught too)."""
+    """Any address a webhook must not reach unless WEBHOOK_ALLOW_PRIVATE_ADDRESSES: everything
+    that is not globally routable unicast (private, loopback, link-local, CGNAT 100.64.0.0/10,
+    unspecified, reserved, documentation, benchmarking), multicast, and IPv6 forms that embed such
+    an IPv4 address (IPv4-mapped, NAT64, 6to4, Teredo). The sender checks the address it connects
+    to with this."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:  # the translator or tunnel connects to that IPv4 address
+            return _refused(embedded)
+    return _refused(ip)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if any(ip in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    return None  # Teredo (2001::/32) is not global: refused as it is
+
+
+def _refused(ip) -> bool:
+    return not ip.is_global or ip.is_multicast or ip.is_unspecified or ip.is_reserved
 
 
 def set_webhook(user: User, url: str, *, rotate_secret: bool = False) -> tuple[str, str]:

@@ -10,7 +10,10 @@ backends spent per callback (independent of other load on the machine, hence a C
 for 2 idle cores), and the memory (RSS) of each gunicorn worker and of the Celery worker after the
 run (`bench/memory` folded in here).
 
-    python -m bench.callbacks [--meetings 2000] [--concurrency 32] [--web-workers N]
+    python -m bench.callbacks [--meetings 2000] [--concurrency 32] [--web-workers N] [--keep-alive]
+
+--keep-alive: each of the `concurrency` clients sends its callbacks one after another on one
+persistent connection (HTTP/1.1 keep-alive), as a bot's HTTP client with a connection pool does.
 
 --web-workers defaults to WEB_CONCURRENCY (2), what `make run` and the compose file run: on 2 cores
 the callback path is CPU-bound, and more workers than cores only add context switches.
@@ -50,6 +53,68 @@ def queries_per_callback() -> dict[str, int]:
     return counts
 
 
+def _requests(port: int, name: str, uids: list[str], *, keep_alive: bool) -> list[bytes]:
+    """The callback requests as bytes, last one first (popped from the end)."""
+    path = f"/bots/internal/callback/{name}"
+    close = "" if keep_alive else "Connection: close\r\n"
+    requests = []
+    for uid in uids:
+        body = json.dumps({"connection_id": uid}).encode()
+        requests.append(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n{close}\r\n".encode() + body)
+    requests.reverse()
+    return requests
+
+
+def _ready(selector) -> list:
+    ready = selector.select(timeout=60)
+    if not ready:
+        raise RuntimeError(f"{len(selector.get_map())} callbacks got no answer within 60 s")
+    return ready
+
+
+def run_phase_keep_alive(port: int, name: str, uids: list[str], concurrency: int) -> tuple[list[float], int, float]:
+    """As run_phase, but `concurrency` persistent connections each send their next request when
+    the previous answer is complete (Content-Length framed)."""
+    requests = _requests(port, name, uids, keep_alive=True)
+    latencies: list[float] = []
+    errors = 0
+    selector = selectors.DefaultSelector()
+
+    def send_next(sock, state) -> None:
+        state.update(response=bytearray(), started=time.perf_counter())
+        sock.sendall(requests.pop())
+        selector.register(sock, selectors.EVENT_READ, state)
+
+    started = time.perf_counter()
+    for _ in range(min(concurrency, len(requests))):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        send_next(sock, {})
+    while selector.get_map():
+        for key, _events in _ready(selector):
+            sock, state = key.fileobj, key.data
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("the server closed a keep-alive connection")
+            state["response"] += chunk
+            head, sep, body = bytes(state["response"]).partition(b"\r\n\r\n")
+            if not sep:
+                continue
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            if len(body) < length:
+                continue
+            latencies.append(time.perf_counter() - state["started"])
+            errors += not head.startswith(b"HTTP/1.1 200 ")
+            selector.unregister(sock)
+            if requests:
+                send_next(sock, state)
+            else:
+                sock.close()
+    return latencies, errors, time.perf_counter() - started
+
+
 def run_phase(port: int, name: str, uids: list[str], concurrency: int) -> tuple[list[float], int, float]:
     """POST one callback per uid, `concurrency` requests in flight, each on a new connection.
 
@@ -58,13 +123,7 @@ def run_phase(port: int, name: str, uids: list[str], concurrency: int) -> tuple[
     connection with http.client cost ≈ 0.3 ms). Returns the latencies (connect → response read),
     the number of non-200 answers and the phase's wall time.
     """
-    path = f"/bots/internal/callback/{name}"
-    requests = []
-    for uid in uids:
-        body = json.dumps({"connection_id": uid}).encode()
-        requests.append(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-    requests.reverse()
+    requests = _requests(port, name, uids, keep_alive=False)
     latencies: list[float] = []
     errors = 0
     selector = selectors.DefaultSelector()
@@ -80,10 +139,7 @@ def run_phase(port: int, name: str, uids: list[str], concurrency: int) -> tuple[
     while requests and len(selector.get_map()) < concurrency:
         start_one()
     while selector.get_map():
-        ready = selector.select(timeout=60)
-        if not ready:
-            raise RuntimeError(f"{len(selector.get_map())} callbacks got no answer within 60 s")
-        for key, events in ready:
+        for key, events in _ready(selector):
             sock, state = key.fileobj, key.data
             if events & selectors.EVENT_WRITE:
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -152,7 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--web-workers", type=int, default=None,
                         help="gunicorn workers (default: WEB_CONCURRENCY)")
+    parser.add_argument("--keep-alive", action="store_true",
+                        help="persistent client connections instead of one per callback")
     args = parser.parse_args(argv)
+    phase = run_phase_keep_alive if args.keep_alive else run_phase
     env = common.setup()
     from django.conf import settings
 
@@ -169,11 +228,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     probe = common.speed_probe()
     figures: dict = {"speed_probe": probe, "meetings": args.meetings, "concurrency": args.concurrency, "web_workers": args.web_workers,
+                     "keep_alive": args.keep_alive,
                      "sql_queries_per_callback": per_callback}
     with common.celery_worker(env, concurrency=2) as celery, common.gunicorn(env, args.web_workers) as web:
         port = int(web.url.rsplit(":", 1)[1])
         # Warm-up on other meetings: every worker imports its code and opens its connection.
-        run_phase(port, "joining", warmup, args.concurrency)
+        phase(port, "joining", warmup, args.concurrency)
         # CPU actually spent per callback, whatever else runs on the machine: the gunicorn
         # workers' and their PostgreSQL backends' CPU time over the measured phases.
         measured = web.pids()[1:]
@@ -182,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         all_latencies, errors, wall = [], 0, 0.0
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         for name in PHASES:
-            latencies, bad, seconds = run_phase(port, name, uids, args.concurrency)
+            latencies, bad, seconds = phase(port, name, uids, args.concurrency)
             figures[f"{name}_per_second"] = round(len(latencies) / seconds)
             all_latencies += latencies
             errors += bad

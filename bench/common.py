@@ -69,7 +69,7 @@ def setup() -> dict[str, str]:
     atexit.register(shutil.rmtree, run_dir, True)
     devstack.start_redis(run_dir, redis_port)
     atexit.register(devstack.stop_redis, run_dir)
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    redis_url = devstack.embedded_redis_url(redis_port)
 
     # This process: the settings object is loaded, the connections are not made yet.
     settings.DATABASES["default"]["NAME"] = BENCH_DB

@@ -10,6 +10,11 @@ app = Celery("botmanager")
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks(["meetings", "webhooks"])
 
+# Worker and beat refuse to start with a missing or publicly known secret.
+from botmanager import checks as _checks  # noqa: E402
+
+_checks.connect_celery()
+
 # A worker must survive a Redis restart while it holds countdown tasks (celery 5.7.0 / kombu 5.7.0
 # crash there): see botmanager/broker_outage.py.
 from botmanager import broker_outage  # noqa: E402

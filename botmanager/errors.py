@@ -57,7 +57,30 @@ def server_error(request):
 
 
 def bad_request(request, exception=None):
+    from django.core.exceptions import DisallowedHost, RequestDataTooBig
+
+    if isinstance(exception, RequestDataTooBig):
+        from .jsonbody import too_large_message
+
+        return JsonResponse({"detail": too_large_message()}, status=413)
+    if isinstance(exception, DisallowedHost):
+        return JsonResponse({"detail": "Unknown Host header: this server answers only the names in its "
+                                       "ALLOWED_HOSTS setting."}, status=400)
     return JsonResponse({"detail": "Bad request."}, status=400)
+
+
+def csrf_failure(request, reason=""):
+    return JsonResponse({"detail": f"CSRF check failed ({reason}). The API takes no cookies: send the "
+                                   "X-API-Key header; the Django admin needs its login form."}, status=403)
+
+
+def login_locked_out(request, credentials, *args, **kwargs):
+    """django-axes: too many failed Django admin logins."""
+    from django.conf import settings
+
+    minutes = round(settings.AXES_COOLOFF_TIME * 60)
+    return JsonResponse({"detail": f"Too many failed login attempts; try again in {minutes} minutes "
+                                   "(an operator can lift it: manage.py axes_reset)."}, status=429)
 
 
 def permission_denied(request, exception=None):

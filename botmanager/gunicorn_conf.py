@@ -5,18 +5,32 @@
   the master starts (files of an earlier run would add stale counts) and each exiting worker is
   marked dead (prometheus-client's required hook).
 - LOG_FORMAT=json: gunicorn's own error and access logs are JSON lines too.
+- The master refuses to start with a missing or publicly known secret (botmanager/checks.py).
+- Worker class WEB_WORKER_CLASS (gevent by default): a connection is a greenlet, so clients that
+  trickle or stall a request wait without holding a worker; psycopg2 is made cooperative
+  (psycogreen) in each worker, or one query would block every connection of that worker.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
 from django.conf import settings  # noqa: E402  (reading settings does not set Django up)
 
+# gunicorn's gevent worker monkey-patches the standard library in each worker after this master
+# imported it; gevent then warns that `ssl` was imported first. The web makes no outbound TLS
+# connection (webhooks are sent by the Celery workers) and the module it names (redis.asyncio) is
+# not used, so the warning says nothing here; it would also be the one non-JSON line in the logs.
+warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl has already been imported")
+
 graceful_timeout = 10
+worker_class = settings.WEB_WORKER_CLASS
+worker_connections = settings.WEB_WORKER_CONNECTIONS
+keepalive = settings.WEB_KEEPALIVE_SECONDS
 
 if settings.LOG_FORMAT == "json":
     logconfig_dict = {
@@ -34,6 +48,9 @@ if settings.LOG_FORMAT == "json":
 
 
 def on_starting(server):
+    from botmanager.checks import refuse_to_start
+
+    refuse_to_start("gunicorn")
     directory = settings.PROMETHEUS_MULTIPROC_DIR
     if directory:
         path = Path(directory)
@@ -47,3 +64,21 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid, settings.PROMETHEUS_MULTIPROC_DIR)
+
+
+def post_worker_init(worker):
+    """gevent workers (after gunicorn's monkey-patching, before the first request)."""
+    if "gevent" not in worker.cfg.worker_class_str:
+        return
+    from asgiref.local import Local
+    from django.db import connections
+    from psycogreen.gevent import patch_psycopg
+
+    # A query waits in the gevent hub, not in libpq: the worker's other connections go on.
+    patch_psycopg()
+    # django.db was imported by the master before gevent patched `threading`, so its store of
+    # database connections is a real thread-local, one for all the worker's greenlets (they would
+    # share one connection: "DatabaseWrapper objects created in a thread can only be used in that
+    # same thread"). A new store made now is greenlet-local: one database connection per client
+    # connection, reused across its keep-alive requests, closed when the greenlet ends.
+    connections._connections = Local(connections.thread_critical)

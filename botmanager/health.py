@@ -14,17 +14,15 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.http import JsonResponse
 
-# One small pool per process for the backend check, which has no timeout knob of its own.
-_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz")
+from .plainviews import allow_methods
 
 
+@allow_methods("GET")
 def healthz(request):
     return JsonResponse({"status": "ok"})
 
@@ -45,24 +43,21 @@ def _check_redis() -> dict:
     return {}
 
 
-def _list_backend() -> dict:
+def _check_backend() -> dict:
+    """The backend lists its bots within READYZ_TIMEOUT_SECONDS; the listing is shared with
+    concurrent requests and a failed engine is not asked again for a moment
+    (orchestrators/request_listing.py), so probes of a hung engine hold nothing."""
+    from orchestrators import request_listing
     from orchestrators.registry import get_orchestrator
 
     backend = get_orchestrator()
-    return {"name": backend.name, "bots": len(backend.list())}
-
-
-def _check_backend() -> dict:
-    future = _pool.submit(_list_backend)
-    try:
-        return future.result(timeout=settings.READYZ_TIMEOUT_SECONDS)
-    except FutureTimeout:
-        raise TimeoutError(f"listing took longer than {settings.READYZ_TIMEOUT_SECONDS}s") from None
+    return {"name": backend.name, "bots": len(request_listing.list_bots(backend, settings.READYZ_TIMEOUT_SECONDS))}
 
 
 CHECKS = {"database": _check_database, "redis": _check_redis, "backend": _check_backend}
 
 
+@allow_methods("GET")
 def readyz(request):
     checks, failed = {}, []
     for name, check in CHECKS.items():

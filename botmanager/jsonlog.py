@@ -2,7 +2,7 @@
 
 Every record carries `ts`, `level`, `logger`, `message` and, when the code passed them with
 `extra=`, the structured fields. The lifecycle's transition lines carry `meeting_id`,
-`session_uid`, `source`, `from_status`, `to_status`, `applied` (and `reason` / `refusal`).
+`session_id` (the session row, never its uid: a capability), `source`, `from_status`, `to_status`, `applied` (and `reason` / `refusal`).
 
 No secrets: a field whose name looks like a credential (`token`, `secret`, `password`,
 `api_key`, `authorization`, `cookie`) is written as "[redacted]" whatever it holds, nested
@@ -22,7 +22,9 @@ import traceback
 from datetime import datetime, timezone
 
 REDACTED = "[redacted]"
-_SECRET_NAME = re.compile(r"token|secret|passw|api[-_]?key|authorization|cookie|credential", re.IGNORECASE)
+# The bot session uid (`session_uid`, `connection_id`, BOT_CONFIG's `connectionId`) is a capability too.
+_SECRET_NAME = re.compile(r"token|secret|passw|api[-_]?key|authorization|cookie|credential|session_?uid|connection_?id",
+                          re.IGNORECASE)
 # Values that look like credentials wherever they appear in a message.
 _SECRET_TEXT = [
     (re.compile(r"(?i)(x-api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]+"), r"\1" + REDACTED),

@@ -56,6 +56,7 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from botmanager.plainviews import allow_methods
 from meetings.statuses import CALLBACK_NAMES as _CALLBACK_NAMES
 
 log = logging.getLogger(__name__)
@@ -468,12 +469,11 @@ def build_registry() -> CollectorRegistry:
     return registry
 
 
+@allow_methods("GET")
 def metrics_view(request):
     from django.conf import settings
     from django.http import HttpResponse, JsonResponse
 
-    if request.method not in ("GET", "HEAD"):
-        return JsonResponse({"detail": "Method not allowed."}, status=405)
     if settings.METRICS_TOKEN:
         auth = request.headers.get("Authorization", "")
         given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""

@@ -28,8 +28,6 @@ def _bootstrap_accounts() -> list[str]:
     import django
 
     django.setup()
-    from django.conf import settings
-
     from accounts import services
     from accounts.models import User
 
@@ -45,10 +43,7 @@ def _bootstrap_accounts() -> list[str]:
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser(CONSOLE_EMAIL, password, name="Console admin")
         lines.append(f"Django admin login (shown once): {CONSOLE_EMAIL} / {password}")
-    if settings.ADMIN_API_TOKEN == "dev-admin-token":
-        lines.append("admin API: X-Admin-API-Key: dev-admin-token (the local default; set ADMIN_API_TOKEN)")
-    else:
-        lines.append("admin API: X-Admin-API-Key is the ADMIN_API_TOKEN you configured")
+    lines.append(devstack.admin_token_line(first_start=created))
     return lines
 
 

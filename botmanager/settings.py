@@ -38,24 +38,48 @@ def _bool(name: str, default: bool) -> bool:
 
 
 # --- Core -----------------------------------------------------------------------------------------
-SECRET_KEY = _str("SECRET_KEY", "dev-insecure-secret-key-change-me-in-production-0123456789")
 DEBUG = _bool("DEBUG", False)
-ALLOWED_HOSTS = [h.strip() for h in _str("ALLOWED_HOSTS", "*").split(",") if h.strip()]
+# Host names the web answers to (a request naming another host gets 400: a web page cannot drive a
+# local stack through DNS rebinding). Loopback names by default; compose adds `web`.
+ALLOWED_HOSTS = [h.strip() for h in _str("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
 PORT = _int("PORT", 8000)
 RUN_DIR = Path(_str("RUN_DIR", str(BASE_DIR / ".run"))).resolve()
 # The URL bots use to reach the callbacks; derived from PORT for the local stack.
 PUBLIC_BASE_URL = _str("PUBLIC_BASE_URL", f"http://127.0.0.1:{PORT}").rstrip("/")
-ADMIN_API_TOKEN = _str("ADMIN_API_TOKEN", "dev-admin-token")
 
 # --- Embedded servers (used only when the URL is not configured) ----------------------------------
 EMBEDDED_POSTGRES_PORT = _int("EMBEDDED_POSTGRES_PORT", 54329)
 EMBEDDED_REDIS_PORT = _int("EMBEDDED_REDIS_PORT", 63799)
 EMBEDDED_POSTGRES = not _env.get("DATABASE_URL")
 EMBEDDED_REDIS = not _env.get("REDIS_URL")
+
+# --- Secrets --------------------------------------------------------------------------------------
+# No known value ever signs or authenticates: each secret comes from the environment or, on the
+# local stack (an embedded server in use), from RUN_DIR/secrets.json (0600), generated on first use
+# (botmanager/local_secrets.py) so `make run`, `manage.py` and the tests of one RUN_DIR agree. A
+# deployment (both URLs set) must give them; botmanager/checks.py refuses to start on a missing,
+# short or publicly known value.
+from botmanager import local_secrets  # noqa: E402
+
+_local_secrets = local_secrets.load(RUN_DIR, create=EMBEDDED_POSTGRES or EMBEDDED_REDIS)
+
+
+def _secret(name: str) -> str:
+    return _env.get(name) or _local_secrets.get(name, "")
+
+
+SECRET_KEY = _secret("SECRET_KEY")
+# Signs the meeting token (JWT) handed to each bot: its own key, never SECRET_KEY.
+BOT_TOKEN_SECRET = _secret("BOT_TOKEN_SECRET")
+ADMIN_API_TOKEN = _secret("ADMIN_API_TOKEN")
+EMBEDDED_POSTGRES_PASSWORD = _local_secrets.get("EMBEDDED_POSTGRES_PASSWORD", "")
+EMBEDDED_POSTGRES_SUPERUSER_PASSWORD = _local_secrets.get("EMBEDDED_POSTGRES_SUPERUSER_PASSWORD", "")
+EMBEDDED_REDIS_PASSWORD = _local_secrets.get("EMBEDDED_REDIS_PASSWORD", "")
+
 DATABASE_URL = _env.get("DATABASE_URL") or (
-    f"postgres://botmanager@127.0.0.1:{EMBEDDED_POSTGRES_PORT}/botmanager"
+    f"postgres://botmanager:{EMBEDDED_POSTGRES_PASSWORD}@127.0.0.1:{EMBEDDED_POSTGRES_PORT}/botmanager"
 )
-REDIS_URL = _env.get("REDIS_URL") or f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
+REDIS_URL = _env.get("REDIS_URL") or f"redis://:{EMBEDDED_REDIS_PASSWORD}@127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
 
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=_int("DB_CONN_MAX_AGE", 60))}
 # The bot-callback statements run as server-side prepared statements (meetings/compiled.py): PREPARE
@@ -75,6 +99,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    # Throttles the Django admin's login (failed attempts counted in PostgreSQL).
+    "axes",
+    "botmanager",  # its AppConfig registers the start-up checks (botmanager/checks.py)
     "accounts",
     "meetings",
     "webhooks",
@@ -91,7 +118,33 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it answers a locked-out login attempt.
+    "axes.middleware.AxesMiddleware",
 ]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login before the password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Django admin login throttling: after ADMIN_LOGIN_FAILURE_LIMIT failed logins from one address or
+# for one account, further attempts are refused for ADMIN_LOGIN_COOLOFF_MINUTES (`manage.py
+# axes_reset` lifts it at once).
+AXES_FAILURE_LIMIT = _int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = _float("ADMIN_LOGIN_COOLOFF_MINUTES", 15) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "botmanager.errors.login_locked_out"
+AXES_VERBOSE = False
+
+# --- Request bodies -------------------------------------------------------------------------------
+# Every JSON body (the DRF parser and the callback fast path, botmanager/jsonbody.py): larger than
+# this answers 413, nested deeper than JSON_MAX_DEPTH answers 422. Django's own limit on a body it
+# reads is the same.
+JSON_MAX_BODY_BYTES = _int("JSON_MAX_BODY_BYTES", 1024 * 1024)
+JSON_MAX_DEPTH = _int("JSON_MAX_DEPTH", 32)
+DATA_UPLOAD_MAX_MEMORY_SIZE = JSON_MAX_BODY_BYTES
+# A CSRF refusal (a POST to a page without its token) is JSON like every other error.
+CSRF_FAILURE_VIEW = "botmanager.errors.csrf_failure"
 
 ROOT_URLCONF = "botmanager.urls"
 WSGI_APPLICATION = "botmanager.wsgi.application"
@@ -126,15 +179,13 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.APIKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["botmanager.jsonbody.LimitedJSONParser"],
     "EXCEPTION_HANDLER": "botmanager.errors.json_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 
 # --- Users and bots -------------------------------------------------------------------------------
 DEFAULT_MAX_CONCURRENT_BOTS = _int("DEFAULT_MAX_CONCURRENT_BOTS", 1)
-# Signs the meeting token (JWT) handed to each bot.
-BOT_TOKEN_SECRET = _str("BOT_TOKEN_SECRET", SECRET_KEY)
 BOT_TOKEN_TTL_SECONDS = _int("BOT_TOKEN_TTL_SECONDS", 24 * 3600)
 DEFAULT_BOT_NAME = _str("DEFAULT_BOT_NAME", "Botmanager Notetaker")
 # automaticLeave timeouts handed to the bot, in milliseconds.
@@ -142,8 +193,10 @@ BOT_WAITING_ROOM_TIMEOUT_MS = _int("BOT_WAITING_ROOM_TIMEOUT_MS", 300_000)
 BOT_NO_ONE_JOINED_TIMEOUT_MS = _int("BOT_NO_ONE_JOINED_TIMEOUT_MS", 120_000)
 BOT_EVERYONE_LEFT_TIMEOUT_MS = _int("BOT_EVERYONE_LEFT_TIMEOUT_MS", 60_000)
 
-# Webhooks to private/loopback addresses (SSRF guard); allowed by default for local use.
-WEBHOOK_ALLOW_PRIVATE_ADDRESSES = _bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", True)
+# Webhooks to private, loopback, link-local, CGNAT, multicast, reserved addresses and their
+# IPv6 embeddings (SSRF guard, accounts/webhook.py): refused unless this is set (a receiver on
+# this machine while developing).
+WEBHOOK_ALLOW_PRIVATE_ADDRESSES = _bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", False)
 # Delivery (webhooks/): timeout of one attempt (all of it: connect, send, answer, read); retries
 # with exponential backoff and jitter on network errors, 408, 429 and 5xx until the retry window
 # (from the event) is over.
@@ -206,6 +259,15 @@ MAX_BOT_DURATION_SECONDS = _float("MAX_BOT_DURATION_SECONDS", 4 * 3600)
 # --- Celery ---------------------------------------------------------------------------------------
 CELERY_BROKER_URL = _str("CELERY_BROKER_URL", REDIS_URL)
 WEB_CONCURRENCY = _int("WEB_CONCURRENCY", 2)
+# gunicorn worker class of the web (botmanager/gunicorn_conf.py). gevent: one greenlet per
+# connection, so clients that send slowly or stall wait without holding a worker (psycopg2 made
+# cooperative with psycogreen); each worker takes at most WEB_WORKER_CONNECTIONS connections, and
+# each connection holds at most one PostgreSQL connection (keep WEB_CONCURRENCY x this below the
+# server's max_connections). `sync` is the old behaviour: any slow client holds a whole worker.
+WEB_WORKER_CLASS = _str("WEB_WORKER_CLASS", "gevent")
+WEB_WORKER_CONNECTIONS = _int("WEB_WORKER_CONNECTIONS", 100)
+# Seconds a client may take to send its request line and headers / idle between keep-alive requests.
+WEB_KEEPALIVE_SECONDS = _int("WEB_KEEPALIVE_SECONDS", 5)
 # Worker pools (botmanager/workers.py): lifecycle processes; threads waiting on the orchestrator;
 # threads waiting on webhook receivers.
 CELERY_CONCURRENCY = _int("CELERY_CONCURRENCY", 2)

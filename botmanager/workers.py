@@ -5,9 +5,9 @@ what the "no meeting stays stuck" guarantee needs (celeryconfig.py routes each t
 
 | kind         | queue        | pool                      | what it runs                                  |
 |--------------|--------------|---------------------------|-----------------------------------------------|
-| lifecycle    | lifecycle    | prefork, CELERY_CONCURRENCY | delayed stops, finalizers, post-meeting, webhook redrive: short database work |
+| lifecycle    | lifecycle    | prefork, CELERY_CONCURRENCY | delayed stops, finalizers, webhook redrive: short database work with a due time |
 | orchestrator | orchestrator, orchestrator.<instance> | threads, CELERY_ORCHESTRATOR_CONCURRENCY | launches (any host); terminate / kill / remove of this instance's bots: waits on the engine |
-| webhooks     | webhooks     | threads, CELERY_WEBHOOK_CONCURRENCY | webhook deliveries: waits on users' receivers |
+| webhooks     | webhooks, post_meeting | threads, CELERY_WEBHOOK_CONCURRENCY | webhook deliveries (wait on users' receivers) and post-meeting steps: work for users after the fact, with no deadline |
 | sweep        | sweep, sweep.<instance> | prefork, 1       | the orphan sweep (deadlines; the bots of this instance) only: nothing else can fill its queue |
 
 `<instance>` is this host's backend instance (`instance_queue`): work on a bot (stop, kill,
@@ -32,8 +32,10 @@ from django.conf import settings  # noqa: E402
 LIFECYCLE = "lifecycle"
 ORCHESTRATOR = "orchestrator"
 WEBHOOKS = "webhooks"
+POST_MEETING = "post_meeting"
 SWEEP = "sweep"
-QUEUES = (LIFECYCLE, ORCHESTRATOR, WEBHOOKS, SWEEP)
+QUEUES = (LIFECYCLE, ORCHESTRATOR, WEBHOOKS, POST_MEETING, SWEEP)
+KINDS = (LIFECYCLE, ORCHESTRATOR, WEBHOOKS, SWEEP)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ class WorkerKind:
     def argv(self, bin_dir: str, *, loglevel: str = "INFO", hostname_suffix: str = "%h",
              extra: tuple[str, ...] = ()) -> list[str]:
         """The command line of this worker (`celery` from `bin_dir`)."""
-        return [os.path.join(bin_dir, "celery"), "-A", "botmanager", "worker", "--loglevel", loglevel,
+        # --quiet under JSON logs: Celery prints its start-up banner as plain text on stdout.
+        quiet = ("--quiet",) if settings.LOG_FORMAT == "json" else ()
+        return [os.path.join(bin_dir, "celery"), "-A", "botmanager", *quiet, "worker", "--loglevel", loglevel,
                 "--queues", ",".join(self.queues), "--pool", self.pool, "--concurrency", str(self.concurrency),
                 "--hostname", f"{self.name}@{hostname_suffix}", *extra]
 
@@ -73,7 +77,7 @@ def kinds() -> list[WorkerKind]:
     return [
         WorkerKind(LIFECYCLE, (LIFECYCLE,), "prefork", settings.CELERY_CONCURRENCY),
         WorkerKind(ORCHESTRATOR, (ORCHESTRATOR,), "threads", settings.CELERY_ORCHESTRATOR_CONCURRENCY),
-        WorkerKind(WEBHOOKS, (WEBHOOKS,), "threads", settings.CELERY_WEBHOOK_CONCURRENCY),
+        WorkerKind(WEBHOOKS, (WEBHOOKS, POST_MEETING), "threads", settings.CELERY_WEBHOOK_CONCURRENCY),
         WorkerKind(SWEEP, (SWEEP,), "prefork", 1),
     ]
 
@@ -101,14 +105,14 @@ def by_name(name: str) -> WorkerKind:
     for kind in kinds():
         if kind.name == name:
             return kind
-    raise KeyError(f"no worker kind {name!r}; choose one of {', '.join(QUEUES)}")
+    raise KeyError(f"no worker kind {name!r}; choose one of {', '.join(KINDS)}")
 
 
 def main(argv: list[str]) -> int:
     """`python -m botmanager.workers <kind> [celery worker options]`: exec the Celery worker of that
     kind (the compose services run this, so queues and pools are configured in one place)."""
-    if not argv or argv[0] not in QUEUES:
-        print(f"usage: python -m botmanager.workers {'|'.join(QUEUES)} [celery options]", file=sys.stderr)
+    if not argv or argv[0] not in KINDS:
+        print(f"usage: python -m botmanager.workers {'|'.join(KINDS)} [celery options]", file=sys.stderr)
         return 2
     argv_ = by_name(argv[0]).argv(os.path.dirname(sys.executable), loglevel=settings.LOG_LEVEL,
                                   extra=tuple(argv[1:]))

@@ -7,6 +7,7 @@ session then becomes current, and callbacks from older sessions never move the m
 """
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 
@@ -23,6 +24,12 @@ _SIMPLE_TARGETS = {
     "awaiting_admission": MeetingStatus.AWAITING_ADMISSION,
     "started": MeetingStatus.ACTIVE,
 }
+# Characters of a bot's error_details / platform_specific_error kept (as JSON text) per record.
+MAX_STORED_DETAIL_CHARS = 4000
+# One answer for every session that cannot be used, whatever the reason (unknown uid, missing or
+# invalid token, a token naming a meeting that does not exist): no oracle for meeting ids.
+UNKNOWN_SESSION = ("Unknown connection_id; a restarted bot registers a new session by sending its meeting "
+                   "token as 'Authorization: Bearer <token>'.")
 # Statuses a bot may report through `status_change` (it never reports requested or stopping).
 REPORTABLE = {MeetingStatus.JOINING, MeetingStatus.AWAITING_ADMISSION, MeetingStatus.ACTIVE,
               MeetingStatus.COMPLETED, MeetingStatus.FAILED}
@@ -73,7 +80,7 @@ def handle(report: CallbackReport, bearer_token: str | None) -> CallbackResult:
         _register_session(uid, report.connection_id, bearer_token)
         result = lifecycle.transition_from_session(uid, target, **attempt)
         if result is None:  # its meeting was deleted meanwhile
-            raise UnknownSession(f"Unknown connection_id {report.connection_id!r}.")
+            raise UnknownSession(UNKNOWN_SESSION)
     if target in TERMINAL:
         _record_exit(uid, report.exit_code)
     meeting = result.meeting
@@ -103,7 +110,8 @@ def _target(report: CallbackReport) -> tuple[str, str | None, str | None]:
 def _metadata(report: CallbackReport) -> dict:
     fields = {
         "callback": report.name, "container_id": report.container_id, "exit_code": report.exit_code,
-        "error_details": report.error_details, "platform_specific_error": report.platform_specific_error,
+        "error_details": capped(report.error_details),
+        "platform_specific_error": capped(report.platform_specific_error),
         "bot_timestamp": report.timestamp,
     }
     return {k: v for k, v in fields.items() if v is not None}
@@ -112,33 +120,43 @@ def _metadata(report: CallbackReport) -> dict:
 def _data_updates(report: CallbackReport, target: str) -> dict:
     updates = {}
     if target == MeetingStatus.FAILED and (report.error_details or report.reason):
-        updates["last_error"] = report.error_details or report.reason
+        updates["last_error"] = capped(report.error_details) or report.reason
     if report.platform_specific_error is not None:
-        updates["platform_specific_error"] = report.platform_specific_error
+        updates["platform_specific_error"] = capped(report.platform_specific_error)
     return updates
+
+
+def capped(value):
+    """A bot's free-form JSON as stored (transition metadata, meeting data): as it came when its
+    JSON is at most MAX_STORED_DETAIL_CHARS long, else the start of that JSON text with a marker.
+    Every callback attempt is recorded, refused ones too, so an uncapped field let anyone holding a
+    session uid grow the tables by the body size per call."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if len(text) <= MAX_STORED_DETAIL_CHARS:
+        return value
+    return text[:MAX_STORED_DETAIL_CHARS] + f"... [truncated: {len(text)} characters]"
 
 
 def _session_uid(connection_id: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(connection_id))
     except ValueError:
-        raise UnknownSession(f"Unknown connection_id {connection_id!r}.") from None
+        raise UnknownSession(UNKNOWN_SESSION) from None
 
 
 def _register_session(uid: uuid.UUID, connection_id: str, bearer_token: str | None) -> None:
     """A restarted bot's new session becomes the meeting's current one (DB and Redis)."""
     claims = tokens.verify(bearer_token) if bearer_token else None
     if claims is None:
-        raise UnknownSession(
-            f"Unknown connection_id {connection_id!r}; a restarted bot registers a new session by sending "
-            "its meeting token as 'Authorization: Bearer <token>'."
-        )
+        raise UnknownSession(UNKNOWN_SESSION)
     meeting_id = claims["meeting_id"]
     try:
         with transaction.atomic():
             meeting = Meeting.objects.select_for_update().filter(pk=meeting_id).first()
-            if meeting is None:
-                raise UnknownSession(f"The meeting token names meeting {meeting_id}, which does not exist.")
+            if meeting is None:  # deleted since the token was issued; answered like any unusable session
+                raise UnknownSession(UNKNOWN_SESSION)
             session = MeetingSession.objects.create(meeting=meeting, session_uid=uid)
             if meeting.status not in TERMINAL:
                 meeting.current_session = session

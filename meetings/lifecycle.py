@@ -161,7 +161,7 @@ def _transition_locked(meeting: Meeting, to_status: str, *, source, reason, comp
         compiled.insert(record)
         log.info("meeting %s: refused %s -> %s from %s (%s)", meeting.id, from_status, to_status,
                  source, refusal, extra={
-                     "meeting_id": meeting.id, "session_uid": str(session.session_uid) if session else None,
+                     "meeting_id": meeting.id, "session_id": session.id if session else None,
                      "source": str(source), "from_status": str(from_status), "to_status": str(to_status),
                      "applied": False, "refusal": refusal})
         return TransitionResult(Outcome.REFUSED, meeting, from_status, to_status, record, refusal, session)
@@ -175,7 +175,7 @@ def _transition_locked(meeting: Meeting, to_status: str, *, source, reason, comp
     outbox.record_status_change(meeting, record)  # the webhook event, in this transaction
     log.info("meeting %s: %s -> %s by %s%s", meeting.id, from_status, to_status, source,
              f" ({reason})" if reason else "", extra={
-                 "meeting_id": meeting.id, "session_uid": str(session.session_uid) if session else None,
+                 "meeting_id": meeting.id, "session_id": session.id if session else None,
                  "source": str(source), "from_status": str(from_status), "to_status": str(to_status),
                  "applied": True, "reason": reason})
     transaction.on_commit(lambda: _after_commit(meeting), robust=True)

@@ -22,10 +22,10 @@ RULES = {
         re.compile(r"^[a-z]{3}-[a-z]{4}-[a-z]{3}$"), "like abc-defg-hij", None,
         "https://meet.google.com/{id}"),
     Platform.TEAMS: PlatformRule(
-        re.compile(r"^\d{10,15}$"), "10 to 15 digits", re.compile(r"^[A-Za-z0-9]{8,20}$"),
+        re.compile(r"^[0-9]{10,15}$"), "10 to 15 digits", re.compile(r"^[A-Za-z0-9]{8,20}$"),
         "https://teams.live.com/meet/{id}", "p"),
     Platform.ZOOM: PlatformRule(
-        re.compile(r"^\d{9,11}$"), "9 to 11 digits", re.compile(r"^[A-Za-z0-9.\-_]{1,32}$"),
+        re.compile(r"^[0-9]{9,11}$"), "9 to 11 digits", re.compile(r"^[A-Za-z0-9.\-_]{1,32}$"),
         "https://zoom.us/j/{id}", "pwd"),
 }
 

@@ -5,7 +5,7 @@ import logging
 
 from django.conf import settings
 
-from orchestrators.base import LABEL_USER_ID, OrchestratorError
+from orchestrators.base import LABEL_SESSION_UID, LABEL_USER_ID, OrchestratorError
 from orchestrators.registry import get_orchestrator
 
 from .errors import BackendUnavailable
@@ -40,7 +40,8 @@ def running_bots(user) -> list[dict]:
             "status": bot.raw_status,
             "normalized_status": bot.status.value,
             "created_at": bot.created_at.isoformat() if bot.created_at else None,
-            "labels": bot.labels,
+            # The session uid is the bot's capability: it never leaves the server.
+            "labels": {k: v for k, v in bot.labels.items() if k != LABEL_SESSION_UID},
             "meeting_id_from_name": str(bot.meeting_id) if bot.meeting_id else None,
         })
     return result

@@ -90,9 +90,9 @@ class ProcessOrchestrator:
             "pid": None, "pgid": None, "proc_start_time": None, "exit_code": None,
         }
         try:
-            self.bots_dir.mkdir(parents=True, exist_ok=True)
+            process_state.ensure_dir(self.bots_dir)
             process_state.write(path, record)
-            with log_file.open("ab") as log_handle:
+            with process_state.private_file(log_file, "ab") as log_handle:
                 runner = subprocess.Popen(
                     [sys.executable, "-m", "orchestrators.process_runner", str(path)],
                     cwd=PROJECT_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_handle,

@@ -31,9 +31,23 @@ def lock_path(record: Path) -> Path:
     return record.with_suffix(".lock")
 
 
+def ensure_dir(bots_dir: Path) -> None:
+    """The state directory, 0700: records hold the bots' labels (the session uid, a capability)
+    and the logs their output; no other local account may read them."""
+    bots_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if bots_dir.stat().st_mode & 0o077:
+        bots_dir.chmod(0o700)  # made by an older version with the umask's mode
+
+
+def private_file(path: Path, mode: str = "ab"):
+    """Open `path` (created 0600 if new)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+    return os.fdopen(os.open(str(path), flags, 0o600), mode)
+
+
 def write(path: Path, record: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as handle:
+    with private_file(tmp, "w") as handle:
         json.dump(record, handle, indent=1, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
@@ -54,7 +68,7 @@ def read(path: Path) -> dict | None:
 
 @contextmanager
 def locked(path: Path):
-    with open(lock_path(path), "a") as handle:
+    with private_file(lock_path(path), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -31,6 +31,10 @@ docker build -q --network host --build-arg BASE_IMAGE="$BASE" -t "$SERVICE_TAG" 
 say "building $BOT_TAG (Dockerfile.simbot, BASE_IMAGE=$BASE)"
 docker build -q --network host --build-arg BASE_IMAGE="$BASE" -t "$BOT_TAG" -f Dockerfile.simbot . >/dev/null
 docker run --rm --network none --entrypoint python "$BOT_TAG" -c "import simbot.bot" >/dev/null
+PROXY_TAG=botmanager-proxy:check
+say "building $PROXY_TAG (docker/nginx/Dockerfile, BASE_IMAGE=$BASE)"
+docker build -q --network host --build-arg BASE_IMAGE="$BASE" -t "$PROXY_TAG" -f docker/nginx/Dockerfile . >/dev/null
+docker run --rm --network none --add-host web:127.0.0.1 "$PROXY_TAG" nginx -t -q
 say "images built in $((SECONDS - started)) s; smoke-testing $SERVICE_TAG"
 
 # The embedded servers (started if needed) and a scratch database.
@@ -62,7 +66,11 @@ NAME=bm-check-$$
 common=(--network host --group-add "$SOCK_GID" -v /var/run/docker.sock:/var/run/docker.sock
         -e DATABASE_URL="$DB_URL" -e REDIS_URL="$REDIS_CHECK_URL" -e ORCHESTRATOR=docker
         -e DEPLOYMENT_NAME="$NAME" -e LOG_FORMAT=json -e PORT="$PORT"
-        -e PUBLIC_BASE_URL="http://127.0.0.1:$PORT" -e BOT_IMAGE="$BOT_TAG")
+        -e PUBLIC_BASE_URL="http://127.0.0.1:$PORT" -e BOT_IMAGE="$BOT_TAG"
+        # The service refuses to start without its secrets (botmanager/checks.py): fresh ones.
+        -e SECRET_KEY="$("$PY" -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        -e BOT_TOKEN_SECRET="$("$PY" -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        -e ADMIN_API_TOKEN="$("$PY" -c 'import secrets; print(secrets.token_urlsafe(48))')")
 
 cleanup() {
     docker rm -f "$NAME-web" "$NAME-worker" >/dev/null 2>&1 || true

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import sys
 
@@ -13,11 +14,25 @@ from .bot import SimBot
 from .callbacks import CallbackClient
 
 log = logging.getLogger("simbot")
+# Session uids (connectionId, the bot_commands:<uid> channel, callback bodies) are capabilities:
+# any uuid in a log line is masked. Other uuids (command ids) lose nothing worth keeping.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+
+
+class _MaskUuids(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = _UUID.sub("<uuid>", message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
 
 
 def main() -> int:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format="%(asctime)s simbot %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_MaskUuids())
     try:
         cfg = config.load()
     except config.ConfigError as exc:

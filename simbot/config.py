@@ -101,10 +101,12 @@ def load(environ=os.environ) -> BotConfig:
 
 
 def redacted(raw: dict) -> dict:
-    """BOT_CONFIG fit for a log line: the meeting token and any Redis password are hidden."""
+    """BOT_CONFIG fit for a log line: the meeting token, the session uid (connectionId: a
+    capability, it ends any meeting of its session) and any Redis password are hidden."""
     shown = dict(raw)
-    if shown.get("token"):
-        shown["token"] = "<redacted>"
+    for key in ("token", "connectionId"):
+        if shown.get(key):
+            shown[key] = "<redacted>"
     redis_url = urlsplit(str(shown.get("redisUrl") or ""))
     if redis_url.password:
         host = redis_url.hostname or ""

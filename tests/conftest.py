@@ -14,8 +14,23 @@ _started: devstack.Started | None = None
 
 def pytest_configure(config):
     global _started
-    _started = devstack.ensure_services()
+    # Not durable (no fsync): a crash may lose test data only. A server `make run` or
+    # `devstack start` already runs is reused as it is.
+    _started = devstack.ensure_services(durable=False)
     _isolate_redis()
+    _export_secrets()
+
+
+def _export_secrets() -> None:
+    """Processes the tests start (gunicorn, Celery workers, manage.py) with another RUN_DIR or
+    external URLs get this session's secrets through their environment: they refuse to start
+    without them (botmanager/checks.py)."""
+    import os
+
+    from django.conf import settings
+
+    for name in ("SECRET_KEY", "BOT_TOKEN_SECRET", "ADMIN_API_TOKEN"):
+        os.environ.setdefault(name, getattr(settings, name))
 
 
 def _isolate_redis() -> None:
@@ -78,3 +93,14 @@ def redis_conn():
     from meetings.redis_client import get_redis
 
     return get_redis()
+
+
+@pytest.fixture(autouse=True)
+def _forget_engine_outages():
+    """An engine one test made fail is not remembered as down by the next
+    (orchestrators/request_listing.py keeps that per process)."""
+    from orchestrators import request_listing
+
+    request_listing.reset()
+    yield
+    request_listing.reset()

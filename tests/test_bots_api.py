@@ -2,6 +2,7 @@
 running bots (protocol.md "User API"). Real PostgreSQL and Redis; every response is JSON, never a 500."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -698,9 +699,12 @@ def test_running_bots_when_the_backend_fails_answers_503_json(api_client, test_b
     assert body["detail"]
 
 
-def test_running_bots_shows_a_real_process_bot_with_the_protocol_fields(api_client, api_user, settings, tmp_path):
+@contextlib.contextmanager
+def process_bot(settings, tmp_path, meeting, session, name: str):
+    """A real process-backend bot (a sleeping Python) labelled for `meeting` and `session`,
+    stopped afterwards; yields its container id."""
     from orchestrators import registry
-    from orchestrators.base import BotSpec, bot_name
+    from orchestrators.base import BotSpec
 
     from meetings.launch import bot_labels
 
@@ -709,15 +713,22 @@ def test_running_bots_shows_a_real_process_bot_with_the_protocol_fields(api_clie
     settings.PROCESS_BOT_COMMAND = f"{sys.executable} -c 'import time; time.sleep(60)'"
     registry.get_orchestrator.cache_clear()
     backend = registry.get_orchestrator()
-    meeting = make_meeting(api_user, status=MeetingStatus.ACTIVE, native_meeting_id=MEET_ID)
-    session = make_session(meeting)
-    name = bot_name(meeting.id, str(session.session_uid))
     container_id = backend.start(BotSpec(name=name, config={}, labels=bot_labels(meeting, session)))
     try:
-        body = answer(api_client.get("/bots/status"), 200)
+        yield container_id
     finally:
         backend.stop(container_id, timeout=1)
         registry.get_orchestrator.cache_clear()
+
+
+def test_running_bots_shows_a_real_process_bot_with_the_protocol_fields(api_client, api_user, settings, tmp_path):
+    from orchestrators.base import bot_name
+
+    meeting = make_meeting(api_user, status=MeetingStatus.ACTIVE, native_meeting_id=MEET_ID)
+    session = make_session(meeting)
+    name = bot_name(meeting.id, str(session.session_uid))
+    with process_bot(settings, tmp_path, meeting, session, name) as container_id:
+        body = answer(api_client.get("/bots/status"), 200)
 
     [bot] = body["running_bots"]
     assert set(bot) == {"container_id", "container_name", "platform", "native_meeting_id", "status",

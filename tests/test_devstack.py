@@ -28,8 +28,10 @@ def _free_port() -> int:
 
 
 def _pg(port: int):
-    conn = psycopg2.connect(host="127.0.0.1", port=port, user=devstack.PG_DB_USER,
-                            dbname=devstack.PG_DB_NAME, connect_timeout=5)
+    from django.conf import settings
+
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user=devstack.PG_DB_USER, dbname=devstack.PG_DB_NAME,
+                            password=settings.EMBEDDED_POSTGRES_PASSWORD, connect_timeout=5)
     conn.autocommit = True
     return conn
 
@@ -45,7 +47,10 @@ def _pg_started_at(port: int):
 
 
 def _redis(port: int) -> redis_lib.Redis:
-    return redis_lib.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
+    from django.conf import settings
+
+    return redis_lib.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True,
+                           password=settings.EMBEDDED_REDIS_PASSWORD)
 
 
 @pytest.fixture
@@ -189,3 +194,108 @@ def test_a_pid_file_left_by_a_dead_server_does_not_block_the_next_start(separate
     assert devstack._port_open(pg_port)
     assert pidfile.read_text().splitlines()[0] != str(gone.pid)
 
+
+
+# --- Issue 12: the embedded servers listen with authentication; make run's PostgreSQL is durable ---
+@pytest.mark.django_db
+def test_the_session_redis_refuses_clients_without_the_password():
+    from django.conf import settings
+
+    client = redis_lib.Redis(host="127.0.0.1", port=settings.EMBEDDED_REDIS_PORT, socket_timeout=5)
+    with pytest.raises(redis_lib.AuthenticationError):
+        client.ping()
+
+
+def test_the_embedded_redis_has_config_disabled_and_an_append_only_file(separate_stack):
+    devstack.ensure_services()
+    client = _redis(separate_stack.EMBEDDED_REDIS_PORT)
+
+    with pytest.raises(redis_lib.ResponseError, match="unknown command"):
+        client.config_get("dir")
+    assert client.info("persistence")["aof_enabled"] == 1
+    assert oct((separate_stack.RUN_DIR / "redis").stat().st_mode & 0o777) == "0o700"
+
+
+def test_the_embedded_postgres_refuses_connections_without_the_password(separate_stack):
+    devstack.ensure_services()
+
+    for user in (devstack.PG_DB_USER, devstack.PG_SUPERUSER):
+        with pytest.raises(psycopg2.OperationalError, match="password"):
+            psycopg2.connect(host="127.0.0.1", port=separate_stack.EMBEDDED_POSTGRES_PORT, user=user,
+                             dbname="postgres", connect_timeout=5)
+
+
+def test_the_application_role_is_not_a_superuser_but_may_create_databases(separate_stack):
+    devstack.ensure_services()
+    conn = _pg(separate_stack.EMBEDDED_POSTGRES_PORT)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user")
+            assert cur.fetchone() == (False, True, False)
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute("COPY (SELECT 1) TO PROGRAM 'true'")
+    finally:
+        conn.close()
+
+
+def _durability(port: int) -> tuple:
+    conn = _pg(port)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('fsync'), current_setting('full_page_writes'), "
+                        "current_setting('synchronous_commit')")
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
+def test_make_runs_postgres_keeps_the_durability_defaults(separate_stack):
+    devstack.ensure_services()  # what `make run` calls
+
+    assert _durability(separate_stack.EMBEDDED_POSTGRES_PORT) == ("on", "on", "on")
+
+
+def test_the_tests_postgres_may_run_without_durability(separate_stack):
+    devstack.ensure_services(durable=False)
+
+    assert _durability(separate_stack.EMBEDDED_POSTGRES_PORT) == ("off", "off", "off")
+
+
+def test_a_cluster_made_with_trust_authentication_is_upgraded_with_its_data(separate_stack):
+    """An older botmanager's RUN_DIR: `initdb --auth=trust` with the application role as superuser."""
+    run_dir, port = separate_stack.RUN_DIR, separate_stack.EMBEDDED_POSTGRES_PORT
+    bin_dir = devstack._pg_bin_dir()
+    pgdata = run_dir / "postgres"
+    pgdata.mkdir(parents=True)
+    (run_dir / "postgres.log").touch()
+    if devstack._as_root():
+        devstack._ensure_system_user()
+        devstack._open_path_for(run_dir)
+        for path in (pgdata, run_dir / "postgres.log"):
+            shutil.chown(path, devstack.PG_SYSTEM_USER, devstack.PG_SYSTEM_USER)
+    devstack._run_pg([str(bin_dir / "initdb"), "-D", str(pgdata), "--auth=trust", "-U", devstack.PG_DB_USER,
+                      "--encoding=UTF8", "--locale=C"], stdout=subprocess.DEVNULL)
+    devstack._pg_ctl_start(pgdata, bin_dir, run_dir / "postgres.log", port, durable=False)
+    old = psycopg2.connect(host="127.0.0.1", port=port, user=devstack.PG_DB_USER, dbname="postgres")
+    old.autocommit = True
+    old.cursor().execute(f"CREATE DATABASE {devstack.PG_DB_NAME}")
+    old.close()
+    old = psycopg2.connect(host="127.0.0.1", port=port, user=devstack.PG_DB_USER, dbname=devstack.PG_DB_NAME)
+    old.autocommit = True
+    old.cursor().execute("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('from the old cluster')")
+    old.close()
+    devstack.stop_postgres(run_dir)
+
+    devstack.ensure_services()
+
+    conn = _pg(port)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT v FROM kept")
+            assert cur.fetchone() == ("from the old cluster",)
+            cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            assert cur.fetchone() == (False,)
+    finally:
+        conn.close()
+    assert not devstack._trusts_everyone(pgdata)
+    assert list(run_dir.glob("postgres.before-passwords-*"))

@@ -9,8 +9,11 @@ module never builds an error itself, it only recognizes the common valid case ch
 """
 from __future__ import annotations
 
-import json
 import re
+
+from django.conf import settings
+
+from botmanager import jsonbody
 
 from ..callbacks import REPORTABLE, CallbackReport
 from ..statuses import CompletionReason, FailureStage
@@ -35,11 +38,6 @@ _STRINGS = {
 }
 
 
-def _raise_constant(value):
-    # DRF's strict JSON: NaN / Infinity are refused (a parse error, answered by the DRF path).
-    raise ValueError(value)
-
-
 def report(name: str, request) -> CallbackReport | None:
     """The parsed report, or None when the DRF view must answer (anything but a plain valid body)."""
     if request.content_type != "application/json":
@@ -47,9 +45,13 @@ def report(name: str, request) -> CallbackReport | None:
     charset = request.content_params.get("charset")
     if charset is not None and charset.lower() not in ("utf-8", "utf8"):
         return None
+    body = request.body  # Django refuses (413) a Content-Length over JSON_MAX_BODY_BYTES
+    if len(body) > settings.JSON_MAX_BODY_BYTES:  # a chunked body has no Content-Length
+        return None
     try:
-        data = json.loads(request.body.decode("utf-8"), parse_constant=_raise_constant)
-    except ValueError:  # malformed JSON, bad UTF-8 (UnicodeDecodeError), NaN...
+        # Strict (no NaN) and within the depth limit: anything else is the DRF path's 413 / 422.
+        data = jsonbody.loads(body.decode("utf-8"))
+    except ValueError:  # malformed JSON, bad UTF-8 (UnicodeDecodeError), NaN, too deep
         return None
     if type(data) is not dict:
         return None

@@ -33,7 +33,7 @@ class BotRequestSerializer(serializers.Serializer):
     def validate(self, attrs: dict) -> dict:
         rule = platforms.RULES[Platform(attrs["platform"])]
         native_id = attrs["native_meeting_id"].strip()
-        if not rule.id_pattern.match(native_id):
+        if not rule.id_pattern.fullmatch(native_id):
             raise serializers.ValidationError(
                 {"native_meeting_id": [f"Invalid {attrs['platform']} meeting id {native_id!r}: expected {rule.id_hint}."]})
         attrs["native_meeting_id"] = native_id
@@ -42,7 +42,7 @@ class BotRequestSerializer(serializers.Serializer):
             if rule.passcode_pattern is None:
                 raise serializers.ValidationError(
                     {"passcode": [f"{attrs['platform']} meetings do not take a passcode."]})
-            if not rule.passcode_pattern.match(passcode):
+            if not rule.passcode_pattern.fullmatch(passcode):
                 raise serializers.ValidationError({"passcode": ["Invalid passcode format."]})
         attrs["passcode"] = passcode
         return attrs

@@ -633,7 +633,7 @@ class ChaosRun:
             port = free_port()
             if devstack.start_redis(self._private_redis_dir, port):
                 self.private_redis = True
-                self.config.redis_url = f"redis://127.0.0.1:{port}/0"
+                self.config.redis_url = devstack.embedded_redis_url(port)
                 return
         raise RuntimeError("could not start a private Redis server")
 

@@ -19,21 +19,27 @@ from django.conf import settings
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 WORKERS = {"worker-lifecycle", "worker-orchestrator", "worker-webhooks", "worker-sweep"}
-LONG_RUNNING = {"postgres", "redis", "web", "beat"} | WORKERS
+LONG_RUNNING = {"postgres", "redis", "web", "proxy", "beat"} | WORKERS
+# compose refuses to start without these (no public defaults: issue 12).
+SECRETS = {"SECRET_KEY": "s" * 40, "BOT_TOKEN_SECRET": "b" * 40, "ADMIN_API_TOKEN": "a" * 40,
+           "POSTGRES_PASSWORD": "p" * 40, "REDIS_PASSWORD": "r" * 40}
 APP = {"migrate", "web", "beat"} | WORKERS
 # The services that reach the engine: web (GET /bots/status, /readyz), launches and stops, the sweep.
 ENGINE = ("web", "worker-orchestrator", "worker-sweep")
 
 
-def _compose_config(**env) -> dict:
+def _compose_config(secrets: dict | None = None, **env) -> dict:
     binary = shutil.which("docker-compose")
     if binary is None:
         if settings.CI:
             pytest.fail("docker-compose is missing under CI (scripts/ci-compose.sh installs it)")
         pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_GID", "BASE_IMAGE"))}
+    clean = {k: v for k, v in clean.items() if k not in SECRETS}
     result = subprocess.run([binary, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True,
-                            timeout=60, env={**clean, **env}, cwd=REPO)
+                            timeout=60, env={**clean, **(SECRETS if secrets is None else secrets), **env}, cwd=REPO)
+    if secrets is not None and result.returncode != 0:
+        return {"error": result.stderr}
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -98,7 +104,7 @@ def test_bots_are_launched_through_the_docker_socket_on_the_compose_network(conf
         assert env["ORCHESTRATOR"] == "docker"
         assert env["DOCKER_NETWORK"] == network
         assert env["PUBLIC_BASE_URL"] == "http://web:8000"
-        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert env["REDIS_URL"] == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
         assert any(v.startswith("/var/run/docker.sock:/var/run/docker.sock") for v in services[name]["volumes"])
         assert services[name]["group_add"]
     for name in APP:
@@ -130,3 +136,43 @@ def test_the_files_it_builds_from_exist():
     assert (REPO / "Dockerfile").exists()
     if not (REPO / "Dockerfile.simbot").exists():
         pytest.skip("Dockerfile.simbot is not in the tree yet")
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_to_start_without_each_secret(missing):
+    config = _compose_config(secrets={k: v for k, v in SECRETS.items() if k != missing})
+
+    assert "error" in config and f"set {missing}" in config["error"]
+
+
+def test_the_app_gets_the_secrets_from_the_environment_and_no_private_webhooks(config):
+    for name in APP:
+        env = config["services"][name]["environment"]
+        for secret in ("SECRET_KEY", "BOT_TOKEN_SECRET", "ADMIN_API_TOKEN"):
+            assert env[secret] == SECRETS[secret], (name, secret)
+        assert env["WEBHOOK_ALLOW_PRIVATE_ADDRESSES"] == "false"
+        assert "web" in env["ALLOWED_HOSTS"].split(",")
+
+
+def test_only_the_buffering_proxy_is_published_and_on_loopback_by_default(config):
+    services = config["services"]
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"proxy"}
+    [port] = services["proxy"]["ports"]
+    if isinstance(port, str):  # docker-compose 1.x prints "127.0.0.1:8000:8000/tcp"
+        host_ip, _published, target = port.split("/")[0].split(":")
+        port = {"host_ip": host_ip, "target": int(target)}
+    assert port["host_ip"] == "127.0.0.1" and port["target"] == 8000
+    assert services["proxy"]["build"]["dockerfile"] == "docker/nginx/Dockerfile"
+    assert services["proxy"]["build"]["args"]["BASE_IMAGE"] == services["web"]["build"]["args"]["BASE_IMAGE"]
+    nginx = (REPO / "docker/nginx/nginx.conf").read_text()
+    assert "proxy_pass http://web;" in nginx and "proxy_request_buffering on;" in nginx
+    assert "client_body_timeout" in nginx and "client_max_body_size 1m;" in nginx
+    assert "apt-get install" in (REPO / "docker/nginx/Dockerfile").read_text()
+
+
+def test_redis_takes_its_password_from_a_file_not_the_command_line(config):
+    redis = config["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "requirepass" in command and SECRETS["REDIS_PASSWORD"] not in command
+    assert redis["environment"]["REDISCLI_AUTH"] == SECRETS["REDIS_PASSWORD"]

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from botmanager.jsonlog import REDACTED, JsonFormatter, logging_config
 from meetings import tokens
-from meetings.models import Meeting
+from meetings.models import Meeting, MeetingSession
 from tests.factories import make_session, make_token, make_user
 
 pytestmark = pytest.mark.django_db
@@ -66,8 +66,12 @@ def test_a_whole_bot_flow_logs_every_transition_with_structured_fields_and_no_se
         ("active", "stopping", "user", True),
         ("stopping", "completed", "bot_callback", True),
     ]
-    sessions = [e["session_uid"] for e in transitions]
-    assert sessions == [str(first.session_uid)] * 4 + [None, second_uid]
+    # The session row's id, never its uid: the uid is the bot's capability (issue 12).
+    second = MeetingSession.objects.get(session_uid=second_uid)
+    sessions = [e["session_id"] for e in transitions]
+    assert sessions == [first.id] * 4 + [None, second.id]
+    assert not any(str(first.session_uid) in line or second_uid in line
+                   for line in caplog.text.splitlines()), "a session uid was logged"
     for entry in transitions:
         assert {"ts", "level", "logger", "message"} <= set(entry)
         assert entry["logger"] == "meetings.lifecycle" and entry["level"] == "INFO"

@@ -240,7 +240,8 @@ def test_queue_depth_and_the_age_of_the_oldest_waiting_task_come_from_the_broker
 
     lose_queued_tasks()
     meeting = make_meeting(status=S.COMPLETED)
-    tasks.post_meeting.delay(meeting.id)  # no worker here: both wait in the lifecycle queue
+    tasks.delayed_stop.delay(meeting.id)  # no worker here: both wait in the lifecycle queue
+    tasks.finalize_after_stop.delay(meeting.id)
     tasks.post_meeting.delay(meeting.id)
     tasks.terminate_bot.delay("process", "proc-000000000000")
     time.sleep(0.3)
@@ -250,6 +251,7 @@ def test_queue_depth_and_the_age_of_the_oldest_waiting_task_come_from_the_broker
 
     assert value(samples, "botmanager_queue_depth", queue="lifecycle") == 2
     assert value(samples, "botmanager_queue_depth", queue="orchestrator") == 1
+    assert value(samples, "botmanager_queue_depth", queue="post_meeting") == 1
     assert value(samples, "botmanager_queue_depth", queue="sweep") == 0
     assert 0.3 <= value(samples, "botmanager_queue_oldest_task_age_seconds", queue="lifecycle") < 30
     assert value(samples, "botmanager_queue_oldest_task_age_seconds", queue="sweep") == 0
