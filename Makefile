@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench docker-build-check services-stop clean
+.PHONY: run test install bench docker-build-check compose-check remove-bots compose-down services-stop clean
+# Compose v2 (`docker compose`) when it answers, else v1 (`docker-compose`, Debian's package).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,23 @@ bench: $(STAMP)
 # smoke-tests the service image (needs root, dockerd, the Debian mirror and PyPI).
 docker-build-check: $(STAMP)
 	PYTHON=$(BIN)/python scripts/docker-build-check.sh
+
+# The whole compose deployment for real, offline (docker-compose.offline.yml's stand-ins), on the
+# images docker-build-check built: health, a meeting, /readyz, JSON logs, down leaving nothing.
+compose-check: $(STAMP)
+	PYTHON=$(BIN)/python COMPOSE="$(COMPOSE)" scripts/compose-check.sh
+
+# Stops (SIGTERM, SIGKILL after BOT_STOP_TIMEOUT_SECONDS) and removes every bot of this deployment
+# (DEPLOYMENT_NAME) on the configured backend: after `make run` with the docker backend.
+remove-bots: $(STAMP)
+	$(BIN)/python manage.py remove_bots
+
+# Takes a compose deployment down leaving no bot behind: the bots first (a one-off container of
+# worker-orchestrator, which has the engine's socket), then the services. DOWN_ARGS=-v also
+# deletes the data volumes.
+compose-down:
+	$(COMPOSE) run --rm --no-deps -T worker-orchestrator python manage.py remove_bots
+	$(COMPOSE) down --remove-orphans $(DOWN_ARGS)
 
 services-stop:
 	$(BIN)/python -m botmanager.devstack stop

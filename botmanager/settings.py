@@ -6,9 +6,11 @@ servers that `botmanager.devstack` starts under RUN_DIR are used.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 
@@ -28,6 +30,16 @@ def _int(name: str, default: int) -> int:
 def _float(name: str, default: float) -> float:
     raw = _env.get(name)
     return default if raw in (None, "") else float(raw)
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _bool(name: str, default: bool) -> bool:
@@ -225,7 +237,11 @@ ORCHESTRATOR = _str("ORCHESTRATOR", "process")
 DEPLOYMENT_NAME = _str("DEPLOYMENT_NAME", "local")
 PROCESS_BOT_COMMAND = _str("PROCESS_BOT_COMMAND", "")  # empty: the simulated bot with this Python
 BOT_IMAGE = _str("BOT_IMAGE", "botmanager-simbot:latest")
-DOCKER_NETWORK = _str("DOCKER_NETWORK", "")
+# Network the bot containers join. Default: `host` when the bots are told to call back on a
+# loopback address (PUBLIC_BASE_URL; `make run`'s default), the only network from which a bot
+# reaches the web and the embedded Redis listening on 127.0.0.1 of the engine's machine (a local
+# engine on Linux); else the engine's default bridge. Compose sets its own network.
+DOCKER_NETWORK = _str("DOCKER_NETWORK", "host" if _is_loopback_url(PUBLIC_BASE_URL) else "")
 DOCKER_BOT_MEM_LIMIT = _str("DOCKER_BOT_MEM_LIMIT", "")
 DOCKER_BOT_NANO_CPUS = _int("DOCKER_BOT_NANO_CPUS", 0)
 NOMAD_ADDR = _str("NOMAD_ADDR", "http://127.0.0.1:4646")
@@ -239,6 +255,10 @@ ORCHESTRATOR_TIMEOUT_SECONDS = _float("ORCHESTRATOR_TIMEOUT_SECONDS", 30)
 # Timeout of list, inspect and signal calls: the sweep, the finalizers and request paths make
 # them, and a hung engine must not hold those for long (unknown state is handled as such).
 ORCHESTRATOR_QUERY_TIMEOUT_SECONDS = _float("ORCHESTRATOR_QUERY_TIMEOUT_SECONDS", 5)
+# How long a request (GET /bots/status) waits for the engine's listing; an engine that failed or
+# did not answer in time is answered 503 for this long without being asked again
+# (orchestrators/request_listing.py), so a hung engine never holds the web's workers.
+ORCHESTRATOR_REQUEST_TIMEOUT_SECONDS = _float("ORCHESTRATOR_REQUEST_TIMEOUT_SECONDS", 2)
 # A live meeting whose bot's instance no sweep has listed for this long is reported as unseen and
 # left to the explicit lost-instance policy (meetings/instances.py), never judged gone.
 INSTANCE_UNSEEN_SECONDS = _float("INSTANCE_UNSEEN_SECONDS", 300)

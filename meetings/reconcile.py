@@ -81,6 +81,7 @@ class Finalize:
     failure_stage: str | None = None
     stop_container: tuple[str, str, str] | None = None  # (backend, container id, instance) to stop once ended
     metadata: dict = field(default_factory=dict)
+    last_error: str | None = None  # the cause, for the user: data.last_error of a failed meeting
 
 
 @dataclass(frozen=True)
@@ -217,8 +218,14 @@ def _orphan_decision(m: MeetingRow, listings, by_container, now: datetime, grace
     if m.status == S.STOPPING:
         return Finalize(m.id, m.status, S.COMPLETED, "bot container is gone; its exit was never reported",
                         completion_reason=m.stop_reason or CompletionReason.STOPPED, metadata=seen)
+    if bot is None:
+        last_error = f"The bot's container disappeared while {m.status}, without reporting its exit."
+    else:
+        code = "unknown" if bot.exit_code is None else bot.exit_code
+        last_error = (f"The bot's container ended ({bot.raw_status or bot.status.value}, exit code {code}) while "
+                      f"{m.status}, without reporting its exit.")
     return Finalize(m.id, m.status, S.FAILED, f"bot container is gone while {m.status}",
-                    failure_stage=m.status, metadata=seen)
+                    failure_stage=m.status, metadata=seen, last_error=last_error)
 
 
 # --- Snapshot reading -----------------------------------------------------------------------------
@@ -313,7 +320,7 @@ def apply(p: Plan) -> Summary:
             result = lifecycle.transition(
                 f.meeting_id, f.to_status, source=TransitionSource.ORPHAN_SWEEP, reason=f.reason,
                 completion_reason=f.completion_reason, failure_stage=f.failure_stage, metadata=f.metadata,
-                only_from={f.from_status})
+                only_from={f.from_status}, data_updates={"last_error": f.last_error} if f.last_error else None)
             summary.finalized += int(result.applied)
             # The decision is recorded before the bot is stopped: stopped first, a cooperative bot
             # reports its own clean exit (completed/stopped) and that replaces the timeout outcome

@@ -6,6 +6,7 @@ import logging
 from django.conf import settings
 
 from orchestrators.base import LABEL_SESSION_UID, LABEL_USER_ID, OrchestratorError
+from orchestrators import request_listing
 from orchestrators.registry import get_orchestrator
 
 from .errors import BackendUnavailable
@@ -22,7 +23,8 @@ def running_bots(user) -> list[dict]:
         log.exception("the orchestrator backend could not be loaded")
         raise BackendUnavailable(f"The bot backend ({settings.ORCHESTRATOR}) is unavailable: {exc}") from None
     try:
-        bots = backend.list()
+        # Shared, bounded wait: a hung engine answers 503 in ORCHESTRATOR_REQUEST_TIMEOUT_SECONDS.
+        bots = request_listing.list_bots(backend)
     except OrchestratorError as exc:
         raise BackendUnavailable(f"Could not list bots from the {backend.name} backend: {exc}") from None
     mine = [b for b in bots if b.labels.get(LABEL_USER_ID) == str(user.pk) and b.status.is_running]

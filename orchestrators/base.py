@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 # Labels every bot carries. The deployment label keeps two deployments on one engine apart.
+LABEL_PREFIX = "botmanager."  # every label of ours starts so; a backend reports only these
 LABEL_MANAGED = "botmanager.managed"
 LABEL_DEPLOYMENT = "botmanager.deployment"
 LABEL_MEETING_ID = "botmanager.meeting_id"

@@ -43,6 +43,7 @@ import requests.exceptions
 
 from .base import (
     LABEL_DEPLOYMENT,
+    LABEL_PREFIX,
     LABEL_MANAGED,
     LABEL_SESSION_UID,
     BotInfo,
@@ -86,6 +87,13 @@ def normalize_status(state: str) -> NormalizedStatus:
 def exit_code_from_status_text(text: str | None) -> int | None:
     match = _EXIT_CODE_IN_STATUS.match(text or "")
     return int(match.group(1)) if match else None
+
+
+def own_labels(labels: dict) -> dict[str, str]:
+    """The project's own labels (`botmanager.*`) of a container: the labels an image carries
+    (`org.opencontainers.image.title` of a base image, a vendor's) are the image's business, not
+    something to report as the bot's."""
+    return {k: v for k, v in labels.items() if k.startswith(LABEL_PREFIX)}
 
 
 def _parse_created(value) -> datetime | None:
@@ -307,7 +315,7 @@ class DockerOrchestrator:
             name=(attrs.get("Name") or "").lstrip("/"),
             status=normalize_status(raw),
             raw_status=raw,
-            labels=dict(labels),
+            labels=own_labels(labels),
             created_at=_parse_created(attrs.get("Created")),
             exit_code=exit_code,
         )
@@ -337,7 +345,7 @@ class DockerOrchestrator:
             name=names[0].lstrip("/") if names else "",
             status=normalize_status(raw),
             raw_status=raw,
-            labels=dict(entry.get("Labels") or {}),
+            labels=own_labels(entry.get("Labels") or {}),
             created_at=_parse_created(entry.get("Created")),
             exit_code=exit_code,
         )

@@ -4,7 +4,8 @@
 # 1. dockerd missing: apt-get install docker.io (and busybox-static, for the test bot image).
 # 2. `docker info` fails: start dockerd in the background (log: $RUN_DIR/dockerd.log, default
 #    .run/), storage driver overlay2, falling back to vfs, then to vfs without iptables (some
-#    sandboxes refuse overlay mounts or netfilter); wait until `docker info` answers.
+#    sandboxes refuse overlay mounts or netfilter), with --live-restore (containers outlive a
+#    dockerd restart); wait until `docker info` answers.
 # 3. build botmanager-test-bot:latest (docker/bot-test-image/build.sh, about a second).
 #
 # DOCKER_HOST=unix:///path.sock starts and uses an engine on that socket instead of the default
@@ -55,7 +56,8 @@ else
     for attempt in "${attempts[@]}"; do
         say "starting dockerd $attempt (log: $log_file)"
         # shellcheck disable=SC2086  # the attempt and extra args are word lists on purpose
-        nohup dockerd "${host_args[@]}" $attempt ${DOCKERD_EXTRA_ARGS:-} >>"$log_file" 2>&1 &
+        # --live-restore: bots (containers) keep running while dockerd restarts (README, docker).
+        nohup dockerd "${host_args[@]}" --live-restore $attempt ${DOCKERD_EXTRA_ARGS:-} >>"$log_file" 2>&1 &
         pid=$!
         if wait_ready "$pid" 60; then
             ready=$attempt

@@ -80,8 +80,63 @@ def test_readyz_answers_503_when_the_backend_listing_hangs(client, monkeypatch, 
     response = client.get("/readyz")
     body = response.json()
     assert response.status_code == 503 and body["failed"] == ["backend"], body
-    assert "TimeoutError" in body["checks"]["backend"]["error"]
+    assert "did not answer within 0.3 s" in body["checks"]["backend"]["error"]
     assert body["checks"]["backend"]["ms"] < 1000
+
+
+def test_a_backend_that_failed_is_not_asked_again_for_a_moment(client, monkeypatch, settings):
+    calls = []
+
+    class Failing:
+        name = "failing"
+
+        def list(self):
+            calls.append(1)
+            raise OrchestratorError("engine unreachable")
+
+    settings.ORCHESTRATOR_REQUEST_TIMEOUT_SECONDS = 30
+    monkeypatch.setattr(registry, "get_orchestrator", lambda name=None: Failing())
+    bodies = [client.get("/readyz").json() for _ in range(3)]
+    assert len(calls) == 1
+    assert all(b["failed"] == ["backend"] and "engine unreachable" in b["checks"]["backend"]["error"] for b in bodies)
+
+
+def test_concurrent_probes_of_a_hung_backend_share_one_listing(monkeypatch, settings):
+    import threading
+    import time
+
+    from orchestrators import request_listing
+
+    release = threading.Event()
+    calls = []
+
+    class Hung:
+        name = "hung"
+
+        def list(self):
+            calls.append(1)
+            release.wait(10)
+            return []
+
+    settings.ORCHESTRATOR_REQUEST_TIMEOUT_SECONDS = 0.01  # forget the outage at once: every probe asks
+    errors = []
+
+    def probe():
+        try:
+            request_listing.list_bots(Hung(), wait=0.5)
+        except OrchestratorError as exc:
+            errors.append(str(exc))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=probe) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    took = time.monotonic() - started
+    release.set()
+    assert len(errors) == 8 and took < 2, (errors, took)
+    assert len(calls) == 1  # one call in flight, whatever the number of requests
 
 
 def test_readyz_and_healthz_need_no_api_key_but_the_user_api_still_does(client):

@@ -146,6 +146,19 @@ def test_start_creates_container_with_bot_config_labels_and_name(backend, docker
 
 
 @pytest.mark.docker
+def test_list_and_inspect_report_only_the_projects_own_labels(backend, docker_client, deployment_name):
+    # The test image carries org.opencontainers.image.title (as the base image does): the engine
+    # merges an image's labels into its containers', and they are not the bot's.
+    container_id = backend.start(make_spec(deployment_name))
+    assert "org.opencontainers.image.title" in docker_client.api.inspect_container(container_id)["Config"]["Labels"]
+    listed = find(backend.list(), container_id)
+    inspected = backend.inspect(container_id)
+    for info in (listed, inspected):
+        assert info.labels and all(key.startswith("botmanager.") for key in info.labels), info.labels
+        assert info.labels[LABEL_DEPLOYMENT] == deployment_name
+
+
+@pytest.mark.docker
 def test_start_never_sets_auto_remove(backend, docker_client, deployment_name):
     container_id = backend.start(make_spec(deployment_name))
     assert docker_client.api.inspect_container(container_id)["HostConfig"]["AutoRemove"] is False
