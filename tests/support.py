@@ -45,6 +45,25 @@ def published(pubsub, timeout: float = 2.0) -> dict[str, list[dict]]:
     return got
 
 
+# --- Migrations -----------------------------------------------------------------------------------------
+def migrate_to(target: list[tuple[str, str]]):
+    """Migrate the test database to `target` ([(app, migration)]); returns the apps registry of that
+    state (its historical models). Tests of data migrations go back and forth with it."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.migrate(target)
+    return executor.loader.project_state(target).apps
+
+
+def latest_migrations(app: str) -> list[tuple[str, str]]:
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    return MigrationExecutor(connection).loader.graph.leaf_nodes(app)
+
+
 # --- Subprocess stacks -------------------------------------------------------------------------------
 def stack_env(run_dir, **extra: str) -> dict[str, str]:
     """The environment of service subprocesses (gunicorn, Celery workers, beat) that work on the

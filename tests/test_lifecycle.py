@@ -363,18 +363,12 @@ def test_concurrent_terminal_attempts_have_exactly_one_winner():
 def test_the_migration_moves_the_stop_reason_from_data_to_its_column_and_back():
     """meetings 0003: the stop's completion reason, once a hidden key of Meeting.data, is a column
     (the rest of data is kept); reversed, it goes back into data."""
-    from django.db import connection
-    from django.db.migrations.executor import MigrationExecutor
-
     from tests.factories import make_user
-
-    def migrate(target):
-        executor = MigrationExecutor(connection)
-        executor.migrate(target)
-        return executor.loader.project_state(target).apps
+    from tests.support import latest_migrations
+    from tests.support import migrate_to as migrate
 
     old = [("meetings", "0002_post_meeting_pending")]
-    latest = MigrationExecutor(connection).loader.graph.leaf_nodes("meetings")
+    latest = latest_migrations("meetings")
     user = make_user()
     try:
         OldMeeting = migrate(old).get_model("meetings", "Meeting")

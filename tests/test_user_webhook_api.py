@@ -189,16 +189,11 @@ def test_the_user_api_shows_the_secret_nowhere_else(api_client, api_user):
 def test_the_migration_moves_the_webhook_from_data_to_columns_and_back():
     """accounts 0003/0004: the webhook_url and webhook_secret keys of User.data become columns
     (other data is kept); reversed, they go back into data."""
-    from django.db import connection
-    from django.db.migrations.executor import MigrationExecutor
-
-    def migrate(target):
-        executor = MigrationExecutor(connection)
-        executor.migrate(target)
-        return executor.loader.project_state(target).apps
+    from tests.support import latest_migrations
+    from tests.support import migrate_to as migrate
 
     old = [("accounts", "0002_user_email_case_insensitive_unique")]
-    latest = MigrationExecutor(connection).loader.graph.leaf_nodes("accounts")
+    latest = latest_migrations("accounts")
     try:
         OldUser = migrate(old).get_model("accounts", "User")
         rows = {

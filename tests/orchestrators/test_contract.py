@@ -218,13 +218,20 @@ def test_stopped_bot_ends_exited_with_exit_code_zero(harness):
     assert (info.status, info.exit_code) == (NormalizedStatus.EXITED, 0)
 
 
-def test_terminate_asks_the_bot_to_stop_and_returns_at_once(harness):
+def _signalled(harness, signal: str, **config) -> tuple[Orchestrator, str]:
+    """A bot up and listening, sent `signal` ("terminate" or "kill"); the call must return at once:
+    nothing waits for a bot to die."""
     backend = harness.backend()
-    container_id = harness.start(backend, make_spec(harness.deployment))
+    container_id = harness.start(backend, make_spec(harness.deployment, **config))
     _up_and_listening(backend, container_id)
     started = time.monotonic()
-    backend.terminate(container_id)
+    getattr(backend, signal)(container_id)
     assert time.monotonic() - started < 2.0
+    return backend, container_id
+
+
+def test_terminate_asks_the_bot_to_stop_and_returns_at_once(harness):
+    backend, container_id = _signalled(harness, "terminate")
     info = _ended(backend, container_id)
     assert (info.status, info.exit_code) == (NormalizedStatus.EXITED, 0)
 
@@ -249,24 +256,13 @@ def signal_harness(request, tmp_path, deployment_name):
 
 
 def test_terminate_returns_at_once_even_when_the_bot_ignores_sigterm(signal_harness):
-    backend = signal_harness.backend()
-    container_id = signal_harness.start(backend, make_spec(signal_harness.deployment, test_ignore_sigterm=True))
-    _up_and_listening(backend, container_id)
-    started = time.monotonic()
-    backend.terminate(container_id)
-    assert time.monotonic() - started < 2.0
+    backend, container_id = _signalled(signal_harness, "terminate", test_ignore_sigterm=True)
     time.sleep(1.0)
     assert find(backend.list(), container_id).status.is_running  # it ignored the request
 
 
 def test_kill_ends_a_bot_that_ignores_sigterm_with_exit_code_137(signal_harness):
-    backend = signal_harness.backend()
-    container_id = signal_harness.start(backend, make_spec(signal_harness.deployment, test_ignore_sigterm=True))
-    _up_and_listening(backend, container_id)
-    backend.terminate(container_id)
-    started = time.monotonic()
-    backend.kill(container_id)
-    assert time.monotonic() - started < 2.0
+    backend, container_id = _signalled(signal_harness, "kill", test_ignore_sigterm=True)
     info = _ended(backend, container_id)
     assert (info.status, info.exit_code) == (NormalizedStatus.EXITED, 137)
 
