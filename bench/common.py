@@ -76,6 +76,8 @@ def setup() -> dict[str, str]:
     settings.REDIS_URL = redis_url
     settings.CELERY_BROKER_URL = redis_url
     settings.LOGGING_CONFIG = None
+    # In-process requests (django.test.Client) name the host "testserver".
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
     import django
 
     django.setup()
@@ -95,7 +97,10 @@ def setup() -> dict[str, str]:
 
     _env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "RUN_DIR": str(run_dir),
             "LOG_LEVEL": "WARNING", "LOG_FORMAT": "plain", "DB_CONN_MAX_AGE": "600",
-            "DEFAULT_MAX_CONCURRENT_BOTS": "0"}
+            "DEFAULT_MAX_CONCURRENT_BOTS": "0",
+            # The processes started here have external URLs and their own RUN_DIR: they get this
+            # stack's secrets (they refuse to start without them, botmanager/checks.py).
+            **{name: getattr(settings, name) for name in ("SECRET_KEY", "BOT_TOKEN_SECRET", "ADMIN_API_TOKEN")}}
     _ready = True
     return _env
 
