@@ -9,6 +9,7 @@ an empty list when it could not look, so reconciliation can tell "no bots" from 
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -69,7 +70,10 @@ class BotInfo:
 
 
 def bot_name(meeting_id: int, session_uid: str) -> str:
-    return f"botmanager-bot-{meeting_id}-{str(session_uid).replace('-', '')[:8]}"
+    """The bot's container name: one per session (a retried start finds its own bot by it), and
+    nothing of the session uid itself, which is a capability while the name is shown to users."""
+    digest = hashlib.sha256(f"botmanager-bot-name:{session_uid}".encode()).hexdigest()[:8]
+    return f"botmanager-bot-{meeting_id}-{digest}"
 
 
 def bot_labels(*, deployment: str, meeting_id: int, user_id: int, session_uid) -> dict[str, str]:

@@ -132,6 +132,12 @@ def runstack(tmp_path):
     yield make
     for stack in stacks:
         stack.stop()
+    # The bots outlive `make run` by design (a meeting outlives a restart of the manager): end them.
+    from orchestrators.process import ProcessOrchestrator
+
+    for bot in ProcessOrchestrator(tmp_path, "runstack-test").list():
+        if bot.status.is_running:
+            ProcessOrchestrator(tmp_path, "runstack-test").kill(bot.container_id)
     from botmanager import devstack
 
     devstack.stop_redis(tmp_path)

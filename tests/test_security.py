@@ -383,3 +383,14 @@ def test_a_correct_admin_login_still_works_below_the_limit(client):
 
     assert response.status_code == 302
     assert client.session["_auth_user_id"]
+
+
+def test_a_bots_container_name_carries_nothing_of_its_session_uid():
+    import uuid
+
+    from orchestrators.base import bot_name
+
+    uid = uuid.uuid4()
+    name = bot_name(42, str(uid))
+    assert name.startswith("botmanager-bot-42-") and name == bot_name(42, str(uid))  # stable per session
+    assert uid.hex[:8] not in name and str(uid)[:8] not in name
