@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import requests
 import requests.adapters
+from urllib3.util.retry import Retry
 
 DELAY, GRACE, STOP_TIMEOUT, SWEEP = 3.0, 2.0, 10.0, 3.0
 TERMINAL = {"completed", "failed"}
@@ -111,7 +112,9 @@ class Client:
         user.save(update_fields=["max_concurrent_bots"])
         self.url = url
         self.http = requests.Session()
-        self.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=64))
+        # Kept-alive connections the server closed while idle are retried (GET, DELETE: idempotent).
+        self.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=64, max_retries=Retry(
+            total=3, connect=3, read=0, backoff_factor=0.05, allowed_methods={"GET", "DELETE", "PUT"})))
         self.http.headers["X-API-Key"] = issue_token(user).token
         self.count = 0
         self.lock = threading.Lock()
