@@ -167,21 +167,16 @@ def _on_before_publish(sender=None, headers=None, **kwargs):
         headers.setdefault(SENT_AT_HEADER, time.time())
 
 
-def due_time(request) -> float | None:
-    """When the task was due: its ETA (countdown tasks), else when it was sent (beat sends the sweep
-    at its scheduled time)."""
-    eta = getattr(request, "eta", None)
-    if eta:
-        from datetime import datetime
+def due_time(eta, sent_at) -> float | None:
+    """When a task was due: its ETA (countdown tasks; ISO text in a message, a datetime on a
+    request), else when it was sent (beat sends the sweep at its scheduled time)."""
+    from datetime import datetime
 
-        try:
-            return datetime.fromisoformat(eta).timestamp() if isinstance(eta, str) else eta.timestamp()
-        except (TypeError, ValueError):
-            return None
-    sent = getattr(request, SENT_AT_HEADER, None)
     try:
-        return float(sent) if sent is not None else None
-    except (TypeError, ValueError):
+        if eta:
+            return datetime.fromisoformat(eta).timestamp() if isinstance(eta, str) else eta.timestamp()
+        return float(sent_at) if sent_at is not None else None
+    except (TypeError, ValueError, AttributeError):
         return None
 
 
@@ -202,7 +197,7 @@ def _on_task_started(sender=None, task_id=None, task=None, **kwargs):
     name = getattr(task, "name", None)
     if name not in TIMED_TASKS:
         return
-    due = due_time(task.request)
+    due = due_time(getattr(task.request, "eta", None), getattr(task.request, SENT_AT_HEADER, None))
     if due is None:
         return
     try:
@@ -251,7 +246,7 @@ class QueueCollector:
             if raw:
                 try:
                     headers = json.loads(raw).get("headers") or {}
-                    due = max(float(headers.get(SENT_AT_HEADER) or now), due_time(_Headers(headers)) or 0.0)
+                    due = due_time(headers.get("eta"), headers.get(SENT_AT_HEADER)) or now
                     age = max(0.0, now - due)
                 except (ValueError, TypeError, AttributeError):
                     age = 0.0
@@ -267,12 +262,6 @@ class QueueCollector:
             buckets.append(("+Inf", int(raw.get(f"{name}|count", 0))))
             lateness.add_metric([name], buckets, sum_value=float(raw.get(f"{name}|sum", 0)))
         yield lateness
-
-
-class _Headers:
-    def __init__(self, headers: dict):
-        self.eta = headers.get("eta")
-        setattr(self, SENT_AT_HEADER, headers.get(SENT_AT_HEADER))
 
 
 def _broker():

@@ -39,9 +39,7 @@ def stop_bot(backend: str, container_id: str, instance: str, *, remove: bool = F
 
 def kill_bot(backend: str, container_id: str, instance: str, *, remove: bool = False) -> None:
     """Force the bot to stop now (its meeting is over and its time is up)."""
-    from . import tasks
-
-    tasks.kill_bot.apply_async((backend, container_id, remove, 0, instance), queue=_queue(instance))
+    _send_kill(backend, container_id, remove, instance)
 
 
 def _queue(instance: str) -> str:
@@ -50,17 +48,20 @@ def _queue(instance: str) -> str:
     return instance_queue(ORCHESTRATOR, instance)
 
 
-def terminate(backend: str, container_id: str, remove: bool, instance: str = "") -> None:
+def _send_kill(backend: str, container_id: str, remove: bool, instance: str, checks: int = 0,
+               countdown: float | None = None) -> None:
     from . import tasks
 
+    tasks.kill_bot.apply_async((backend, container_id, remove, checks, instance), queue=_queue(instance),
+                               countdown=countdown)
+
+
+def terminate(backend: str, container_id: str, remove: bool, instance: str = "") -> None:
     get_orchestrator(backend).terminate(container_id)
-    tasks.kill_bot.apply_async((backend, container_id, remove, 0, instance), queue=_queue(instance),
-                               countdown=settings.BOT_STOP_TIMEOUT_SECONDS)
+    _send_kill(backend, container_id, remove, instance, countdown=settings.BOT_STOP_TIMEOUT_SECONDS)
 
 
 def kill(backend: str, container_id: str, remove: bool, checks: int = 0, instance: str = "") -> None:
-    from . import tasks
-
     orchestrator = get_orchestrator(backend)
     info = orchestrator.inspect(container_id)
     if info is None:
@@ -70,8 +71,7 @@ def kill(backend: str, container_id: str, remove: bool, checks: int = 0, instanc
             log.info("bot %s on %s still running after its stop timeout; killing it", container_id, backend)
         orchestrator.kill(container_id)
         if remove and checks < REMOVE_CHECKS:
-            tasks.kill_bot.apply_async((backend, container_id, remove, checks + 1, instance), queue=_queue(instance),
-                                       countdown=REMOVE_CHECK_SECONDS)
+            _send_kill(backend, container_id, remove, instance, checks + 1, countdown=REMOVE_CHECK_SECONDS)
         return
     if remove:
         orchestrator.remove(container_id)

@@ -36,15 +36,18 @@ def lock_key(instance: str) -> int:
     return zlib.crc32(instance.encode()) & 0x7FFFFFFF
 
 
-def record_listed(listings: dict, now: datetime) -> set[str]:
-    """Record the instances listed successfully in this pass (one upsert); returns them."""
-    listed = {l.instance: l.backend for l in listings.values() if l.ok and l.instance}
-    if listed:
+def listed(listings: dict) -> dict[str, str]:
+    """{instance: backend} of the listings that succeeded in this pass."""
+    return {l.instance: l.backend for l in listings.values() if l.ok and l.instance}
+
+
+def record_listed(listed_now: dict[str, str], now: datetime) -> None:
+    """Record when these instances were listed (one upsert)."""
+    if listed_now:
         host = socket.gethostname()
         BotInstance.objects.bulk_create(
-            [BotInstance(instance=i, backend=b, last_listed_at=now, listed_by=host) for i, b in listed.items()],
+            [BotInstance(instance=i, backend=b, last_listed_at=now, listed_by=host) for i, b in listed_now.items()],
             update_conflicts=True, unique_fields=["instance"], update_fields=["backend", "last_listed_at", "listed_by"])
-    return set(listed)
 
 
 def last_listed() -> dict[str, datetime]:

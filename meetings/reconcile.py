@@ -132,6 +132,8 @@ class Plan:
     unseen_instances: dict[str, int] = field(default_factory=dict)
     # Other hosts' instances whose sweep this one asks for (sweep_instance on their queue).
     delegate: list[str] = field(default_factory=list)
+    # {instance: backend} this pass listed successfully (recorded by apply(), not by a dry run).
+    listed: dict[str, str] = field(default_factory=dict)
 
 
 def plan(meetings: list[MeetingRow], listings: dict[str, Listing], container_meeting_status: dict[int, str],
@@ -279,11 +281,11 @@ def make_plan(now: datetime | None = None, *, deadlines: bool = True, instance: 
     named = {bot.meeting_id for l in listings.values() if l.ok for bot in l.bots if bot.meeting_id}
     result = plan(meetings, listings, statuses_of(named), post_meeting_pending(now, grace) if deadlines else [],
                   now, grace, deadlines=deadlines)
-    listed = instances.record_listed(listings, now)
+    result.listed = instances.listed(listings)
     if deadlines:
         known = instances.last_listed()
-        result.unseen_instances = instances.unseen(meetings, listed, known, now)
-        result.delegate = instances.to_sweep(meetings, listed, known, now)
+        result.unseen_instances = instances.unseen(meetings, set(result.listed), known, now)
+        result.delegate = instances.to_sweep(meetings, set(result.listed), known, now)
     return result
 
 
@@ -310,6 +312,7 @@ def apply(p: Plan) -> Summary:
     from . import tasks
 
     summary = Summary(checked=p.checked)
+    instances.record_listed(p.listed, timezone.now())
     summary.errors.extend(f"{name}: listing failed: {err}" for name, err in p.unknown_backends.items())
     for a in p.adopt:
         with _decision(summary, a.meeting_id):
@@ -352,9 +355,12 @@ def apply(p: Plan) -> Summary:
         log.warning("sweep: live meetings on backend instances nobody has listed for %ss (left to the lost-instance "
                     "policy): %s", settings.INSTANCE_UNSEEN_SECONDS, p.unseen_instances)
     for instance in p.delegate:
-        with _decision(summary, 0):
+        try:
             instances.request_sweep(instance)
-            summary.instances_asked += 1
+        except Exception as exc:  # the broker is unreachable: reported; the next sweep asks again
+            summary.errors.append(f"could not ask instance {instance} to sweep: {exc}")
+            continue
+        summary.instances_asked += 1
     return summary
 
 
