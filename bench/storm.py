@@ -112,9 +112,10 @@ class Client:
         user.save(update_fields=["max_concurrent_bots"])
         self.url = url
         self.http = requests.Session()
-        # Kept-alive connections the server closed while idle are retried (GET, DELETE: idempotent).
+        # Kept-alive connections the server closed while idle are retried (GET, DELETE, PUT: idempotent),
+        # also when the close is only seen as a reset after the request was sent.
         self.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=64, max_retries=Retry(
-            total=3, connect=3, read=0, backoff_factor=0.05, allowed_methods={"GET", "DELETE", "PUT"})))
+            total=3, connect=3, read=2, backoff_factor=0.05, allowed_methods={"GET", "DELETE", "PUT"})))
         self.http.headers["X-API-Key"] = issue_token(user).token
         self.count = 0
         self.lock = threading.Lock()

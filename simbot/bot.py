@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import signal
+import socket
 import time
 import uuid
 from collections import deque
@@ -17,6 +19,11 @@ from .config import BotConfig
 
 log = logging.getLogger("simbot")
 
+# The loop sleeps until a command arrives, a signal comes, or its next timed step is due; with
+# nothing to do it still wakes this often (a storm test runs hundreds of idle bots on 2 cores:
+# polling every 50 ms cost them more than a core).
+IDLE_WAKE_SECONDS = 1.0
+# Without a signal wake-up fd (not in the main thread) a signal is only seen at the next wake-up.
 POLL_SECONDS = 0.05
 SUBSCRIBE_CONFIRM_SECONDS = 5.0
 RECEIVED_TTL_SECONDS = 24 * 3600
@@ -68,6 +75,7 @@ class SimBot:
         self.register_session = False  # the next callback carries the meeting token
         self.seen_command_ids: set[str] = set()
         self.stop_signal: int | None = None
+        self._wakeup: socket.socket | None = None
 
     def on_signal(self, signum, frame) -> None:
         # Only set a flag: the main loop acts on it (logging or HTTP inside a handler could
@@ -75,6 +83,7 @@ class SimBot:
         self.stop_signal = signum
 
     def run(self) -> int:
+        self._wake_on_signals()
         try:
             self._subscribe(meeting_channel(self.cfg.meeting_id), session_channel(self.cfg.connection_id))
             while True:
@@ -98,9 +107,59 @@ class SimBot:
         if self.active_since is not None:
             self._active_faults(now)
 
+    def _wake_on_signals(self) -> None:
+        """Signals write to a socket the loop waits on (Python re-enters an interrupted wait)."""
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        try:
+            signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except ValueError:  # not the main thread: signals are seen at the next poll
+            reader.close()
+            writer.close()
+            return
+        self._wakeup, self._wakeup_writer = reader, writer
+
+    def _wait_seconds(self) -> float:
+        """Until the next thing the loop must do by itself (a step of the way in, a fault)."""
+        if self._wakeup is None:
+            return POLL_SECONDS
+        now = time.monotonic()
+        due = [now + IDLE_WAKE_SECONDS]
+        if self.pending:
+            due.append(self.next_step_at)
+        if self.active_since is not None:
+            if self.cfg.has("die_active"):
+                due.append(self.active_since + self.cfg.die_after_seconds)
+            if self.cfg.has("restart_new_session") and not self.restarted:
+                due.append(self.active_since + self.cfg.restart_after_seconds)
+        return max(0.0, min(due) - now)
+
+    def _wait_for_message(self, timeout: float) -> None:
+        """Sleep until the pubsub socket is readable, a signal came, or `timeout`."""
+        connection = self.pubsub.connection
+        sock = getattr(connection, "_sock", None) if connection is not None else None
+        if sock is None:
+            time.sleep(min(timeout, POLL_SECONDS))
+            return
+        readable, _, _ = select.select([sock, self._wakeup], [], [], timeout)
+        if self._wakeup in readable:
+            try:
+                while self._wakeup.recv(64):
+                    pass
+            except BlockingIOError:
+                pass
+
     def _next_message(self) -> dict | None:
         try:
-            return self.pubsub.get_message(timeout=POLL_SECONDS)
+            # Messages already read into the client's buffer are not seen by select: ask first.
+            message = self.pubsub.get_message(timeout=0 if self._wakeup is not None else POLL_SECONDS)
+            if message is not None or self._wakeup is None or self.stop_signal is not None:
+                return message
+            timeout = self._wait_seconds()
+            if timeout > 0:
+                self._wait_for_message(timeout)
+            return self.pubsub.get_message(timeout=0)
         except redis.ConnectionError as exc:
             # The pubsub reconnects and resubscribes on the next call; a bot stays in its meeting
             # through a Redis blip.
