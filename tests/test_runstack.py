@@ -10,14 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from botmanager.supervisor import _start_time
-from tests.support import close_other_connections, stack_env, wait_for
+from tests.support import a_new_terminal, close_other_connections, stack_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 REPO = Path(__file__).resolve().parents[1]
@@ -228,11 +227,6 @@ def _readme_curl_session() -> str:
     return section[start:section.index("\n```", start)] + "\n"
 
 
-def _a_strangers_terminal(**variables: str) -> dict[str, str]:
-    """A new terminal: nothing of the test session's environment but PATH and HOME."""
-    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), **variables}
-
-
 def test_the_readmes_curl_session_pasted_whole_prints_what_its_comments_say(runstack):
     stack = runstack()
     stack.start()
@@ -240,7 +234,7 @@ def test_the_readmes_curl_session_pasted_whole_prints_what_its_comments_say(runs
     promised = [line.split("prints: ", 1)[1] for line in block.splitlines() if "prints: " in line]
 
     result = subprocess.run(["bash", "-c", block], cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env=_a_strangers_terminal(RUN_DIR=str(stack.run_dir), PORT=str(stack.port)))
+                            env=a_new_terminal(RUN_DIR=str(stack.run_dir)))
 
     assert result.returncode == 0 and result.stderr == "", f"{result.stdout}\n{result.stderr}\n{stack.tail()}"
     printed = result.stdout.splitlines()
@@ -259,7 +253,7 @@ def test_a_second_terminal_needs_only_the_run_dir(runstack):
 
     result = subprocess.run([sys.executable, "manage.py", "create_token", "demo@example.com"], cwd=REPO,
                             capture_output=True, text=True, timeout=60,
-                            env=_a_strangers_terminal(RUN_DIR=str(stack.run_dir)))
+                            env=a_new_terminal(RUN_DIR=str(stack.run_dir)))
 
     assert result.returncode == 0, result.stderr
     assert "demo@example.com: bm_" in result.stdout

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from botmanager import runstack, stackinfo
+from tests.support import a_new_terminal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,10 +24,9 @@ def _closed_port() -> int:
 
 
 def _manage_py(run_dir: Path, *args: str, **variables: str) -> subprocess.CompletedProcess:
-    """manage.py in a new terminal: nothing of the test session's environment but PATH and HOME."""
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "RUN_DIR": str(run_dir), **variables}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=60)
+    """manage.py typed in a new terminal."""
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env=a_new_terminal(RUN_DIR=str(run_dir), **variables))
 
 
 # --- credentials.env ------------------------------------------------------------------------------
