@@ -5,6 +5,8 @@ user with an API key exists, then runs gunicorn (web), the Celery workers (one p
 botmanager/workers.py) and Celery beat, and keeps them running (botmanager/supervisor.py: a child
 that exits is restarted with back-off, an embedded server that stops answering is started again).
 Ctrl-C stops all of them (and the embedded servers this run started); data under RUN_DIR is kept.
+The logins it creates are kept in RUN_DIR/credentials.env (0600) and, while it runs, its ports in
+RUN_DIR/runstack.env, so that a second terminal needs only RUN_DIR (botmanager/stackinfo.py).
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ def _bootstrap_accounts(run_dir) -> list[str]:
     elif "ADMIN_PASSWORD" not in kept:
         lines.append(f"Django admin login: {CONSOLE_EMAIL}, password as set before (a new one: "
                      f".venv/bin/python manage.py changepassword {CONSOLE_EMAIL})")
-    lines.append(f"credentials: {where} (DEMO_API_KEY, ADMIN_EMAIL / ADMIN_PASSWORD; 0600)")
+    lines.append(f"the demo key and the Django admin login are kept in {where} (0600; `. {where}` sets "
+                 f"DEMO_API_KEY, ADMIN_EMAIL, ADMIN_PASSWORD)")
     lines.append(devstack.admin_token_line(first_start=first_start))
     return lines
 
