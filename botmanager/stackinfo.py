@@ -118,8 +118,6 @@ def unreachable_database(settings, exc: BaseException) -> str:
     where = f"{db.get('HOST') or 'localhost'}:{db.get('PORT') or 5432}"
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rpartition("failed: ")[2]
     stack = running(settings.RUN_DIR)
-    its_ports = ("Unset EMBEDDED_POSTGRES_PORT in this terminal (the running `make run` supplies its ports), "
-                 "or export the value of the terminal running it.")
     if not stack:
         situation = "where no `make run` is running"
         advice = ("Start the stack with `make run` (or `python -m botmanager.devstack start`), or export in this "
@@ -130,7 +128,8 @@ def unreachable_database(settings, exc: BaseException) -> str:
     elif settings.EMBEDDED_POSTGRES and stack.get("EMBEDDED_POSTGRES_PORT") != str(settings.EMBEDDED_POSTGRES_PORT):
         situation = (f"whose `make run` (pid {stack[PID]}) uses EMBEDDED_POSTGRES_PORT="
                      f"{stack.get('EMBEDDED_POSTGRES_PORT')} (this terminal exports {settings.EMBEDDED_POSTGRES_PORT})")
-        advice = its_ports
+        advice = ("Unset EMBEDDED_POSTGRES_PORT in this terminal (the running `make run` supplies its ports), "
+                  "or export the value of the terminal running it.")
     else:
         situation = f"whose `make run` (pid {stack[PID]}) does not answer there"
         advice = "Look at the terminal running it: it starts PostgreSQL again when it stops answering."

@@ -89,9 +89,9 @@ def test_a_changed_admin_password_leaves_the_file_and_the_banner_says_how_to_set
 
 
 # --- runstack.env ---------------------------------------------------------------------------------
-def _record_running_stack(run_dir: Path, **values: object) -> None:
+def _record_running_stack(run_dir: Path, external_urls: tuple[str, ...] = (), **values: object) -> None:
     """runstack.env as a `make run` would write it; this very process (alive) plays that make run."""
-    stackinfo.write(run_dir, values, external_urls=[])
+    stackinfo.write(run_dir, values, external_urls=list(external_urls))
 
 
 def test_the_settings_of_a_running_make_run_are_shared(tmp_path):
@@ -154,3 +154,13 @@ def test_manage_py_names_the_port_the_running_make_run_uses_when_this_terminal_e
     assert result.returncode == 1
     assert (f"uses EMBEDDED_POSTGRES_PORT={theirs} (this terminal exports {ours}). Unset EMBEDDED_POSTGRES_PORT"
             in result.stderr)
+
+
+def test_manage_py_asks_for_the_database_url_the_running_make_run_was_given(tmp_path):
+    _record_running_stack(tmp_path, external_urls=("DATABASE_URL",), EMBEDDED_POSTGRES_PORT=_closed_port())
+
+    result = _manage_py(tmp_path, "create_token", "demo@example.com")
+
+    assert result.returncode == 1
+    assert (f"whose `make run` (pid {os.getpid()}) was given a DATABASE_URL. Export the same DATABASE_URL in "
+            f"this terminal." in result.stderr)
