@@ -406,7 +406,7 @@ def admin_token_line(first_start: bool) -> str:
         return "admin API: X-Admin-API-Key is the ADMIN_API_TOKEN you configured"
     where = local_secrets.path(settings.RUN_DIR)
     if first_start:
-        return f"admin API (shown once; kept in {where}): X-Admin-API-Key: {settings.ADMIN_API_TOKEN}"
+        return f"admin API: X-Admin-API-Key: {settings.ADMIN_API_TOKEN} (kept in {where}, ADMIN_API_TOKEN)"
     return f"admin API: X-Admin-API-Key is ADMIN_API_TOKEN in {where}"
 
 

@@ -5,6 +5,8 @@ user with an API key exists, then runs gunicorn (web), the Celery workers (one p
 botmanager/workers.py) and Celery beat, and keeps them running (botmanager/supervisor.py: a child
 that exits is restarted with back-off, an embedded server that stops answering is started again).
 Ctrl-C stops all of them (and the embedded servers this run started); data under RUN_DIR is kept.
+The logins it creates are kept in RUN_DIR/credentials.env (0600) and, while it runs, its ports in
+RUN_DIR/runstack.env, so that a second terminal needs only RUN_DIR (botmanager/stackinfo.py).
 """
 from __future__ import annotations
 
@@ -17,33 +19,52 @@ import time
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
-from botmanager import devstack, workers  # noqa: E402  (loads settings)
+from botmanager import devstack, stackinfo, workers  # noqa: E402  (loads settings)
 from botmanager.supervisor import Supervisor, stop_leftovers  # noqa: E402
 
 DEMO_EMAIL = "demo@example.com"
 CONSOLE_EMAIL = "admin@example.com"
+# The demo user may run a few bots at once (new users get DEFAULT_MAX_CONCURRENT_BOTS).
+DEMO_MAX_CONCURRENT_BOTS = 5
+# What RUN_DIR/credentials.env holds, in this order.
+CREDENTIALS = ("DEMO_EMAIL", "DEMO_API_KEY", "ADMIN_EMAIL", "ADMIN_PASSWORD")
 
 
-def _bootstrap_accounts() -> list[str]:
+def _bootstrap_accounts(run_dir) -> list[str]:
+    """The demo user with an API key and the Django admin's superuser, their credentials kept in
+    RUN_DIR/credentials.env (0600, shell syntax, the README's curl session sources it). Returns
+    the banner lines: the values themselves when they are new, else where they are."""
     import django
 
     django.setup()
     from accounts import services
     from accounts.models import User
 
+    kept = stackinfo.read_credentials(run_dir)
+    first_start = not kept
+    fresh: dict[str, str] = {}
+    demo, _ = services.get_or_create_user(DEMO_EMAIL, name="Demo user", max_concurrent_bots=DEMO_MAX_CONCURRENT_BOTS)
+    if services.user_for_token(kept.get("DEMO_API_KEY", "")) != demo:
+        fresh["DEMO_API_KEY"] = services.issue_token(demo).token
+    console = User.objects.filter(email=CONSOLE_EMAIL).first()
+    if console is None:
+        fresh["ADMIN_PASSWORD"] = secrets.token_urlsafe(12)
+        User.objects.create_superuser(CONSOLE_EMAIL, fresh["ADMIN_PASSWORD"], name="Console admin")
+    elif kept.get("ADMIN_PASSWORD") and not console.check_password(kept["ADMIN_PASSWORD"]):
+        kept.pop("ADMIN_PASSWORD")  # changed since (manage.py changepassword): no longer ours to show
+    values = {**kept, **fresh, "DEMO_EMAIL": DEMO_EMAIL, "ADMIN_EMAIL": CONSOLE_EMAIL}
+    where = stackinfo.write_credentials(run_dir, {name: values[name] for name in CREDENTIALS if name in values})
     lines = []
-    demo, created = services.get_or_create_user(DEMO_EMAIL, name="Demo user", max_concurrent_bots=5)
-    if created or not demo.api_tokens.filter(revoked_at__isnull=True).exists():
-        issued = services.issue_token(demo)
-        lines.append(f"demo user {DEMO_EMAIL}: API key (shown once) X-API-Key: {issued.token}")
-    else:
-        lines.append(f"demo user {DEMO_EMAIL} exists; its API key was shown when it was created "
-                     f"(new one: .venv/bin/python manage.py create_token {DEMO_EMAIL})")
-    if not User.objects.filter(email=CONSOLE_EMAIL).exists():
-        password = secrets.token_urlsafe(12)
-        User.objects.create_superuser(CONSOLE_EMAIL, password, name="Console admin")
-        lines.append(f"Django admin login (shown once): {CONSOLE_EMAIL} / {password}")
-    lines.append(devstack.admin_token_line(first_start=created))
+    if "DEMO_API_KEY" in fresh:
+        lines.append(f"demo user {DEMO_EMAIL}: X-API-Key: {fresh['DEMO_API_KEY']}")
+    if "ADMIN_PASSWORD" in fresh:
+        lines.append(f"Django admin login: {CONSOLE_EMAIL} / {fresh['ADMIN_PASSWORD']}")
+    elif "ADMIN_PASSWORD" not in kept:
+        lines.append(f"Django admin login: {CONSOLE_EMAIL}, password as set before (a new one: "
+                     f".venv/bin/python manage.py changepassword {CONSOLE_EMAIL})")
+    lines.append(f"the demo key and the Django admin login are kept in {where} (0600; `. {where}` sets "
+                 f"DEMO_API_KEY, ADMIN_EMAIL, ADMIN_PASSWORD)")
+    lines.append(devstack.admin_token_line(first_start=first_start))
     return lines
 
 
@@ -93,13 +114,32 @@ def main() -> int:
     _become_subreaper()
     run_dir = settings.RUN_DIR
     run_dir.mkdir(parents=True, exist_ok=True)
+    other = stackinfo.running(run_dir)
+    if other:
+        _say(f"another `make run` is running on RUN_DIR={run_dir} (pid {other[stackinfo.PID]}, web on port "
+             f"{other.get('PORT', settings.PORT)}): stop it first (Ctrl-C in its terminal), or give this one "
+             f"another RUN_DIR, PORT, EMBEDDED_POSTGRES_PORT and EMBEDDED_REDIS_PORT")
+        return 1
     # What a crashed earlier run left (its gunicorn would hold the port, two beats would run).
     stop_leftovers(run_dir, log=_say)
 
     started = devstack.ensure_services()
+    # From here on a second terminal's manage.py finds this stack's ports (botmanager/stackinfo.py).
+    stackinfo.write(run_dir, {name: getattr(settings, name) for name in stackinfo.SHARED},
+                    external_urls=[name for name, embedded in (("DATABASE_URL", settings.EMBEDDED_POSTGRES),
+                                                               ("REDIS_URL", settings.EMBEDDED_REDIS)) if not embedded])
+    try:
+        return _run(run_dir, started)
+    finally:
+        stackinfo.remove(run_dir)
+
+
+def _run(run_dir, started) -> int:
+    from django.conf import settings
+
     python = sys.executable
     subprocess.run([python, "manage.py", "migrate", "--no-input", "-v", "0"], check=True)
-    banner = _bootstrap_accounts()
+    banner = _bootstrap_accounts(run_dir)
     bin_dir = os.path.dirname(python)
     supervisor = Supervisor(run_dir, log=_say)
     supervisor.add("web", [

@@ -54,8 +54,14 @@ DEBUG = _bool("DEBUG", False)
 # Host names the web answers to (a request naming another host gets 400: a web page cannot drive a
 # local stack through DNS rebinding). Loopback names by default; compose adds `web`.
 ALLOWED_HOSTS = [h.strip() for h in _str("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
-PORT = _int("PORT", 8000)
 RUN_DIR = Path(_str("RUN_DIR", str(BASE_DIR / ".run"))).resolve()
+# While a `make run` of this RUN_DIR runs, its ports, backend and deployment name (RUN_DIR/runstack.env,
+# botmanager/stackinfo.py) are this process's defaults too: `manage.py` in a second terminal reaches
+# the same servers and bots without exporting anything. The environment still wins.
+from botmanager import stackinfo  # noqa: E402
+
+_env = {**stackinfo.shared_settings(RUN_DIR), **os.environ}
+PORT = _int("PORT", 8000)
 # The URL bots use to reach the callbacks; derived from PORT for the local stack.
 PUBLIC_BASE_URL = _str("PUBLIC_BASE_URL", f"http://127.0.0.1:{PORT}").rstrip("/")
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from botmanager.stackinfo import start_time as _start_time
+
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 # A child that ran this long before exiting starts again from the first back-off step.
@@ -167,15 +169,6 @@ class Supervisor:
         tmp = self.pid_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(pids))
         tmp.replace(self.pid_file)
-
-
-def _start_time(pid: int) -> int | None:
-    """The process start time (clock ticks since boot): a pid plus its start time names one
-    process, even after the pid is reused."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def stop_leftovers(run_dir: Path, log: Callable[[str], None] = print, timeout: float = 15.0) -> list[str]:

@@ -84,6 +84,13 @@ def stack_env(run_dir, **extra: str) -> dict[str, str]:
     return env
 
 
+def a_new_terminal(**variables: str) -> dict[str, str]:
+    """The environment of a terminal someone just opened: PATH and HOME, and what they exported."""
+    import os
+
+    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), **variables}
+
+
 def close_other_connections() -> None:
     """End the database connections of other processes and threads (workers) so the test database
     can be flushed."""

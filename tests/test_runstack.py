@@ -10,14 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from botmanager.supervisor import _start_time
-from tests.support import close_other_connections, stack_env, wait_for
+from tests.support import a_new_terminal, close_other_connections, stack_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 REPO = Path(__file__).resolve().parents[1]
@@ -76,12 +75,11 @@ class RunStack:
         return int((self.run_dir / "postgres" / "postmaster.pid").read_text().splitlines()[0])
 
     def demo_key(self) -> str:
-        """The demo user's API key, from the banner (printed once, on the first start)."""
-        import re
+        """The demo user's API key, from RUN_DIR/credentials.env (where the README says it is)."""
+        from botmanager import stackinfo
 
-        found = wait_for(lambda: re.search(r"X-API-Key: (bm_\S+)", self.log.read_text(errors="replace")),
-                         timeout=30, what=f"the banner with the demo key\n{self.tail()}")
-        return found.group(1)
+        return wait_for(lambda: stackinfo.read_credentials(self.run_dir).get("DEMO_API_KEY"), timeout=30,
+                        what=f"the demo key in credentials.env\n{self.tail()}")
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
@@ -219,3 +217,58 @@ def test_after_the_supervisor_is_killed_the_next_run_comes_up_cleanly(runstack):
         return [argv for argv in _command_lines() if "beat" in argv and str(second.run_dir / "celerybeat-schedule") in argv]
 
     wait_for(lambda: len(beats()) == 1, timeout=20, what="the new run's beat")  # and never two on one schedule
+
+
+def _readme_curl_session() -> str:
+    """The README's "Try it" shell block, verbatim."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Try it: a bot's whole life with curl"):]
+    start = section.index("```sh\n") + len("```sh\n")
+    return section[start:section.index("\n```", start)] + "\n"
+
+
+def test_the_readmes_curl_session_pasted_whole_prints_what_its_comments_say(runstack):
+    stack = runstack()
+    stack.start()
+    block = _readme_curl_session()
+    promised = [line.split("prints: ", 1)[1] for line in block.splitlines() if "prints: " in line]
+
+    result = subprocess.run(["bash", "-c", block], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env=a_new_terminal(RUN_DIR=str(stack.run_dir)))
+
+    assert result.returncode == 0 and result.stderr == "", f"{result.stdout}\n{result.stderr}\n{stack.tail()}"
+    printed = result.stdout.splitlines()
+    assert len(printed) == len(promised) == 7, result.stdout
+    for shown, promise in zip(printed, promised):
+        position = 0
+        for fragment in filter(None, (part.strip() for part in promise.split("…"))):
+            found = shown.find(fragment, position)
+            assert found >= 0, f"the README promises {promise!r}; printed: {shown!r}"
+            position = found + len(fragment)
+
+
+def test_a_second_terminal_needs_only_the_run_dir(runstack):
+    stack = runstack(embedded_postgres=True)  # on ports no default and no other terminal knows
+    stack.start()
+
+    result = subprocess.run([sys.executable, "manage.py", "create_token", "demo@example.com"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60,
+                            env=a_new_terminal(RUN_DIR=str(stack.run_dir)))
+
+    assert result.returncode == 0, result.stderr
+    assert "demo@example.com: bm_" in result.stdout
+
+
+def test_a_second_make_run_on_the_same_run_dir_refuses_and_leaves_the_first_alone(runstack):
+    first = runstack()
+    first.start()
+    children = first.pids()
+
+    second = subprocess.run([sys.executable, "-m", "botmanager.runstack"], cwd=REPO, env=first.env,
+                            capture_output=True, text=True, timeout=60)
+
+    assert second.returncode == 1
+    assert f"another `make run` is running on RUN_DIR={first.run_dir} (pid {first.proc.pid}" in second.stderr
+    assert first.pids() == children and all(_alive(pid) for pid in children.values())
+    assert first.healthy()
+
