@@ -1,5 +1,7 @@
 from rest_framework import serializers
 
+from botmanager.strict_fields import StrictCharField, StrictIntegerField
+
 from .models import APIToken, User
 
 # The largest value the PositiveIntegerField column holds; beyond it PostgreSQL raises (a 500).
@@ -32,9 +34,9 @@ class UserSerializer(serializers.ModelSerializer):
 
 
 class UserUpdateSerializer(serializers.Serializer):
-    name = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    name = StrictCharField(required=False, allow_blank=True, max_length=255)
     image_url = serializers.URLField(required=False, allow_blank=True, max_length=1024)
-    max_concurrent_bots = serializers.IntegerField(required=False, min_value=0,
+    max_concurrent_bots = StrictIntegerField(required=False, min_value=0,
                                                    max_value=MAX_CONCURRENT_BOTS_LIMIT)
     # data.webhook_url is the user's webhook (accounts.webhook.split_data).
     data = serializers.DictField(required=False)
@@ -47,7 +49,13 @@ class UserUpdateSerializer(serializers.Serializer):
 
 
 class UserCreateSerializer(UserUpdateSerializer):
-    email = serializers.EmailField()
+    # What Django's EmailValidator takes (a subset: no quoted local parts, no IDN domains).
+    openapi_extra = {"properties": {"email": {"pattern": (
+        r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+        r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{1,62}[A-Za-z0-9]$")}}}
+
+    # The column's length (a longer address was a database error, a 500).
+    email = serializers.EmailField(max_length=User._meta.get_field("email").max_length)
 
 
 class IssuedTokenSerializer(serializers.Serializer):

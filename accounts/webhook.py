@@ -36,6 +36,9 @@ def validate_webhook_url(url: str) -> str:
 
 def _is_private(host: str) -> bool:
     try:
+        # Encoded here first: under gevent (the web) getaddrinfo runs in a thread pool, which also
+        # prints a name it cannot encode as a traceback on stderr (a non-JSON log line).
+        host.encode("idna")
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
     except (socket.gaierror, UnicodeError):
         # Unresolvable (or not even encodable as a DNS name): nothing private to reach.

@@ -8,24 +8,40 @@ the DRF `CallbackView` with `CallbackSerializer`, so every error keeps its one s
 """
 from __future__ import annotations
 
+import functools
 import json
 
 from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from botmanager import openapi
 
 from .. import callbacks
 from ..errors import DomainError, NotFound
 from . import callback_body
-from .serializers import CallbackSerializer
+from .serializers import CallbackResponseSerializer, CallbackSerializer
 from .util import validated
+
+
+CALLBACK_NAME = OpenApiParameter("name", OpenApiTypes.STR, OpenApiParameter.PATH, enum=list(callbacks.CALLBACK_NAMES))
 
 
 class CallbackView(APIView):
     authentication_classes: list = []
     permission_classes: list = []
 
+    @extend_schema(operation_id="bot_callback", tags=["bot callbacks"], request=CallbackSerializer,
+                   auth=[{openapi.MEETING_TOKEN: []}, {}], parameters=[CALLBACK_NAME],
+                   summary="A bot reports its state",
+                   description="The connection_id (the bot's session uid) is the capability. `exited` needs "
+                               "exit_code; `status_change` needs status. Unknown fields are ignored.",
+                   responses={200: CallbackResponseSerializer,
+                              404: openapi.error("Unknown callback name, unknown session, or a meeting token "
+                                                 "that does not prove the session (one and the same answer).")})
     def post(self, request, name: str):
         if name not in callbacks.CALLBACK_NAMES:
             raise NotFound(f"Unknown callback {name!r}; use one of {', '.join(callbacks.CALLBACK_NAMES)}.")
@@ -37,6 +53,7 @@ class CallbackView(APIView):
 _drf_view = CallbackView.as_view()
 
 
+@functools.partial(openapi.document_as, CallbackView)
 @csrf_exempt
 def callback_view(request, name: str):
     report = None
