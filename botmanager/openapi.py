@@ -128,7 +128,12 @@ class AutoSchema(_SpectacularAutoSchema):
             for keyword, value in getattr(serializer, OPENAPI_EXTRA, {}).items():
                 if keyword == "properties":
                     for name, rules in value.items():
-                        schema["properties"][name].update(rules)
+                        field = schema["properties"][name]
+                        if "oneOf" in field:  # a blank-allowed string: [the rules, the empty string]
+                            field = field["oneOf"][0]
+                        field.update(rules)
+                        for dropped in [k for k, v in rules.items() if v is None]:  # None: drop the keyword
+                            del field[dropped]
                 else:
                     schema[keyword] = value
         return schema

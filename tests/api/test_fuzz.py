@@ -44,8 +44,10 @@ def schemathesis(server: Gunicorn, tmp_path: Path, header: str, *filters: str) -
         "--generation-deterministic", "--workers", "1",
         "--request-timeout", "20", "--no-color", "--output-truncate", "false", "-H", header, *filters,
     ]
-    return subprocess.run(command, cwd=tmp_path, env={**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS)},
-                          capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=tmp_path, env={**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS)},
+                            capture_output=True, text=True, timeout=600)
+    print(result.stdout[-2500:])  # the figures (operations, test cases, phases), shown with -rP
+    return result
 
 
 def server_errors(server: Gunicorn) -> list[str]:
@@ -68,8 +70,10 @@ def test_the_user_api_the_callbacks_and_health_conform_to_the_schema(server, tmp
 
 
 def test_the_admin_api_conforms_to_the_schema(server, tmp_path):
+    # No NUL characters in generated strings: a user's `data` may hold none, in its keys too (PostgreSQL's
+    # jsonb cannot store them; test_admin_api.py checks the 422), and OpenAPI 3.0 cannot say so of keys.
     result = schemathesis(server, tmp_path, f"X-Admin-API-Key: {settings.ADMIN_API_TOKEN}",
-                          "--include-path-regex", "^/admin/")
+                          "--include-path-regex", "^/admin/", "--generation-allow-x00", "false")
 
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-3000:]
     assert not server_errors(server)
