@@ -21,6 +21,7 @@ def _contains_nul(value) -> bool:
 class UserSerializer(serializers.ModelSerializer):
     # Not `format: email` in the schema: the addresses Django's validator took (see UserCreateSerializer).
     email = serializers.CharField(read_only=True)
+    image_url = serializers.CharField(read_only=True)  # nor `format: uri`: URLValidator takes non-ASCII
     data = serializers.SerializerMethodField()
 
     class Meta:

@@ -45,9 +45,11 @@ SECURITY_SCHEMES = {
 
 
 # Patterns of the strings DRF's CharField accepts (Python / ECMA-262 regex syntax alike). The empty
-# string, where a field allows it, is drf-spectacular's own `oneOf` alternative.
+# string, where a field allows it, is drf-spectacular's own `oneOf` alternative. The whitespace DRF
+# trims is Python's (str.strip), spelled out: `\s` means less in ECMA-262 (not \x1c-\x1f).
+_PYTHON_WHITESPACE = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x10000)) if c.isspace())
 NO_NUL = r"^[^\x00]+$"
-NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+NOT_BLANK = rf"^[^\x00]*[^\x00{_PYTHON_WHITESPACE}][^\x00]*$"
 # A request serializer's attribute: JSON Schema keywords added to its component, for rules across
 # fields its validate() enforces (one of two fields required, no unknown fields, ...).
 OPENAPI_EXTRA = "openapi_extra"
@@ -196,6 +198,7 @@ class ReadinessSerializer(serializers.Serializer):
                                                              "adds its name and the number of bots).")
     failed = serializers.ListField(child=serializers.CharField(), required=False,
                                   help_text="The failed checks, when there are any.")
+    detail = serializers.CharField(required=False, help_text="With a 503: which checks failed.")
 
 
 class ReadyzDoc(_Unauthenticated):
