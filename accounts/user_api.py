@@ -14,10 +14,12 @@ from .serializers import UserSerializer
 
 
 class WebhookSerializer(serializers.Serializer):
-    # What accounts.webhook.validate_webhook_url takes, as far as a pattern can say: an absolute
-    # http(s) URL without credentials, of a named host (a number may name a private address).
-    openapi_extra = {"properties": {"webhook_url": {
-        "type": "string", "maxLength": 2048, "pattern": r"^https?://[A-Za-z][A-Za-z0-9.-]*(:[0-9]{1,4})?(/[^\s]*)?$"}}}
+    # What accounts.webhook.validate_webhook_url takes, as far as a pattern can say (a subset): an
+    # absolute http(s) URL without credentials, of a DNS name whose first label starts with a letter
+    # (a number may name a private address).
+    openapi_extra = {"properties": {"webhook_url": {"type": "string", "maxLength": 2048, "pattern": (
+        r"^https?://[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?){0,2}"
+        r"(:[0-9]{1,4})?(/[^\s\x00]*)?$")}}}
     webhook_url = StrictCharField(max_length=2048)
     rotate_secret = StrictBooleanField(required=False, default=False)
 

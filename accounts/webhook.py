@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 import socket
 from urllib.parse import urlsplit
@@ -27,6 +28,8 @@ def validate_webhook_url(url: str) -> str:
         raise InvalidWebhookURL(f"webhook_url is not a valid URL: {exc}.") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidWebhookURL("webhook_url must be an absolute http:// or https:// URL.")
+    if not _is_host_name(parts.hostname):
+        raise InvalidWebhookURL(f"webhook_url host {parts.hostname!r} is not a valid host name or address.")
     if parts.username or parts.password:
         raise InvalidWebhookURL("webhook_url must not carry credentials; the deliveries are signed instead.")
     if not settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES and _is_private(parts.hostname):
@@ -34,11 +37,28 @@ def validate_webhook_url(url: str) -> str:
     return url
 
 
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+def _is_host_name(host: str) -> bool:
+    """An IP address or a DNS name (IDN allowed): a host no delivery could ever reach ("a*", a
+    label over 63 characters) is refused when it is set, not retried for a day. It also keeps
+    names idna cannot encode from getaddrinfo (under gevent, its thread pool prints the error as a
+    traceback: a non-JSON log line)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        name = host.encode("idna").decode("ascii").lower().removesuffix(".")
+    except UnicodeError:
+        return False
+    return len(name) <= 253 and all(_DNS_LABEL.match(label) for label in name.split("."))
+
+
 def _is_private(host: str) -> bool:
     try:
-        # Encoded here first: under gevent (the web) getaddrinfo runs in a thread pool, which also
-        # prints a name it cannot encode as a traceback on stderr (a non-JSON log line).
-        host.encode("idna")
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
     except (socket.gaierror, UnicodeError):
         # Unresolvable (or not even encodable as a DNS name): nothing private to reach.
