@@ -12,7 +12,10 @@ What drf-spectacular cannot see by itself is described here, once:
   the bot's optional `Authorization: Bearer <meeting token>` on callbacks;
 - the plain Django views (`/healthz`, `/readyz`, `/metrics`, the bot-callback fast path): they
   stay plain (no DRF on those paths) and are shown in the schema as the DRF view that documents
-  them (`document_as`).
+  them (`document_as`); the one callback route as one path per callback (`postprocess`);
+- what the request validators take beyond field types (`openapi_extra` on a serializer, the
+  not-blank / no-NUL patterns of CharFields), so that input the schema calls valid is accepted:
+  tests/api/test_fuzz.py holds the server to it.
 """
 from __future__ import annotations
 
