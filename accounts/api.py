@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
@@ -9,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from botmanager import errors
+from botmanager.openapi import error
 
 from . import services
 from .authentication import HasAdminAPIKey
@@ -49,6 +51,23 @@ def _non_negative_int(request, name: str, default: int, maximum: int | None = No
     return min(value, maximum) if maximum else value
 
 
+ADMIN = ["admin"]
+PAGE = [
+    OpenApiParameter("skip", {"type": "integer", "minimum": 0, "maximum": MAX_SKIP},
+                     description="Users to skip (in id order)."),
+    OpenApiParameter("limit", {"type": "integer", "minimum": 0},
+                     description="At most this many users (default 100; more than 1000 counts as 1000)."),
+]
+USER_NOT_FOUND = error("No such user.")
+
+
+@extend_schema_view(
+    get=extend_schema(operation_id="list_users", tags=ADMIN, summary="Users in id order", parameters=PAGE,
+                      responses={200: UserSerializer(many=True)}),
+    post=extend_schema(operation_id="create_user", tags=ADMIN, request=UserCreateSerializer,
+                       summary="Create a user (or find the one with this email)",
+                       responses={201: UserSerializer, 200: UserSerializer}),
+)
 class UsersView(AdminView):
     def get(self, request):
         skip = _non_negative_int(request, "skip", 0, largest=MAX_SKIP)
@@ -68,6 +87,11 @@ class UsersView(AdminView):
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
+@extend_schema_view(
+    get=extend_schema(operation_id="get_user", tags=ADMIN, responses={200: UserSerializer, 404: USER_NOT_FOUND}),
+    patch=extend_schema(operation_id="update_user", tags=ADMIN, request=UserUpdateSerializer,
+                        responses={200: UserSerializer, 404: USER_NOT_FOUND}),
+)
 class UserDetailView(AdminView):
     def get(self, request, user_id: int):
         return Response(UserSerializer(get_object_or_404(User, pk=user_id)).data)
@@ -83,11 +107,20 @@ class UserDetailView(AdminView):
         return Response(UserSerializer(user).data)
 
 
+@extend_schema_view(get=extend_schema(operation_id="get_user_by_email", tags=ADMIN,
+                                      responses={200: UserSerializer, 404: USER_NOT_FOUND}))
 class UserByEmailView(AdminView):
     def get(self, request, email: str):
         return Response(UserSerializer(get_object_or_404(User, email__iexact=email)).data)
 
 
+@extend_schema_view(
+    get=extend_schema(operation_id="list_tokens", tags=ADMIN, summary="A user's API tokens (never the token itself)",
+                      responses={200: TokenSerializer(many=True), 404: USER_NOT_FOUND}),
+    post=extend_schema(operation_id="issue_token", tags=ADMIN, request=None,
+                       summary="Issue an API token: the only time it is shown",
+                       responses={201: IssuedTokenSerializer, 404: USER_NOT_FOUND}),
+)
 class UserTokensView(AdminView):
     def get(self, request, user_id: int):
         user = get_object_or_404(User, pk=user_id)
@@ -99,6 +132,8 @@ class UserTokensView(AdminView):
         return Response(IssuedTokenSerializer(issued).data, status=status.HTTP_201_CREATED)
 
 
+@extend_schema_view(delete=extend_schema(operation_id="revoke_token", tags=ADMIN, summary="Revoke an API token",
+                                         responses={200: TokenSerializer, 404: error("No such token.")}))
 class TokenDetailView(AdminView):
     def delete(self, request, token_id: int):
         record = services.revoke_token(token_id)

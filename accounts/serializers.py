@@ -1,5 +1,7 @@
 from rest_framework import serializers
 
+from botmanager.strict_fields import StrictCharField, StrictIntegerField
+
 from .models import APIToken, User
 
 # The largest value the PositiveIntegerField column holds; beyond it PostgreSQL raises (a 500).
@@ -17,6 +19,9 @@ def _contains_nul(value) -> bool:
 
 
 class UserSerializer(serializers.ModelSerializer):
+    # Not `format: email` in the schema: the addresses Django's validator took (see UserCreateSerializer).
+    email = serializers.CharField(read_only=True)
+    image_url = serializers.CharField(read_only=True)  # nor `format: uri`: URLValidator takes non-ASCII
     data = serializers.SerializerMethodField()
 
     class Meta:
@@ -32,9 +37,15 @@ class UserSerializer(serializers.ModelSerializer):
 
 
 class UserUpdateSerializer(serializers.Serializer):
-    name = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    # What Django's URLValidator takes (a subset: a named host of at most 253 characters, no
+    # credentials), instead of JSON Schema's `format: uri`, which takes hosts Django refuses.
+    openapi_extra = {"properties": {"image_url": {"format": None, "pattern": (
+        r"^(https?|ftps?)://([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,3}[A-Za-z][A-Za-z-]{0,59}[A-Za-z]"
+        r"(:[0-9]{1,4})?([/?#][^\s\x00]*)?$")}}}
+
+    name = StrictCharField(required=False, allow_blank=True, max_length=255)
     image_url = serializers.URLField(required=False, allow_blank=True, max_length=1024)
-    max_concurrent_bots = serializers.IntegerField(required=False, min_value=0,
+    max_concurrent_bots = StrictIntegerField(required=False, min_value=0,
                                                    max_value=MAX_CONCURRENT_BOTS_LIMIT)
     # data.webhook_url is the user's webhook (accounts.webhook.split_data).
     data = serializers.DictField(required=False)
@@ -47,7 +58,15 @@ class UserUpdateSerializer(serializers.Serializer):
 
 
 class UserCreateSerializer(UserUpdateSerializer):
-    email = serializers.EmailField()
+    # What Django's EmailValidator takes (a subset: no quoted local parts, no IDN domains), instead of
+    # JSON Schema's `format: email` (RFC 5321: it refuses a local part over 64 characters, Django not).
+    openapi_extra = {"properties": {**UserUpdateSerializer.openapi_extra["properties"], "email": {
+        "format": None,
+        "pattern": (r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+                    r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z-]{0,61}[A-Za-z]$")}}}
+
+    # The column's length (a longer address was a database error, a 500).
+    email = serializers.EmailField(max_length=User._meta.get_field("email").max_length)
 
 
 class IssuedTokenSerializer(serializers.Serializer):

@@ -1,21 +1,41 @@
 """`PUT /user/webhook`: the user's own settings."""
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from botmanager.strict_fields import StrictBooleanField, StrictCharField
 
 from . import webhook
 from .serializers import UserSerializer
 
 
 class WebhookSerializer(serializers.Serializer):
-    webhook_url = serializers.CharField(max_length=2048)
-    rotate_secret = serializers.BooleanField(required=False, default=False)
+    # What accounts.webhook.validate_webhook_url takes, as far as a pattern can say (a subset): an
+    # absolute http(s) URL without credentials, of a DNS name whose first label starts with a letter
+    # (a number may name a private address).
+    openapi_extra = {"properties": {"webhook_url": {"type": "string", "maxLength": 2048, "pattern": (
+        r"^https?://[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?){0,2}"
+        r"(:[0-9]{1,4})?(/[^\s\x00]*)?$")}}}
+    webhook_url = StrictCharField(max_length=2048)
+    rotate_secret = StrictBooleanField(required=False, default=False)
+
+
+class WebhookResponseSerializer(UserSerializer):
+    webhook_url = serializers.CharField()
+    webhook_secret = serializers.CharField(help_text="Signs the deliveries (X-Webhook-Signature); shown only here.")
+
+    class Meta(UserSerializer.Meta):
+        fields = [*UserSerializer.Meta.fields, "webhook_url", "webhook_secret"]
 
 
 class WebhookView(APIView):
+    @extend_schema(operation_id="set_webhook", tags=["user"], request=WebhookSerializer,
+                   summary="Set the user's webhook URL (and get its signing secret)",
+                   responses={200: WebhookResponseSerializer})
     def put(self, request):
         if not isinstance(request.data, dict):
             raise ValidationError({"non_field_errors": ["The request body must be a JSON object."]})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 import socket
 from urllib.parse import urlsplit
@@ -27,11 +28,33 @@ def validate_webhook_url(url: str) -> str:
         raise InvalidWebhookURL(f"webhook_url is not a valid URL: {exc}.") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidWebhookURL("webhook_url must be an absolute http:// or https:// URL.")
+    if not _is_host_name(parts.hostname):
+        raise InvalidWebhookURL(f"webhook_url host {parts.hostname!r} is not a valid host name or address.")
     if parts.username or parts.password:
         raise InvalidWebhookURL("webhook_url must not carry credentials; the deliveries are signed instead.")
     if not settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES and _is_private(parts.hostname):
         raise InvalidWebhookURL(f"webhook_url host {parts.hostname!r} is a private or loopback address.")
     return url
+
+
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+def _is_host_name(host: str) -> bool:
+    """An IP address or a DNS name (IDN allowed): a host no delivery could ever reach ("a*", a
+    label over 63 characters) is refused when it is set, not retried for a day. It also keeps
+    names idna cannot encode from getaddrinfo (under gevent, its thread pool prints the error as a
+    traceback: a non-JSON log line)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        name = host.encode("idna").decode("ascii").lower().removesuffix(".")
+    except UnicodeError:
+        return False
+    return len(name) <= 253 and all(_DNS_LABEL.match(label) for label in name.split("."))
 
 
 def _is_private(host: str) -> bool:

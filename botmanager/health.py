@@ -6,7 +6,7 @@
   own timeout, that PostgreSQL answers `SELECT 1`, that Redis answers PING, and that the bot
   backend (ORCHESTRATOR) can list its bots. 200 when all pass; 503 naming the failed ones:
 
-      {"status": "unavailable", "failed": ["redis"],
+      {"status": "unavailable", "failed": ["redis"], "detail": "Not ready: redis failed (see checks).",
        "checks": {"database": {"ok": true, "ms": 0.9},
                   "redis": {"ok": false, "ms": 1.2, "error": "ConnectionError: ..."},
                   "backend": {"ok": true, "ms": 3.1, "name": "docker", "bots": 2}}}
@@ -72,4 +72,5 @@ def readyz(request):
     body = {"status": "unavailable" if failed else "ok", "checks": checks}
     if failed:
         body["failed"] = failed
+        body["detail"] = f"Not ready: {', '.join(failed)} failed (see checks)."  # as every error answer
     return JsonResponse(body, status=503 if failed else 200)

@@ -117,6 +117,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    # The OpenAPI schema (/openapi.json, botmanager/openapi.py) and Swagger UI (/docs) with its
+    # assets served from the sidecar package, not a CDN.
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     # Throttles the Django admin's login (failed attempts counted in PostgreSQL).
     "axes",
     "botmanager",  # its AppConfig registers the start-up checks (botmanager/checks.py)
@@ -200,6 +204,36 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["botmanager.jsonbody.LimitedJSONParser"],
     "EXCEPTION_HANDLER": "botmanager.errors.json_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "botmanager.openapi.AutoSchema",
+}
+
+# The served OpenAPI 3 schema: /openapi.json and Swagger UI at /docs, both without authentication.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "botmanager API",
+    "DESCRIPTION": "The control plane for meeting bots, compatible with the Vexa bot-manager API. "
+                   "Every error is JSON with a `detail` string.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "COMPONENT_SPLIT_PATCH": False,  # PATCH bodies have required fields too
+    # One name per choice set (the same set is used by several fields).
+    "ENUM_NAME_OVERRIDES": {
+        "MeetingStatus": "meetings.statuses.MeetingStatus",
+        "Platform": "meetings.statuses.Platform",
+        "CompletionReason": "meetings.statuses.CompletionReason",
+        "FailureStage": "meetings.statuses.FailureStage",
+        "TransitionSource": "meetings.statuses.TransitionSource",
+        "CallbackResultStatus": ["processed", "ok", "container_updated"],
+        "ReadinessStatus": ["ok", "unavailable"],
+        "LivenessStatus": ["ok"],
+    },
+    "PREPROCESSING_HOOKS": [],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "botmanager.openapi.postprocess"],
 }
 
 # --- Users and bots -------------------------------------------------------------------------------

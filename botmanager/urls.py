@@ -1,12 +1,15 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
-from . import errors, health, metrics
+from . import errors, health, metrics, openapi
 
 urlpatterns = [
-    path("healthz", health.healthz),
-    path("readyz", health.readyz),
-    path("metrics", metrics.metrics_view),
+    path("healthz", openapi.document_as(openapi.HealthzDoc, health.healthz)),
+    path("readyz", openapi.document_as(openapi.ReadyzDoc, health.readyz)),
+    path("metrics", openapi.document_as(openapi.MetricsDoc, metrics.metrics_view)),
+    path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="openapi")),
     # The admin API (/admin/users, /admin/tokens) is matched before the Django admin (/admin/).
     path("", include("accounts.urls")),
     path("", include("meetings.urls")),

@@ -127,6 +127,18 @@ def reconfigure_bot(user: User, platform: str, native_meeting_id: str, *, langua
     return meeting
 
 
+def list_meetings(user: User, *, limit: int | None = None, offset: int = 0, status: str | None = None,
+                  platform: str | None = None):
+    """The user's meetings, newest first, optionally filtered and paged (GET /meetings)."""
+    meetings = Meeting.objects.filter(user=user)
+    if status is not None:
+        meetings = meetings.filter(status=status)
+    if platform is not None:
+        meetings = meetings.filter(platform=platform)
+    meetings = meetings.order_by("-created_at", "-id")
+    return meetings[offset:offset + limit] if limit is not None else meetings[offset:]
+
+
 def update_meeting_data(user: User, platform: str, native_meeting_id: str, changes: dict) -> Meeting:
     with transaction.atomic():
         meeting = (_user_meetings(user, platform, native_meeting_id).select_for_update()

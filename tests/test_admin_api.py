@@ -151,6 +151,13 @@ def test_create_user_matches_an_existing_email_whatever_its_case(api):
     ({"email": "e@example.com", "max_concurrent_bots": 2**31}, "max_concurrent_bots"),
     ({"email": "e@example.com", "image_url": "not a url"}, "image_url"),
     ({"email": "e@example.com", "name": "x" * 256}, "name"),
+    # Longer than the column (it was a database error, a 500), though a valid address.
+    ({"email": "e" * 60 + "@" + ".".join(["d" * 60] * 4) + ".com"}, "email"),
+    # The JSON type the schema names, not one DRF would coerce.
+    ({"email": "e@example.com", "max_concurrent_bots": "3"}, "max_concurrent_bots"),
+    ({"email": "e@example.com", "max_concurrent_bots": 3.0}, "max_concurrent_bots"),
+    ({"email": "e@example.com", "max_concurrent_bots": True}, "max_concurrent_bots"),
+    ({"email": "e@example.com", "name": 7}, "name"),
 ])
 def test_create_user_with_an_invalid_field_answers_422_with_per_field_errors(api, body, field):
     response = post_json(api, "/admin/users", body)

@@ -30,6 +30,8 @@ BODIES = [
     {"connection_id": UID, "status": "failed", "failure_stage": "nope"},
     {"connection_id": UID, "status": ""}, {"connection_id": UID, "status": None},
     {"connection_id": UID, "completion_reason": ""}, {"connection_id": UID, "completion_reason": 1},
+    # Unhashable values where a choice is expected (schemathesis found them answering 500).
+    {"connection_id": UID, "failure_stage": {}}, {"connection_id": UID, "completion_reason": ["stopped"]},
     {"connection_id": UID, "container_id": ""}, {"connection_id": UID, "container_id": "   "},
     {"connection_id": UID, "container_id": "c" * 255}, {"connection_id": UID, "container_id": "c" * 256},
     {"connection_id": UID, "reason": "bad\u0000byte", "error_details": {"msg\u0000": ["a\u0000b"]}},

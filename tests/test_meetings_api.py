@@ -46,6 +46,79 @@ def test_list_shows_each_meetings_current_status(api_client, api_user):
     assert item["start_time"] is not None
 
 
+# --- GET /meetings?limit=&offset=&status=&platform= (as Vexa 0.10) ----------------------------------
+@pytest.fixture
+def five(api_user):
+    """Five meetings of the user, oldest first: zoom, teams and google_meet, two of them active."""
+    meetings = [
+        make_meeting(api_user, platform="zoom", native_meeting_id="123456789"),
+        make_meeting(api_user, platform="teams", native_meeting_id="1234567890", status=MeetingStatus.ACTIVE),
+        make_meeting(api_user, native_meeting_id="abc-defg-hij"),
+        make_meeting(api_user, platform="zoom", native_meeting_id="987654321", status=MeetingStatus.ACTIVE),
+        make_meeting(api_user, native_meeting_id="xyz-wxyz-xyz", status=MeetingStatus.COMPLETED),
+    ]
+    make_meeting(make_user(), status=MeetingStatus.ACTIVE)  # another user's
+    return [m.id for m in meetings]
+
+
+def _ids(api_client, query: str) -> list[int]:
+    return [m["id"] for m in answer(api_client.get(f"/meetings?{query}"), 200)["meetings"]]
+
+
+def test_list_without_parameters_is_every_meeting_newest_first(api_client, five):
+    assert _ids(api_client, "") == five[::-1]
+
+
+def test_list_with_a_limit_gives_the_newest_ones(api_client, five):
+    assert _ids(api_client, "limit=2") == [five[4], five[3]]
+
+
+def test_list_with_an_offset_skips_the_newest_ones(api_client, five):
+    assert _ids(api_client, "offset=3") == [five[1], five[0]]
+
+
+def test_list_with_a_limit_and_an_offset_gives_one_page(api_client, five):
+    assert _ids(api_client, "limit=2&offset=1") == [five[3], five[2]]
+
+
+def test_list_with_an_offset_past_the_end_is_empty(api_client, five):
+    assert _ids(api_client, "offset=5") == []
+
+
+def test_list_with_a_status_gives_only_meetings_in_that_status(api_client, five):
+    assert _ids(api_client, "status=active") == [five[3], five[1]]
+
+
+def test_list_with_a_platform_gives_only_meetings_on_that_platform(api_client, five):
+    assert _ids(api_client, "platform=zoom") == [five[3], five[0]]
+
+
+def test_list_filters_combine_before_the_page_is_cut(api_client, five):
+    assert _ids(api_client, "platform=zoom&status=active") == [five[3]]
+    assert _ids(api_client, "status=active&limit=1&offset=1") == [five[1]]
+
+
+def test_list_ignores_unknown_parameters(api_client, five):
+    assert _ids(api_client, "page=2&sort=asc") == five[::-1]
+
+
+@pytest.mark.parametrize("query,field", [
+    ("limit=0", "limit"), ("limit=101", "limit"), ("limit=-1", "limit"), ("limit=ten", "limit"),
+    ("limit=", "limit"), ("offset=-1", "offset"), ("offset=x", "offset"), (f"offset={2**63}", "offset"),
+    ("status=stuck", "status"), ("status=", "status"), ("status=ACTIVE", "status"),
+    ("platform=skype", "platform"), ("platform=", "platform"),
+])
+def test_list_with_an_invalid_parameter_answers_422_naming_it(api_client, five, query, field):
+    body = answer(api_client.get(f"/meetings?{query}"), 422)
+
+    assert list(body["errors"]) == [field]
+    assert body["detail"].startswith(f"Invalid request: {field}: ")
+
+
+def test_list_with_the_largest_limit_and_offset_answers(api_client, five):
+    assert _ids(api_client, f"limit=100&offset={2**63 - 1}") == []
+
+
 # --- GET /meetings/{id} ---------------------------------------------------------------------------
 def test_detail_lists_the_transitions_oldest_first_with_their_fields(api_client, api_user):
     meeting = make_meeting(api_user)

@@ -113,13 +113,25 @@ def test_a_private_address_is_refused_when_the_setting_forbids_it(api_client, se
     assert "private" in body["errors"]["webhook_url"][0]
 
 
-def test_a_host_that_is_not_a_valid_dns_name_is_not_a_500_when_private_addresses_are_checked(api_client, settings):
-    settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = False
-    url = f"https://{'a' * 64}.example.com/hook"  # a DNS label longer than 63: idna encoding fails
+@pytest.mark.parametrize("host", [
+    f"{'a' * 64}.example.com",  # a DNS label longer than 63: idna encoding fails
+    "a*", "hooks_1.example.com", "-hooks.example.com", "hooks..example.com",  # (schemathesis: "https://A*")
+])
+@pytest.mark.parametrize("private_allowed", [False, True])
+def test_a_host_that_is_not_a_valid_host_name_answers_422(api_client, settings, host, private_allowed):
+    settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = private_allowed
 
-    body = answer(put_webhook(api_client, webhook_url=url), 200)
+    body = answer(put_webhook(api_client, webhook_url=f"https://{host}/hook"), 422)
 
-    assert body["webhook_url"] == url
+    assert "not a valid host name" in body["errors"]["webhook_url"][0]
+
+
+@pytest.mark.parametrize("host", ["hooks.example.com", "HOOKS.Example.com.", "bücher.example", "203.0.113.9",
+                                  "[2001:db8::1]"])
+def test_a_dns_name_or_an_address_is_a_valid_host(api_client, settings, host):
+    settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = True
+
+    answer(put_webhook(api_client, webhook_url=f"https://{host}/hook"), 200)
 
 
 def test_a_private_address_is_accepted_when_the_setting_allows_it(api_client, settings):

@@ -65,10 +65,11 @@ def report(name: str, request) -> CallbackReport | None:
             if value is not None and (type(value) is not int or not _INT32_MIN <= value <= _INT32_MAX):
                 return None
         elif key == "completion_reason":
-            if value is not None and value not in _COMPLETION_REASONS:
+            if value is not None and (type(value) is not str or value not in _COMPLETION_REASONS):
                 return None
         elif key == "failure_stage":
-            if value is not None and value not in _FAILURE_STAGES:
+            # (An object or array is unhashable: testing it against the set raised, a 500.)
+            if value is not None and (type(value) is not str or value not in _FAILURE_STAGES):
                 return None
         elif key in ("error_details", "platform_specific_error"):
             value = _without_nul(value)

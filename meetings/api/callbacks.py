@@ -12,13 +12,16 @@ import json
 
 from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from botmanager import openapi
 
 from .. import callbacks
 from ..errors import DomainError, NotFound
 from . import callback_body
-from .serializers import CallbackSerializer
+from .serializers import CallbackResponseSerializer, CallbackSerializer
 from .util import validated
 
 
@@ -26,6 +29,14 @@ class CallbackView(APIView):
     authentication_classes: list = []
     permission_classes: list = []
 
+    @extend_schema(operation_id="bot_callback", tags=["bot callbacks"], request=CallbackSerializer,
+                   auth=[{openapi.MEETING_TOKEN: []}, {}],
+                   summary="A bot reports its state",
+                   description="The connection_id (the bot's session uid) is the capability. `exited` needs "
+                               "exit_code; `status_change` needs status. Unknown fields are ignored.",
+                   responses={200: CallbackResponseSerializer,
+                              404: openapi.error("Unknown callback name, unknown session, or a meeting token "
+                                                 "that does not prove the session (one and the same answer).")})
     def post(self, request, name: str):
         if name not in callbacks.CALLBACK_NAMES:
             raise NotFound(f"Unknown callback {name!r}; use one of {', '.join(callbacks.CALLBACK_NAMES)}.")
@@ -49,6 +60,9 @@ def callback_view(request, name: str):
     except DomainError as exc:
         return _json({"detail": exc.detail}, exc.http_status)
     return _json(result.as_response(), 200)
+
+
+openapi.document_as(CallbackView, callback_view)  # in the schema: the DRF view that answers its errors
 
 
 def _bearer(request) -> str | None:

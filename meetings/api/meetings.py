@@ -1,23 +1,39 @@
 """`/meetings` endpoints: list, detail with transitions, data patch, deletion."""
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from botmanager.openapi import VALIDATION_ERROR, MessageSerializer, error
 
 from .. import bots
 from ..errors import MeetingNotFound
 from ..models import Meeting
-from .serializers import MeetingDataPatchSerializer, MeetingDetailSerializer, MeetingSerializer
-from .util import validated, validated_meeting_ref
+from .serializers import (
+    MeetingDataPatchSerializer,
+    MeetingDetailSerializer,
+    MeetingListQuerySerializer,
+    MeetingListSerializer,
+    MeetingSerializer,
+)
+from .util import MEETING_REF_PARAMETERS, validated, validated_meeting_ref
 
 
 class MeetingsView(APIView):
+    @extend_schema(operation_id="list_meetings", tags=["meetings"], parameters=[MeetingListQuerySerializer],
+                   summary="The user's meetings, newest first",
+                   responses={200: MeetingListSerializer})
     def get(self, request):
-        meetings = Meeting.objects.filter(user=request.user).order_by("-created_at", "-id")
+        # A plain dict: an empty value (`?status=`) is then refused, not taken as absent.
+        query = validated(MeetingListQuerySerializer, request.query_params.dict())
+        meetings = bots.list_meetings(request.user, **query)
         return Response({"meetings": MeetingSerializer(meetings, many=True).data})
 
 
 class MeetingDetailView(APIView):
+    @extend_schema(operation_id="get_meeting", tags=["meetings"], summary="A meeting with its transition history",
+                   responses={200: MeetingDetailSerializer})
     def get(self, request, meeting_id: int):
         meeting = (Meeting.objects.filter(user=request.user, pk=meeting_id)
                    .prefetch_related("transitions").first())
@@ -27,12 +43,19 @@ class MeetingDetailView(APIView):
 
 
 class MeetingByNativeIdView(APIView):
+    @extend_schema(operation_id="update_meeting_data", parameters=MEETING_REF_PARAMETERS, tags=["meetings"], request=MeetingDataPatchSerializer,
+                   summary="Merge fields into the data of the user's newest meeting for this platform and id",
+                   responses={200: MeetingSerializer})
     def patch(self, request, platform: str, native_meeting_id: str):
         body = validated(MeetingDataPatchSerializer, request.data)
         meeting = bots.update_meeting_data(request.user, *validated_meeting_ref(platform, native_meeting_id),
                                            body["data"])
         return Response(MeetingSerializer(meeting).data)
 
+    @extend_schema(operation_id="delete_meetings", parameters=MEETING_REF_PARAMETERS, tags=["meetings"],
+                   summary="Delete the user's ended meetings for this platform and id, with their history",
+                   responses={200: MessageSerializer, 422: VALIDATION_ERROR,
+                              409: error("A meeting for this platform and id has not ended; stop it first.")})
     def delete(self, request, platform: str, native_meeting_id: str):
         count = bots.delete_meetings(request.user, *validated_meeting_ref(platform, native_meeting_id))
         return Response({"message": f"Deleted {count} meeting(s) for {platform}/{native_meeting_id}."})

@@ -4,11 +4,14 @@ from __future__ import annotations
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
+from botmanager.strict_fields import StrictCharField
+from orchestrators.base import NormalizedStatus
+
 from .. import platforms
 from ..callbacks import REPORTABLE
 from ..models import Meeting, MeetingTransition
 from ..payloads import meeting_response
-from ..statuses import CompletionReason, FailureStage, Platform
+from ..statuses import CompletionReason, FailureStage, MeetingStatus, Platform
 from .util import validated_platform
 
 
@@ -19,13 +22,27 @@ def validate_platform(value: str) -> str:
         raise serializers.ValidationError(exc.detail["platform"]) from None
 
 
+def _platform_variant(platform: Platform) -> dict:
+    """The rules validate() applies to one platform's requests (for the OpenAPI schema)."""
+    rule = platforms.RULES[platform]
+    # A blank passcode is no passcode.
+    passcode = ({"type": "string", "pattern": f"^(?:{rule.passcode_pattern.pattern.strip('^$')})?$", "nullable": True}
+                if rule.passcode_pattern else {"type": "string", "maxLength": 0, "nullable": True})
+    return {"properties": {"platform": {"type": "string", "pattern": f"^{platform.value}$"},
+                           "native_meeting_id": {"type": "string", "pattern": rule.id_pattern.pattern},
+                           "passcode": passcode}}
+
+
 class BotRequestSerializer(serializers.Serializer):
-    platform = serializers.CharField()
-    native_meeting_id = serializers.CharField(max_length=255)
-    bot_name = serializers.CharField(required=False, allow_null=True, max_length=100)
-    language = serializers.CharField(required=False, allow_null=True, max_length=16)
+    # The meeting id and passcode formats depend on the platform (meetings/platforms.py).
+    openapi_extra = {"oneOf": [_platform_variant(p) for p in Platform]}
+
+    platform = StrictCharField()
+    native_meeting_id = StrictCharField(max_length=255)
+    bot_name = StrictCharField(required=False, allow_null=True, max_length=100)
+    language = StrictCharField(required=False, allow_null=True, max_length=16)
     task = serializers.ChoiceField(choices=["transcribe", "translate"], required=False, allow_null=True)
-    passcode = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=64)
+    passcode = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=64)
 
     def validate_platform(self, value: str) -> str:
         return validate_platform(value)
@@ -49,7 +66,10 @@ class BotRequestSerializer(serializers.Serializer):
 
 
 class BotConfigSerializer(serializers.Serializer):
-    language = serializers.CharField(required=False, allow_null=True, max_length=16)
+    # validate(): at least one of them, not null.
+    openapi_extra = {"anyOf": [{"required": [name], "properties": {name: {"type": "string"}}}
+                               for name in ("language", "task")]}
+    language = StrictCharField(required=False, allow_null=True, max_length=16)
     task = serializers.ChoiceField(choices=["transcribe", "translate"], required=False, allow_null=True)
 
     def validate(self, attrs: dict) -> dict:
@@ -60,10 +80,11 @@ class BotConfigSerializer(serializers.Serializer):
 
 class MeetingDataPatchSerializer(serializers.Serializer):
     class DataSerializer(serializers.Serializer):
-        name = serializers.CharField(required=False, allow_null=True, max_length=500)
-        participants = serializers.ListField(child=serializers.CharField(max_length=255), required=False)
-        languages = serializers.ListField(child=serializers.CharField(max_length=16), required=False)
-        notes = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=10000)
+        openapi_extra = {"additionalProperties": False}
+        name = StrictCharField(required=False, allow_null=True, max_length=500)
+        participants = serializers.ListField(child=StrictCharField(max_length=255), required=False)
+        languages = serializers.ListField(child=StrictCharField(max_length=16), required=False)
+        notes = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=10000)
 
         def to_internal_value(self, data):
             # A nested serializer has no `initial_data`: the raw dict is only seen here.
@@ -79,34 +100,99 @@ class MeetingDataPatchSerializer(serializers.Serializer):
 
 
 class MeetingSerializer(serializers.Serializer):
-    """The MeetingResponse (meetings.payloads, shared with the webhook events)."""
+    """The MeetingResponse (meetings.payloads, shared with the webhook events). The fields describe
+    it in the OpenAPI schema; the representation is meeting_response's own."""
+
+    id = serializers.IntegerField()
+    user_id = serializers.IntegerField()
+    platform = serializers.ChoiceField(choices=Platform.choices)
+    native_meeting_id = serializers.CharField()
+    constructed_meeting_url = serializers.CharField()
+    status = serializers.ChoiceField(choices=MeetingStatus.choices)
+    bot_container_id = serializers.CharField(allow_null=True)
+    start_time = serializers.DateTimeField(allow_null=True)
+    end_time = serializers.DateTimeField(allow_null=True)
+    data = serializers.DictField(help_text="bot_name, language, task; completion_reason, failure_stage and "
+                                           "last_error once known; the fields set by PATCH /meetings/...")
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
 
     def to_representation(self, meeting: Meeting) -> dict:
         return meeting_response(meeting)
 
 
+class MeetingListSerializer(serializers.Serializer):
+    meetings = MeetingSerializer(many=True, help_text="Newest first.")
+
+
+class MeetingListQuerySerializer(serializers.Serializer):
+    """The optional query parameters of GET /meetings (as Vexa 0.10); without them, every meeting."""
+
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=100,
+                                     help_text="At most this many meetings (1 to 100).")
+    # PostgreSQL's OFFSET is a bigint.
+    offset = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1,
+                                      help_text="Skip this many of the newest meetings first.")
+    status = serializers.ChoiceField(choices=MeetingStatus.choices, required=False,
+                                     help_text="Only meetings in this status.")
+    platform = serializers.ChoiceField(choices=Platform.choices, required=False,
+                                       help_text="Only meetings on this platform.")
+
+
 class TransitionSerializer(serializers.ModelSerializer):
-    # `from` is a Python keyword, hence the explicit field names.
-    to = serializers.CharField(source="to_status")
+    to = serializers.ChoiceField(source="to_status", choices=MeetingStatus.choices)
 
     class Meta:
         model = MeetingTransition
         fields = ["to", "source", "reason", "completion_reason", "failure_stage", "applied", "created_at"]
 
+    def get_fields(self):
+        # `from` is a Python keyword: declared here rather than as a class attribute.
+        return {"from": serializers.ChoiceField(source="from_status", choices=MeetingStatus.choices, allow_null=True,
+                                                help_text="null for the first transition (the creation)."),
+                **super().get_fields()}
+
     def to_representation(self, instance):
         body = super().to_representation(instance)
-        return {"from": instance.from_status or None, **body}
+        body["from"] = instance.from_status or None  # stored blank for the creation
+        return body
 
 
 class MeetingDetailSerializer(MeetingSerializer):
     """The MeetingResponse with the meeting's transition history."""
+
+    transitions = TransitionSerializer(many=True, help_text="Oldest first, refused attempts included "
+                                                            "(applied: false).")
 
     def to_representation(self, meeting: Meeting) -> dict:
         return {**meeting_response(meeting),
                 "transitions": TransitionSerializer(meeting.transitions.all(), many=True).data}
 
 
+class RunningBotSerializer(serializers.Serializer):
+    container_id = serializers.CharField()
+    container_name = serializers.CharField()
+    platform = serializers.ChoiceField(choices=Platform.choices, allow_null=True)
+    native_meeting_id = serializers.CharField(allow_null=True)
+    status = serializers.CharField(help_text="The backend's own status word.")
+    normalized_status = serializers.ChoiceField(choices=[s.value for s in NormalizedStatus])
+    created_at = serializers.DateTimeField(allow_null=True)
+    labels = serializers.DictField(child=serializers.CharField())
+    meeting_id_from_name = serializers.CharField(allow_null=True)
+
+
+class RunningBotsSerializer(serializers.Serializer):
+    running_bots = RunningBotSerializer(many=True)
+
+
 class CallbackSerializer(serializers.Serializer):
+    # validate()'s rules of each callback, for the OpenAPI schema (which has one path per callback).
+    openapi_by_callback = {
+        "exited": {"required": ["exit_code"], "properties": {"exit_code": {"type": "integer"}}},
+        "status_change": {"required": ["status"], "properties": {
+            "status": {"type": "string", "enum": sorted(s.value for s in REPORTABLE)}}},
+    }
+
     connection_id = serializers.CharField(max_length=64)
     container_id = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=255)
     status = serializers.CharField(required=False, allow_null=True)
@@ -134,6 +220,15 @@ class CallbackSerializer(serializers.Serializer):
                 raise serializers.ValidationError(
                     {"status": [f"status must be one of {', '.join(sorted(s.value for s in REPORTABLE))}."]})
         return attrs
+
+
+class CallbackResponseSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["processed", "ok", "container_updated"],
+                                     help_text="ok: nothing needed changing (a repeat, an ended meeting, a stale session).")
+    meeting_id = serializers.IntegerField()
+    meeting_status = serializers.ChoiceField(choices=MeetingStatus.choices)
+    leave = serializers.BooleanField(required=False, help_text="Present (true) once a stop was requested: the bot "
+                                                               "must leave.")
 
 
 def _without_nul(value):

@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework.exceptions import ValidationError
 
 from ..statuses import Platform
 
 # Meeting.native_meeting_id is a varchar(255).
 MAX_NATIVE_ID_LENGTH = 255
+
+
+# The path of /bots/{platform}/{native_meeting_id} and /meetings/{platform}/{native_meeting_id}, as
+# `validated_meeting_ref` takes it (other values: 422; a well-formed id of no meeting: 404).
+MEETING_REF_PARAMETERS = [
+    OpenApiParameter("platform", {"type": "string", "enum": Platform.values}, OpenApiParameter.PATH),
+    OpenApiParameter("native_meeting_id", {"type": "string", "minLength": 1, "maxLength": MAX_NATIVE_ID_LENGTH,
+                                           "pattern": r"^[^/\x00]*$"}, OpenApiParameter.PATH),
+]
 
 
 def validated(serializer_class, data, **context) -> dict:

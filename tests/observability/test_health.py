@@ -44,6 +44,7 @@ def test_readyz_answers_503_naming_redis_when_redis_is_unreachable(client, setti
     assert response["Content-Type"] == "application/json"
     assert body["status"] == "unavailable"
     assert body["failed"] == ["redis"]
+    assert body["detail"] == "Not ready: redis failed (see checks)."  # a detail, as every error answer
     assert body["checks"]["redis"]["ok"] is False and "Connection" in body["checks"]["redis"]["error"]
     assert body["checks"]["database"]["ok"] is True and body["checks"]["backend"]["ok"] is True
 

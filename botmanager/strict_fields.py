@@ -1,0 +1,32 @@
+"""Request-body fields that take a JSON value of their own type only.
+
+DRF's fields coerce: 5 becomes "5" in a CharField, "5" and 5.0 become 5 in an IntegerField, "yes"
+becomes True in a BooleanField. A client sending the wrong type was then silently "understood",
+and the OpenAPI schema's types were not what the server took. The user and admin APIs refuse a
+wrong type with a 422 (as the Vexa API's models do). The bot callbacks keep DRF's lenient fields:
+be liberal with bots.
+"""
+from __future__ import annotations
+
+from rest_framework import serializers
+
+
+class StrictCharField(serializers.CharField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data):
+        if type(data) is not int:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    def to_internal_value(self, data):
+        if type(data) is not bool:
+            self.fail("invalid")
+        return data
