@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -57,8 +58,7 @@ class CallbackReport:
     bot_resources: object = None
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """What a report asks for: a status (with its reason or stage), or, when `status` is None, a
     condition of the live meeting recorded under `data[condition]` (the status stays)."""
 

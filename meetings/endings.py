@@ -48,7 +48,7 @@ def container_gone(status: str, bot: BotInfo | None) -> dict:
         seen = "no longer listed by its backend"
     else:
         code = "unknown" if bot.exit_code is None else bot.exit_code
-        seen = f"{bot.raw_status or bot.status.value}, exit code {code}"
+        seen = f"{bot.status.value.lower()}, exit code {code}"
     if status == "stopping":
         return {"completion_detail": f"Bot container gone after the stop ({seen}); its exit was never reported, "
                                      "so the manager finalized the meeting."}

@@ -1,0 +1,151 @@
+"""Endings the manager makes itself explain themselves (meetings/endings.py): when the sweep, the
+stop flow's finalizer or the lost-instance policy ends a meeting whose bot said nothing,
+`data.last_error` (a failure) or `data.completion_detail` (a completion) says why, in words a
+client reads. Real sweeps against real bots of the process backend."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from meetings import instances, reconcile, stopping
+from meetings.models import Meeting
+from meetings.statuses import MeetingStatus, TransitionSource
+from orchestrators.registry import get_orchestrator
+from tests.factories import make_meeting
+from tests.stop.conftest import run_bot_stops
+
+S = MeetingStatus
+pytestmark = pytest.mark.django_db
+
+
+def ago(seconds: float):
+    return timezone.now() - timedelta(seconds=seconds)
+
+
+def swept(meeting) -> Meeting:
+    reconcile.sweep()
+    run_bot_stops()
+    return Meeting.objects.get(pk=meeting.pk)
+
+
+def test_no_callback_by_the_requested_deadline_says_so_in_last_error(bots, settings):
+    settings.REQUESTED_TIMEOUT_SECONDS = 20
+    meeting = make_meeting(status=S.REQUESTED, deadline_at=ago(1))
+    bots.start(meeting)
+
+    ended = swept(meeting)
+
+    assert ended.status == S.FAILED
+    assert ended.data["last_error"] == "No callback from the bot within 20 s of the request; the manager failed the meeting."
+
+
+def test_a_bot_stuck_joining_says_so_in_last_error(bots, settings):
+    settings.JOINING_TIMEOUT_SECONDS = 600
+    meeting = make_meeting(status=S.JOINING, deadline_at=ago(1))
+    bots.start(meeting)
+
+    ended = swept(meeting)
+
+    assert (ended.status, ended.failure_stage) == (S.FAILED, "joining")
+    assert ended.data["last_error"].startswith("The bot was still joining 600 s after it began")
+
+
+def test_the_waiting_room_timeout_says_so_in_the_completion_detail(bots, settings):
+    settings.AWAITING_ADMISSION_TIMEOUT_SECONDS = 900
+    meeting = make_meeting(status=S.AWAITING_ADMISSION, deadline_at=ago(1))
+    bots.start(meeting)
+
+    ended = swept(meeting)
+
+    assert (ended.status, ended.completion_reason) == (S.COMPLETED, "awaiting_admission_timeout")
+    assert ended.data["completion_detail"] == ("Not admitted from the waiting room within 900 s; "
+                                               "the manager ended the wait.")
+    assert "last_error" not in ended.data
+
+
+def test_a_stop_for_the_maximum_duration_says_so_in_the_completion_detail(bots, settings):
+    settings.MAX_BOT_DURATION_SECONDS = 7200
+    meeting = make_meeting(status=S.ACTIVE, deadline_at=ago(1))
+    bots.start(meeting)
+
+    stopped = swept(meeting)
+
+    assert (stopped.status, stopped.stop_reason) == (S.STOPPING, "max_duration")
+    assert stopped.data["completion_detail"] == ("The maximum bot duration (7200 s) was reached; "
+                                                 "the manager stopped the bot.")
+
+
+def test_a_stop_the_bot_never_reported_finalized_by_the_sweep_says_so(bots, settings):
+    settings.BOT_STOP_DELAY_SECONDS = 30
+    settings.BOT_STOP_GRACE_SECONDS = 10
+    meeting = make_meeting(status=S.STOPPING, deadline_at=ago(1), stop_requested_at=ago(41))
+    bots.start(meeting)
+
+    ended = swept(meeting)
+
+    assert ended.status == S.COMPLETED
+    assert ended.data["completion_detail"] == ("The bot did not report after the stop; finalized after the grace "
+                                               "period (40 s after the stop request).")
+
+
+def test_a_stop_the_bot_never_reported_finalized_by_the_grace_finalizer_says_so(bots, settings):
+    settings.BOT_STOP_DELAY_SECONDS = 30
+    settings.BOT_STOP_GRACE_SECONDS = 10
+    meeting = make_meeting(status=S.STOPPING, stop_requested_at=ago(40))
+
+    stopping.finalize_after_stop(meeting.id)
+
+    ended = Meeting.objects.get(pk=meeting.pk)
+    assert (ended.status, ended.transitions.last().source) == (S.COMPLETED, TransitionSource.GRACE_FINALIZER)
+    assert ended.data["completion_detail"].startswith("The bot did not report after the stop; finalized after the "
+                                                      "grace period")
+
+
+def test_a_bot_that_died_while_active_says_how_in_last_error(bots, settings):
+    settings.ORPHAN_GRACE_SECONDS = 60
+    meeting = make_meeting(status=S.ACTIVE, deadline_at=timezone.now() + timedelta(hours=1))
+    bots.start(meeting, "exit", 137)
+    Meeting.objects.filter(pk=meeting.pk).update(updated_at=ago(61))
+
+    ended = swept(meeting)
+
+    assert ended.status == S.FAILED
+    assert ended.data["last_error"] == ("Bot container gone while active (exited, exit code 137); "
+                                        "the bot never reported its exit.")
+
+
+def test_a_bot_that_vanished_from_its_backend_says_so_in_last_error(bots, settings):
+    settings.ORPHAN_GRACE_SECONDS = 60
+    meeting = make_meeting(status=S.JOINING, deadline_at=timezone.now() + timedelta(hours=1), updated_at=ago(61),
+                           bot_container_id="proc-0123456789ab", orchestrator="process",
+                           bot_instance=get_orchestrator("process").instance_id())
+
+    ended = swept(meeting)
+
+    assert ended.data["last_error"] == ("Bot container gone while joining (no longer listed by its backend); "
+                                        "the bot never reported its exit.")
+
+
+def test_a_bot_gone_after_the_stop_says_so_in_the_completion_detail(bots, settings):
+    settings.ORPHAN_GRACE_SECONDS = 60
+    meeting = make_meeting(status=S.STOPPING, deadline_at=timezone.now() + timedelta(hours=1))
+    bots.start(meeting, "exit", 0)
+    Meeting.objects.filter(pk=meeting.pk).update(updated_at=ago(61))
+
+    ended = swept(meeting)
+
+    assert ended.status == S.COMPLETED
+    assert ended.data["completion_detail"].startswith("Bot container gone after the stop (exited, exit code 0)")
+
+
+@pytest.mark.parametrize("status,key", [(S.ACTIVE, "last_error"), (S.STOPPING, "completion_detail")])
+def test_meetings_ended_by_the_lost_instance_policy_say_so(status, key):
+    meeting = make_meeting(status=status, bot_instance="docker:lost-host", bot_container_id="c-1")
+
+    instances.end_meetings_of("docker:lost-host", by="an operator")
+
+    ended = Meeting.objects.get(pk=meeting.pk)
+    assert ended.status in (S.FAILED, S.COMPLETED)
+    assert "docker:lost-host" in ended.data[key] and "an operator" in ended.data[key]
