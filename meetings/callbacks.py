@@ -12,13 +12,12 @@ import uuid
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from django.conf import settings
-
 from . import bot_vocabulary, commands, lifecycle, tokens
-from .bot_vocabulary import NEEDS_HUMAN_HELP, REPORTABLE  # noqa: F401 (REPORTABLE: the API's import)
+from .bot_vocabulary import NEEDS_HUMAN_HELP, REPORTABLE
 from .errors import UnknownSession
 from .models import Meeting, MeetingSession
 from .payloads import timestamp
