@@ -23,6 +23,8 @@ from .models import Meeting, MeetingSession
 from .payloads import timestamp
 from .statuses import CALLBACK_NAMES, TERMINAL, CompletionReason, MeetingStatus, TransitionSource  # noqa: F401
 
+# The bot's word -> the status it reports (a plain str lookup: the callback hot path).
+_REPORTED_STATUS = {s.value: s for s in REPORTABLE}
 _SIMPLE_TARGETS = {
     "joining": MeetingStatus.JOINING,
     "awaiting_admission": MeetingStatus.AWAITING_ADMISSION,
@@ -127,14 +129,14 @@ def _target(report: CallbackReport) -> Target:
     if report.name == "exited":
         return _ending(report)
     # status_change
-    status = report.status
-    if status == MeetingStatus.COMPLETED:
+    status = _REPORTED_STATUS.get(report.status)
+    if status is MeetingStatus.COMPLETED:
         return Target(status, bot_vocabulary.completion_reason(report.completion_reason) or CompletionReason.STOPPED)
-    if status == MeetingStatus.FAILED:
+    if status is MeetingStatus.FAILED:
         return Target(status, failure_stage=bot_vocabulary.failure_stage(report.failure_stage))
-    if status in REPORTABLE:
-        return Target(MeetingStatus(status))
-    if status == NEEDS_HUMAN_HELP:
+    if status is not None:
+        return Target(status)
+    if report.status == NEEDS_HUMAN_HELP:
         return Target(None, condition=NEEDS_HUMAN_HELP)
     # A status we do not define (or one a bot never reports): its exit code, when it sent one,
     # says how the bot ended; without one it is a report about the live meeting.
