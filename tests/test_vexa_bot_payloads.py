@@ -17,6 +17,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from meetings.commands import status_channel
+from meetings.launch import build_bot_config
 from meetings.models import Meeting, MeetingTransition
 from meetings.statuses import MeetingStatus
 from tests.factories import make_meeting, make_session, make_user
@@ -184,6 +185,18 @@ def test_a_vexa_bots_speaker_events_are_kept_with_the_transition():
     status_change(uid, status="completed", exit_code=0, completion_reason="stopped", speaker_events=events)
 
     assert last_record(meeting).metadata["speaker_events"] == events
+
+
+def test_the_bot_config_names_the_callback_url_as_the_vexa_bot_reads_it(settings):
+    """unified-callback.ts callStatusChangeCallback returns without sending anything unless
+    `botConfig.meetingApiCallbackUrl` is set, and posts to it with '/exited' replaced by '/status_change'."""
+    settings.PUBLIC_BASE_URL = "http://manager.example:8000"
+    meeting = make_meeting(status=S.REQUESTED)
+
+    config = build_bot_config(meeting, make_session(meeting), "bot-1")
+
+    assert config["meetingApiCallbackUrl"] == "http://manager.example:8000/bots/internal/callback/exited"
+    assert config["meetingApiCallbackUrl"] == config["botManagerCallbackUrl"]
 
 
 # --- Liberal in what it accepts --------------------------------------------------------------------
