@@ -93,11 +93,12 @@ def handle(report: CallbackReport, bearer_token: str | None) -> CallbackResult:
         value = {"reason": report.reason, "reported_at": timestamp(timezone.now())}
         if target.condition != NEEDS_HUMAN_HELP:
             value["status"] = raw.get("bot_status")
+        reported = f"bot reported {raw.get('bot_status') or target.condition}"
+        reason = f"{reported}: {report.reason}" if report.reason else reported
 
         def attempt():
             return lifecycle.record_condition_from_session(
-                uid, target.condition, value, source=TransitionSource.BOT_CALLBACK,
-                reason=f"bot reported {raw.get('bot_status') or target.condition}: {reason}", metadata=metadata)
+                uid, target.condition, value, source=TransitionSource.BOT_CALLBACK, reason=reason, metadata=metadata)
     else:
         updates = _data_updates(report, target.status, raw)
 

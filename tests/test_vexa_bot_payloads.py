@@ -91,6 +91,7 @@ def test_a_vexa_bots_needs_human_help_is_a_condition_of_the_live_meeting_not_a_s
     record = last_record(meeting)
     assert (record.from_status, record.to_status, record.applied, record.metadata["condition"]) == (
         S.ACTIVE, S.ACTIVE, True, "needs_human_help")
+    assert record.reason == "bot reported needs_human_help: Gemini note-taking consent prompt"
     [event] = published(pubsub)[status_channel(meeting.id)]
     assert event["payload"]["status"] == S.ACTIVE
     assert event["payload"]["needs_human_help"]["reason"] == "Gemini note-taking consent prompt"
