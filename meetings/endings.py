@@ -1,7 +1,7 @@
 """Why the manager itself ended (or began ending) a meeting, in words a client reads.
 
-The sweep, the stop flow's finalizer and the lost-instance policy end meetings whose bot said
-nothing; their `Meeting.data` says why: `last_error` for a failure, `completion_detail` for a
+The sweep, the stop flow's finalizer, an operator and the lost-instance policy end meetings whose
+bot said nothing; their `Meeting.data` says why: `last_error` for a failure, `completion_detail` for a
 completion (beside `completion_reason`). Each function returns the `data` updates of one ending.
 """
 from __future__ import annotations
@@ -60,3 +60,10 @@ def lost_instance(status: str, instance: str, by: str) -> dict:
         return {"completion_detail": f"The bot's host ({instance}) was declared lost by {by} after the stop; "
                                      "the meeting was finalized."}
     return {"last_error": f"The bot's host ({instance}) was lost (declared by {by}) while {status}."}
+
+
+def by_operator(to_status: str) -> dict:
+    """An operator finalized it by hand (the Django admin); who is in the transition, not here."""
+    if to_status == "completed":
+        return {"completion_detail": "Finalized by an operator of the bot manager."}
+    return {"last_error": "Ended by an operator of the bot manager."}

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from meetings import instances, reconcile, stopping
+from meetings import instances, operations, reconcile, stopping
 from meetings.models import Meeting
 from meetings.statuses import MeetingStatus, TransitionSource
 from orchestrators.registry import get_orchestrator
@@ -113,3 +113,14 @@ def test_meetings_ended_by_the_lost_instance_policy_say_so(status, key):
     ended = Meeting.objects.get(pk=meeting.pk)
     assert ended.status in (S.FAILED, S.COMPLETED)
     assert "docker:lost-host" in ended.data[key] and "an operator" in ended.data[key]
+
+
+@pytest.mark.parametrize("to_status,key", [(S.COMPLETED, "completion_detail"), (S.FAILED, "last_error")])
+def test_meetings_an_operator_finalized_say_so(to_status, key):
+    meeting = make_meeting(status=S.ACTIVE)
+
+    operations.finalize_meetings([meeting.id], to_status=to_status, failure_stage="active", actor="ops")
+
+    ended = Meeting.objects.get(pk=meeting.pk)
+    assert ended.status == to_status
+    assert "operator" in ended.data[key] and "ops" not in ended.data[key]
