@@ -165,6 +165,13 @@ AXES_VERBOSE = False
 JSON_MAX_BODY_BYTES = _int("JSON_MAX_BODY_BYTES", 1024 * 1024)
 JSON_MAX_DEPTH = _int("JSON_MAX_DEPTH", 32)
 DATA_UPLOAD_MAX_MEMORY_SIZE = JSON_MAX_BODY_BYTES
+# What a bot's callback may add beyond its status (the Vexa bot's forensic fields), as stored:
+# the last CALLBACK_BOT_LOGS_MAX_LINES lines of `bot_logs`, each cut at CALLBACK_BOT_LOG_LINE_MAX_CHARS
+# (kept with the callback's transition); `bot_resources` and `speaker_events` kept while their JSON
+# is at most CALLBACK_EXTRA_MAX_CHARS long, else cut with a marker.
+CALLBACK_BOT_LOGS_MAX_LINES = _int("CALLBACK_BOT_LOGS_MAX_LINES", 50)
+CALLBACK_BOT_LOG_LINE_MAX_CHARS = _int("CALLBACK_BOT_LOG_LINE_MAX_CHARS", 1000)
+CALLBACK_EXTRA_MAX_CHARS = _int("CALLBACK_EXTRA_MAX_CHARS", 4000)
 # A CSRF refusal (a POST to a page without its token) is JSON like every other error.
 CSRF_FAILURE_VIEW = "botmanager.errors.csrf_failure"
 

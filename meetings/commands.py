@@ -11,7 +11,9 @@ import uuid
 
 from django.utils import timezone
 
+from .bot_vocabulary import NEEDS_HUMAN_HELP
 from .models import Meeting, MeetingSession
+from .payloads import deadline
 from .redis_client import get_redis
 
 
@@ -80,10 +82,14 @@ def publish_reconfigure(meeting_id: int, language: str | None, task: str | None)
 
 
 def publish_status(meeting: Meeting) -> None:
+    payload = {"status": meeting.status, **deadline(meeting)}
+    help_needed = (meeting.data or {}).get(NEEDS_HUMAN_HELP)
+    if help_needed:  # a condition of the live meeting its bot reported (meetings/bot_vocabulary.py)
+        payload[NEEDS_HUMAN_HELP] = help_needed
     event = {
         "type": "meeting.status",
         "meeting": {"id": meeting.id, "platform": meeting.platform, "native_id": meeting.native_meeting_id},
-        "payload": {"status": meeting.status},
+        "payload": payload,
         "ts": timezone.now().isoformat(),
     }
     get_redis().publish(status_channel(meeting.id), json.dumps(event))

@@ -25,3 +25,20 @@ def seconds_for(status: str) -> float | None:
 def deadline_for(status: str, now: datetime) -> datetime | None:
     seconds = seconds_for(status)
     return None if seconds is None else now + timedelta(seconds=seconds)
+
+
+def action_for(status: str, stop_reason: str | None = None) -> str | None:
+    """What the manager does at a live meeting's deadline if nothing else happens first, as
+    `MeetingResponse.deadline_action`: "<what>: <outcome>". The sweep (meetings/reconcile.py) and
+    the stop flow's finalizer (meetings/stopping.py) carry these out; None for a terminal meeting."""
+    if status == S.STOPPING:
+        return f"finalize: completed/{stop_reason or 'stopped'}"
+    return _ACTIONS.get(status)
+
+
+_ACTIONS = {
+    S.REQUESTED: "fail: no bot callback",
+    S.JOINING: "fail: bot still joining",
+    S.AWAITING_ADMISSION: "complete: awaiting_admission_timeout",
+    S.ACTIVE: "stop: max_duration",
+}

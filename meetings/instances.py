@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
-from . import lifecycle
+from . import endings, lifecycle
 from .models import BotInstance, Meeting
 from .statuses import NON_TERMINAL, CompletionReason, MeetingStatus, TransitionSource
 
@@ -119,11 +119,12 @@ def end_meetings_of(instance: str, *, by: str) -> int:
         if status == MeetingStatus.STOPPING:
             result = lifecycle.transition(meeting_id, MeetingStatus.COMPLETED, source=TransitionSource.ADMIN,
                                           reason=reason, completion_reason=CompletionReason.STOPPED,
-                                          only_from={status}, metadata={"lost_instance": instance})
+                                          only_from={status}, metadata={"lost_instance": instance},
+                                          data_updates=endings.lost_instance(status, instance, by))
         else:
             result = lifecycle.transition(meeting_id, MeetingStatus.FAILED, source=TransitionSource.ADMIN,
                                           reason=reason, failure_stage=status, only_from={status},
                                           metadata={"lost_instance": instance},
-                                          data_updates={"last_error": f"The bot's host ({instance}) was lost."})
+                                          data_updates=endings.lost_instance(status, instance, by))
         ended += int(result.applied)
     return ended

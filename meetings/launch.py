@@ -43,6 +43,9 @@ def build_bot_config(meeting: Meeting, session: MeetingSession, container_name: 
             "everyoneLeftTimeout": settings.BOT_EVERYONE_LEFT_TIMEOUT_MS,
         },
         "botManagerCallbackUrl": f"{settings.PUBLIC_BASE_URL}/bots/internal/callback/exited",
+        # The same URL under the name the Vexa bot 0.10.x reads (its unified-callback.ts posts every
+        # report to it, '/exited' replaced by '/status_change'); without it that bot reports nothing.
+        "meetingApiCallbackUrl": f"{settings.PUBLIC_BASE_URL}/bots/internal/callback/exited",
     }
 
 

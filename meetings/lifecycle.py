@@ -22,6 +22,7 @@ from django.utils import timezone
 from webhooks import outbox
 
 from . import commands, compiled, deadlines
+from .bot_vocabulary import CONDITION_KEYS
 from .compiled import CompiledQuery
 from .models import Meeting, MeetingSession, MeetingTransition
 from .statuses import TERMINAL, CompletionReason, FailureStage, MeetingStatus, is_allowed
@@ -138,6 +139,59 @@ def transition_from_session(
             metadata=metadata, data_updates=data_updates)
 
 
+def record_condition_from_session(
+    session_uid: uuid.UUID,
+    key: str,
+    value: dict[str, Any],
+    *,
+    source: str,
+    reason: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> TransitionResult | None:
+    """A condition of the live meeting reported by its current bot session (`needs_human_help`): kept
+    as `Meeting.data[key]` until the status next changes, recorded as a transition that keeps the
+    status (from = to), and announced like one (status event, webhook). The status, its deadline and
+    its side effects stay as they are. Refused (and recorded) from a stale session or once the
+    meeting has ended; a repeat of the same report changes nothing. None when no session has this uid.
+    """
+    with transaction.atomic():
+        found = _LOCK_BY_SESSION.fetch(session_uid)
+        if not found:
+            return None
+        session = found[0]
+        meeting = session.meeting
+        status = meeting.status
+        metadata = {**(metadata or {}), "condition": key}
+        refusal = _refusal(meeting, status, session, True, None) or (
+            f"meeting is {status} (terminal)" if status in TERMINAL else None)
+        record = MeetingTransition(meeting=meeting, from_status=status, to_status=status, source=source,
+                                   reason=reason, session=session, metadata=metadata)
+        if refusal is not None:
+            record.applied = False
+            record.metadata = {**metadata, "refused": refusal}
+            compiled.insert(record)
+            return TransitionResult(Outcome.REFUSED, meeting, status, status, record, refusal, session)
+        data = dict(meeting.data or {})
+        if _same_report(data.get(key), value):
+            return TransitionResult(Outcome.NOOP, meeting, status, status, None, session=session)
+        data[key] = value
+        meeting.data = data
+        meeting.save(update_fields=["data", "updated_at"])
+        compiled.insert(record)
+        outbox.record_status_change(meeting, record)
+        log.info("meeting %s: %s reported while %s", meeting.id, key, status, extra={
+            "meeting_id": meeting.id, "session_id": session.id, "source": str(source), "condition": key})
+        transaction.on_commit(lambda: _after_commit(meeting), robust=True)
+        return TransitionResult(Outcome.APPLIED, meeting, status, status, record, session=session)
+
+
+def _same_report(old, new: dict) -> bool:
+    """The same condition reported again (a bot's retry): equal but for when it was reported."""
+    if not isinstance(old, dict):
+        return False
+    return {k: v for k, v in old.items() if k != "reported_at"} == {k: v for k, v in new.items() if k != "reported_at"}
+
+
 def _transition_locked(meeting: Meeting, to_status: str, *, source, reason, completion_reason, failure_stage,
                        session, require_current_session, only_from, metadata, data_updates) -> TransitionResult:
     """The body of `transition()`, on a meeting row locked in the current transaction."""
@@ -203,6 +257,8 @@ def _apply(meeting: Meeting, from_status: str, to_status: str, now, completion_r
     meeting.deadline_at = deadlines.deadline_for(to_status, now)
     changed = ["status", "deadline_at", "updated_at"]
     data = dict(meeting.data or {})
+    for key in CONDITION_KEYS:  # a bot's condition held only within the status it was reported in
+        data.pop(key, None)
     if data_updates:
         data.update(data_updates)
     if to_status == MeetingStatus.ACTIVE and meeting.start_time is None:

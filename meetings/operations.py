@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from . import commands, lifecycle
+from . import commands, endings, lifecycle
 from .lifecycle import TransitionResult
 from .statuses import CompletionReason, MeetingStatus, TransitionSource
 
@@ -21,7 +21,7 @@ def finalize_meetings(meeting_ids: list[int], *, to_status: str, failure_stage: 
                 meeting_id, to_status, source=TransitionSource.ADMIN, reason=f"finalized by admin {actor}",
                 completion_reason=CompletionReason.STOPPED if to_status == MeetingStatus.COMPLETED else None,
                 failure_stage=failure_stage if to_status == MeetingStatus.FAILED else None,
-                metadata={"admin_user": actor},
+                metadata={"admin_user": actor}, data_updates=endings.by_operator(to_status),
             )
             if result.applied:
                 transaction.on_commit(lambda mid=meeting_id: commands.publish_leave(mid), robust=True)

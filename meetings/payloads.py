@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from rest_framework.fields import DateTimeField
 
-from . import platforms
+from . import deadlines, platforms
+from .statuses import TERMINAL
 
 # Never shown: the passcode travels only inside the meeting URL; the stop reason is internal
 # bookkeeping of the stop flow.
@@ -36,7 +37,18 @@ def meeting_response(meeting) -> dict:
         "data": {k: v for k, v in data.items() if k not in HIDDEN_DATA_KEYS},
         "created_at": timestamp(meeting.created_at),
         "updated_at": timestamp(meeting.updated_at),
+        **deadline(meeting),
     }
+
+
+def deadline(meeting) -> dict:
+    """`deadline_at`: when the manager acts on a live meeting if neither its bot nor its user does
+    first (a sweep runs it within ORPHAN_SWEEP_INTERVAL_SECONDS after; a stop's finalizer at once);
+    `deadline_action`: what it then does (meetings.deadlines.action_for). Both null once it ended."""
+    if meeting.status in TERMINAL or meeting.deadline_at is None:
+        return {"deadline_at": None, "deadline_action": None}
+    return {"deadline_at": timestamp(meeting.deadline_at),
+            "deadline_action": deadlines.action_for(meeting.status, meeting.stop_reason)}
 
 
 def _text(value) -> str | None:

@@ -32,7 +32,7 @@ from django.utils import timezone
 from orchestrators.base import LABEL_SESSION_UID, BotInfo, OrchestratorError
 from orchestrators.registry import get_orchestrator
 
-from . import bot_control, instances, lifecycle, stopping
+from . import bot_control, endings, instances, lifecycle, stopping
 from .models import Meeting, MeetingSession
 from .statuses import NON_TERMINAL, TERMINAL, CompletionReason, MeetingStatus, TransitionSource
 
@@ -81,7 +81,9 @@ class Finalize:
     failure_stage: str | None = None
     stop_container: tuple[str, str, str] | None = None  # (backend, container id, instance) to stop once ended
     metadata: dict = field(default_factory=dict)
-    last_error: str | None = None  # the cause, for the user: data.last_error of a failed meeting
+    # Why, for the user (meetings/endings.py): data.last_error of a failure, data.completion_detail
+    # of a completion.
+    data_updates: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -188,17 +190,19 @@ def _deadline_decision(m: MeetingRow, now: datetime):
     if m.status == S.STOPPING:
         return Finalize(m.id, m.status, S.COMPLETED, "stop deadline passed without the bot's exit",
                         completion_reason=m.stop_reason or CompletionReason.STOPPED, stop_container=container,
-                        metadata=overdue)
+                        metadata=overdue, data_updates=endings.unreported_stop())
     if m.status == S.REQUESTED:
         return Finalize(m.id, m.status, S.FAILED, "no bot callback before the requested timeout",
-                        failure_stage=S.REQUESTED, stop_container=container, metadata=overdue)
+                        failure_stage=S.REQUESTED, stop_container=container, metadata=overdue,
+                        data_updates=endings.no_callback())
     if m.status == S.JOINING:
         return Finalize(m.id, m.status, S.FAILED, "bot stayed in joining past the timeout",
-                        failure_stage=S.JOINING, stop_container=container, metadata=overdue)
+                        failure_stage=S.JOINING, stop_container=container, metadata=overdue,
+                        data_updates=endings.stuck_joining())
     if m.status == S.AWAITING_ADMISSION:
         return Finalize(m.id, m.status, S.COMPLETED, "not admitted before the waiting-room timeout",
                         completion_reason=CompletionReason.AWAITING_ADMISSION_TIMEOUT, stop_container=container,
-                        metadata=overdue)
+                        metadata=overdue, data_updates=endings.not_admitted())
     if m.status == S.ACTIVE:
         return StartStop(m.id, CompletionReason.MAX_DURATION)
     return None
@@ -219,15 +223,10 @@ def _orphan_decision(m: MeetingRow, listings, by_container, now: datetime, grace
         "container": bot.status.value, "raw_status": bot.raw_status, "exit_code": bot.exit_code}
     if m.status == S.STOPPING:
         return Finalize(m.id, m.status, S.COMPLETED, "bot container is gone; its exit was never reported",
-                        completion_reason=m.stop_reason or CompletionReason.STOPPED, metadata=seen)
-    if bot is None:
-        last_error = f"The bot's container disappeared while {m.status}, without reporting its exit."
-    else:
-        code = "unknown" if bot.exit_code is None else bot.exit_code
-        last_error = (f"The bot's container ended ({bot.raw_status or bot.status.value}, exit code {code}) while "
-                      f"{m.status}, without reporting its exit.")
+                        completion_reason=m.stop_reason or CompletionReason.STOPPED, metadata=seen,
+                        data_updates=endings.container_gone(m.status, bot))
     return Finalize(m.id, m.status, S.FAILED, f"bot container is gone while {m.status}",
-                    failure_stage=m.status, metadata=seen, last_error=last_error)
+                    failure_stage=m.status, metadata=seen, data_updates=endings.container_gone(m.status, bot))
 
 
 # --- Snapshot reading -----------------------------------------------------------------------------
@@ -323,7 +322,7 @@ def apply(p: Plan) -> Summary:
             result = lifecycle.transition(
                 f.meeting_id, f.to_status, source=TransitionSource.ORPHAN_SWEEP, reason=f.reason,
                 completion_reason=f.completion_reason, failure_stage=f.failure_stage, metadata=f.metadata,
-                only_from={f.from_status}, data_updates={"last_error": f.last_error} if f.last_error else None)
+                only_from={f.from_status}, data_updates=f.data_updates or None)
             summary.finalized += int(result.applied)
             # The decision is recorded before the bot is stopped: stopped first, a cooperative bot
             # reports its own clean exit (completed/stopped) and that replaces the timeout outcome
@@ -335,7 +334,8 @@ def apply(p: Plan) -> Summary:
         with _decision(summary, s.meeting_id):
             result = stopping.request_stop(s.meeting_id, source=TransitionSource.ORPHAN_SWEEP,
                                            reason="maximum bot duration reached",
-                                           completion_reason=s.completion_reason, only_from={S.ACTIVE})
+                                           completion_reason=s.completion_reason, only_from={S.ACTIVE},
+                                           data_updates=endings.max_duration())
             summary.stops_requested += int(result.applied)
     # Only now the bots: asked to stop on the orchestrator queue (SIGTERM, then SIGKILL after
     # BOT_STOP_TIMEOUT_SECONDS), never waited for here, so no bot can hold the sweep.

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import bot_control, commands, lifecycle
+from . import bot_control, commands, endings, lifecycle
 from .lifecycle import Outcome, TransitionResult
 from .models import Meeting
 from .statuses import CompletionReason, MeetingStatus, TransitionSource
@@ -34,7 +34,8 @@ def bot_launched(meeting: Meeting) -> bool:
 
 def request_stop(meeting_id: int, *, source: str, reason: str,
                  completion_reason: str = CompletionReason.STOPPED,
-                 only_from: set[str] | None = None) -> TransitionResult:
+                 only_from: set[str] | None = None, data_updates: dict | None = None) -> TransitionResult:
+    """`data_updates` (merged into `Meeting.data` with the stop) say why the manager stopped it."""
     from . import tasks
 
     with transaction.atomic():
@@ -42,9 +43,11 @@ def request_stop(meeting_id: int, *, source: str, reason: str,
         if not meeting.is_terminal and not bot_launched(meeting):
             return lifecycle.transition(meeting_id, MeetingStatus.COMPLETED, source=source,
                                         reason=f"{reason}; no bot was launched",
-                                        completion_reason=completion_reason, only_from=only_from)
+                                        completion_reason=completion_reason, only_from=only_from,
+                                        data_updates=data_updates)
         result = lifecycle.transition(meeting_id, MeetingStatus.STOPPING, source=source, reason=reason,
-                                      completion_reason=completion_reason, only_from=only_from)
+                                      completion_reason=completion_reason, only_from=only_from,
+                                      data_updates=data_updates)
         if result.outcome in (Outcome.APPLIED, Outcome.NOOP) and result.meeting.status == MeetingStatus.STOPPING:
             # A repeated stop re-sends leave: the bot may have missed the first one.
             transaction.on_commit(lambda: commands.publish_leave(meeting_id), robust=True)
@@ -89,6 +92,7 @@ def finalize_after_stop(meeting_id: int) -> TransitionResult | None:
         reason="bot did not report its exit within the stop grace period",
         completion_reason=CompletionReason.STOPPED,  # lifecycle substitutes the stop's recorded reason
         metadata={"container_id": meeting.bot_container_id, "kill_requested": bool(meeting.bot_container_id)},
+        data_updates=endings.unreported_stop(),
     )
     if result.applied and meeting.bot_container_id:
         bot_control.kill_bot(_backend_name(meeting), meeting.bot_container_id, meeting.bot_instance)

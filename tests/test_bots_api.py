@@ -21,7 +21,8 @@ from tests.support import published, subscribe
 pytestmark = pytest.mark.django_db
 
 MEETING_FIELDS = {"id", "user_id", "platform", "native_meeting_id", "constructed_meeting_url", "status",
-                  "bot_container_id", "start_time", "end_time", "data", "created_at", "updated_at"}
+                  "bot_container_id", "start_time", "end_time", "data", "created_at", "updated_at",
+                  "deadline_at", "deadline_action"}
 MEET_ID = "abc-defg-hij"
 
 

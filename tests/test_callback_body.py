@@ -40,6 +40,14 @@ BODIES = [
     {"connection_id": UID, "reason": "\ud800"}, {"connection_id": UID, "reason": 5},
     {"connection_id": "a\u0000b"}, {"connection_id\u0000": UID}, {"connection_id": ""},
     {"connection_id": None}, {"connection_id": "z" * 65}, {"connection_id": 12345}, {},
+    # The Vexa bot's (services/vexa-bot/core/src/services/unified-callback.ts, UnifiedCallbackPayload).
+    {"connection_id": UID, "status": "needs_human_help", "reason": "consent prompt"},
+    {"connection_id": UID, "status": "completed", "exit_code": 0, "completion_reason": "max_bot_time_exceeded"},
+    {"connection_id": UID, "status": "failed", "exit_code": 1, "failure_stage": "active",
+     "bot_logs": ['{"msg":"a\u0000"}', "b"], "bot_resources": {"samples": 3, "peak_memory_bytes": None},
+     "speaker_events": [{"event_type": "SPEAKER_START", "participant_name": "x\u0000"}]},
+    {"connection_id": UID, "status": "x" * 65}, {"connection_id": UID, "completion_reason": " stopped "},
+    {"connection_id": UID, "completion_reason": ["stopped"]}, {"connection_id": UID, "failure_stage": {"a": 1}},
 ]
 
 
@@ -73,3 +81,15 @@ def test_a_plain_body_takes_the_fast_path():
     request = RequestFactory().post("/bots/internal/callback/x", json.dumps({"connection_id": UID}),
                                     content_type="application/json; charset=UTF-8")
     assert callback_body.report("joining", request) == CallbackReport(name="joining", connection_id=UID)
+
+
+def test_a_vexa_bots_terminal_report_with_its_forensic_fields_takes_the_fast_path():
+    body = {"connection_id": UID, "container_id": "vexa-bot-1", "status": "completed", "reason": "left_alone_timeout",
+            "exit_code": 0, "completion_reason": "left_alone", "timestamp": "2026-11-22T00:00:00.000Z",
+            "bot_logs": ['{"msg":"leaving"}'], "bot_resources": {"samples": 12, "cgroup_available": True}}
+    request = RequestFactory().post("/bots/internal/callback/x", json.dumps(body), content_type="application/json")
+
+    report = callback_body.report("status_change", request)
+
+    assert report is not None and report == _serializer_report("status_change", body)
+    assert report.bot_logs == ['{"msg":"leaving"}']

@@ -368,12 +368,11 @@ def test_an_unknown_callback_name_answers_404_json(bot):
     ("exited", {"connection_id": "UID", "exit_code": None}, "exit_code"),
     ("exited", {"connection_id": "UID", "exit_code": "boom"}, "exit_code"),
     ("exited", {"connection_id": "UID", "exit_code": 2**31}, "exit_code"),
-    ("exited", {"connection_id": "UID", "exit_code": 0, "completion_reason": "bored"}, "completion_reason"),
-    ("exited", {"connection_id": "UID", "exit_code": 1, "failure_stage": "completed"}, "failure_stage"),
+    ("exited", {"connection_id": "UID", "exit_code": 0, "completion_reason": "r" * 65}, "completion_reason"),
+    ("exited", {"connection_id": "UID", "exit_code": 1, "failure_stage": {"x": 1}}, "failure_stage"),
     ("status_change", {"connection_id": "UID"}, "status"),
-    ("status_change", {"connection_id": "UID", "status": "stopping"}, "status"),
-    ("status_change", {"connection_id": "UID", "status": "requested"}, "status"),
-    ("status_change", {"connection_id": "UID", "status": "bogus"}, "status"),
+    ("status_change", {"connection_id": "UID", "status": ""}, "status"),
+    ("status_change", {"connection_id": "UID", "status": "s" * 65}, "status"),
 ])
 def test_an_invalid_callback_body_answers_422_and_changes_nothing(bot, name, body, field):
     meeting, uid = launched(S.ACTIVE)

@@ -13,7 +13,8 @@ from tests.http import answer
 pytestmark = pytest.mark.django_db
 
 MEETING_FIELDS = {"id", "user_id", "platform", "native_meeting_id", "constructed_meeting_url", "status",
-                  "bot_container_id", "start_time", "end_time", "data", "created_at", "updated_at"}
+                  "bot_container_id", "start_time", "end_time", "data", "created_at", "updated_at",
+                  "deadline_at", "deadline_action"}
 TRANSITION_FIELDS = {"from", "to", "source", "reason", "completion_reason", "failure_stage", "applied", "created_at"}
 MEET_ID = "abc-defg-hij"
 BOT = TransitionSource.BOT_CALLBACK

@@ -95,7 +95,7 @@ def test_active_meeting_whose_container_is_gone_fails_at_active():
 def test_exited_container_failure_carries_the_exit_code():
     f = only_finalize(decide([row()], listing(bot(status=NormalizedStatus.EXITED, exit_code=3)), {1: "active"}))
     assert f.metadata["exit_code"] == 3
-    assert "exit code 3" in f.last_error  # data.last_error: the user sees why
+    assert "exit code 3" in f.data_updates["last_error"]  # data.last_error: the user sees why
     assert f.failure_stage == "active"
 
 

@@ -39,6 +39,9 @@ def record_status_change(meeting, record) -> WebhookDelivery | None:
             "timestamp": timestamp(record.created_at),
         },
     }
+    condition = (record.metadata or {}).get("condition")
+    if condition:  # a bot's report about the live meeting (needs_human_help): from = to, in meeting.data
+        payload["status_change"]["condition"] = condition
     return _record(meeting, WebhookEvent.STATUS_CHANGE, payload, transition=record)
 
 

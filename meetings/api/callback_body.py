@@ -3,9 +3,11 @@
 `report(name, request)` returns the CallbackReport for a body that `CallbackSerializer` would
 accept and turn into exactly the same values, and None for anything else (another content type
 or charset, malformed JSON, a value of another type, a blank, too long or NUL-containing string,
-an unknown choice...). The view sends every None to the DRF view, so an invalid callback gets the
-one set of 422 / 404 / 415 answers `CallbackSerializer` and botmanager/errors.py produce: this
-module never builds an error itself, it only recognizes the common valid case cheaply.
+a status, reason or stage this manager does not define...). The view sends every None to the DRF
+view, so an invalid callback gets the one set of 422 / 404 / 415 answers `CallbackSerializer` and
+botmanager/errors.py produce, and an unusual valid one (`needs_human_help`, a reason to map) the
+serializer's values: this module never builds an error itself, it only recognizes the common valid
+case cheaply.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from django.conf import settings
 
 from botmanager import jsonbody
 
-from ..callbacks import REPORTABLE, CallbackReport
+from ..bot_vocabulary import REPORTABLE
+from ..callbacks import CallbackReport
 from ..statuses import CompletionReason, FailureStage
 from .serializers import _without_nul
 
@@ -27,12 +30,14 @@ _FAILURE_STAGES = frozenset(FailureStage.values)
 # (refused). Strings holding them take the DRF path.
 _ODD = re.compile("[\x00\ud800-\udfff]")
 _NOT_FAST = object()
+# The JSONFields of CallbackSerializer: taken as they came, NULs dropped.
+_FREE_FORM = frozenset({"error_details", "platform_specific_error", "speaker_events", "bot_logs", "bot_resources"})
 
 # field: (allow_blank, max_length) of the CharFields of CallbackSerializer.
 _STRINGS = {
     "connection_id": (False, 64),
     "container_id": (True, 255),
-    "status": (False, None),
+    "status": (False, 64),
     "reason": (True, 2000),
     "timestamp": (False, 64),
 }
@@ -65,13 +70,13 @@ def report(name: str, request) -> CallbackReport | None:
             if value is not None and (type(value) is not int or not _INT32_MIN <= value <= _INT32_MAX):
                 return None
         elif key == "completion_reason":
+            # A list or object here was a TypeError (unhashable), a 500: only strings are looked up.
             if value is not None and (type(value) is not str or value not in _COMPLETION_REASONS):
                 return None
         elif key == "failure_stage":
-            # (An object or array is unhashable: testing it against the set raised, a 500.)
             if value is not None and (type(value) is not str or value not in _FAILURE_STAGES):
                 return None
-        elif key in ("error_details", "platform_specific_error"):
+        elif key in _FREE_FORM:
             value = _without_nul(value)
         else:
             continue  # unknown keys are ignored, as by the serializer

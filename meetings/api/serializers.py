@@ -8,7 +8,6 @@ from botmanager.strict_fields import StrictCharField
 from orchestrators.base import NormalizedStatus
 
 from .. import platforms
-from ..callbacks import REPORTABLE
 from ..models import Meeting, MeetingTransition
 from ..payloads import meeting_response
 from ..statuses import CompletionReason, FailureStage, MeetingStatus, Platform
@@ -116,6 +115,15 @@ class MeetingSerializer(serializers.Serializer):
                                            "last_error once known; the fields set by PATCH /meetings/...")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
+    deadline_at = serializers.DateTimeField(
+        read_only=True, allow_null=True,
+        help_text="When the manager acts on this live meeting if neither its bot nor its user does first "
+                  "(the sweep acts within one sweep interval after it); null once the meeting ended.")
+    deadline_action = serializers.CharField(
+        read_only=True, allow_null=True,
+        help_text="What the manager then does: 'fail: no bot callback' (requested), 'fail: bot still joining', "
+                  "'complete: awaiting_admission_timeout', 'stop: max_duration' (active), "
+                  "'finalize: completed/<stop reason>' (stopping); null once the meeting ended.")
 
     def to_representation(self, meeting: Meeting) -> dict:
         return meeting_response(meeting)
@@ -186,24 +194,50 @@ class RunningBotsSerializer(serializers.Serializer):
 
 
 class CallbackSerializer(serializers.Serializer):
+    """A bot's report. Liberal in what it accepts (a refused report makes the Vexa bot give up): a
+    status, completion reason or failure stage this manager does not define is mapped to the closest
+    defined outcome (meetings/bot_vocabulary.py) and kept as sent in the transition and in `data`."""
+
     # validate()'s rules of each callback, for the OpenAPI schema (which has one path per callback).
+    # status_change takes any status string (liberal: unknown ones are recorded, not refused).
     openapi_by_callback = {
         "exited": {"required": ["exit_code"], "properties": {"exit_code": {"type": "integer"}}},
-        "status_change": {"required": ["status"], "properties": {
-            "status": {"type": "string", "enum": sorted(s.value for s in REPORTABLE)}}},
+        "status_change": {"required": ["status"], "properties": {"status": {"type": "string"}}},
     }
 
-    connection_id = serializers.CharField(max_length=64)
-    container_id = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=255)
-    status = serializers.CharField(required=False, allow_null=True)
+    connection_id = serializers.CharField(max_length=64, help_text="The bot session's uid (its capability).")
+    container_id = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=255,
+                                         help_text="The bot's container name or id, as it knows it.")
+    status = serializers.CharField(
+        required=False, allow_null=True, max_length=64,
+        help_text="status_change: joining, awaiting_admission, active, completed, failed; needs_human_help "
+                  "(kept as a condition of the live meeting); anything else is recorded, and ends the meeting "
+                  "by its exit_code when one is sent.")
     # The range of the MeetingSession.exit_code column (a larger value was a database error, a 500).
-    exit_code = serializers.IntegerField(required=False, allow_null=True, min_value=-(2**31), max_value=2**31 - 1)
-    reason = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=2000)
-    error_details = serializers.JSONField(required=False, allow_null=True)
-    platform_specific_error = serializers.JSONField(required=False, allow_null=True)
-    completion_reason = serializers.ChoiceField(choices=CompletionReason.values, required=False, allow_null=True)
-    failure_stage = serializers.ChoiceField(choices=FailureStage.values, required=False, allow_null=True)
-    timestamp = serializers.CharField(required=False, allow_null=True, max_length=64)
+    exit_code = serializers.IntegerField(required=False, allow_null=True, min_value=-(2**31), max_value=2**31 - 1,
+                                         help_text="The bot's exit code: 0 completes the meeting, any other fails it.")
+    reason = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=2000,
+                                   help_text="The bot's own words for the change.")
+    error_details = serializers.JSONField(required=False, allow_null=True,
+                                          help_text="Free-form JSON; stored capped, the failure's data.last_error.")
+    platform_specific_error = serializers.JSONField(required=False, allow_null=True,
+                                                    help_text="Free-form JSON; stored capped.")
+    completion_reason = serializers.CharField(
+        required=False, allow_null=True, allow_blank=True, max_length=64,
+        help_text=f"With a completion: {', '.join(CompletionReason.values)}; others (max_bot_time_exceeded...) "
+                  "are mapped and kept as data.bot_completion_reason.")
+    failure_stage = serializers.CharField(
+        required=False, allow_null=True, allow_blank=True, max_length=64,
+        help_text=f"With a failure: {', '.join(FailureStage.values)}; others are kept as data.bot_failure_stage "
+                  "and the meeting fails in the status it was in.")
+    timestamp = serializers.CharField(required=False, allow_null=True, max_length=64,
+                                      help_text="When the bot sent the report (kept as bot_timestamp).")
+    speaker_events = serializers.JSONField(required=False, allow_null=True,
+                                           help_text="Vexa bot: speaker events; kept capped with the transition.")
+    bot_logs = serializers.JSONField(required=False, allow_null=True,
+                                     help_text="Vexa bot: its last log lines; the tail is kept with the transition.")
+    bot_resources = serializers.JSONField(required=False, allow_null=True,
+                                          help_text="Vexa bot: its resource summary at exit; kept capped in data.")
 
     def to_internal_value(self, data):
         # PostgreSQL cannot store NUL (\u0000) in text or jsonb (a 500). A bot's report is machine
@@ -214,11 +248,11 @@ class CallbackSerializer(serializers.Serializer):
         name = self.context["name"]
         if name == "exited" and attrs.get("exit_code") is None:
             raise serializers.ValidationError({"exit_code": ["The exited callback needs an exit_code."]})
-        if name == "status_change":
-            status = attrs.get("status")
-            if status not in {s.value for s in REPORTABLE}:
-                raise serializers.ValidationError(
-                    {"status": [f"status must be one of {', '.join(sorted(s.value for s in REPORTABLE))}."]})
+        if name == "status_change" and not attrs.get("status"):
+            raise serializers.ValidationError({"status": ["The status_change callback needs a status."]})
+        for field in ("completion_reason", "failure_stage"):
+            if attrs.get(field) == "":
+                attrs[field] = None  # a blank reason or stage is no reason or stage
         return attrs
 
 

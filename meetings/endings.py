@@ -1,0 +1,69 @@
+"""Why the manager itself ended (or began ending) a meeting, in words a client reads.
+
+The sweep, the stop flow's finalizer, an operator and the lost-instance policy end meetings whose
+bot said nothing; their `Meeting.data` says why: `last_error` for a failure, `completion_detail` for a
+completion (beside `completion_reason`). Each function returns the `data` updates of one ending.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+
+from orchestrators.base import BotInfo
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def no_callback() -> dict:
+    return {"last_error": f"No callback from the bot within {_seconds(settings.REQUESTED_TIMEOUT_SECONDS)} "
+                          "of the request; the manager failed the meeting."}
+
+
+def stuck_joining() -> dict:
+    return {"last_error": f"The bot was still joining {_seconds(settings.JOINING_TIMEOUT_SECONDS)} after it began; "
+                          "it never reached the waiting room or the meeting, so the manager failed the meeting."}
+
+
+def not_admitted() -> dict:
+    return {"completion_detail": "Not admitted from the waiting room within "
+                                 f"{_seconds(settings.AWAITING_ADMISSION_TIMEOUT_SECONDS)}; the manager ended the wait."}
+
+
+def max_duration() -> dict:
+    return {"completion_detail": f"The maximum bot duration ({_seconds(settings.MAX_BOT_DURATION_SECONDS)}) was "
+                                 "reached; the manager stopped the bot."}
+
+
+def unreported_stop() -> dict:
+    """The stop's deadline passed (the grace finalizer, or the sweep when its countdown was lost)."""
+    return {"completion_detail": "The bot did not report after the stop; finalized after the grace period "
+                                 f"({_seconds(settings.BOT_STOP_DELAY_SECONDS + settings.BOT_STOP_GRACE_SECONDS)} "
+                                 "after the stop request)."}
+
+
+def container_gone(status: str, bot: BotInfo | None) -> dict:
+    """The sweep found the bot's container gone or exited without its exit callback."""
+    if bot is None:
+        seen = "no longer listed by its backend"
+    else:
+        code = "unknown" if bot.exit_code is None else bot.exit_code
+        seen = f"{bot.status.value.lower()}, exit code {code}"
+    if status == "stopping":
+        return {"completion_detail": f"Bot container gone after the stop ({seen}); its exit was never reported, "
+                                     "so the manager finalized the meeting."}
+    return {"last_error": f"Bot container gone while {status} ({seen}); the bot never reported its exit."}
+
+
+def lost_instance(status: str, instance: str, by: str) -> dict:
+    if status == "stopping":
+        return {"completion_detail": f"The bot's host ({instance}) was declared lost by {by} after the stop; "
+                                     "the meeting was finalized."}
+    return {"last_error": f"The bot's host ({instance}) was lost (declared by {by}) while {status}."}
+
+
+def by_operator(to_status: str) -> dict:
+    """An operator finalized it by hand (the Django admin); who is in the transition, not here."""
+    if to_status == "completed":
+        return {"completion_detail": "Finalized by an operator of the bot manager."}
+    return {"last_error": "Ended by an operator of the bot manager."}
