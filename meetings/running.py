@@ -5,8 +5,8 @@ import logging
 
 from django.conf import settings
 
-from orchestrators.base import LABEL_SESSION_UID, LABEL_USER_ID, OrchestratorError
 from orchestrators import request_listing
+from orchestrators.base import LABEL_SESSION_UID, LABEL_USER_ID, OrchestratorError
 from orchestrators.registry import get_orchestrator
 
 from .errors import BackendUnavailable

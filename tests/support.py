@@ -24,6 +24,31 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
+def concurrently(fn, n: int) -> list:
+    """Run `fn()` in `n` threads released together (each closes its database connection after);
+    returns their results, in no particular order."""
+    import threading
+
+    from django.db import connection
+
+    barrier = threading.Barrier(n)
+    results = []
+
+    def run():
+        barrier.wait()
+        try:
+            results.append(fn())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def subscribe(redis_conn, *channels):
     """A pub/sub connection subscribed (confirmed) to `channels`."""
     pubsub = redis_conn.pubsub()

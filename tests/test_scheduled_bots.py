@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
@@ -18,9 +17,16 @@ from meetings.commands import status_channel
 from meetings.models import Meeting, MeetingSession, MeetingTransition
 from meetings.statuses import MeetingStatus
 from orchestrators import registry
-from tests.factories import make_meeting, make_token, make_user
+from tests.factories import make_meeting
 from tests.http import answer
-from tests.support import all_queues, broker_client, lose_queued_tasks, queued, queued_tasks
+from tests.support import (
+    all_queues,
+    broker_client,
+    concurrently,
+    lose_queued_tasks,
+    queued,
+    queued_tasks,
+)
 from webhooks.models import WebhookDelivery
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -240,25 +246,10 @@ def test_a_launched_scheduled_bot_starts_on_the_backend(api_client):
     assert bots_started() == 1
 
 
-def test_two_concurrent_scheduler_passes_launch_a_meeting_once(api_client):
+def test_concurrent_scheduler_passes_launch_a_meeting_once(api_client):
     created = schedule(api_client, in_(LEAD / 2))
-    barrier = threading.Barrier(4)
-    outcomes = []
 
-    def claim():
-        from django.db import connection
-
-        barrier.wait()
-        try:
-            outcomes.append(scheduled.claim(created["id"], timezone.now()))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=claim) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcomes = concurrently(lambda: scheduled.claim(created["id"], timezone.now()), 4)
 
     assert sorted(outcomes) == ["launched", "not_due", "not_due", "not_due"]
     assert [t["args"] for t in launches()] == [[created["id"]]]
