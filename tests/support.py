@@ -111,12 +111,14 @@ def stack_env(run_dir, **extra: str) -> dict[str, str]:
 
 def close_other_connections() -> None:
     """End the database connections of other processes and threads (workers) so the test database
-    can be flushed."""
+    can be flushed. Client connections only: PostgreSQL refuses to end an autovacuum worker (an
+    error that used to fail a test's teardown at random)."""
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                       "AND backend_type = 'client backend'")
 
 
 # --- Broker -----------------------------------------------------------------------------------------
