@@ -67,8 +67,8 @@ task_routes = {
     # The backstop: alone on its queue, so no storm of other work can delay or expire it.
     # (meetings.sweep_instance and the bot stops are sent to an instance's own queue explicitly.)
     "meetings.sweep": {"queue": workers.SWEEP},
-    # Everything else (delayed stop, finalizer, webhook redrive) is short database work: the
-    # default queue, lifecycle.
+    # Everything else (delayed stop, finalizer, scheduled launches, webhook redrive) is short
+    # database work: the default queue, lifecycle.
     **settings.CELERY_TASK_ROUTES,
 }
 
@@ -80,6 +80,13 @@ beat_schedule = {
         "task": "meetings.sweep",
         "schedule": settings.ORPHAN_SWEEP_INTERVAL_SECONDS,
         "options": {"expires": settings.ORPHAN_SWEEP_INTERVAL_SECONDS},
+    },
+    # Scheduled bots are launched from the database when due (meetings/scheduled.py), never from a
+    # far-future ETA, which a restart or a visibility timeout would lose or duplicate.
+    "scheduled-launch": {
+        "task": "meetings.launch_scheduled",
+        "schedule": settings.SCHEDULED_LAUNCH_INTERVAL_SECONDS,
+        "options": {"expires": settings.SCHEDULED_LAUNCH_INTERVAL_SECONDS},
     },
     # Webhook deliveries whose task was lost (broker or worker outage) are enqueued again.
     "webhooks-redrive": {

@@ -323,6 +323,17 @@ JOINING_TIMEOUT_SECONDS = _float("JOINING_TIMEOUT_SECONDS", 600)
 AWAITING_ADMISSION_TIMEOUT_SECONDS = _float("AWAITING_ADMISSION_TIMEOUT_SECONDS", 900)
 MAX_BOT_DURATION_SECONDS = _float("MAX_BOT_DURATION_SECONDS", 4 * 3600)
 
+# --- Scheduled bots (POST /bots with join_at; meetings/scheduled.py) ------------------------------
+# How far ahead a bot may be scheduled.
+SCHEDULED_MAX_AHEAD_DAYS = _float("SCHEDULED_MAX_AHEAD_DAYS", 30)
+# How often the beat asks the scheduler to launch the scheduled bots that are due.
+SCHEDULED_LAUNCH_INTERVAL_SECONDS = _float("SCHEDULED_LAUNCH_INTERVAL_SECONDS", 10)
+# A scheduled bot is launched this long before its join_at (a bot takes a moment to start).
+SCHEDULED_LAUNCH_LEAD_SECONDS = _float("SCHEDULED_LAUNCH_LEAD_SECONDS", 30)
+# How long after its join_at a scheduled bot may still be launched (it waits for a seat when the
+# user is at the limit, or for the scheduler after an outage); past that the sweep fails it.
+SCHEDULED_LAUNCH_WINDOW_SECONDS = _float("SCHEDULED_LAUNCH_WINDOW_SECONDS", 600)
+
 # --- Celery ---------------------------------------------------------------------------------------
 CELERY_BROKER_URL = _str("CELERY_BROKER_URL", REDIS_URL)
 WEB_CONCURRENCY = _int("WEB_CONCURRENCY", 2)

@@ -45,7 +45,7 @@ class MeetingAdmin(admin.ModelAdmin):
     list_select_related = ["user"]
     # Status and its companions change only through meetings.lifecycle (and the admin actions).
     readonly_fields = ["status", "completion_reason", "failure_stage", "start_time", "end_time",
-                       "stop_requested_at", "deadline_at", "current_session", "bot_container_id",
+                       "join_at", "stop_requested_at", "deadline_at", "current_session", "bot_container_id",
                        "orchestrator", "post_meeting_done_at",
                        "created_at", "updated_at", "user", "platform", "native_meeting_id"]
     inlines = [SessionInline, TransitionInline]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import IntegrityError, transaction
 from redis.exceptions import RedisError
@@ -12,7 +13,8 @@ from accounts.models import User
 from . import commands, lifecycle, stopping
 from .errors import BackendUnavailable, BotLimitReached, DuplicateMeeting, MeetingConflict, MeetingNotFound
 from .models import Meeting
-from .statuses import LIVE, TERMINAL, FailureStage, MeetingStatus, TransitionSource
+from .payloads import timestamp
+from .statuses import EXCLUSIVE, LIVE, TERMINAL, FailureStage, MeetingStatus, TransitionSource
 
 log = logging.getLogger(__name__)
 
@@ -25,43 +27,62 @@ class BotRequest:
     language: str | None = None
     task: str | None = None
     passcode: str | None = None
+    # A later launch (validated by the API: aware, in the future, within SCHEDULED_MAX_AHEAD_DAYS).
+    join_at: datetime | None = None
 
 
 def request_bot(user: User, req: BotRequest) -> Meeting:
-    """Create a meeting in `requested` and launch its bot once the request commits.
+    """Create a meeting in `requested` and launch its bot once the request commits; or, with a
+    `join_at`, a `scheduled` meeting that meetings/scheduled.py launches when it is due.
 
     The limit is counted under a lock on the user row, so N concurrent requests at limit L create
     exactly L meetings; the partial unique index makes concurrent duplicates lose with a 409.
+    A scheduled bot takes no seat until it is launched, so only the duplicate rule applies to it.
     A refused request leaves no row.
     """
     data = {k: v for k, v in {"bot_name": req.bot_name, "language": req.language, "task": req.task,
                               "passcode": req.passcode}.items() if v is not None}
+    if req.join_at is not None:
+        # Shown to the user with the other request parameters (the MeetingResponse keeps its
+        # Vexa fields); the `join_at` column is what the scheduler reads.
+        data["join_at"] = timestamp(req.join_at)
     with transaction.atomic():
-        locked = User.objects.select_for_update().only("id", "max_concurrent_bots").get(pk=user.pk)
-        live = Meeting.objects.filter(user_id=user.pk, status__in=sorted(LIVE))
+        locked = lock_user(user.pk)
         # The duplicate is reported before the limit (as Vexa does): at the limit, a repeated
         # request for a bot the user already has must say so, not "limit reached".
-        if live.filter(platform=req.platform, native_meeting_id=req.native_meeting_id).exists():
+        if Meeting.objects.filter(user_id=user.pk, status__in=sorted(EXCLUSIVE), platform=req.platform,
+                                  native_meeting_id=req.native_meeting_id).exists():
             raise _duplicate(req)
-        limit = locked.max_concurrent_bots
-        if limit and live.count() >= limit:
-            raise BotLimitReached(f"User has reached the maximum concurrent bot limit ({limit}).")
+        if req.join_at is None and seats_taken(locked):
+            raise BotLimitReached(f"User has reached the maximum concurrent bot limit ({locked.max_concurrent_bots}).")
         try:
             with transaction.atomic():
                 meeting = lifecycle.create_meeting(user=locked, platform=req.platform,
                                                    native_meeting_id=req.native_meeting_id, data=data,
-                                                   source=TransitionSource.USER)
+                                                   source=TransitionSource.USER, join_at=req.join_at)
         except IntegrityError:
             # The partial unique index: the backstop should any writer skip the user lock.
             raise _duplicate(req) from None
         meeting_id = meeting.id
-        transaction.on_commit(lambda: _enqueue_launch(meeting_id))
+        if req.join_at is None:
+            transaction.on_commit(lambda: enqueue_launch(meeting_id))
     # The launch is enqueued on commit; if that failed, the meeting is already `failed`.
     meeting.refresh_from_db()
     return meeting
 
 
-def _enqueue_launch(meeting_id: int) -> None:
+def lock_user(user_id: int) -> User:
+    """Lock the user row: every seat count (a request, a scheduled launch) is taken under it."""
+    return User.objects.select_for_update().only("id", "max_concurrent_bots").get(pk=user_id)
+
+
+def seats_taken(locked: User) -> bool:
+    """Whether the user (row locked by `lock_user`) has no free seat for one more bot."""
+    limit = locked.max_concurrent_bots
+    return bool(limit) and Meeting.objects.filter(user_id=locked.pk, status__in=sorted(LIVE)).count() >= limit
+
+
+def enqueue_launch(meeting_id: int) -> None:
     """Hand the launch to the worker. If the broker cannot take it, the meeting fails now with the
     error in `data.last_error` (protocol.md) instead of the request answering 500 after its meeting
     was committed, and the meeting waiting in `requested` for the sweep."""
@@ -78,7 +99,7 @@ def _enqueue_launch(meeting_id: int) -> None:
 
 def _duplicate(req: BotRequest) -> DuplicateMeeting:
     return DuplicateMeeting(
-        f"An active or requested meeting already exists for {req.platform}/{req.native_meeting_id}; "
+        f"An active, requested or scheduled meeting already exists for {req.platform}/{req.native_meeting_id}; "
         "stop it first (DELETE /bots/{platform}/{native_meeting_id})."
     )
 

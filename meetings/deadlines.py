@@ -22,6 +22,12 @@ def seconds_for(status: str) -> float | None:
     }.get(status)
 
 
+def scheduled_deadline(join_at: datetime) -> datetime:
+    """The deadline of a `scheduled` meeting: the last moment it may still be launched. It counts
+    from join_at, not from when the status was entered (the only status that does)."""
+    return join_at + timedelta(seconds=settings.SCHEDULED_LAUNCH_WINDOW_SECONDS)
+
+
 def deadline_for(status: str, now: datetime) -> datetime | None:
     seconds = seconds_for(status)
     return None if seconds is None else now + timedelta(seconds=seconds)

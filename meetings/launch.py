@@ -3,14 +3,17 @@
 Idempotent under redelivery: the session is created and committed before the orchestrator is
 asked, so a redelivered launch finds it. A redelivery whose earlier attempt died between
 `start()` and recording the container id adopts the running bot (found by its session label)
-instead of starting a second one.
+instead of starting a second one; one that finds the session claimed less than
+ORPHAN_GRACE_SECONDS ago leaves it to the attempt under way.
 """
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from orchestrators.base import LABEL_SESSION_UID, BotSpec, OrchestratorError, bot_name
 from orchestrators.base import bot_labels as labels_for
@@ -62,7 +65,15 @@ def _claim_session(meeting_id: int) -> tuple[Meeting, MeetingSession, bool] | No
         if meeting.status != MeetingStatus.REQUESTED or meeting.bot_container_id:
             return None
         if meeting.current_session_id:
-            return meeting, meeting.current_session, True
+            session = meeting.current_session
+            if timezone.now() - session.started_at < timedelta(seconds=settings.ORPHAN_GRACE_SECONDS):
+                # Another launch claimed it moments ago and is starting the bot (the sweep's
+                # relaunch ran alongside the original, delayed launch): starting one here too
+                # could make two bots, since that one may not be listed yet to be adopted. If it
+                # died, the sweep asks again once the grace has passed.
+                log.info("meeting %s: a launch is already under way; nothing to do", meeting_id)
+                return None
+            return meeting, session, True
         session = MeetingSession.objects.create(meeting=meeting)
         meeting.current_session = session
         meeting.save(update_fields=["current_session", "updated_at"])

@@ -14,6 +14,7 @@ import enum
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -61,20 +62,28 @@ class TransitionResult:
         return self.outcome is Outcome.APPLIED
 
 
-def create_meeting(*, user, platform: str, native_meeting_id: str, data: dict, source: str) -> Meeting:
-    """Insert a meeting in `requested` with its first transition record and deadline.
+def create_meeting(*, user, platform: str, native_meeting_id: str, data: dict, source: str,
+                   join_at: datetime | None = None) -> Meeting:
+    """Insert a meeting in `requested` (or `scheduled`, with a `join_at`) with its first
+    transition record and deadline.
 
-    Raises IntegrityError when the user already has a live meeting for this platform and id (the
-    partial unique index); callers run it in a savepoint.
+    Raises IntegrityError when the user already has a live or scheduled meeting for this platform
+    and id (the partial unique index); callers run it in a savepoint.
     """
     now = timezone.now()
+    if join_at is None:
+        status, deadline, reason = MeetingStatus.REQUESTED, deadlines.deadline_for(MeetingStatus.REQUESTED, now), \
+            "bot requested"
+    else:
+        status, deadline, reason = MeetingStatus.SCHEDULED, deadlines.scheduled_deadline(join_at), \
+            f"bot scheduled to join at {join_at.isoformat()}"
     with transaction.atomic():
         meeting = Meeting.objects.create(
             user=user, platform=platform, native_meeting_id=native_meeting_id, data=data,
-            status=MeetingStatus.REQUESTED, deadline_at=deadlines.deadline_for(MeetingStatus.REQUESTED, now),
+            status=status, deadline_at=deadline, join_at=join_at,
         )
-        record = MeetingTransition.objects.create(meeting=meeting, from_status="", to_status=MeetingStatus.REQUESTED,
-                                                  source=source, reason="bot requested")
+        record = MeetingTransition.objects.create(meeting=meeting, from_status="", to_status=status,
+                                                  source=source, reason=reason)
         outbox.record_status_change(meeting, record)
         transaction.on_commit(lambda: _after_commit(meeting), robust=True)
     return meeting

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from .statuses import LIVE, CompletionReason, FailureStage, MeetingStatus, Platform, TransitionSource
+from .statuses import EXCLUSIVE, CompletionReason, FailureStage, MeetingStatus, Platform, TransitionSource
 
 
 class Meeting(models.Model):
@@ -31,6 +31,9 @@ class Meeting(models.Model):
     end_time = models.DateTimeField(null=True, blank=True)
     data = models.JSONField(default=dict, blank=True)
     stop_requested_at = models.DateTimeField(null=True, blank=True)
+    # When the user asked the bot to join (`POST /bots` `join_at`, UTC); null for a bot asked for
+    # now. A `scheduled` meeting is launched from it by meetings/scheduled.py.
+    join_at = models.DateTimeField(null=True, blank=True)
     # The completion reason a stop ends the meeting with (set with `stopping` by meetings.lifecycle:
     # "stopped" for a user's stop, "max_duration" for the sweep's), whoever then reports the end.
     stop_reason = models.CharField(max_length=64, choices=CompletionReason.choices, null=True, blank=True)
@@ -46,7 +49,7 @@ class Meeting(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["user", "platform", "native_meeting_id"],
-                condition=Q(status__in=sorted(LIVE)),
+                condition=Q(status__in=sorted(EXCLUSIVE)),
                 name="meeting_unique_live_per_user",
             ),
         ]
@@ -55,6 +58,8 @@ class Meeting(models.Model):
             models.Index(fields=["status"], name="meeting_status"),
             models.Index(fields=["end_time"], name="meeting_post_meeting_pending",
                          condition=Q(post_meeting_done_at__isnull=True, status__in=["completed", "failed"])),
+            # The scheduler's query: scheduled meetings by join_at (a few among many ended ones).
+            models.Index(fields=["join_at"], name="meeting_scheduled_join_at", condition=Q(status="scheduled")),
         ]
 
     def __str__(self) -> str:

@@ -5,12 +5,16 @@ import logging
 
 from django.conf import settings
 
-from orchestrators.base import LABEL_SESSION_UID, LABEL_USER_ID, OrchestratorError
 from orchestrators import request_listing
+from orchestrators.base import LABEL_SESSION_UID, LABEL_USER_ID, OrchestratorError
 from orchestrators.registry import get_orchestrator
 
 from .errors import BackendUnavailable
 from .models import Meeting
+from .statuses import MeetingStatus
+
+# The `normalized_status` of a scheduled bot, next to the orchestrators' (orchestrators/base.py).
+SCHEDULED_NORMALIZED = "Scheduled"
 
 log = logging.getLogger(__name__)
 
@@ -46,4 +50,22 @@ def running_bots(user) -> list[dict]:
             "labels": {k: v for k, v in bot.labels.items() if k != LABEL_SESSION_UID},
             "meeting_id_from_name": str(bot.meeting_id) if bot.meeting_id else None,
         })
-    return result
+    return result + scheduled_bots(user)
+
+
+def scheduled_bots(user) -> list[dict]:
+    """The user's scheduled bots, which have no container yet: shown with the running ones (the
+    same fields, no container; when each joins is the meeting's `data.join_at`), soonest first."""
+    scheduled = Meeting.objects.filter(user=user, status=MeetingStatus.SCHEDULED).order_by("join_at", "id").only(
+        "id", "platform", "native_meeting_id", "created_at")
+    return [{
+        "container_id": None,
+        "container_name": None,
+        "platform": meeting.platform,
+        "native_meeting_id": meeting.native_meeting_id,
+        "status": MeetingStatus.SCHEDULED.value,
+        "normalized_status": SCHEDULED_NORMALIZED,
+        "created_at": meeting.created_at.isoformat(),
+        "labels": {},
+        "meeting_id_from_name": str(meeting.id),
+    } for meeting in scheduled]

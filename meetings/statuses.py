@@ -5,6 +5,9 @@ from django.db import models
 
 
 class MeetingStatus(models.TextChoices):
+    # A bot asked for later (`POST /bots` with `join_at`): no bot, no seat; the scheduler
+    # (meetings/scheduled.py) claims it (-> requested) when join_at is due.
+    SCHEDULED = "scheduled"
     REQUESTED = "requested"
     JOINING = "joining"
     AWAITING_ADMISSION = "awaiting_admission"
@@ -17,11 +20,18 @@ class MeetingStatus(models.TextChoices):
 S = MeetingStatus
 
 TERMINAL = frozenset({S.COMPLETED, S.FAILED})
-# Statuses that hold a seat against the user's limit and the (user, platform, id) uniqueness.
+# Statuses that hold a seat against the user's limit (a bot was asked for now, or runs).
 LIVE = frozenset({S.REQUESTED, S.JOINING, S.AWAITING_ADMISSION, S.ACTIVE})
+# Statuses in which a user may have only one meeting per (platform, id): the live ones and a
+# scheduled one (a second request for a meeting already scheduled is a duplicate, 409), though a
+# scheduled meeting takes its seat only when it is launched.
+EXCLUSIVE = LIVE | {S.SCHEDULED}
 NON_TERMINAL = frozenset(set(S) - TERMINAL)
 
 TRANSITIONS: dict[str, frozenset[str]] = {
+    # -> requested: the scheduler's claim at join_at; -> completed: cancelled (DELETE /bots) before
+    # any bot existed; -> failed: not launched by its deadline (the sweep) or by an admin.
+    S.SCHEDULED: frozenset({S.REQUESTED, S.COMPLETED, S.FAILED}),
     S.REQUESTED: frozenset({S.JOINING, S.AWAITING_ADMISSION, S.ACTIVE, S.STOPPING, S.COMPLETED, S.FAILED}),
     # joining -> active is allowed on purpose (Vexa forbade it; real bots skip the waiting room).
     S.JOINING: frozenset({S.AWAITING_ADMISSION, S.ACTIVE, S.STOPPING, S.COMPLETED, S.FAILED}),
@@ -51,6 +61,7 @@ class CompletionReason(models.TextChoices):
 
 
 class FailureStage(models.TextChoices):
+    SCHEDULED = "scheduled"
     REQUESTED = "requested"
     JOINING = "joining"
     AWAITING_ADMISSION = "awaiting_admission"

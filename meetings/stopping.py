@@ -41,8 +41,10 @@ def request_stop(meeting_id: int, *, source: str, reason: str,
     with transaction.atomic():
         meeting = Meeting.objects.select_for_update().get(pk=meeting_id)
         if not meeting.is_terminal and not bot_launched(meeting):
+            why = "cancelled before its scheduled launch" if meeting.status == MeetingStatus.SCHEDULED \
+                else "no bot was launched"
             return lifecycle.transition(meeting_id, MeetingStatus.COMPLETED, source=source,
-                                        reason=f"{reason}; no bot was launched",
+                                        reason=f"{reason}; {why}",
                                         completion_reason=completion_reason, only_from=only_from,
                                         data_updates=data_updates)
         result = lifecycle.transition(meeting_id, MeetingStatus.STOPPING, source=source, reason=reason,

@@ -8,7 +8,7 @@ from celery import shared_task
 
 from orchestrators.base import OrchestratorError
 
-from . import bot_control, launch, reconcile, stopping
+from . import bot_control, launch, reconcile, scheduled, stopping
 from . import post_meeting as post_meeting_module
 
 # Transient backend errors are retried; the orphan sweep is the backstop if retries run out.
@@ -19,6 +19,11 @@ _RETRY = {"autoretry_for": (OrchestratorError,), "retry_backoff": 2, "retry_back
 @shared_task(name="meetings.launch_bot")
 def launch_bot(meeting_id: int) -> None:
     launch.launch(meeting_id)
+
+
+@shared_task(name="meetings.launch_scheduled")
+def launch_scheduled() -> dict:
+    return scheduled.launch_due().as_dict()
 
 
 @shared_task(name="meetings.delayed_stop")

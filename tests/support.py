@@ -24,6 +24,31 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
+def concurrently(fn, n: int) -> list:
+    """Run `fn()` in `n` threads released together (each closes its database connection after);
+    returns their results, in no particular order."""
+    import threading
+
+    from django.db import connection
+
+    barrier = threading.Barrier(n)
+    results = []
+
+    def run():
+        barrier.wait()
+        try:
+            results.append(fn())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def subscribe(redis_conn, *channels):
     """A pub/sub connection subscribed (confirmed) to `channels`."""
     pubsub = redis_conn.pubsub()
@@ -93,12 +118,14 @@ def a_new_terminal(**variables: str) -> dict[str, str]:
 
 def close_other_connections() -> None:
     """End the database connections of other processes and threads (workers) so the test database
-    can be flushed."""
+    can be flushed. Client connections only: PostgreSQL refuses to end an autovacuum worker (an
+    error that used to fail a test's teardown at random)."""
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                       "AND backend_type = 'client backend'")
 
 
 # --- Broker -----------------------------------------------------------------------------------------

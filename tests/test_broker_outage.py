@@ -63,7 +63,8 @@ def outage(tmp_path):
                                "--queues", "lifecycle", "--pool", "prefork", "--concurrency", "1",
                                "--hostname", f"outage-{redis.port}@%h", "--without-gossip", "--without-mingle"],
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    sender = Celery("outage-test", broker=url)
+    # Not the current app: shared tasks (`.delay`) of later tests must not reach this Redis.
+    sender = Celery("outage-test", broker=url, set_as_current=False)
     wait_for(lambda: sender.control.ping(destination=[f"outage-{redis.port}@{socket.gethostname()}"], timeout=1),
              timeout=30, what="the worker to answer")
     yield redis, worker, sender, tmp_path / "worker.log"

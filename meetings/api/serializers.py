@@ -1,6 +1,11 @@
 """Request validation and response shapes of the user API and the bot callbacks."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+
+from django.conf import settings
+from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
@@ -12,6 +17,30 @@ from ..models import Meeting, MeetingTransition
 from ..payloads import meeting_response
 from ..statuses import CompletionReason, FailureStage, MeetingStatus, Platform
 from .util import validated_platform
+
+
+def scheduled_join_at(value: str, now: datetime) -> datetime:
+    """`join_at` as the instant it names (in UTC): ISO 8601 with its offset (`Z` or `+00:00`; any
+    explicit offset names one instant), after `now` and at most SCHEDULED_MAX_AHEAD_DAYS ahead.
+    A naive time is refused: whose clock it means cannot be known."""
+    example = (now + timedelta(hours=1)).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise serializers.ValidationError(
+            f"join_at must be an ISO 8601 date and time in UTC, e.g. {example!r}.") from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise serializers.ValidationError(
+            f"join_at has no time zone: give it in UTC with a 'Z' (or '+00:00') suffix, e.g. {example!r}.")
+    parsed = parsed.astimezone(dt_timezone.utc)
+    if parsed <= now:
+        raise serializers.ValidationError(
+            f"join_at {parsed.isoformat()} is not in the future (it is now {now.isoformat()}); omit it to "
+            "launch the bot now.")
+    limit = settings.SCHEDULED_MAX_AHEAD_DAYS
+    if parsed > now + timedelta(days=limit):
+        raise serializers.ValidationError(f"join_at {parsed.isoformat()} is too far ahead: at most {limit:g} days.")
+    return parsed
 
 
 def validate_platform(value: str) -> str:
@@ -42,9 +71,14 @@ class BotRequestSerializer(serializers.Serializer):
     language = StrictCharField(required=False, allow_null=True, max_length=16)
     task = serializers.ChoiceField(choices=["transcribe", "translate"], required=False, allow_null=True)
     passcode = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=64)
+    # A scheduled bot (absent or null: launched now, as in Vexa).
+    join_at = serializers.CharField(required=False, allow_null=True, max_length=64)
 
     def validate_platform(self, value: str) -> str:
         return validate_platform(value)
+
+    def validate_join_at(self, value: str | None) -> datetime | None:
+        return None if value is None else scheduled_join_at(value, timezone.now())
 
     def validate(self, attrs: dict) -> dict:
         rule = platforms.RULES[Platform(attrs["platform"])]

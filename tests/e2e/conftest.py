@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from orchestrators.registry import get_orchestrator
+from tests.support import close_other_connections
 
 
 @pytest.fixture
@@ -31,17 +32,7 @@ def stack(live_server, settings, tmp_path):
         yield client
         client.stop_all_bots()
     get_orchestrator.cache_clear()
-    _close_worker_connections()
-
-
-def _close_worker_connections() -> None:
-    """The worker's threads keep their own database connections; end them so the test database
-    can be flushed and dropped."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    close_other_connections()
 
 
 class Stack:

@@ -27,6 +27,7 @@ from tests.factories import make_session
 from tests.support import (  # noqa: F401 (used by the tests of this folder)
     all_queues,
     broker_client,
+    close_other_connections,
     lose_queued_tasks,
     queued,
     queued_tasks,
@@ -186,16 +187,6 @@ def bots(settings, tmp_path):
 
 
 # --- Celery worker ---------------------------------------------------------------------------------
-def close_other_connections() -> None:
-    """The worker's threads keep their own database connections; end them so the test database
-    can be flushed."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-
-
 @pytest.fixture
 def worker(transactional_db):
     """A real Celery worker (thread pool) in this process, consuming the test broker."""

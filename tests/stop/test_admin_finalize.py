@@ -45,7 +45,7 @@ def test_finalize_first_shows_the_intermediate_form_and_changes_nothing(console)
     assert "admin/meetings/finalize.html" in [t.name for t in response.templates]
     form = response.context["form"]
     assert {value for value, _label in form.fields["outcome"].choices} == {
-        "completed", "failed:requested", "failed:joining", "failed:awaiting_admission", "failed:active",
+        "completed", "failed:scheduled", "failed:requested", "failed:joining", "failed:awaiting_admission", "failed:active",
         "failed:stopping"}
     assert {m.id for m in response.context["meetings"]} == {m.id for m in meetings}
     assert [snapshot(m.id) for m in meetings] == before

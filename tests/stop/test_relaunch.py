@@ -56,3 +56,16 @@ def test_a_fresh_request_is_left_to_its_own_launch(settings):
 
     assert summary.relaunched == 0
     assert Meeting.objects.get(pk=meeting.pk).status == "requested"
+
+
+def test_a_relaunch_running_alongside_the_original_launch_starts_no_second_bot(settings, bots):
+    from meetings import launch
+
+    settings.ORPHAN_GRACE_SECONDS = 60
+    meeting = lost_launch_request()
+    # The original launch, delayed in the queue, runs after all: it claims the session and is
+    # starting the bot (not listed yet) when the sweep's relaunch runs.
+    launch._claim_session(meeting.id)
+
+    assert launch.launch(meeting.id) is None
+    assert bots.backend.list() == []

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from tests.support import close_other_connections
 from tests.webhooks.receiver import Receiver
 
 
@@ -78,7 +79,7 @@ def running_worker(concurrency: int = 4):
             yield
     finally:
         purge_broker()
-        _close_worker_connections()
+        close_other_connections()
 
 
 def purge_broker() -> int:
@@ -101,11 +102,3 @@ def delivery_queue() -> str:
     from botmanager.celery import app
 
     return app.amqp.router.route({}, "webhooks.deliver")["queue"].name
-
-
-def _close_worker_connections() -> None:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
