@@ -79,11 +79,12 @@ def publish_reconfigure(meeting_id: int, language: str | None, task: str | None)
     return uid
 
 
-def publish_status(meeting: Meeting) -> None:
+def publish_status(meeting: Meeting, redis=None) -> None:
+    """The meeting's status on its channel; `redis`: a pipeline to publish with."""
     event = {
         "type": "meeting.status",
         "meeting": {"id": meeting.id, "platform": meeting.platform, "native_id": meeting.native_meeting_id},
         "payload": {"status": meeting.status},
         "ts": timezone.now().isoformat(),
     }
-    get_redis().publish(status_channel(meeting.id), json.dumps(event))
+    (redis or get_redis()).publish(status_channel(meeting.id), json.dumps(event))

@@ -1,5 +1,6 @@
 """The MeetingResponse: a meeting as the API shows it (an item of `GET /meetings`) and as webhook
-events carry it.
+events carry it; and the `meeting.status_change` event body, the same for webhooks and the event
+log (`GET /events`, `GET /events/stream`).
 
 A plain function of the Meeting row, so the webhook outbox (called inside lifecycle transitions)
 builds it without importing the API layer: meetings.api.serializers imports meetings.callbacks,
@@ -8,9 +9,14 @@ both stay byte-identical.
 """
 from __future__ import annotations
 
+import json
+
+from django.core.serializers.json import DjangoJSONEncoder
 from rest_framework.fields import DateTimeField
 
 from . import platforms
+
+STATUS_CHANGE = "meeting.status_change"
 
 # Never shown: the passcode travels only inside the meeting URL; the stop reason is internal
 # bookkeeping of the stop flow.
@@ -37,6 +43,27 @@ def meeting_response(meeting) -> dict:
         "created_at": timestamp(meeting.created_at),
         "updated_at": timestamp(meeting.updated_at),
     }
+
+
+def status_change_event(meeting, record) -> dict:
+    """The `meeting.status_change` event of the applied transition `record` of `meeting` (the
+    meeting as that transition left it)."""
+    return {
+        "event": STATUS_CHANGE,
+        "meeting": meeting_response(meeting),
+        "status_change": {
+            "from": record.from_status or None,
+            "to": str(record.to_status),
+            "reason": record.reason,
+            "source": str(record.source),
+            "timestamp": timestamp(record.created_at),
+        },
+    }
+
+
+def serialized(payload: dict) -> str:
+    """An event body as sent: compact, ASCII-only JSON (webhooks sign exactly these bytes)."""
+    return json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":"))
 
 
 def _text(value) -> str | None:
