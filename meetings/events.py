@@ -34,14 +34,13 @@ from .payloads import STATUS_CHANGE, serialized, status_change_event
 EVENT_NAMESPACE = uuid.UUID("6f1c2a44-3c5e-4a57-9d0e-5b8f3b7a2e11")
 START = 0  # the position before every event
 
-# The row was written by a transaction older than every transaction still running (or by this
-# one). xmin is a 32-bit xid and the snapshot's an epoch-extended xid8; age() compares them
-# modulo wraparound (a frozen row's age is the largest).
+# The row was written by a transaction older than every transaction still running. xmin is a
+# 32-bit xid and the snapshot's an epoch-extended xid8; age() compares them modulo wraparound (a
+# frozen row's age is the largest). Read in autocommit: rows of the reader's own open transaction
+# would not count as settled.
 _SETTLED = RawSQL(
-    "(age(meetings_meetingtransition.xmin) > "
-    "age((pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296)::text::xid)"
-    " OR meetings_meetingtransition.xmin::text = "
-    "(pg_current_xact_id_if_assigned()::text::bigint % 4294967296)::text)",
+    "age(meetings_meetingtransition.xmin) > "
+    "age((pg_snapshot_xmin(pg_current_snapshot())::text::bigint %% 4294967296)::text::xid)",
     [], output_field=BooleanField())
 
 
