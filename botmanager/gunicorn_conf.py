@@ -85,3 +85,16 @@ def post_worker_init(worker):
     # same thread"). A new store made now is greenlet-local: one database connection per client
     # connection, reused across its keep-alive requests, closed when the greenlet ends.
     connections._connections = Local(connections.thread_critical)
+    # ...and closed when the client connection ends. Left to the garbage collector (a connection
+    # wrapper is a reference cycle), the connections of finished greenlets piled up until
+    # PostgreSQL refused new ones: 600 one-request clients (bots send `Connection: close`) reached
+    # max_connections 300 with DB_CONN_MAX_AGE=600.
+    serve = worker.handle
+
+    def handle(listener, client, addr):
+        try:
+            serve(listener, client, addr)
+        finally:
+            connections.close_all()
+
+    worker.handle = handle  # looked up when the worker starts serving, after this hook
