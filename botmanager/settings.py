@@ -300,6 +300,9 @@ EVENT_STREAM_HEARTBEAT_SECONDS = _float("EVENT_STREAM_HEARTBEAT_SECONDS", 15)
 # of a stream's replay).
 EVENTS_PAGE_DEFAULT = _int("EVENTS_PAGE_DEFAULT", 100)
 EVENTS_PAGE_MAX = _int("EVENTS_PAGE_MAX", 1000)
+# GET /events lists an event once every transaction that may precede it has ended (milliseconds);
+# while some writing transaction runs long, a page waits this long at most, then comes back empty.
+EVENTS_SETTLE_WAIT_SECONDS = _float("EVENTS_SETTLE_WAIT_SECONDS", 2)
 # Seconds a client may take to send its request line and headers / idle between keep-alive requests.
 WEB_KEEPALIVE_SECONDS = _int("WEB_KEEPALIVE_SECONDS", 5)
 # Worker pools (botmanager/workers.py): lifecycle processes; threads waiting on the orchestrator;

@@ -7,10 +7,15 @@ event webhooks deliver (the same id, the same body), in transition order, after 
 - Cursors: the transition id, signed for the user (SECRET_KEY, salted with the user id): stable
   across requests, not forgeable, and never valid for another user's log.
 - Settled order (`page`): a transaction that took a lower transition id may commit after one that
-  took a higher id. A consumer paging by cursor would then skip the late one for good, so a page
-  ends before any row whose transaction is not older than every transaction still running
-  (PostgreSQL's snapshot xmin): listed events never gain a predecessor. An event is listed
-  milliseconds after its commit, unless some transaction of the cluster runs long.
+  took a higher id; a consumer paging by cursor would skip the late one for good. So a page lists
+  only ids every one of whose predecessors is final. Every transaction takes its xid before a
+  transition id (lifecycle locks or writes the meeting row first, create_meeting inserts the
+  meeting first). The reader notes the last id taken (S), then takes an xid of its own (N): every
+  transaction that took an id <= S got its xid before N. Once no transaction older than N runs
+  (the snapshot's xmin passed N), every id <= S is committed or never will be, and the page lists
+  ids up to S. That takes one commit's time, unless some writing transaction of the PostgreSQL
+  cluster runs long: then the page waits up to EVENTS_SETTLE_WAIT_SECONDS and comes back empty
+  (ask again with the same cursor).
 - Live (`publish`): after commit, each applied transition is published on the user's channel
   with its event; `GET /events/stream` (meetings/api/events.py) subscribes, replays the log
   (`replay`: every committed row, settled or not), then passes the published ones, skipping what
@@ -19,13 +24,14 @@ event webhooks deliver (the same id, the same body), in transition order, after 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Iterator
 
+from django.conf import settings
 from django.core import signing
-from django.db.models import BooleanField
-from django.db.models.expressions import RawSQL
+from django.db import connection
 
 from .models import MeetingTransition
 from .payloads import STATUS_CHANGE, serialized, status_change_event
@@ -33,16 +39,6 @@ from .payloads import STATUS_CHANGE, serialized, status_change_event
 # uuid5 namespace of event ids (fixed: ids must not change between releases).
 EVENT_NAMESPACE = uuid.UUID("6f1c2a44-3c5e-4a57-9d0e-5b8f3b7a2e11")
 START = 0  # the position before every event
-
-# The row was written by a transaction older than every transaction still running. xmin is a
-# 32-bit xid and the snapshot's an epoch-extended xid8; age() compares them modulo wraparound (a
-# frozen row's age is the largest). Read in autocommit: rows of the reader's own open transaction
-# would not count as settled.
-_SETTLED = RawSQL(
-    "age(meetings_meetingtransition.xmin) > "
-    "age((pg_snapshot_xmin(pg_current_snapshot())::text::bigint %% 4294967296)::text::xid)",
-    [], output_field=BooleanField())
-
 
 class InvalidCursor(ValueError):
     pass
@@ -94,16 +90,44 @@ def position(user_id: int, value: str | None) -> int:
 
 
 def page(user_id: int, after: int, limit: int, *, settled: bool = True) -> list[Event]:
-    """The user's next `limit` events after position `after`, oldest first. `settled`: stop short
-    of rows a running transaction may still precede (see the module docstring)."""
-    rows = (MeetingTransition.objects.filter(user_id=user_id, applied=True, id__gt=after).order_by("id")
-            .values_list("id", "event", "webhook_deliveries__webhook_id", "webhook_deliveries__payload"))
+    """The user's next `limit` events after position `after`, oldest first. `settled`: only ids
+    whose predecessors are all final (see the module docstring; read in autocommit, outside any
+    transaction). Otherwise every committed one."""
+    rows = MeetingTransition.objects.filter(user_id=user_id, applied=True, id__gt=after)
     if settled:
-        rows = rows.filter(_SETTLED)
-    rows = list(rows[:limit])
+        last = _settled_position()
+        if last is None or last <= after:
+            return []
+        rows = rows.filter(id__lte=last)
+    rows = list(rows.order_by("id").values_list("id", "event", "webhook_deliveries__webhook_id",
+                                                "webhook_deliveries__payload")[:limit])
     rebuilt = _rebuilt([tid for tid, body, _id, delivered in rows if not body and not delivered])
     return [Event(tid, str(webhook_id) if webhook_id else event_id(tid), body or delivered or rebuilt[tid])
             for tid, body, webhook_id, delivered in rows]
+
+
+def _settled_position() -> int | None:
+    """The last transition id taken before now, once every id up to it is final; None when that
+    takes longer than EVENTS_SETTLE_WAIT_SECONDS."""
+    table = MeetingTransition._meta.db_table
+    with connection.cursor() as cursor:
+        # The sequence's last value is not transactional: ids taken by transactions still running
+        # count (its cache is 1: ids are taken in order).
+        cursor.execute("SELECT pg_sequence_last_value(pg_get_serial_sequence(%s, 'id')::regclass)", [table])
+        last = cursor.fetchone()[0] or START
+        # A separate statement: this xid is taken after `last` was read.
+        cursor.execute("SELECT pg_current_xact_id()")
+        (mine,) = cursor.fetchone()
+        deadline = time.monotonic() + settings.EVENTS_SETTLE_WAIT_SECONDS
+        pause = 0.002
+        while True:
+            cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot()) > %s::xid8", [mine])
+            if cursor.fetchone()[0]:
+                return last
+            if time.monotonic() + pause > deadline:
+                return None
+            time.sleep(pause)  # a gevent worker's other clients go on meanwhile
+            pause = min(pause * 2, 0.1)
 
 
 def replay(user_id: int, after: int, batch: int) -> Iterator[Event]:

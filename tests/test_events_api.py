@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from meetings import events, lifecycle
-from meetings.models import MeetingTransition
+from meetings.models import Meeting, MeetingTransition
 from meetings.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_meeting, make_token, make_user
 from webhooks.models import WebhookDelivery
@@ -193,31 +193,48 @@ def test_a_transition_recorded_before_bodies_were_stored_is_listed_with_the_meet
     assert event["payload"]["status_change"]["to"] == "requested"
 
 
-def test_an_event_waits_while_a_transaction_that_may_precede_it_is_running(api_user):
-    """A transaction holding a lower transition id commits after a higher one: the higher one is
-    not listed before, or a consumer that took its cursor would skip the lower one for good."""
+def test_an_event_waits_while_a_transaction_that_may_precede_it_is_running(api_user, settings):
+    """A transaction holding a lower transition id commits after one holding a higher id (which
+    even began first): the higher one is not listed before, or a consumer that took its cursor
+    would skip the lower one for good."""
+    settings.EVENTS_SETTLE_WAIT_SECONDS = 0.3
     client = client_for(api_user)
     slow, fast = make_meeting(api_user), make_meeting(api_user)
     start = listed(client)["next_cursor"]
-    written, release = threading.Event(), threading.Event()
+    fast_locked, slow_written, release = threading.Event(), threading.Event(), threading.Event()
+
+    def in_thread(work):
+        def run():
+            try:
+                work()
+            finally:
+                connections.close_all()
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    def fast_transition():
+        with transaction.atomic():
+            Meeting.objects.select_for_update().get(pk=fast.pk)  # its transaction id comes first
+            fast_locked.set()
+            assert slow_written.wait(10)
+            walk(fast, S.JOINING)  # the higher transition id, committed first
 
     def slow_transition():
-        try:
-            with transaction.atomic():
-                walk(slow, S.JOINING)  # takes the lower id
-                written.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
+        assert fast_locked.wait(10)
+        with transaction.atomic():
+            walk(slow, S.JOINING)  # the lower transition id
+            slow_written.set()
+            release.wait(10)
 
-    thread = threading.Thread(target=slow_transition)
-    thread.start()
+    threads = [in_thread(fast_transition), in_thread(slow_transition)]
     try:
-        assert written.wait(10)
-        walk(fast, S.JOINING)  # committed first, with the higher id
-        assert listed(client, after=start)["events"] == []
+        threads[0].join(10)
+        assert MeetingTransition.objects.filter(meeting=fast, to_status=S.JOINING).exists()
+        assert listed(client, after=start) == {"events": [], "next_cursor": start}
     finally:
         release.set()
-        thread.join(10)
+        for thread in threads:
+            thread.join(10)
 
     assert changes(listed(client, after=start)) == [(slow.pk, "joining"), (fast.pk, "joining")]
