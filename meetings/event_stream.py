@@ -95,10 +95,15 @@ class EventStream:
 
     def _frames(self) -> Iterator[bytes]:
         yield b": stream open\n\n"  # the headers go out now, not with the first event
+        # Up to here every event is final (meetings/events.py): an event there has its own cursor as
+        # its `id:`. A later one (replayed or live) may still be preceded by one committing late,
+        # so its `id:` is this cursor: a reconnect replays from here, late ones included, and the
+        # client skips what it saw by the event id.
+        resume = max(self.after, events.settled_position() or events.START)
         sent: set[int] = set()
         for event in events.replay(self.user_id, self.after, settings.EVENTS_PAGE_MAX):
             sent.add(event.position)
-            yield self._frame(event)
+            yield self._frame(event, resume)
         # Nothing below touches the database: its connection is not held while the stream waits.
         connection.close()
         heartbeat = settings.EVENT_STREAM_HEARTBEAT_SECONDS
@@ -112,14 +117,14 @@ class EventStream:
                     sent.discard(event.position)  # the replay sent it; it comes once at most
                     continue
                 quiet_since = time.monotonic()
-                yield self._frame(event)
+                yield self._frame(event, resume)
             elif time.monotonic() - quiet_since >= heartbeat:
                 self.redis.zadd(_places_key(self.user_id), {self.token: time.time() + _lapse_seconds()}, xx=True)
                 quiet_since = time.monotonic()
                 yield b": heartbeat\n\n"
 
-    def _frame(self, event: events.Event) -> bytes:
-        position = events.cursor(self.user_id, event.position)
+    def _frame(self, event: events.Event, resume: int) -> bytes:
+        position = events.cursor(self.user_id, min(event.position, resume))
         data = (f'{{"id":"{event.id}","cursor":"{position}","event":"{event.type}",'
                 f'"payload":{event.body}}}')
         return f"id: {position}\nevent: {event.type}\ndata: {data}\n\n".encode()

@@ -95,7 +95,7 @@ def page(user_id: int, after: int, limit: int, *, settled: bool = True) -> list[
     transaction). Otherwise every committed one."""
     rows = MeetingTransition.objects.filter(user_id=user_id, applied=True, id__gt=after)
     if settled:
-        last = _settled_position()
+        last = settled_position()
         if last is None or last <= after:
             return []
         rows = rows.filter(id__lte=last)
@@ -106,7 +106,7 @@ def page(user_id: int, after: int, limit: int, *, settled: bool = True) -> list[
             for tid, body, webhook_id, delivered in rows]
 
 
-def _settled_position() -> int | None:
+def settled_position() -> int | None:
     """The last transition id taken before now, once every id up to it is final; None when that
     takes longer than EVENTS_SETTLE_WAIT_SECONDS."""
     table = MeetingTransition._meta.db_table

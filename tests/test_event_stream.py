@@ -139,6 +139,21 @@ def test_a_transition_made_after_the_replay_is_pushed(api_user, streams):
     assert to(stream.event()) == (meeting.pk, "joining")
 
 
+def test_a_pushed_events_id_resumes_from_where_the_log_was_final_when_the_stream_began(api_user, streams):
+    """A pushed event may be overtaken by an earlier one committing late: its `id:` is the cursor
+    of the stream's start (the log was final up to there), so a reconnect replays from there and
+    the client skips what it saw by the event id."""
+    meeting = make_meeting(api_user)
+    stream = open_stream(api_user, streams)
+    requested = stream.event()
+    walk(meeting, S.JOINING)
+    pushed = stream.event()
+    assert pushed["id"] == requested["id"] == pushed["data"]["cursor"]
+
+    resumed = open_stream(api_user, streams, headers={"HTTP_LAST_EVENT_ID": pushed["id"]})
+    assert resumed.event()["data"]["id"] == pushed["data"]["id"]
+
+
 def test_another_users_transitions_are_not_pushed(api_user, streams):
     stream = open_stream(api_user, streams)
     walk(make_meeting(make_user()), S.JOINING)

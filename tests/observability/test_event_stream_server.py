@@ -78,9 +78,13 @@ def test_a_transition_made_after_the_stream_opened_is_pushed(gunicorn_factory, o
     assert pushed["data"]["payload"]["status_change"] == {
         **pushed["data"]["payload"]["status_change"], "from": "requested", "to": "joining"}
 
+    # Reconnecting with the last id seen: the pushed event again (its id resumes from where the
+    # stream's log was final), then what came since.
     resumed = SSE(server.url, make_token(user), **{"Last-Event-ID": pushed["id"]})
     opened.append(resumed)
     lifecycle.transition(meeting.pk, MeetingStatus.ACTIVE, source=TransitionSource.BOT_CALLBACK)
+    again = resumed.event()
+    assert again["data"]["id"] == pushed["data"]["id"]
     assert resumed.event()["data"]["payload"]["status_change"]["to"] == "active"
 
 
