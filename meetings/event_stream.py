@@ -14,16 +14,21 @@ write (at the latest the heartbeat) and its stream ends, releasing its places.
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Iterator
 
+import redis
 from django.conf import settings
 from django.db import connection
 
 from . import events
 from .errors import DomainError
 from .redis_client import get_redis
+
+
+log = logging.getLogger(__name__)
 
 
 class TooManyStreams(DomainError):
@@ -33,6 +38,8 @@ class TooManyStreams(DomainError):
 class NoStreamPlace(DomainError):
     http_status = 503
 
+
+REDIS_DOWN = "Live events need Redis, which is not answering; page GET /events meanwhile."
 
 # Streams open in this worker process (greenlets of one thread: no lock needed).
 _open_here = 0
@@ -71,8 +78,11 @@ class EventStream:
         self.token = uuid.uuid4().hex
         self.redis = get_redis()
         now = time.time()
-        taken = self.redis.eval(_TAKE, 1, _places_key(user_id), now, now + _lapse_seconds(), self.token,
-                                settings.EVENT_STREAMS_PER_USER, int(_lapse_seconds()) + 1)
+        try:
+            taken = self.redis.eval(_TAKE, 1, _places_key(user_id), now, now + _lapse_seconds(), self.token,
+                                    settings.EVENT_STREAMS_PER_USER, int(_lapse_seconds()) + 1)
+        except redis.RedisError as exc:
+            raise NoStreamPlace(REDIS_DOWN) from exc
         if not taken:
             raise TooManyStreams(f"You hold {settings.EVENT_STREAMS_PER_USER} event streams already "
                                  "(EVENT_STREAMS_PER_USER); close one first.")
@@ -84,7 +94,10 @@ class EventStream:
             self.pubsub.subscribe(events.user_channel(user_id))
             confirmation = self.pubsub.get_message(timeout=5)
             if not confirmation or confirmation["type"] != "subscribe":
-                raise ConnectionError(f"Redis did not confirm the subscription: {confirmation!r}")
+                raise redis.ConnectionError(f"Redis did not confirm the subscription: {confirmation!r}")
+        except redis.RedisError as exc:
+            self.close()
+            raise NoStreamPlace(REDIS_DOWN) from exc
         except BaseException:
             self.close()
             raise
@@ -141,4 +154,8 @@ class EventStream:
             body.close()
         if self.pubsub is not None:
             self.pubsub.close()
-        self.redis.zrem(_places_key(self.user_id), self.token)
+        try:
+            self.redis.zrem(_places_key(self.user_id), self.token)
+        except redis.RedisError as exc:
+            log.warning("event stream place of user %s not released (%s); it lapses within %.0f s",
+                        self.user_id, exc, _lapse_seconds())

@@ -240,3 +240,17 @@ def test_sync_web_workers_refuse_streams(api_user, settings):
     refused = client.get("/events/stream")
     assert refused.status_code == 503
     assert "WEB_WORKER_CLASS=gevent" in refused.json()["detail"]
+
+
+def test_without_redis_a_stream_is_refused_with_json(api_user, monkeypatch):
+    import redis
+
+    from tests.observability.test_gunicorn import _free_port
+
+    monkeypatch.setattr(event_stream, "get_redis", lambda: redis.Redis(port=_free_port(), socket_connect_timeout=1))
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=make_token(api_user))
+
+    refused = client.get("/events/stream")
+    assert refused.status_code == 503
+    assert refused.json()["detail"].startswith("Live events need Redis")
