@@ -120,10 +120,13 @@ class EventStream:
         # Nothing below touches the database: its connection is not held while the stream waits.
         connection.close()
         heartbeat = settings.EVENT_STREAM_HEARTBEAT_SECONDS
-        quiet_since = time.monotonic()
+        quiet_since = held_since = time.monotonic()
         while True:
             message = self.pubsub.get_message(ignore_subscribe_messages=True,
                                               timeout=max(quiet_since + heartbeat - time.monotonic(), 0))
+            if time.monotonic() - held_since >= heartbeat:  # the user's place, busy or quiet
+                self.redis.zadd(_places_key(self.user_id), {self.token: time.time() + _lapse_seconds()}, xx=True)
+                held_since = time.monotonic()
             if message is not None and message["type"] == "message":
                 event = events.published(message["data"])
                 if event.position in sent:
@@ -132,7 +135,6 @@ class EventStream:
                 quiet_since = time.monotonic()
                 yield self._frame(event, resume)
             elif time.monotonic() - quiet_since >= heartbeat:
-                self.redis.zadd(_places_key(self.user_id), {self.token: time.time() + _lapse_seconds()}, xx=True)
                 quiet_since = time.monotonic()
                 yield b": heartbeat\n\n"
 
