@@ -98,7 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
         callbacks.run_phase(port, "joining", warmup, args.concurrency)
         figures["without_per_second"] = run(port, runs["without"], web)
         started = time.perf_counter()
-        streams = open_streams(port, keys, args.streams)
+        try:
+            streams = open_streams(port, keys, args.streams)
+        except RuntimeError:
+            print(web.log.read_text(errors="replace")[-3000:])
+            raise
         figures["open_streams_seconds"] = round(time.perf_counter() - started, 2)
         figures["with_per_second"] = run(port, runs["with"], web)
         figures["streams_still_open"] = still_open(streams)

@@ -25,7 +25,7 @@ from django.db import connection
 
 from . import events
 from .errors import DomainError
-from .redis_client import get_redis
+from .redis_client import get_redis, get_stream_redis
 
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class EventStream:
             taken = self.redis.eval(_TAKE, 1, _places_key(user_id), now, now + _lapse_seconds(), self.token,
                                     settings.EVENT_STREAMS_PER_USER, int(_lapse_seconds()) + 1)
         except redis.RedisError as exc:
+            log.warning("event stream refused: Redis did not answer (%s)", exc)
             raise NoStreamPlace(REDIS_DOWN) from exc
         if not taken:
             raise TooManyStreams(f"You hold {settings.EVENT_STREAMS_PER_USER} event streams already "
@@ -90,12 +91,13 @@ class EventStream:
         self.closed = False
         self.pubsub = None
         try:
-            self.pubsub = self.redis.pubsub()
+            self.pubsub = get_stream_redis().pubsub()
             self.pubsub.subscribe(events.user_channel(user_id))
             confirmation = self.pubsub.get_message(timeout=5)
             if not confirmation or confirmation["type"] != "subscribe":
                 raise redis.ConnectionError(f"Redis did not confirm the subscription: {confirmation!r}")
         except redis.RedisError as exc:
+            log.warning("event stream refused: Redis did not subscribe it (%s)", exc)
             self.close()
             raise NoStreamPlace(REDIS_DOWN) from exc
         except BaseException:
