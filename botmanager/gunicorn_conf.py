@@ -9,6 +9,8 @@
 - Worker class WEB_WORKER_CLASS (gevent by default): a connection is a greenlet, so clients that
   trickle or stall a request wait without holding a worker; psycopg2 is made cooperative
   (psycogreen) in each worker, or one query would block every connection of that worker.
+  Event streams (GET /events/stream) are greenlets waiting on a Redis socket, with places of their
+  own: EVENT_STREAMS_PER_WORKER on top of WEB_WORKER_CONNECTIONS.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl has alr
 
 graceful_timeout = 10
 worker_class = settings.WEB_WORKER_CLASS
-worker_connections = settings.WEB_WORKER_CONNECTIONS
+# Held event streams have places of their own (meetings/event_stream.py caps them per worker).
+worker_connections = settings.WEB_WORKER_CONNECTIONS + settings.EVENT_STREAMS_PER_WORKER
 keepalive = settings.WEB_KEEPALIVE_SECONDS
 
 if settings.LOG_FORMAT == "json":
@@ -82,3 +85,16 @@ def post_worker_init(worker):
     # same thread"). A new store made now is greenlet-local: one database connection per client
     # connection, reused across its keep-alive requests, closed when the greenlet ends.
     connections._connections = Local(connections.thread_critical)
+    # ...and closed when the client connection ends. Left to the garbage collector (a connection
+    # wrapper is a reference cycle), the connections of finished greenlets piled up until
+    # PostgreSQL refused new ones: 600 one-request clients (bots send `Connection: close`) reached
+    # max_connections 300 with DB_CONN_MAX_AGE=600.
+    serve = worker.handle
+
+    def handle(listener, client, addr):
+        try:
+            serve(listener, client, addr)
+        finally:
+            connections.close_all()
+
+    worker.handle = handle  # looked up when the worker starts serving, after this hook

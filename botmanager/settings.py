@@ -344,6 +344,23 @@ WEB_CONCURRENCY = _int("WEB_CONCURRENCY", 2)
 # server's max_connections). `sync` is the old behaviour: any slow client holds a whole worker.
 WEB_WORKER_CLASS = _str("WEB_WORKER_CLASS", "gevent")
 WEB_WORKER_CONNECTIONS = _int("WEB_WORKER_CONNECTIONS", 100)
+# Event streams (GET /events/stream) a worker holds besides its WEB_WORKER_CONNECTIONS: gunicorn
+# takes WEB_WORKER_CONNECTIONS + EVENT_STREAMS_PER_WORKER connections per worker, so held streams
+# never take the places of requests. A stream holds a greenlet and a Redis connection, no
+# PostgreSQL connection. One more stream in a full worker is answered 503.
+EVENT_STREAMS_PER_WORKER = _int("EVENT_STREAMS_PER_WORKER", 200)
+# Streams one user may hold at a time, over all workers and hosts (429 beyond).
+EVENT_STREAMS_PER_USER = _int("EVENT_STREAMS_PER_USER", 10)
+# A comment line is sent on a quiet stream this often: proxies keep it open, a client that went
+# away is noticed (the write fails) and its stream ends.
+EVENT_STREAM_HEARTBEAT_SECONDS = _float("EVENT_STREAM_HEARTBEAT_SECONDS", 15)
+# GET /events: events per page when `limit` is not given, and the largest `limit` (also the batch
+# of a stream's replay).
+EVENTS_PAGE_DEFAULT = _int("EVENTS_PAGE_DEFAULT", 100)
+EVENTS_PAGE_MAX = _int("EVENTS_PAGE_MAX", 1000)
+# GET /events lists an event once every transaction that may precede it has ended (milliseconds);
+# while some writing transaction runs long, a page waits this long at most, then comes back empty.
+EVENTS_SETTLE_WAIT_SECONDS = _float("EVENTS_SETTLE_WAIT_SECONDS", 2)
 # Seconds a client may take to send its request line and headers / idle between keep-alive requests.
 WEB_KEEPALIVE_SECONDS = _int("WEB_KEEPALIVE_SECONDS", 5)
 # Worker pools (botmanager/workers.py): lifecycle processes; threads waiting on the orchestrator;

@@ -81,7 +81,8 @@ def publish_reconfigure(meeting_id: int, language: str | None, task: str | None)
     return uid
 
 
-def publish_status(meeting: Meeting) -> None:
+def publish_status(meeting: Meeting, redis=None) -> None:
+    """The meeting's status on its channel; `redis`: a pipeline to publish with."""
     payload = {"status": meeting.status, **deadline(meeting)}
     help_needed = (meeting.data or {}).get(NEEDS_HUMAN_HELP)
     if help_needed:  # a condition of the live meeting its bot reported (meetings/bot_vocabulary.py)
@@ -92,4 +93,4 @@ def publish_status(meeting: Meeting) -> None:
         "payload": payload,
         "ts": timezone.now().isoformat(),
     }
-    get_redis().publish(status_channel(meeting.id), json.dumps(event))
+    (redis or get_redis()).publish(status_channel(meeting.id), json.dumps(event))

@@ -22,10 +22,11 @@ from django.utils import timezone
 
 from webhooks import outbox
 
-from . import commands, compiled, deadlines
+from . import commands, compiled, deadlines, events
 from .bot_vocabulary import CONDITION_KEYS
 from .compiled import CompiledQuery
 from .models import Meeting, MeetingSession, MeetingTransition
+from .redis_client import get_redis
 from .statuses import TERMINAL, CompletionReason, FailureStage, MeetingStatus, is_allowed
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,10 @@ def create_meeting(*, user, platform: str, native_meeting_id: str, data: dict, s
             user=user, platform=platform, native_meeting_id=native_meeting_id, data=data,
             status=status, deadline_at=deadline, join_at=join_at,
         )
-        record = MeetingTransition.objects.create(meeting=meeting, from_status="", to_status=status,
-                                                  source=source, reason=reason)
+        record = MeetingTransition.objects.create(meeting=meeting, user_id=meeting.user_id, from_status="",
+                                                  to_status=status, source=source, reason=reason)
         outbox.record_status_change(meeting, record)
-        transaction.on_commit(lambda: _after_commit(meeting), robust=True)
+        transaction.on_commit(lambda: _after_commit(meeting, record), robust=True)
     return meeting
 
 
@@ -213,8 +214,8 @@ def _transition_locked(meeting: Meeting, to_status: str, *, source, reason, comp
         return TransitionResult(Outcome.NOOP, meeting, from_status, to_status, None, session=session)
 
     record = MeetingTransition(
-        meeting=meeting, from_status=from_status, to_status=to_status, source=source, reason=reason,
-        session=session, metadata=metadata,
+        meeting=meeting, user_id=meeting.user_id, from_status=from_status, to_status=to_status, source=source,
+        reason=reason, session=session, metadata=metadata,
     )
     if refusal is not None:
         record.applied = False
@@ -241,7 +242,7 @@ def _transition_locked(meeting: Meeting, to_status: str, *, source, reason, comp
                  "meeting_id": meeting.id, "session_id": session.id if session else None,
                  "source": str(source), "from_status": str(from_status), "to_status": str(to_status),
                  "applied": True, "reason": reason})
-    transaction.on_commit(lambda: _after_commit(meeting), robust=True)
+    transaction.on_commit(lambda: _after_commit(meeting, record), robust=True)
     if to_status in TERMINAL:
         transaction.on_commit(lambda: _enqueue_post_meeting(meeting.id), robust=True)
     return TransitionResult(Outcome.APPLIED, meeting, from_status, to_status, record, session=session)
@@ -309,7 +310,11 @@ def _enqueue_post_meeting(meeting_id: int) -> None:
     tasks.post_meeting.delay(meeting_id)
 
 
-def _after_commit(meeting: Meeting) -> None:
-    # The status event is a notification; the database is the truth. A Redis outage is logged by
-    # Django's robust on_commit and never undoes or fails a committed transition.
-    commands.publish_status(meeting)
+def _after_commit(meeting: Meeting, record: MeetingTransition) -> None:
+    # The status events are notifications; the database is the truth (a stream that missed one
+    # replays it from the log). A Redis outage is logged by Django's robust on_commit and never
+    # undoes or fails a committed transition. One round trip for both channels.
+    pipe = get_redis().pipeline(transaction=False)
+    commands.publish_status(meeting, pipe)
+    events.publish(record, pipe)
+    pipe.execute()

@@ -88,10 +88,32 @@ class MeetingSession(models.Model):
         return f"Session {self.session_uid} of meeting {self.meeting_id}"
 
 
+class EventField(models.TextField):
+    """The event an applied transition is (`meeting.status_change`, JSON text): built when the row
+    is inserted, after the meeting's own write in the same statement or transaction has set its
+    `updated_at` and this row its `created_at`, so it is the meeting exactly as the transition
+    left it. The webhook outbox sends these bytes and `GET /events` replays them: one event, one
+    body, however it is read (meetings/events.py)."""
+
+    def pre_save(self, model_instance, add):
+        value = getattr(model_instance, self.attname)
+        if add and not value and model_instance.applied:
+            from .payloads import serialized, status_change_event
+
+            value = serialized(status_change_event(model_instance.meeting, model_instance))
+            setattr(model_instance, self.attname, value)
+        return value
+
+
 class MeetingTransition(models.Model):
-    """Append-only record of every transition attempt, applied or refused."""
+    """Append-only record of every transition attempt, applied or refused. The applied ones are
+    the user's event log (meetings/events.py)."""
 
     meeting = models.ForeignKey(Meeting, on_delete=models.CASCADE, related_name="transitions")
+    # The meeting's user, copied so that a user's event log is one index range (the index below)
+    # instead of a join over all their meetings. No constraint of its own: the meeting's cascades.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING,
+                             db_constraint=False, db_index=False, related_name="+")
     from_status = models.CharField(max_length=32, blank=True, default="")
     to_status = models.CharField(max_length=32)
     source = models.CharField(max_length=32, choices=TransitionSource.choices)
@@ -103,10 +125,16 @@ class MeetingTransition(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     applied = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Declared after created_at: its pre_save reads the timestamp that one's sets.
+    event = EventField(blank=True, default="")
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["meeting", "id"], name="transition_meeting_order")]
+        indexes = [
+            models.Index(fields=["meeting", "id"], name="transition_meeting_order"),
+            # GET /events and the stream's replay: a user's applied transitions after a cursor.
+            models.Index(fields=["user", "id"], name="transition_user_event_log", condition=Q(applied=True)),
+        ]
 
     def __str__(self) -> str:
         mark = "" if self.applied else " (refused)"

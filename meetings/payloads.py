@@ -1,5 +1,6 @@
 """The MeetingResponse: a meeting as the API shows it (an item of `GET /meetings`) and as webhook
-events carry it.
+events carry it; and the `meeting.status_change` event body, the same for webhooks and the event
+log (`GET /events`, `GET /events/stream`).
 
 A plain function of the Meeting row, so the webhook outbox (called inside lifecycle transitions)
 builds it without importing the API layer: meetings.api.serializers imports meetings.callbacks,
@@ -8,10 +9,15 @@ both stay byte-identical.
 """
 from __future__ import annotations
 
+import json
+
+from django.core.serializers.json import DjangoJSONEncoder
 from rest_framework.fields import DateTimeField
 
 from . import deadlines, platforms
 from .statuses import TERMINAL
+
+STATUS_CHANGE = "meeting.status_change"
 
 # Never shown: the passcode travels only inside the meeting URL; the stop reason is internal
 # bookkeeping of the stop flow.
@@ -49,6 +55,31 @@ def deadline(meeting) -> dict:
         return {"deadline_at": None, "deadline_action": None}
     return {"deadline_at": timestamp(meeting.deadline_at),
             "deadline_action": deadlines.action_for(meeting.status, meeting.stop_reason)}
+
+
+def status_change_event(meeting, record) -> dict:
+    """The `meeting.status_change` event of the applied transition `record` of `meeting` (the
+    meeting as that transition left it)."""
+    event = {
+        "event": STATUS_CHANGE,
+        "meeting": meeting_response(meeting),
+        "status_change": {
+            "from": record.from_status or None,
+            "to": str(record.to_status),
+            "reason": record.reason,
+            "source": str(record.source),
+            "timestamp": timestamp(record.created_at),
+        },
+    }
+    condition = (record.metadata or {}).get("condition")
+    if condition:  # a bot's report about the live meeting (needs_human_help): from = to, in meeting.data
+        event["status_change"]["condition"] = condition
+    return event
+
+
+def serialized(payload: dict) -> str:
+    """An event body as sent: compact, ASCII-only JSON (webhooks sign exactly these bytes)."""
+    return json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":"))
 
 
 def _text(value) -> str | None:

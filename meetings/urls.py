@@ -2,7 +2,7 @@ from django.urls import path
 
 from accounts.user_api import WebhookView
 
-from .api import bots, callbacks, meetings
+from .api import bots, callbacks, events, meetings
 
 urlpatterns = [
     path("bots", bots.BotsView.as_view()),
@@ -14,4 +14,6 @@ urlpatterns = [
     path("meetings/<int:meeting_id>", meetings.MeetingDetailView.as_view()),
     path("meetings/<str:platform>/<str:native_meeting_id>", meetings.MeetingByNativeIdView.as_view()),
     path("user/webhook", WebhookView.as_view()),
+    path("events", events.EventsView.as_view()),
+    path("events/stream", events.EventStreamView.as_view()),
 ]

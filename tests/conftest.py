@@ -58,16 +58,18 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
-    """Meeting ids start at a random offset in each test run: Redis channels and keys carry the
-    meeting id and pub/sub ignores the database number, so two runs (or a run and `make run`) on
-    one Redis server must not number their meetings alike."""
+    """Meeting and user ids start at a random offset in each test run: Redis channels and keys
+    carry them (a meeting's status channel, a user's event channel) and pub/sub ignores the
+    database number, so two runs (or a run and `make run`) on one Redis server must not number
+    their meetings or users alike."""
     import random
 
     from django.db import connection
 
     with django_db_blocker.unblock(), connection.cursor() as cursor:
-        cursor.execute("SELECT setval(pg_get_serial_sequence('meetings_meeting', 'id'), %s)",
-                       [random.randint(10**6, 2 * 10**9)])
+        for table in ("meetings_meeting", "accounts_user"):
+            cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), %s)",
+                           [random.randint(10**6, 2 * 10**9)])
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ calls they stand for would, and step aside for model signal receivers."""
 from __future__ import annotations
 
 import datetime
+import json
 
 import pytest
 from django.db import DatabaseError, connection, transaction
@@ -12,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from meetings import compiled
 from meetings.compiled import CompiledQuery
 from meetings.models import Meeting, MeetingTransition
+from meetings.payloads import timestamp
 from meetings.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_meeting, make_session
 
@@ -181,6 +183,9 @@ def test_insert_writes_what_save_writes_and_sets_the_key():
     theirs.pop("id")
     assert mine.pop("created_at") == record.created_at
     theirs.pop("created_at")
+    # The event body carries the transition's own timestamp (and is built by the same pre_save).
+    assert mine.pop("event") == record.event
+    assert json.loads(theirs.pop("event"))["status_change"]["timestamp"] == timestamp(twin.created_at)
     assert mine == theirs
 
 

@@ -8,9 +8,11 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from meetings.payloads import STATUS_CHANGE
+
 
 class WebhookEvent(models.TextChoices):
-    STATUS_CHANGE = "meeting.status_change"
+    STATUS_CHANGE = STATUS_CHANGE
     COMPLETED = "meeting.completed"
     FAILED = "meeting.failed"
 
@@ -46,7 +48,8 @@ class Endpoint(models.Model):
 
 
 class WebhookDelivery(models.Model):
-    # The idempotency key, sent as X-Webhook-Id: the same on every attempt of this event.
+    # The idempotency key, sent as X-Webhook-Id: the same on every attempt of this event, and for a
+    # status change the id `GET /events` gives the same event (meetings/events.event_id).
     webhook_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     event = models.CharField(max_length=32, choices=WebhookEvent.choices)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_deliveries")

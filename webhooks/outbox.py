@@ -8,16 +8,15 @@ user without a webhook URL.
 """
 from __future__ import annotations
 
-import json
 import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.utils import timezone
 
-from meetings.payloads import meeting_response, timestamp
+from meetings import events
+from meetings.payloads import meeting_response, serialized
 
 from .models import FINAL_EVENTS, WebhookDelivery, WebhookEvent
 
@@ -25,24 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def record_status_change(meeting, record) -> WebhookDelivery | None:
-    """`meeting.status_change` for the applied transition `record` (a saved MeetingTransition)."""
+    """`meeting.status_change` for the applied transition `record` (a saved MeetingTransition): the
+    event the record holds, under the id the event log gives it."""
     if not _has_webhook(meeting):
         return None
-    payload = {
-        "event": WebhookEvent.STATUS_CHANGE.value,
-        "meeting": meeting_response(meeting),
-        "status_change": {
-            "from": record.from_status or None,
-            "to": str(record.to_status),
-            "reason": record.reason,
-            "source": str(record.source),
-            "timestamp": timestamp(record.created_at),
-        },
-    }
-    condition = (record.metadata or {}).get("condition")
-    if condition:  # a bot's report about the live meeting (needs_human_help): from = to, in meeting.data
-        payload["status_change"]["condition"] = condition
-    return _record(meeting, WebhookEvent.STATUS_CHANGE, payload, transition=record)
+    return _record(meeting, WebhookEvent.STATUS_CHANGE, record.event, transition=record,
+                   webhook_id=events.event_id(record.pk))
 
 
 def record_final(meeting) -> WebhookDelivery | None:
@@ -53,7 +40,7 @@ def record_final(meeting) -> WebhookDelivery | None:
     if WebhookDelivery.objects.filter(meeting=meeting, event__in=FINAL_EVENTS).exists():
         return None
     event = WebhookEvent.COMPLETED if meeting.status == "completed" else WebhookEvent.FAILED
-    return _record(meeting, event, {"event": event.value, "meeting": meeting_response(meeting)})
+    return _record(meeting, event, serialized({"event": event.value, "meeting": meeting_response(meeting)}))
 
 
 def _has_webhook(meeting) -> bool:
@@ -61,12 +48,12 @@ def _has_webhook(meeting) -> bool:
     return bool(meeting.user.webhook_url)
 
 
-def _record(meeting, event: WebhookEvent, payload: dict, transition=None) -> WebhookDelivery:
+def _record(meeting, event: WebhookEvent, payload: str, transition=None, **fields) -> WebhookDelivery:
     now = timezone.now()
     delivery = WebhookDelivery.objects.create(
-        event=event, user_id=meeting.user_id, meeting=meeting, transition=transition,
+        event=event, user_id=meeting.user_id, meeting=meeting, transition=transition, **fields,
         # Serialized once: every attempt sends and signs exactly these bytes (ASCII-only JSON).
-        payload=json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":")),
+        payload=payload,
         next_attempt_at=now, give_up_at=now + timedelta(seconds=settings.WEBHOOK_RETRY_WINDOW_SECONDS),
     )
     transaction.on_commit(lambda: enqueue(delivery.pk), robust=True)

@@ -176,3 +176,12 @@ def test_redis_takes_its_password_from_a_file_not_the_command_line(config):
     command = " ".join(redis["command"])
     assert "requirepass" in command and SECRETS["REDIS_PASSWORD"] not in command
     assert redis["environment"]["REDISCLI_AUTH"] == SECRETS["REDIS_PASSWORD"]
+
+
+def test_the_proxy_passes_the_event_stream_on_unbuffered():
+    nginx = (REPO / "docker/nginx/nginx.conf").read_text()
+    location = nginx.split("location = /events/stream {", 1)[1].split("}", 1)[0]
+    assert "proxy_pass http://web;" in location
+    assert "proxy_buffering off;" in location
+    # Longer than the heartbeat (EVENT_STREAM_HEARTBEAT_SECONDS, 15 s): a quiet stream stays open.
+    assert "proxy_read_timeout 3600s;" in location

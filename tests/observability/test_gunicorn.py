@@ -134,6 +134,34 @@ def test_callback_latency_is_summed_over_every_gunicorn_worker(gunicorn_factory)
     assert {e["level"] for e in lines} <= {"DEBUG", "INFO", "WARNING"}
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_client_connection_that_ends_takes_its_database_connection_with_it(gunicorn_factory):
+    """gevent workers: a database connection per client connection, kept across its keep-alive
+    requests (DB_CONN_MAX_AGE) and closed when the client goes, not whenever the garbage collector
+    runs (connections of finished clients piled up to PostgreSQL's max_connections)."""
+    import uuid
+
+    from django.db import connection
+
+    app_name = f"bm-conn-test-{uuid.uuid4().hex[:8]}"
+    uids = [str(make_session(make_meeting(make_user())).session_uid) for _ in range(30)]
+    server = gunicorn_factory(workers=1, DB_CONN_MAX_AGE="600", PGAPPNAME=app_name)
+
+    for uid in uids:  # one after another, each on a new connection, as bots send them
+        assert requests.post(server.url + "/bots/internal/callback/joining", json={"connection_id": uid},
+                             headers={"Connection": "close"}, timeout=30).status_code == 200
+
+    def held() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [app_name])
+            return cursor.fetchone()[0]
+
+    deadline = time.monotonic() + 2
+    while held() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert held() == 0
+
+
 def test_readyz_names_the_database_when_postgresql_is_down_and_healthz_stays_up(gunicorn_factory):
     server = gunicorn_factory(workers=1, DATABASE_URL=_database_url(port=_free_port()))
 

@@ -1,0 +1,256 @@
+"""`GET /events/stream` (meetings/event_stream.py), run in this process: Server-Sent Events, the
+log replayed from `Last-Event-ID` / `?after=`, live events from Redis after the replay with none
+lost or doubled at the hand-over, heartbeats, and the stream places (per user, per worker).
+Under real gunicorn: tests/observability/test_event_stream_server.py."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from rest_framework.test import APIClient
+
+from meetings import event_stream, lifecycle
+from meetings.statuses import MeetingStatus, TransitionSource
+from tests.factories import make_meeting, make_token, make_user
+
+S = MeetingStatus
+# The stream reads committed events and closes its database connection after the replay.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def quick_heartbeat(settings):
+    settings.EVENT_STREAM_HEARTBEAT_SECONDS = 0.2
+    return settings
+
+
+@pytest.fixture
+def streams():
+    """Open streams (responses), closed at the end of the test."""
+    opened = []
+    yield opened
+    for response in opened:
+        response.close()
+
+
+class Stream:
+    def __init__(self, response):
+        self.response = response
+        self.chunks = iter(response.streaming_content)
+
+    def next_chunk(self) -> bytes:
+        return next(self.chunks)
+
+    def event(self, timeout: float = 5) -> dict:
+        """The next event frame ({"id", "event", "data"}), heartbeats skipped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            chunk = self.next_chunk().decode()
+            if not chunk.startswith(":"):
+                fields = dict(line.split(": ", 1) for line in chunk.strip("\n").split("\n"))
+                return {**fields, "data": json.loads(fields["data"])}
+            if time.monotonic() > deadline:
+                raise AssertionError("no event within the timeout")
+
+    def quiet(self) -> bool:
+        """The next chunk is a heartbeat: nothing else was waiting to be sent."""
+        return self.next_chunk() == b": heartbeat\n\n"
+
+
+def open_stream(user, streams, headers=None, **params) -> Stream:
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=make_token(user), **(headers or {}))
+    response = client.get("/events/stream", params, HTTP_ACCEPT="text/event-stream")
+    assert response.status_code == 200, response.content if not response.streaming else response
+    streams.append(response)
+    stream = Stream(response)
+    assert stream.next_chunk() == b": stream open\n\n"
+    return stream
+
+
+def walk(meeting, *statuses) -> None:
+    for status in statuses:
+        lifecycle.transition(meeting.pk, status, source=TransitionSource.BOT_CALLBACK)
+
+
+def to(frame) -> tuple[int, str]:
+    return frame["data"]["payload"]["meeting"]["id"], frame["data"]["payload"]["status_change"]["to"]
+
+
+def test_the_stream_is_server_sent_events_each_event_as_the_log_lists_it(api_user, api_client, streams):
+    meeting = make_meeting(api_user)
+    stream = open_stream(api_user, streams)
+
+    assert stream.response["Content-Type"] == "text/event-stream"
+    assert stream.response["Cache-Control"] == "no-cache"
+    assert stream.response["X-Accel-Buffering"] == "no"
+    frame = stream.event()
+    [listed] = api_client.get("/events").json()["events"]
+    assert frame == {"id": listed["cursor"], "event": "meeting.status_change", "data": listed}
+    assert to(frame) == (meeting.pk, "requested")
+
+
+def test_last_event_id_resumes_after_that_event(api_user, streams):
+    meeting = make_meeting(api_user)
+    walk(meeting, S.JOINING, S.ACTIVE)
+    first = open_stream(api_user, streams)
+    seen = first.event()
+
+    resumed = open_stream(api_user, streams, headers={"HTTP_LAST_EVENT_ID": seen["id"]})
+    assert [to(resumed.event()), to(resumed.event())] == [(meeting.pk, "joining"), (meeting.pk, "active")]
+    assert resumed.quiet()
+
+
+def test_last_event_id_wins_over_the_after_of_the_url(api_user, streams):
+    meeting = make_meeting(api_user)
+    walk(meeting, S.JOINING, S.ACTIVE)
+    start = open_stream(api_user, streams)
+    requested, joining = start.event(), start.event()
+
+    resumed = open_stream(api_user, streams, headers={"HTTP_LAST_EVENT_ID": joining["id"]}, after=requested["id"])
+    assert to(resumed.event()) == (meeting.pk, "active")
+
+
+def test_after_resumes_without_the_header(api_user, streams):
+    meeting = make_meeting(api_user)
+    walk(meeting, S.JOINING)
+    requested = open_stream(api_user, streams).event()
+
+    assert to(open_stream(api_user, streams, after=requested["id"]).event()) == (meeting.pk, "joining")
+
+
+def test_a_bad_last_event_id_is_refused_with_json_before_any_stream(api_user):
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=make_token(api_user), HTTP_LAST_EVENT_ID="12:forged")
+    response = client.get("/events/stream", HTTP_ACCEPT="text/event-stream")
+    assert response.status_code == 422
+    assert response["Content-Type"] == "application/json"
+    assert "Invalid cursor" in response.json()["detail"]
+
+
+def test_a_transition_made_after_the_replay_is_pushed(api_user, streams):
+    meeting = make_meeting(api_user)
+    stream = open_stream(api_user, streams)
+    assert to(stream.event()) == (meeting.pk, "requested")
+    assert stream.quiet()
+
+    walk(meeting, S.JOINING)
+    assert to(stream.event()) == (meeting.pk, "joining")
+
+
+def test_a_pushed_events_id_resumes_from_where_the_log_was_final_when_the_stream_began(api_user, streams):
+    """A pushed event may be overtaken by an earlier one committing late: its `id:` is the cursor
+    of the stream's start (the log was final up to there), so a reconnect replays from there and
+    the client skips what it saw by the event id."""
+    meeting = make_meeting(api_user)
+    stream = open_stream(api_user, streams)
+    requested = stream.event()
+    walk(meeting, S.JOINING)
+    pushed = stream.event()
+    assert pushed["id"] == requested["id"] == pushed["data"]["cursor"]
+
+    resumed = open_stream(api_user, streams, headers={"HTTP_LAST_EVENT_ID": pushed["id"]})
+    assert resumed.event()["data"]["id"] == pushed["data"]["id"]
+
+
+def test_another_users_transitions_are_not_pushed(api_user, streams):
+    stream = open_stream(api_user, streams)
+    walk(make_meeting(make_user()), S.JOINING)
+    mine = make_meeting(api_user)
+    assert to(stream.event()) == (mine.pk, "requested")
+
+
+def _replay_with(monkeypatch, before=None, after=None):
+    """The stream's replay, with a transition committed just before it reads the log (`before`)
+    or just after its last read (`after`): the two edges of the hand-over."""
+    real = event_stream.events.replay
+
+    def replay(user_id, position, batch):
+        if before:
+            before()
+        yield from real(user_id, position, batch)
+        if after:
+            after()
+
+    monkeypatch.setattr(event_stream.events, "replay", replay)
+
+
+def test_an_event_committed_after_subscribing_but_before_the_replay_reads_is_sent_once(api_user, streams,
+                                                                                       monkeypatch):
+    meeting = make_meeting(api_user)
+    _replay_with(monkeypatch, before=lambda: walk(meeting, S.JOINING))
+    stream = open_stream(api_user, streams)
+
+    assert [to(stream.event()), to(stream.event())] == [(meeting.pk, "requested"), (meeting.pk, "joining")]
+    assert stream.quiet()  # its live copy was dropped
+    walk(meeting, S.ACTIVE)
+    assert to(stream.event()) == (meeting.pk, "active")
+
+
+def test_an_event_committed_after_the_replay_read_the_log_comes_live(api_user, streams, monkeypatch):
+    meeting = make_meeting(api_user)
+    _replay_with(monkeypatch, after=lambda: walk(meeting, S.JOINING))
+    stream = open_stream(api_user, streams)
+
+    assert [to(stream.event()), to(stream.event())] == [(meeting.pk, "requested"), (meeting.pk, "joining")]
+    assert stream.quiet()
+
+
+def test_a_quiet_stream_sends_heartbeat_comments(api_user, streams):
+    stream = open_stream(api_user, streams)
+    started = time.monotonic()
+    assert stream.next_chunk() == b": heartbeat\n\n"
+    assert stream.next_chunk() == b": heartbeat\n\n"
+    assert time.monotonic() - started >= 0.3
+
+
+def test_a_user_holds_at_most_event_streams_per_user_streams(api_user, streams, settings):
+    settings.EVENT_STREAMS_PER_USER = 2
+    open_stream(api_user, streams)
+    open_stream(api_user, streams)
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=make_token(api_user))
+
+    refused = client.get("/events/stream", HTTP_ACCEPT="text/event-stream")
+    assert refused.status_code == 429
+    assert "EVENT_STREAMS_PER_USER" in refused.json()["detail"]
+    assert open_stream(make_user(), streams)  # another user's places are their own
+
+    streams.pop(0).close()
+    assert open_stream(api_user, streams)
+
+
+def test_a_full_worker_answers_503(api_user, streams, settings):
+    settings.EVENT_STREAMS_PER_WORKER = 1
+    open_stream(api_user, streams)
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=make_token(make_user()))
+
+    refused = client.get("/events/stream")
+    assert refused.status_code == 503
+    assert refused.json()["detail"].startswith("This web worker holds as many event streams")
+
+
+def test_sync_web_workers_refuse_streams(api_user, settings):
+    settings.WEB_WORKER_CLASS = "sync"
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=make_token(api_user))
+
+    refused = client.get("/events/stream")
+    assert refused.status_code == 503
+    assert "WEB_WORKER_CLASS=gevent" in refused.json()["detail"]
+
+
+def test_without_redis_a_stream_is_refused_with_json(api_user, monkeypatch):
+    import redis
+
+    from tests.observability.test_gunicorn import _free_port
+
+    monkeypatch.setattr(event_stream, "get_redis", lambda: redis.Redis(port=_free_port(), socket_connect_timeout=1))
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=make_token(api_user))
+
+    refused = client.get("/events/stream")
+    assert refused.status_code == 503
+    assert refused.json()["detail"].startswith("Live events need Redis")
