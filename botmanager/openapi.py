@@ -120,6 +120,11 @@ class AutoSchema(_SpectacularAutoSchema):
 
     def _map_serializer_field(self, field, direction, bypass_extensions=False):
         schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        if "format" in schema and schema["format"] == "date-time":
+            # Its format says what it takes; lengths beside it only make generated examples fail.
+            schema.pop("minLength", None)
+            schema.pop("maxLength", None)
+            return schema
         if direction == "request" and isinstance(field, serializers.CharField) and "pattern" not in schema:
             # DRF refuses NUL characters in every CharField and, unless allow_blank, a value that is
             # blank once trimmed: the schema says so, or valid-looking input would be refused.

@@ -43,6 +43,9 @@ def action_for(status: str, stop_reason: str | None = None) -> str | None:
 
 
 _ACTIONS = {
+    # Its deadline is the end of the launch window (join_at + SCHEDULED_LAUNCH_WINDOW_SECONDS); the
+    # scheduler launches it before, the sweep fails it after.
+    S.SCHEDULED: "fail: not launched within the launch window",
     S.REQUESTED: "fail: no bot callback",
     S.JOINING: "fail: bot still joining",
     S.AWAITING_ADMISSION: "complete: awaiting_admission_timeout",

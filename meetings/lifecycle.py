@@ -174,8 +174,8 @@ def record_condition_from_session(
         metadata = {**(metadata or {}), "condition": key}
         refusal = _refusal(meeting, status, session, True, None) or (
             f"meeting is {status} (terminal)" if status in TERMINAL else None)
-        record = MeetingTransition(meeting=meeting, from_status=status, to_status=status, source=source,
-                                   reason=reason, session=session, metadata=metadata)
+        record = MeetingTransition(meeting=meeting, user_id=meeting.user_id, from_status=status, to_status=status,
+                                   source=source, reason=reason, session=session, metadata=metadata)
         if refusal is not None:
             record.applied = False
             record.metadata = {**metadata, "refused": refusal}
@@ -191,7 +191,7 @@ def record_condition_from_session(
         outbox.record_status_change(meeting, record)
         log.info("meeting %s: %s reported while %s", meeting.id, key, status, extra={
             "meeting_id": meeting.id, "session_id": session.id, "source": str(source), "condition": key})
-        transaction.on_commit(lambda: _after_commit(meeting), robust=True)
+        transaction.on_commit(lambda: _after_commit(meeting, record), robust=True)
         return TransitionResult(Outcome.APPLIED, meeting, status, status, record, session=session)
 
 

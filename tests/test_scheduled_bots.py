@@ -156,6 +156,15 @@ def test_a_scheduled_bot_is_created_scheduled_with_no_launch(api_client):
     assert (record.from_status, record.to_status, record.source) == ("", "scheduled", "user")
 
 
+def test_a_scheduled_bot_shows_its_launch_window_as_its_public_deadline(api_client):
+    join_at = in_(3600)
+
+    body = schedule(api_client, join_at)
+
+    assert datetime.fromisoformat(body["deadline_at"]) == join_at + timedelta(seconds=600)
+    assert body["deadline_action"] == "fail: not launched within the launch window"
+
+
 def test_get_meetings_shows_the_scheduled_bot_with_its_join_at(api_client):
     join_at = in_(3600)
     created = schedule(api_client, join_at)
@@ -201,7 +210,7 @@ def test_the_scheduled_status_is_published_and_recorded_for_the_webhook(api_clie
     assert payload["status_change"]["from"] is None and payload["status_change"]["to"] == "scheduled"
     assert payload["meeting"]["status"] == "scheduled"
     assert message["channel"] == status_channel(created["id"])
-    assert json.loads(message["data"])["payload"] == {"status": "scheduled"}
+    assert json.loads(message["data"])["payload"]["status"] == "scheduled"
 
 
 # --- Launch by the periodic pass ------------------------------------------------------------------

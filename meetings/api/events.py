@@ -3,9 +3,14 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from botmanager.openapi import error
 
 from .. import events
 from ..event_stream import EventStream
@@ -26,7 +31,28 @@ def _limit(value: str | None) -> int:
     return int(value)
 
 
+class EventSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="The event id, the same as the webhook delivery's X-Webhook-Id.")
+    cursor = serializers.CharField(help_text="Resume after this event: GET /events?after=<cursor>.")
+    event = serializers.CharField(help_text="meeting.status_change")
+    payload = serializers.DictField(help_text="The event body, exactly as the webhook sends it.")
+
+
+class EventPageSerializer(serializers.Serializer):
+    events = EventSerializer(many=True, help_text="Oldest first.")
+    next_cursor = serializers.CharField(help_text="Where the next page starts (also when this one is empty).")
+
+
+_AFTER = OpenApiParameter("after", OpenApiTypes.STR, required=False,
+                          description="An opaque cursor from an earlier page or event (absent: from the start).")
+
+
 class EventsView(APIView):
+    @extend_schema(operation_id="list_events", tags=["events"], summary="The user's meeting events after a cursor",
+                   parameters=[_AFTER, OpenApiParameter("limit", OpenApiTypes.INT, required=False,
+                                                        description="Events per page (default EVENTS_PAGE_DEFAULT, "
+                                                                    "at most EVENTS_PAGE_MAX).")],
+                   responses={200: EventPageSerializer})
     def get(self, request):
         after = _position(request, request.query_params.get("after"))
         page = events.page(request.user.pk, after, _limit(request.query_params.get("limit")))
@@ -42,6 +68,15 @@ class EventStreamView(APIView):
         # starts is JSON whatever was asked for.
         return super().perform_content_negotiation(request, force=True)
 
+    @extend_schema(operation_id="stream_events", tags=["events"], summary="The user's events, live (Server-Sent Events)",
+                   parameters=[_AFTER, OpenApiParameter("Last-Event-ID", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                                        required=False, description="A reconnecting EventSource's "
+                                                        "last event id; wins over `after`.")],
+                   responses={200: OpenApiResponse(OpenApiTypes.STR, description="text/event-stream: `id:` the "
+                                                   "cursor, `event:` the event type, `data:` the event body; "
+                                                   "comment lines as heartbeats."),
+                              429: error("The user holds EVENT_STREAMS_PER_USER streams."),
+                              503: error("No stream place on this worker, or Redis unavailable.")})
     def get(self, request):
         # A reconnecting EventSource sends the last id it saw; it wins over the URL's `after`.
         after = _position(request, request.headers.get("Last-Event-ID") or request.query_params.get("after"))

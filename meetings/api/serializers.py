@@ -6,6 +6,7 @@ from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
@@ -17,6 +18,11 @@ from ..models import Meeting, MeetingTransition
 from ..payloads import meeting_response
 from ..statuses import CompletionReason, FailureStage, MeetingStatus, Platform
 from .util import validated_platform
+
+
+@extend_schema_field({"type": "string", "format": "date-time", "nullable": True})
+class JoinAtField(serializers.CharField):
+    """Parsed by `scheduled_join_at` (a DateTimeField would take a naive time as the server's)."""
 
 
 def scheduled_join_at(value: str, now: datetime) -> datetime:
@@ -72,7 +78,9 @@ class BotRequestSerializer(serializers.Serializer):
     task = serializers.ChoiceField(choices=["transcribe", "translate"], required=False, allow_null=True)
     passcode = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=64)
     # A scheduled bot (absent or null: launched now, as in Vexa).
-    join_at = serializers.CharField(required=False, allow_null=True, max_length=64)
+    join_at = JoinAtField(required=False, allow_null=True, max_length=64, help_text=(
+        "Schedule the bot: an ISO 8601 date and time with its offset (e.g. 2026-12-01T15:00:00Z), in the "
+        "future and at most SCHEDULED_MAX_AHEAD_DAYS (30) days ahead. Absent or null: the bot joins now."))
 
     def validate_platform(self, value: str) -> str:
         return validate_platform(value)

@@ -63,7 +63,14 @@ def server_errors(server: Gunicorn) -> list[str]:
 def test_the_user_api_the_callbacks_and_health_conform_to_the_schema(server, tmp_path):
     key = make_token(make_user(max_concurrent_bots=0))
 
-    result = schemathesis(server, tmp_path, f"X-API-Key: {key}", "--exclude-path-regex", "^/admin/")
+    # Not fuzzed here: the event log's `after` is an opaque signed cursor (a string the schema allows
+    # is almost never a valid one; tests/test_events_api.py covers it) and the stream never ends
+    # (tests/test_event_stream.py).
+    # POST /bots' body (per-platform id patterns in a oneOf, and join_at's date-time) makes
+    # hypothesis discard many drafts: its efficiency health check is waived, every check still runs
+    # on every case generated.
+    result = schemathesis(server, tmp_path, f"X-API-Key: {key}", "--exclude-path-regex", "^/admin/|^/events",
+                          "--suppress-health-check", "filter_too_much")
 
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-3000:]
     assert not server_errors(server)
