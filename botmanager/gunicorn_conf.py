@@ -73,28 +73,27 @@ def post_worker_init(worker):
     """gevent workers (after gunicorn's monkey-patching, before the first request)."""
     if "gevent" not in worker.cfg.worker_class_str:
         return
-    from asgiref.local import Local
     from django.db import connections
     from psycogreen.gevent import patch_psycopg
+
+    from botmanager.greenlet_connections import GreenletConnections
 
     # A query waits in the gevent hub, not in libpq: the worker's other connections go on.
     patch_psycopg()
     # django.db was imported by the master before gevent patched `threading`, so its store of
     # database connections is a real thread-local, one for all the worker's greenlets (they would
     # share one connection: "DatabaseWrapper objects created in a thread can only be used in that
-    # same thread"). A new store made now is greenlet-local: one database connection per client
-    # connection, reused across its keep-alive requests, closed when the greenlet ends.
-    connections._connections = Local(connections.thread_critical)
-    # ...and closed when the client connection ends. Left to the garbage collector (a connection
-    # wrapper is a reference cycle), the connections of finished greenlets piled up until
-    # PostgreSQL refused new ones: 600 one-request clients (bots send `Connection: close`) reached
-    # max_connections 300 with DB_CONN_MAX_AGE=600.
+    # same thread"). The new store is greenlet-local, and a client connection that ends hands its
+    # database connection on to the next one (botmanager/greenlet_connections.py): bots send
+    # `Connection: close`, and a new PostgreSQL connection per callback cost more than the callback.
+    store = GreenletConnections(connections.thread_critical)
+    connections._connections = store
     serve = worker.handle
 
     def handle(listener, client, addr):
         try:
             serve(listener, client, addr)
         finally:
-            connections.close_all()
+            store.release(connections.settings)
 
     worker.handle = handle  # looked up when the worker starts serving, after this hook
