@@ -56,12 +56,8 @@ class GreenletConnections:
             except AttributeError:
                 continue
             delattr(local, alias)
-            if conn.in_atomic_block:  # (never at the end of a request; a broken state is not kept)
-                conn.close()
-                continue
+            # Also closes one left in a transaction (its autocommit is off).
             conn.close_if_unusable_or_obsolete()
             if conn.connection is not None:
                 idle.setdefault(alias, []).append(conn)
 
-    def idle_count(self, alias: str) -> int:
-        return len(object.__getattribute__(self, "_idle").get(alias, ()))
