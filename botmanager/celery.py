@@ -6,7 +6,8 @@ from celery.signals import setup_logging, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
-app = Celery("botmanager")
+# Celery's Django fix-up, but database connections are kept between tasks (botmanager/task_connections.py).
+app = Celery("botmanager", fixups=["botmanager.task_connections:fixup"])
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks(["meetings", "webhooks"])
 

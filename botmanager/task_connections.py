@@ -1,0 +1,50 @@
+"""Database connections of Celery workers: kept from one task to the next, as a web worker keeps
+them from one request to the next.
+
+Celery's Django fix-up (celery 5.7) closes every database connection before and after every task
+unless the undocumented `CELERY_DB_REUSE_MAX` is set, and then closes them every N tasks without
+asking whether they still work. Each task then paid a TCP connect and a SCRAM authentication
+before its first query: in a storm of 200 stops, more than half of the lifecycle pool's time went
+to `psycopg2.connect`, and the finalizers ran seconds late. Here the fix-up applies Django's own
+per-request rule around each task instead (`close_old_connections`: close a connection only when
+it is unusable, left in a transaction, or older than DB_CONN_MAX_AGE), and the connection is
+checked before its first query of a task (CONN_HEALTH_CHECKS, settings.py), so a worker whose
+database restarted reconnects instead of failing one task per process or thread.
+
+Everything else of Celery's fix-up stays: `django.setup()` before tasks are imported, a forked
+pool child closes (without I/O) the connections it inherited from its parent.
+"""
+from __future__ import annotations
+
+from celery.fixups import django as celery_django
+
+
+class ReusingWorkerFixup(celery_django.DjangoWorkerFixup):
+    def close_database(self, **kwargs) -> None:
+        from django.db import close_old_connections
+
+        close_old_connections()
+
+
+class ReusingDjangoFixup(celery_django.DjangoFixup):
+    @property
+    def worker_fixup(self) -> ReusingWorkerFixup:
+        if self._worker_fixup is None:
+            self._worker_fixup = ReusingWorkerFixup(self.app)
+        return self._worker_fixup
+
+    @worker_fixup.setter
+    def worker_fixup(self, value) -> None:
+        self._worker_fixup = value
+
+
+def fixup(app, env: str = "DJANGO_SETTINGS_MODULE"):
+    """`Celery(fixups=[...])` entry: Celery's own `fixup` with the reusing worker fix-up."""
+    import os
+
+    if os.environ.get(env) and "django" not in app.loader_cls.lower():
+        import django
+
+        celery_django._verify_django_version(django)
+        return ReusingDjangoFixup(app).install()
+    return None
