@@ -73,6 +73,9 @@ class StormFigures:
     probe_baseline: float = 0.0
     probes: list[float] = field(default_factory=list)
     probes_not_active: int = 0
+    probe_worst_phases: dict[str, float] = field(default_factory=dict)
+    probe_baseline_phases: dict[str, float] = field(default_factory=dict)
+    probe_timeline: list[tuple[float, float | None]] = field(default_factory=list)
     hook_bots_to_active: list[float] = field(default_factory=list)
     bots_gone_after: float | None = None
     sweeps_completed: int = 0
@@ -94,6 +97,9 @@ class StormFigures:
             "probe_baseline_s": round(self.probe_baseline, 2),
             "probe_worst_s": round(max(self.probes), 2) if self.probes else None,
             "probes": len(self.probes), "probes_not_active": self.probes_not_active,
+            "probe_baseline_phases_s": self.probe_baseline_phases,
+            "probe_worst_phases_s": self.probe_worst_phases,
+            "probes_sent_at_s_and_took_s": self.probe_timeline,
             "hook_user_bots_worst_to_active_s": round(max(self.hook_bots_to_active), 2)
             if self.hook_bots_to_active else None,
             "bots_gone_after_last_stop_s": None if self.bots_gone_after is None else round(self.bots_gone_after, 2),
@@ -137,26 +143,52 @@ class Client:
     def status(self, meeting_id: int) -> str:
         return self.http.get(f"{self.url}/meetings/{meeting_id}", timeout=30).json()["status"]
 
-    def wait(self, meeting_id: int, wanted: set[str], timeout: float) -> tuple[str, float]:
+    def wait(self, meeting_id: int, wanted: set[str], timeout: float, interval: float = 0.05) -> tuple[str, float]:
         """The status once it is one of `wanted` (or at the timeout), and when (monotonic)."""
         deadline = time.monotonic() + timeout
         while True:
             status = self.status(meeting_id)
             if status in wanted or time.monotonic() > deadline:
                 return status, time.monotonic()
-            time.sleep(0.05)
+            time.sleep(interval)
 
     def stop(self, native_id: str) -> None:
         response = self.http.delete(f"{self.url}/bots/google_meet/{native_id}", timeout=30)
         if response.status_code != 202:
             raise RuntimeError(f"DELETE answered {response.status_code}: {response.text[:300]}")
 
-    def time_to_active(self, series: int, timeout: float = 60) -> tuple[str, float | None]:
+    def time_to_active(self, series: int, timeout: float = 60) -> tuple[str, float | None, int]:
+        """POST -> active of a new bot: from sending the POST to the commit of its `active`
+        transition (the database's clock is this host's). Polled slowly only to know when it is
+        done: the measuring client must not be a load of its own on the web it measures."""
         native = self.native_id(series)
-        started = time.monotonic()
+        sent_at = time.time()
         meeting_id = self.request_bot(native, "Probe")
-        status, at = self.wait(meeting_id, {"active"} | TERMINAL, timeout)
-        return native, (at - started) if status == "active" else None
+        self.wait(meeting_id, {"active"} | TERMINAL, timeout, interval=0.25)
+        return native, _active_after(meeting_id, sent_at), meeting_id
+
+
+def _active_after(meeting_id: int, since: float) -> float | None:
+    """Seconds from `since` (unix time) to the meeting's `active` transition; None if it has none."""
+    from meetings.models import MeetingTransition
+
+    at = MeetingTransition.objects.filter(meeting_id=meeting_id, to_status="active", applied=True) \
+        .values_list("created_at", flat=True).first()
+    return None if at is None else at.timestamp() - since
+
+
+def _phases(meeting_id: int) -> dict[str, float]:
+    """Where a bot's way to `active` went: request -> launched (its session recorded by the launch
+    task) -> joining (the bot's first callback) -> active, in seconds, from the database."""
+    from meetings.models import MeetingSession, MeetingTransition
+
+    at = dict(MeetingTransition.objects.filter(meeting_id=meeting_id, applied=True)
+              .values_list("to_status", "created_at"))
+    session = MeetingSession.objects.filter(meeting_id=meeting_id).order_by("started_at").first()
+    marks = [("requested", at.get("requested")), ("launched", session and session.started_at),
+             ("joining", at.get("joining")), ("active", at.get("active"))]
+    return {f"{a}->{b}": round((tb - ta).total_seconds(), 2)
+            for (a, ta), (b, tb) in zip(marks, marks[1:]) if ta and tb}
 
 
 def _lateness_p99(url: str) -> dict[str, str]:
@@ -221,10 +253,11 @@ def run_storm(url: str, backend, *, stubborn: int, hook_bots: int, stop_timeout:
         # The quiet baseline: a probe bot's POST -> active with nothing else going on.
         baseline = []
         for _ in range(2):
-            native, took = probe.time_to_active(series=1)
-            baseline.append(took or 60.0)
+            native, took, meeting_id = probe.time_to_active(series=1)
+            baseline.append((took or 60.0, meeting_id))
             probe.stop(native)
-        figures.probe_baseline = min(baseline)
+        figures.probe_baseline, fastest = min(baseline)
+        figures.probe_baseline_phases = _phases(fastest)
         log(f"  probe baseline POST -> active: {figures.probe_baseline:.2f} s")
 
         with ThreadPoolExecutor(32) as pool:
@@ -238,10 +271,9 @@ def run_storm(url: str, backend, *, stubborn: int, hook_bots: int, stop_timeout:
         log(f"  {stubborn} stubborn bots active")
 
         # The hanging receiver's user starts bots too: each transition is a delivery that hangs.
-        hook_started = time.monotonic()
+        hook_started = time.time()
         hook_ids = [hooked.request_bot(hooked.native_id(series=3), "Hooked") for _ in range(hook_bots)]
-        watchers = ThreadPoolExecutor(hook_bots + 2)
-        hook_waits = [watchers.submit(hooked.wait, i, {"active"} | TERMINAL, 60) for i in hook_ids]
+        watchers = ThreadPoolExecutor(2)
         sweeps_before = _sweep_runs(url)
         storm_started = time.monotonic()
         gone = watchers.submit(_wait_gone, backend, containers, 180)
@@ -252,7 +284,8 @@ def run_storm(url: str, backend, *, stubborn: int, hook_bots: int, stop_timeout:
 
         def probe_every_second():
             while time.monotonic() - storm_started < storm_window:
-                probe_futures.append(probing.submit(probe.time_to_active, 4, 60))
+                probe_futures.append((round(time.monotonic() - storm_started, 1),
+                                      probing.submit(probe.time_to_active, 4, 60)))
                 time.sleep(1.0)
 
         prober = watchers.submit(probe_every_second)
@@ -261,19 +294,24 @@ def run_storm(url: str, backend, *, stubborn: int, hook_bots: int, stop_timeout:
         stops_took = time.monotonic() - storm_started
         log(f"  {stubborn} stops sent in {stops_took:.2f} s")
         prober.result()
-        probe_natives = []
-        for future in probe_futures:
-            native, took = future.result()
+        probe_natives, worst_probe = [], (0.0, None)
+        for sent_at, future in probe_futures:
+            native, took, meeting_id = future.result()
+            figures.probe_timeline.append((sent_at, None if took is None else round(took, 2)))
             probe_natives.append(native)
             if took is None:
                 figures.probes_not_active += 1
             else:
                 figures.probes.append(took)
+                worst_probe = max(worst_probe, (took, meeting_id), key=lambda pair: pair[0])
+        if worst_probe[1] is not None:
+            figures.probe_worst_phases = _phases(worst_probe[1])
         probing.shutdown()
-        for future in hook_waits:
-            status, at = future.result()
-            if status == "active":
-                figures.hook_bots_to_active.append(at - hook_started)
+        for meeting_id in hook_ids:
+            hooked.wait(meeting_id, {"active"} | TERMINAL, 60, interval=0.25)
+            took = _active_after(meeting_id, hook_started)
+            if took is not None:
+                figures.hook_bots_to_active.append(took)
 
         # Every stubborn meeting terminal, and when; every stubborn bot gone, and when.
         deadline = time.monotonic() + 120

@@ -12,9 +12,9 @@ secret signs the retries too). The secret is never logged, stored elsewhere or s
 
 No receiver may hold everyone's delivery threads: at most WEBHOOK_MAX_IN_FLIGHT_PER_USER attempts
 of one user's deliveries run at a time (a delivery refused by the cap is not an attempt: it stays
-pending, its task comes back after WEBHOOK_CAP_RETRY_SECONDS, and each finished attempt of the
-user's enqueues their next due deliveries at once), and an endpoint that keeps failing backs off
-(webhooks.endpoints).
+pending; each finished attempt of the user's enqueues their next due deliveries at once, and the
+capped delivery's own task comes back only when the first running attempt's lease ends, for an
+attempt whose worker died), and an endpoint that keeps failing backs off (webhooks.endpoints).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Min, Q
 from django.utils import timezone
 
 from accounts.webhook import is_private_address
@@ -115,7 +115,7 @@ def _claim(delivery_id: int) -> Claim | Held | None:
         gate = endpoints.Gate()
         if not problem:  # an attempt that sends nothing takes no slot
             if _user_is_at_cap(delivery.user_id, now):
-                return Held(CAPPED, settings.WEBHOOK_CAP_RETRY_SECONDS)
+                return Held(CAPPED, _until_a_slot_frees(delivery.user_id, now))
             gate = endpoints.admit(url, now, lease_seconds())
             if gate.defer_until is not None:
                 delivery.next_attempt_at = gate.defer_until
@@ -139,6 +139,18 @@ def _user_is_at_cap(user_id: int, now: datetime) -> bool:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [USER_LOCK_CLASS, user_id & 0x7FFFFFFF])
     return _in_flight(user_id, now) >= settings.WEBHOOK_MAX_IN_FLIGHT_PER_USER
+
+
+def _until_a_slot_frees(user_id: int, now: datetime) -> float:
+    """When a capped delivery's own task comes back. A finished attempt hands its slot on at once
+    (`_hand_off`), so this task is only for an attempt that never finishes (its worker died): due
+    when the first of the user's running leases ends, never sooner than WEBHOOK_CAP_RETRY_SECONDS.
+    Coming back every few seconds instead made a hanging receiver cost a task per pending delivery
+    per interval: hundreds a second, for nothing, while every slot was held."""
+    first_end = WebhookDelivery.objects.filter(user_id=user_id, claimed_until__gt=now) \
+        .aggregate(first=Min("claimed_until"))["first"]
+    until_lease_end = (first_end - now).total_seconds() if first_end else 0.0
+    return max(settings.WEBHOOK_CAP_RETRY_SECONDS, until_lease_end)
 
 
 def _in_flight(user_id: int, now: datetime) -> int:

@@ -230,3 +230,23 @@ def test_one_probe_at_a_time_and_its_success_resets_the_endpoint_and_wakes_what_
         assert d.held_by_id is None and d.next_attempt_at <= now and d.status == "pending"
         assert delivery.attempt(d.pk) == "succeeded"
     purge_broker()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_capped_delivery_comes_back_when_the_first_running_lease_ends_not_every_few_seconds(hook_user, settings):
+    from tests.support import queued_tasks
+
+    settings.WEBHOOK_MAX_IN_FLIGHT_PER_USER = 2
+    settings.WEBHOOK_CAP_RETRY_SECONDS = 2
+    now = timezone.now()
+    running = [pending(hook_user) for _ in range(2)]
+    for d, lease_left in zip(running, (25, 35)):  # two attempts hang at the receiver
+        WebhookDelivery.objects.filter(pk=d.pk).update(claimed_until=now + timedelta(seconds=lease_left))
+    waiting = pending(hook_user)
+    purge_broker()
+
+    assert delivery.attempt(waiting.pk) == "capped"
+
+    [task] = [t for t in queued_tasks("webhooks.deliver") if t["args"] == [waiting.pk]]
+    assert abs((task["eta"] - (now + timedelta(seconds=25))).total_seconds()) < 2
+    purge_broker()
