@@ -270,9 +270,18 @@ def run_storm(url: str, backend, *, stubborn: int, hook_bots: int, stop_timeout:
         containers = set(Meeting.objects.filter(pk__in=ids).values_list("bot_container_id", flat=True))
         log(f"  {stubborn} stubborn bots active")
 
-        # The hanging receiver's user starts bots too: each transition is a delivery that hangs.
+        # The hanging receiver's user starts bots too: each transition is a delivery that hangs (4
+        # attempts in flight, WEBHOOK_TIMEOUT_SECONDS each, the rest held by the cap: minutes of
+        # them). Their own way to `active` is measured here, before the stops: during the storm it
+        # would measure their bots' start-up, not the isolation from their receiver.
         hook_started = time.time()
         hook_ids = [hooked.request_bot(hooked.native_id(series=3), "Hooked") for _ in range(hook_bots)]
+        for meeting_id in hook_ids:
+            hooked.wait(meeting_id, {"active"} | TERMINAL, 60, interval=0.25)
+            took = _active_after(meeting_id, hook_started)
+            if took is not None:
+                figures.hook_bots_to_active.append(took)
+        log(f"  {len(figures.hook_bots_to_active)} of {hook_bots} bots of the hanging receiver's user active")
         watchers = ThreadPoolExecutor(2)
         sweeps_before = _sweep_runs(url)
         storm_started = time.monotonic()
@@ -307,11 +316,6 @@ def run_storm(url: str, backend, *, stubborn: int, hook_bots: int, stop_timeout:
         if worst_probe[1] is not None:
             figures.probe_worst_phases = _phases(worst_probe[1])
         probing.shutdown()
-        for meeting_id in hook_ids:
-            hooked.wait(meeting_id, {"active"} | TERMINAL, 60, interval=0.25)
-            took = _active_after(meeting_id, hook_started)
-            if took is not None:
-                figures.hook_bots_to_active.append(took)
 
         # Every stubborn meeting terminal, and when; every stubborn bot gone, and when.
         deadline = time.monotonic() + 120
