@@ -284,10 +284,6 @@ ORCHESTRATOR = _str("ORCHESTRATOR", "process")
 # Two deployments on one engine never touch each other's bots: every bot carries this label.
 DEPLOYMENT_NAME = _str("DEPLOYMENT_NAME", "local")
 PROCESS_BOT_COMMAND = _str("PROCESS_BOT_COMMAND", "")  # empty: the simulated bot with this Python
-# Local-process bots run beside the control plane on its cores: at this niceness (0-19, also given to
-# each bot's scheduler autogroup), so a host full of busy, starting or dying bots cannot starve the
-# workers that enforce their deadlines.
-PROCESS_BOT_NICE = _int("PROCESS_BOT_NICE", 10)
 BOT_IMAGE = _str("BOT_IMAGE", "botmanager-simbot:latest")
 # Network the bot containers join. Default: `host` when the bots are told to call back on a
 # loopback address (PUBLIC_BASE_URL; `make run`'s default), the only network from which a bot

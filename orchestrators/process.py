@@ -63,11 +63,10 @@ def _now() -> datetime:
 class ProcessOrchestrator:
     name = "process"
 
-    def __init__(self, run_dir: Path | str, deployment: str, command: list[str] | None = None, nice: int = 0):
+    def __init__(self, run_dir: Path | str, deployment: str, command: list[str] | None = None):
         self.bots_dir = Path(run_dir) / "bots"
         self.deployment = deployment
         self.command = command or [sys.executable, "-m", "simbot"]
-        self.nice = max(0, min(19, nice))
 
     def instance_id(self) -> str:
         # The bots of this backend are processes of this host, recorded under this directory.
@@ -77,7 +76,7 @@ class ProcessOrchestrator:
     def from_settings(cls, settings) -> ProcessOrchestrator:
         raw = settings.PROCESS_BOT_COMMAND.strip()
         return cls(run_dir=settings.RUN_DIR, deployment=settings.DEPLOYMENT_NAME,
-                   command=shlex.split(raw) if raw else None, nice=settings.PROCESS_BOT_NICE)
+                   command=shlex.split(raw) if raw else None)
 
     # --- start ------------------------------------------------------------------------------------
     def start(self, spec: BotSpec) -> str:
@@ -85,7 +84,7 @@ class ProcessOrchestrator:
         path = process_state.record_path(self.bots_dir, container_id)
         log_file = process_state.log_path(self.bots_dir, container_id)
         record = {
-            "container_id": container_id, "name": spec.name, "command": self.command, "nice": self.nice,
+            "container_id": container_id, "name": spec.name, "command": self.command,
             "labels": {**spec.labels, LABEL_MANAGED: "true", LABEL_DEPLOYMENT: self.deployment},
             "status": "starting", "created_at": _now().isoformat(), "log_path": str(log_file),
             "pid": None, "pgid": None, "proc_start_time": None, "exit_code": None,

@@ -44,33 +44,12 @@ def _honour_stop_requested_while_starting(path: Path, pgid: int) -> None:
             return
 
 
-def _autogroup_nice(nice: int) -> None:
-    try:
-        with open("/proc/self/autogroup", "w") as autogroup:
-            autogroup.write(str(nice))
-    except OSError:
-        pass
-
-
-def lower_priority(nice: int) -> None:
-    """Run this process, and what it starts, `nice` steps below the control plane. A new session
-    (ours, the bot's) is also a new scheduler autogroup where the kernel has them
-    (`kernel.sched_autogroup_enabled`), and autogroups share the CPU as equals whatever their
-    processes' niceness: the autogroup gets the same niceness."""
-    if nice <= 0:
-        return
-    os.nice(nice)
-    _autogroup_nice(nice)  # where there are no autogroups (or it is not allowed), niceness is what counts
-
-
 def main(argv: list[str]) -> int:
     path = Path(argv[1])
     record = process_state.read(path)
     if record is None:
         print(f"error: no bot record at {path}", flush=True)
         return 1
-    nice = int(record.get("nice") or 0)
-    lower_priority(nice)
     bot_config = sys.stdin.read()
     ready = os.fdopen(os.dup(1), "w")
     with open(record["log_path"], "ab", buffering=0) as log:
@@ -81,9 +60,7 @@ def main(argv: list[str]) -> int:
         os.environ["BOT_CONFIG"] = bot_config
         try:
             bot = subprocess.Popen(record["command"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                   start_new_session=True,
-                                   # the niceness is inherited; the new session's autogroup is not
-                                   preexec_fn=(lambda: _autogroup_nice(nice)) if nice > 0 else None)
+                                   start_new_session=True)
         except OSError as exc:
             error = f"cannot run {record['command']!r}: {exc}"
             process_state.update(path, status="failed", error=error, finished_at=_now())

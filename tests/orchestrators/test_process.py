@@ -151,36 +151,6 @@ def test_the_meeting_token_is_kept_out_of_records_and_command_lines(make_orchest
         assert token not in Path(f"/proc/{pid}/cmdline").read_text()
 
 
-def niceness(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
-
-
-def autogroup_nice(pid: int) -> int | None:
-    """The nice of the process's scheduler autogroup; None where the kernel has none."""
-    try:
-        return int(Path(f"/proc/{pid}/autogroup").read_text().split("nice")[1])
-    except OSError:
-        return None
-
-
-def test_bots_run_below_the_control_planes_cpu_priority(make_orchestrator, settings):
-    settings.PROCESS_BOT_NICE = 7
-    orch = make_orchestrator("sleep")
-    record = record_of(orch, start_ready(orch))
-
-    for pid in (record["pid"], record["supervisor_pid"]):
-        assert niceness(pid) == niceness(os.getpid()) + 7
-        assert autogroup_nice(pid) in (None, 7)  # a session of its own is an autogroup of its own
-
-
-def test_a_bot_niceness_of_0_leaves_the_bots_priority_alone(make_orchestrator, settings):
-    settings.PROCESS_BOT_NICE = 0
-    orch = make_orchestrator("sleep")
-    record = record_of(orch, start_ready(orch))
-
-    assert niceness(record["pid"]) == niceness(os.getpid())
-
-
 def test_list_is_empty_before_any_bot_started(make_orchestrator):
     assert make_orchestrator("sleep").list() == []
 
