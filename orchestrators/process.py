@@ -54,10 +54,34 @@ STALE_START_SECONDS = START_TIMEOUT_SECONDS + 15.0
 KILL_WAIT_SECONDS = 5.0
 EXIT_CODE_WAIT_SECONDS = 1.0
 POLL_SECONDS = 0.05
+# The niceness of a bot being stopped (`_lowest_priority`).
+LOWEST_PRIORITY = 19
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _lowest_priority(record: dict) -> None:
+    """Before a bot is told to stop: its process group and its supervisor get the lowest CPU
+    priority (and their scheduler autogroups, where the kernel has them: autogroups share the CPU
+    as equals whatever their processes' niceness). What a stopping bot still does, a stubborn
+    one's last seconds, two hundred bots dying at once and their supervisors recording it, then
+    cannot take the cores from the lifecycle workers finalizing their meetings or from the bots
+    still starting and running. Best effort: a process that is gone or not ours is left alone."""
+    for which, who in ((os.PRIO_PGRP, record.get("pgid")), (os.PRIO_PROCESS, record.get("supervisor_pid"))):
+        if not who:
+            continue
+        try:
+            os.setpriority(which, who, LOWEST_PRIORITY)
+        except OSError:
+            pass
+    for pid in (record.get("pid"), record.get("supervisor_pid")):
+        try:
+            with open(f"/proc/{pid}/autogroup", "w") as autogroup:
+                autogroup.write(str(LOWEST_PRIORITY))
+        except OSError:
+            pass
 
 
 class ProcessOrchestrator:
@@ -227,6 +251,7 @@ class ProcessOrchestrator:
         elif not record.get(mark):
             process_state.update(path, **{mark: _now().isoformat()})
         if process_state.is_running(record["pid"], record.get("proc_start_time")):
+            _lowest_priority(record)
             self._killpg(record["pgid"], signum)
         else:
             self._killpg(record["pgid"], signal.SIGKILL)  # leftovers of a bot that is gone

@@ -273,6 +273,28 @@ def test_stop_sigkills_a_bot_that_ignores_sigterm_after_the_timeout(make_orchest
     assert (info.exit_code, info.raw_status) == (137, "killed by SIGKILL (137)")
 
 
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_a_bot_runs_at_the_control_planes_priority_until_it_is_told_to_stop(make_orchestrator):
+    orch = make_orchestrator("ignore-term")
+    record = record_of(orch, start_ready(orch))
+
+    assert niceness(record["pid"]) == niceness(os.getpid())
+
+
+def test_a_bot_told_to_stop_and_its_supervisor_get_the_lowest_cpu_priority(make_orchestrator):
+    orch = make_orchestrator("ignore-term")  # so it is still there to be looked at
+    container_id = start_ready(orch)
+    record = record_of(orch, container_id)
+
+    orch.terminate(container_id)
+
+    assert niceness(record["pid"]) == 19
+    assert niceness(record["supervisor_pid"]) == 19
+
+
 def test_a_bot_being_stopped_is_listed_stopping(make_orchestrator):
     orch = make_orchestrator("ignore-term")
     container_id = start_ready(orch)
