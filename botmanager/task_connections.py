@@ -7,9 +7,9 @@ asking whether they still work. Each task then paid a TCP connect and a SCRAM au
 before its first query: in a storm of 200 stops, more than half of the lifecycle pool's time went
 to `psycopg2.connect`, and the finalizers ran seconds late. Here the fix-up applies Django's own
 per-request rule around each task instead (`close_old_connections`: close a connection only when
-it is unusable, left in a transaction, or older than DB_CONN_MAX_AGE), and the connection is
-checked before its first query of a task (CONN_HEALTH_CHECKS, settings.py), so a worker whose
-database restarted reconnects instead of failing one task per process or thread.
+it is unusable, left in a transaction, or older than DB_CONN_MAX_AGE), and a kept connection is
+checked before each task, so a worker whose database restarted reconnects instead of failing one
+task per process or thread.
 
 Everything else of Celery's fix-up stays: `django.setup()` before tasks are imported, a forked
 pool child closes (without I/O) the connections it inherited from its parent.
@@ -20,10 +20,27 @@ from celery.fixups import django as celery_django
 
 
 class ReusingWorkerFixup(celery_django.DjangoWorkerFixup):
+    def on_task_prerun(self, sender, **kwargs) -> None:
+        if not getattr(sender.request, "is_eager", False):
+            self.close_database()
+            _drop_dead_connections()
+
     def close_database(self, **kwargs) -> None:
         from django.db import close_old_connections
 
         close_old_connections()
+
+
+def _drop_dead_connections() -> None:
+    """Before a task: a kept connection the database has dropped (it restarted, or ended the
+    session) is closed, so the task's first query opens a new one instead of failing. One
+    `SELECT 1` per task, in workers only: the web's callback path does without (a request that
+    fails there is retried by its bot)."""
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and not conn.is_usable():
+            conn.close()
 
 
 class ReusingDjangoFixup(celery_django.DjangoFixup):
