@@ -28,23 +28,24 @@ _COMPLETION_ALIASES = {
     "admission_timeout": CompletionReason.AWAITING_ADMISSION_TIMEOUT,
     "admission_rejected": CompletionReason.AWAITING_ADMISSION_REJECTED,
 }
-_COMPLETION_REASONS = frozenset(CompletionReason.values)
-_FAILURE_STAGES = frozenset(FailureStage.values)
+# Our own values (what a bot may send as is; anything else is mapped by the functions below).
+COMPLETION_REASONS = frozenset(CompletionReason.values)
+FAILURE_STAGES = frozenset(FailureStage.values)
 
 
 def completion_reason(raw: str | None) -> str | None:
     """Ours for the bot's reason: itself when defined, its alias, else `stopped` (the default of a
     clean end). None when the bot gave none."""
-    if not raw or raw in _COMPLETION_REASONS:
+    if not raw or raw in COMPLETION_REASONS:
         return raw or None
     return _COMPLETION_ALIASES.get(raw, CompletionReason.STOPPED)
 
 
 def failure_stage(raw: str | None) -> str | None:
     """The bot's stage when defined; else None: the meeting failed in the status it was in."""
-    return raw if raw in _FAILURE_STAGES else None
+    return raw if raw in FAILURE_STAGES else None
 
 
 def is_known(raw: str | None, kind: str) -> bool:
     """Whether `raw` is one of our values of `kind` ("completion_reason" / "failure_stage")."""
-    return raw is None or raw in (_COMPLETION_REASONS if kind == "completion_reason" else _FAILURE_STAGES)
+    return raw is None or raw in (COMPLETION_REASONS if kind == "completion_reason" else FAILURE_STAGES)

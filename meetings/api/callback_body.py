@@ -17,15 +17,12 @@ from django.conf import settings
 
 from botmanager import jsonbody
 
-from ..bot_vocabulary import REPORTABLE
+from ..bot_vocabulary import COMPLETION_REASONS, FAILURE_STAGES, REPORTABLE
 from ..callbacks import CallbackReport
-from ..statuses import CompletionReason, FailureStage
 from .serializers import _without_nul
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _REPORTABLE = frozenset(s.value for s in REPORTABLE)
-_COMPLETION_REASONS = frozenset(CompletionReason.values)
-_FAILURE_STAGES = frozenset(FailureStage.values)
 # Characters the serializer would change or refuse in a string: NUL (dropped), lone surrogates
 # (refused). Strings holding them take the DRF path.
 _ODD = re.compile("[\x00\ud800-\udfff]")
@@ -71,10 +68,10 @@ def report(name: str, request) -> CallbackReport | None:
                 return None
         elif key == "completion_reason":
             # A list or object here was a TypeError (unhashable), a 500: only strings are looked up.
-            if value is not None and (type(value) is not str or value not in _COMPLETION_REASONS):
+            if value is not None and (type(value) is not str or value not in COMPLETION_REASONS):
                 return None
         elif key == "failure_stage":
-            if value is not None and (type(value) is not str or value not in _FAILURE_STAGES):
+            if value is not None and (type(value) is not str or value not in FAILURE_STAGES):
                 return None
         elif key in _FREE_FORM:
             value = _without_nul(value)
