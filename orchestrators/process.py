@@ -52,7 +52,8 @@ START_TIMEOUT_SECONDS = 15.0
 # A record still "starting" after this long lost its supervisor before the bot started.
 STALE_START_SECONDS = START_TIMEOUT_SECONDS + 15.0
 KILL_WAIT_SECONDS = 5.0
-EXIT_CODE_WAIT_SECONDS = 1.0
+# A stopped bot's supervisor runs at the lowest priority: on a busy host it records the exit late.
+EXIT_CODE_WAIT_SECONDS = 5.0
 POLL_SECONDS = 0.05
 # The niceness of a bot being stopped (`_lowest_priority`).
 LOWEST_PRIORITY = 19
@@ -331,6 +332,10 @@ class ProcessOrchestrator:
         if status.is_running:
             raise OrchestratorError(f"bot {container_id} is {raw}; stop it before removing it")
         path = process_state.record_path(self.bots_dir, container_id)
-        for leftover in (path, process_state.log_path(self.bots_dir, container_id),
-                         process_state.lock_path(path)):
-            leftover.unlink(missing_ok=True)
+        # Under the record's lock: a supervisor still recording the exit (it runs at the lowest
+        # priority once its bot is stopped, so it can be slow) must not write the record back
+        # after it was removed. It finds none and writes nothing (`process_state.update`).
+        with process_state.locked(path):
+            path.unlink(missing_ok=True)
+            process_state.log_path(self.bots_dir, container_id).unlink(missing_ok=True)
+        process_state.lock_path(path).unlink(missing_ok=True)

@@ -295,6 +295,32 @@ def test_a_bot_told_to_stop_and_its_supervisor_get_the_lowest_cpu_priority(make_
     assert niceness(record["supervisor_pid"]) == 19
 
 
+def test_a_supervisor_recording_the_exit_while_the_bot_is_removed_does_not_bring_the_record_back(make_orchestrator):
+    orch = make_orchestrator("exit", "0")
+    container_id = orch.start(spec())
+    wait_for(lambda: exited(orch, container_id), what="the bot's exit")
+    path = process_state.record_path(orch.bots_dir, container_id)
+    updating, removing = threading.Event(), threading.Event()
+
+    def slow_supervisor_update():  # process_state.update, caught between its read and its write
+        with process_state.locked(path):
+            record = process_state.read(path)
+            updating.set()
+            removing.wait(5)
+            time.sleep(0.2)
+            process_state.write(path, {**record, "note": "written late"})
+
+    supervisor = threading.Thread(target=slow_supervisor_update)
+    supervisor.start()
+    updating.wait(5)
+    removing.set()
+    orch.remove(container_id)
+    supervisor.join()
+
+    assert orch.inspect(container_id) is None
+    assert not path.exists()
+
+
 def test_a_bot_being_stopped_is_listed_stopping(make_orchestrator):
     orch = make_orchestrator("ignore-term")
     container_id = start_ready(orch)
