@@ -55,13 +55,7 @@ class ReusingDjangoFixup(celery_django.DjangoFixup):
         self._worker_fixup = value
 
 
-def fixup(app, env: str = "DJANGO_SETTINGS_MODULE"):
-    """`Celery(fixups=[...])` entry: Celery's own `fixup` with the reusing worker fix-up."""
-    import os
-
-    if os.environ.get(env) and "django" not in app.loader_cls.lower():
-        import django
-
-        celery_django._verify_django_version(django)
-        return ReusingDjangoFixup(app).install()
-    return None
+def fixup(app):
+    """`Celery(fixups=[...])` entry (botmanager/celery.py, which has set DJANGO_SETTINGS_MODULE):
+    Celery's Django fix-up with the reusing worker fix-up."""
+    return ReusingDjangoFixup(app).install()

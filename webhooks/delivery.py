@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Min, Q
+from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from accounts.webhook import is_private_address
@@ -114,8 +114,9 @@ def _claim(delivery_id: int) -> Claim | Held | None:
         problem = "" if url and secret else "the user has no webhook URL or secret any more"
         gate = endpoints.Gate()
         if not problem:  # an attempt that sends nothing takes no slot
-            if _user_is_at_cap(delivery.user_id, now):
-                return Held(CAPPED, _until_a_slot_frees(delivery.user_id, now))
+            slot_frees_at = _cap_held_until(delivery.user_id, now)
+            if slot_frees_at is not None:
+                return Held(CAPPED, _capped_countdown(slot_frees_at, now))
             gate = endpoints.admit(url, now, lease_seconds())
             if gate.defer_until is not None:
                 delivery.next_attempt_at = gate.defer_until
@@ -132,29 +133,34 @@ def _claim(delivery_id: int) -> Claim | Held | None:
                  delivery.payload, now, secret, problem, probe=gate.probe)
 
 
-def _user_is_at_cap(user_id: int, now: datetime) -> bool:
-    """Whether WEBHOOK_MAX_IN_FLIGHT_PER_USER of the user's attempts hold a live claim. Claims of
-    one user are serialized by a transaction-scoped advisory lock on the user id (not the user
-    row, which POST /bots locks), so two claims cannot both see the last free slot."""
+def _cap_held_until(user_id: int, now: datetime) -> datetime | None:
+    """None while the user has a free slot (fewer than WEBHOOK_MAX_IN_FLIGHT_PER_USER attempts hold
+    a live claim); at the cap, when the first of those claims' leases ends. Claims of one user are
+    serialized by a transaction-scoped advisory lock on the user id (not the user row, which
+    POST /bots locks), so two claims cannot both see the last free slot."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [USER_LOCK_CLASS, user_id & 0x7FFFFFFF])
-    return _in_flight(user_id, now) >= settings.WEBHOOK_MAX_IN_FLIGHT_PER_USER
+    claims = _in_flight_claims(user_id, now).aggregate(count=Count("pk"), first_end=Min("claimed_until"))
+    if claims["count"] < settings.WEBHOOK_MAX_IN_FLIGHT_PER_USER:
+        return None
+    return claims["first_end"] or now  # a cap of 0 holds with no claim at all
 
 
-def _until_a_slot_frees(user_id: int, now: datetime) -> float:
+def _capped_countdown(slot_frees_at: datetime, now: datetime) -> float:
     """When a capped delivery's own task comes back. A finished attempt hands its slot on at once
     (`_hand_off`), so this task is only for an attempt that never finishes (its worker died): due
     when the first of the user's running leases ends, never sooner than WEBHOOK_CAP_RETRY_SECONDS.
     Coming back every few seconds instead made a hanging receiver cost a task per pending delivery
     per interval: hundreds a second, for nothing, while every slot was held."""
-    first_end = WebhookDelivery.objects.filter(user_id=user_id, claimed_until__gt=now) \
-        .aggregate(first=Min("claimed_until"))["first"]
-    until_lease_end = (first_end - now).total_seconds() if first_end else 0.0
-    return max(settings.WEBHOOK_CAP_RETRY_SECONDS, until_lease_end)
+    return max(settings.WEBHOOK_CAP_RETRY_SECONDS, (slot_frees_at - now).total_seconds())
+
+
+def _in_flight_claims(user_id: int, now: datetime):
+    return WebhookDelivery.objects.filter(user_id=user_id, claimed_until__gt=now)
 
 
 def _in_flight(user_id: int, now: datetime) -> int:
-    return WebhookDelivery.objects.filter(user_id=user_id, claimed_until__gt=now).count()
+    return _in_flight_claims(user_id, now).count()
 
 
 def _due(delivery: WebhookDelivery, now: datetime) -> bool:
