@@ -71,11 +71,16 @@ def _read(file: Path) -> dict[str, str]:
 
 
 def _write(file: Path, values: dict[str, str]) -> None:
-    tmp = file.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
-    # Created 0600 from the start: the secrets are never readable by another account, not even briefly.
+    write_private(file, json.dumps(values, indent=1, sort_keys=True))
+
+
+def write_private(file: Path, text: str) -> None:
+    """Replace `file` with `text`, readable by this account only: created 0600 from the start (a
+    secret is never readable by another account, not even briefly), fsynced, then renamed over."""
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
     fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump(values, handle, indent=1, sort_keys=True)
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, file)

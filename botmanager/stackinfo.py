@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from botmanager.local_secrets import write_private
+
 FILE_NAME = "runstack.env"
 CREDENTIALS_FILE = "credentials.env"
 # The settings a second terminal must share with `make run` to reach its servers and its bots.
@@ -102,12 +104,8 @@ def write_credentials(run_dir: Path, values: dict[str, str]) -> Path:
     ran it (0600, like secrets.json): `. RUN_DIR/credentials.env` puts them in a shell. Values are
     e-mail addresses and URL-safe tokens, safe unquoted."""
     file = Path(run_dir) / CREDENTIALS_FILE
-    tmp = file.with_name(f".{CREDENTIALS_FILE}.{os.getpid()}.tmp")
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("# Created by `make run` (botmanager/runstack.py); `. this-file` in a shell sets them.\n")
-        handle.writelines(f"{name}={value}\n" for name, value in values.items())
-    tmp.replace(file)
+    write_private(file, "# Created by `make run` (botmanager/runstack.py); `. this-file` in a shell sets them.\n"
+                  + "".join(f"{name}={value}\n" for name, value in values.items()))
     return file
 
 

@@ -44,8 +44,3 @@ def completion_reason(raw: str | None) -> str | None:
 def failure_stage(raw: str | None) -> str | None:
     """The bot's stage when defined; else None: the meeting failed in the status it was in."""
     return raw if raw in FAILURE_STAGES else None
-
-
-def is_known(raw: str | None, kind: str) -> bool:
-    """Whether `raw` is one of our values of `kind` ("completion_reason" / "failure_stage")."""
-    return raw is None or raw in (COMPLETION_REASONS if kind == "completion_reason" else FAILURE_STAGES)

@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import bot_vocabulary, commands, lifecycle, tokens
-from .bot_vocabulary import NEEDS_HUMAN_HELP, REPORTABLE
+from .bot_vocabulary import COMPLETION_REASONS, FAILURE_STAGES, NEEDS_HUMAN_HELP, REPORTABLE
 from .errors import UnknownSession
 from .models import Meeting, MeetingSession
 from .payloads import timestamp
@@ -100,7 +100,7 @@ def handle(report: CallbackReport, bearer_token: str | None) -> CallbackResult:
             return lifecycle.record_condition_from_session(
                 uid, target.condition, value, source=TransitionSource.BOT_CALLBACK, reason=reason, metadata=metadata)
     else:
-        updates = _data_updates(report, target.status, raw)
+        updates = _data_updates(report, target.status, raw, metadata)
 
         def attempt():
             return lifecycle.transition_from_session(
@@ -162,12 +162,10 @@ def _raw_values(report: CallbackReport, target: Target) -> dict:
     if report.status is not None and report.status != target.status:
         raw["bot_status"] = report.status
     if report.completion_reason is not None and (
-            target.status != MeetingStatus.COMPLETED or not bot_vocabulary.is_known(report.completion_reason,
-                                                                                   "completion_reason")):
+            target.status != MeetingStatus.COMPLETED or report.completion_reason not in COMPLETION_REASONS):
         raw["bot_completion_reason"] = report.completion_reason
     if report.failure_stage is not None and (
-            target.status != MeetingStatus.FAILED or not bot_vocabulary.is_known(report.failure_stage,
-                                                                                "failure_stage")):
+            target.status != MeetingStatus.FAILED or report.failure_stage not in FAILURE_STAGES):
         raw["bot_failure_stage"] = report.failure_stage
     return raw
 
@@ -191,16 +189,17 @@ def _metadata(report: CallbackReport, raw: dict) -> dict:
     return metadata
 
 
-def _data_updates(report: CallbackReport, target: str, raw: dict) -> dict:
+def _data_updates(report: CallbackReport, target: str, raw: dict, metadata: dict) -> dict:
+    """What the meeting keeps of the report; its free-form fields as `_metadata` already capped them."""
     updates = {}
     if target == MeetingStatus.FAILED and (report.error_details or report.reason):
-        updates["last_error"] = capped(report.error_details) or report.reason
+        updates["last_error"] = metadata.get("error_details") or report.reason
     if report.platform_specific_error is not None:
-        updates["platform_specific_error"] = capped(report.platform_specific_error)
+        updates["platform_specific_error"] = metadata["platform_specific_error"]
     if raw:
         updates.update(raw)
     if report.bot_resources is not None:  # as Vexa's meeting-api keeps it
-        updates["bot_resources"] = capped(report.bot_resources, settings.CALLBACK_EXTRA_MAX_CHARS)
+        updates["bot_resources"] = metadata["bot_resources"]
     return updates
 
 

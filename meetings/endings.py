@@ -20,6 +20,13 @@ def no_callback() -> dict:
                           "of the request; the manager failed the meeting."}
 
 
+def not_launched() -> dict:
+    """A scheduled bot's launch window passed (the sweep)."""
+    return {"last_error": f"The scheduled bot was not launched within {settings.SCHEDULED_LAUNCH_WINDOW_SECONDS:.0f}s "
+                          "after its join_at (the concurrent bot limit stayed reached, or the scheduler was not "
+                          "running)."}
+
+
 def stuck_joining() -> dict:
     return {"last_error": f"The bot was still joining {_seconds(settings.JOINING_TIMEOUT_SECONDS)} after it began; "
                           "it never reached the waiting room or the meeting, so the manager failed the meeting."}

@@ -195,10 +195,7 @@ def _deadline_decision(m: MeetingRow, now: datetime):
         # Its deadline is join_at + SCHEDULED_LAUNCH_WINDOW_SECONDS: before that the scheduler
         # launches it (or it waits for a seat); it has no bot, so nothing else judges it.
         return Finalize(m.id, m.status, S.FAILED, "scheduled bot not launched within the launch window",
-                        failure_stage=S.SCHEDULED, metadata=overdue, data_updates={"last_error": (
-                            f"The scheduled bot was not launched within {settings.SCHEDULED_LAUNCH_WINDOW_SECONDS:.0f}s "
-                            "after its join_at (the concurrent bot limit stayed reached, or the scheduler was not "
-                            "running).")})
+                        failure_stage=S.SCHEDULED, metadata=overdue, data_updates=endings.not_launched())
     if m.status == S.REQUESTED:
         return Finalize(m.id, m.status, S.FAILED, "no bot callback before the requested timeout",
                         failure_stage=S.REQUESTED, stop_container=container, metadata=overdue,

@@ -48,12 +48,13 @@ class Summary:
         return dict(self.__dict__)
 
 
-def due(now: datetime) -> list[int]:
-    """Scheduled meetings to launch now: join_at within the lead time, deadline not yet passed
-    (past it the sweep fails the meeting: the two never act on one meeting both ways)."""
+def due(now: datetime) -> list[tuple[int, int]]:
+    """(meeting id, user id) of the scheduled meetings to launch now: join_at within the lead time,
+    deadline not yet passed (past it the sweep fails the meeting: the two never act on one meeting
+    both ways)."""
     horizon = now + timedelta(seconds=settings.SCHEDULED_LAUNCH_LEAD_SECONDS)
     return list(Meeting.objects.filter(status=MeetingStatus.SCHEDULED, join_at__lte=horizon, deadline_at__gt=now)
-                .order_by("join_at").values_list("id", flat=True)[:BATCH])
+                .order_by("join_at").values_list("id", "user_id")[:BATCH])
 
 
 def launch_due(now: datetime | None = None) -> Summary:
@@ -61,8 +62,8 @@ def launch_due(now: datetime | None = None) -> Summary:
     now = now or timezone.now()
     ids = due(now)
     summary = Summary(due=len(ids))
-    for meeting_id in ids:
-        outcome = claim(meeting_id, now)
+    for meeting_id, user_id in ids:
+        outcome = claim(meeting_id, now, user_id)
         summary.launched += int(outcome is Claim.LAUNCHED)
         summary.waiting_for_seat += int(outcome is Claim.NO_SEAT)
     if ids:
@@ -76,10 +77,12 @@ class Claim:
     NOT_DUE = "not_due"  # claimed, cancelled or past its deadline meanwhile
 
 
-def claim(meeting_id: int, now: datetime) -> str:
+def claim(meeting_id: int, now: datetime, user_id: int | None = None) -> str:
     """Move one due meeting `scheduled -> requested` and enqueue its launch after commit, if a seat
-    is free. Exactly one caller ever applies it (row locks + `only_from`)."""
-    user_id = Meeting.objects.filter(pk=meeting_id).values_list("user_id", flat=True).first()
+    is free. Exactly one caller ever applies it (row locks + `only_from`). `user_id`: the meeting's
+    owner when the caller already read it (`due`)."""
+    if user_id is None:
+        user_id = Meeting.objects.filter(pk=meeting_id).values_list("user_id", flat=True).first()
     if user_id is None:
         return Claim.NOT_DUE
     with transaction.atomic():

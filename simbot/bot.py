@@ -76,6 +76,7 @@ class SimBot:
         self.seen_command_ids: set[str] = set()
         self.stop_signal: int | None = None
         self._wakeup: socket.socket | None = None
+        self._wakeup_writer: socket.socket | None = None
 
     def on_signal(self, signum, frame) -> None:
         # Only set a flag: the main loop acts on it (logging or HTTP inside a handler could

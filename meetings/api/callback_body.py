@@ -22,7 +22,6 @@ from ..callbacks import CallbackReport
 from .serializers import _without_nul
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
-_REPORTABLE = frozenset(s.value for s in REPORTABLE)
 # Characters the serializer would change or refuse in a string: NUL (dropped), lone surrogates
 # (refused). Strings holding them take the DRF path.
 _ODD = re.compile("[\x00\ud800-\udfff]")
@@ -84,7 +83,7 @@ def report(name: str, request) -> CallbackReport | None:
         return None
     if name == "exited" and fields.get("exit_code") is None:
         return None
-    if name == "status_change" and fields.get("status") not in _REPORTABLE:
+    if name == "status_change" and fields.get("status") not in REPORTABLE:
         return None
     return CallbackReport(name=name, **fields)
 
