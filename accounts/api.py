@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 
 from botmanager import errors
 from botmanager.openapi import error
+from botmanager.strict_fields import MAX_OFFSET
 
 from . import services
 from .authentication import HasAdminAPIKey
@@ -30,8 +31,8 @@ class AdminView(APIView):
     permission_classes = [HasAdminAPIKey]
 
 
-# PostgreSQL's OFFSET is a bigint: a larger skip would fail in the database (a 500).
-MAX_SKIP = 2**63 - 1
+# GET /admin/users: users per page by default, and the most a `limit` gives.
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 
 
 def _non_negative_int(request, name: str, default: int, maximum: int | None = None,
@@ -53,10 +54,11 @@ def _non_negative_int(request, name: str, default: int, maximum: int | None = No
 
 ADMIN = ["admin"]
 PAGE = [
-    OpenApiParameter("skip", {"type": "integer", "minimum": 0, "maximum": MAX_SKIP},
+    OpenApiParameter("skip", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
                      description="Users to skip (in id order)."),
     OpenApiParameter("limit", {"type": "integer", "minimum": 0},
-                     description="At most this many users (default 100; more than 1000 counts as 1000)."),
+                     description=f"At most this many users (default {DEFAULT_LIMIT}; more than {MAX_LIMIT} counts as "
+                                 f"{MAX_LIMIT})."),
 ]
 USER_NOT_FOUND = error("No such user.")
 
@@ -70,8 +72,8 @@ USER_NOT_FOUND = error("No such user.")
 )
 class UsersView(AdminView):
     def get(self, request):
-        skip = _non_negative_int(request, "skip", 0, largest=MAX_SKIP)
-        limit = _non_negative_int(request, "limit", 100, maximum=1000)
+        skip = _non_negative_int(request, "skip", 0, largest=MAX_OFFSET)
+        limit = _non_negative_int(request, "limit", DEFAULT_LIMIT, maximum=MAX_LIMIT)
         users = User.objects.order_by("id")[skip : skip + limit]
         return Response(UserSerializer(users, many=True).data)
 

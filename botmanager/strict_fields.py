@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+# The largest row skip a list query may ask for: PostgreSQL's OFFSET is a bigint (a larger one
+# fails in the database: a 500).
+MAX_OFFSET = 2**63 - 1
+
 
 class StrictCharField(serializers.CharField):
     def to_internal_value(self, data):

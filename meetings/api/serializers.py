@@ -10,7 +10,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
-from botmanager.strict_fields import StrictCharField
+from botmanager.strict_fields import MAX_OFFSET, StrictCharField
 from orchestrators.base import NormalizedStatus
 
 from .. import platforms
@@ -180,8 +180,7 @@ class MeetingListQuerySerializer(serializers.Serializer):
 
     limit = serializers.IntegerField(required=False, min_value=1, max_value=100,
                                      help_text="At most this many meetings (1 to 100).")
-    # PostgreSQL's OFFSET is a bigint.
-    offset = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1,
+    offset = serializers.IntegerField(required=False, min_value=0, max_value=MAX_OFFSET,
                                       help_text="Skip this many of the newest meetings first.")
     status = serializers.ChoiceField(choices=MeetingStatus.choices, required=False,
                                      help_text="Only meetings in this status.")
