@@ -8,7 +8,8 @@
    (`bot_control.stop_bot`: SIGTERM now, SIGKILL BOT_STOP_TIMEOUT_SECONDS later, on the
    orchestrator queue: a stubborn bot never holds a lifecycle worker).
 3. `finalize_after_stop`: if the bot's exit callback still has not ended the meeting, finalize
-   completed/stopped and have a bot that may still run killed.
+   completed/stopped. A bot that still runs keeps the rest of its BOT_STOP_TIMEOUT_SECONDS (the
+   escalation of step 2 kills it then; the sweep stops every bot whose meeting is over).
 Every step re-reads the row and does nothing once the meeting has moved on. The countdowns are
 the fast path; the orphan sweep finalizes from `deadline_at` if they are lost.
 """
@@ -83,22 +84,24 @@ def finalize_countdown(meeting: Meeting) -> float:
 
 
 def finalize_after_stop(meeting_id: int) -> TransitionResult | None:
-    """Finalize a meeting whose bot did not report its exit by the stop deadline. No call to the
-    orchestrator here (a slow engine must not delay the ending): the bot, if it still runs, is
-    killed by a task of the orchestrator queue once the meeting is over."""
+    """Finalize a meeting whose bot did not report its exit by the stop deadline.
+
+    The meeting's ending and its bot's end are separate promises: the meeting ends at the stop
+    deadline; the bot keeps the BOT_STOP_TIMEOUT_SECONDS it was given with its SIGTERM (to leave,
+    flush, upload) and is killed by the escalation `delayed_stop` scheduled. No call to the
+    orchestrator here: killing at the grace would cut that time short whenever the grace is the
+    shorter, and a burst of kills (50 containers torn down by the engine) would take the cores
+    from the finalizers still due."""
     meeting = Meeting.objects.filter(pk=meeting_id).first()
     if meeting is None or meeting.is_terminal:
         return None
-    result = lifecycle.transition(
+    return lifecycle.transition(
         meeting_id, MeetingStatus.COMPLETED, source=TransitionSource.GRACE_FINALIZER,
         reason="bot did not report its exit within the stop grace period",
         completion_reason=CompletionReason.STOPPED,  # lifecycle substitutes the stop's recorded reason
-        metadata={"container_id": meeting.bot_container_id, "kill_requested": bool(meeting.bot_container_id)},
+        metadata={"container_id": meeting.bot_container_id},
         data_updates=endings.unreported_stop(),
     )
-    if result.applied and meeting.bot_container_id:
-        bot_control.kill_bot(_backend_name(meeting), meeting.bot_container_id, meeting.bot_instance)
-    return result
 
 
 def _backend_name(meeting: Meeting) -> str:

@@ -99,12 +99,12 @@ def test_ac1_a_bot_that_ignores_the_leave_command_still_ends_terminal(live, sett
     assert (meeting.status, meeting.completion_reason) == ("completed", "stopped")
     final = applied(meeting_id)[-1]
     assert final.source == TransitionSource.GRACE_FINALIZER
-    assert final.metadata["kill_requested"] is True  # the bot still ignored its SIGTERM
     container = Meeting.objects.get(pk=meeting_id).bot_container_id
-    wait_for(lambda: get_orchestrator("process").inspect(container).exit_code == 137, timeout=5,
-             what="the finalizer's kill to end the bot")
+    # It ignored its SIGTERM until its stop timeout ran out (after the meeting's ending).
+    wait_for(lambda: get_orchestrator("process").inspect(container).exit_code == 137, timeout=5 + GRACE,
+             what="the stop timeout's SIGKILL to end the bot")
     took, bound = stop_to_terminal(meeting), DELAY + GRACE + MARGIN
-    report("AC1 ignore_leave", took, bound, "grace finalizer at the stop deadline (SIGKILL)")
+    report("AC1 ignore_leave", took, bound, "grace finalizer at the stop deadline (the bot SIGKILLed later)")
     assert DELAY + GRACE <= took <= bound
     assert_no_active_meeting_without_a_running_bot()
 

@@ -157,25 +157,26 @@ def test_terminating_a_bot_sends_sigterm_and_schedules_the_kill_after_the_stop_t
 
 
 @pytest.mark.django_db
-def test_the_finalizer_completes_the_meeting_without_calling_the_backend_and_has_the_bot_killed(
+def test_the_finalizer_completes_the_meeting_without_calling_the_backend_or_cutting_the_bots_stop_timeout(
         bots, django_capture_on_commit_callbacks):
     meeting = make_meeting(status=S.ACTIVE)
     container = bots.start(meeting, "stubborn")  # ignores SIGTERM
     stop_by_user(meeting.id, django_capture_on_commit_callbacks)
+    run_task(tasks.delayed_stop, meeting.id)  # SIGTERM, and the kill scheduled at the stop timeout
+    [escalation] = queued_tasks("meetings.terminate_bot")
+    run_task(tasks.terminate_bot, *escalation["args"])
+    kills_before = queued_tasks("meetings.kill_bot")
 
     with django_capture_on_commit_callbacks(execute=True):
-        run_task(tasks.finalize_after_stop, meeting.id)  # as if the delayed stop had not stopped it
+        run_task(tasks.finalize_after_stop, meeting.id)
 
     meeting.refresh_from_db()
     assert (meeting.status, meeting.completion_reason) == (S.COMPLETED, "stopped")
     final = applied(meeting.id)[-1]
     assert (final.from_status, final.source) == (S.STOPPING, TransitionSource.GRACE_FINALIZER)
-    assert final.metadata == {"container_id": container, "kill_requested": True}
-    assert bots.running(container)  # the finalizer only asked...
-    instance = Meeting.objects.get(pk=meeting.id).bot_instance
-    assert [t["args"] for t in queued_tasks("meetings.kill_bot")] == [["process", container, False, 0, instance]]
-    run_bot_stops()  # ...the orchestrator queue kills it
-    assert bots.info(container).exit_code == 137  # SIGKILL
+    assert final.metadata == {"container_id": container}
+    assert bots.running(container)  # still within the stop timeout its SIGTERM gave it
+    assert queued_tasks("meetings.kill_bot") == kills_before  # only the escalation, at the stop timeout
 
 
 @pytest.mark.django_db
