@@ -9,6 +9,7 @@ both stay byte-identical.
 """
 from __future__ import annotations
 
+import datetime
 import json
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -23,8 +24,10 @@ STATUS_CHANGE = "meeting.status_change"
 # bookkeeping of the stop flow.
 HIDDEN_DATA_KEYS = frozenset({"passcode"})
 
-# DRF's rendering of datetimes (ISO 8601, "Z" for UTC), as every other API timestamp.
-_datetime = DateTimeField().to_representation
+# DRF's rendering of datetimes (ISO 8601, "Z" for UTC), as every other API timestamp. Its zone
+# given (TIME_ZONE is always UTC): DRF would otherwise look the current zone up, through a
+# context-local, for each of the 5–7 timestamps of every callback's event (a fifth of their cost).
+_datetime = DateTimeField(default_timezone=datetime.timezone.utc).to_representation
 
 
 def meeting_response(meeting) -> dict:

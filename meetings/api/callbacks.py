@@ -66,7 +66,8 @@ openapi.document_as(CallbackView, callback_view)  # in the schema: the DRF view 
 
 
 def _bearer(request) -> str | None:
-    auth = request.headers.get("Authorization", "")
+    # META, not request.headers: that builds a dict of every header on each callback.
+    auth = request.META.get("HTTP_AUTHORIZATION", "")
     return auth[7:].strip() if auth.lower().startswith("bearer ") else None
 
 
