@@ -235,8 +235,12 @@ def _orphan_decision(m: MeetingRow, listings, by_container, now: datetime, grace
 
 
 # --- Snapshot reading -----------------------------------------------------------------------------
-def snapshot_meetings() -> list[MeetingRow]:
-    rows = Meeting.objects.filter(status__in=sorted(NON_TERMINAL)).values_list(
+def snapshot_meetings(now: datetime) -> list[MeetingRow]:
+    """The live meetings a sweep can act on. A scheduled meeting before its deadline is not one
+    (no bot to judge, nothing due: the scheduler launches it), and users may schedule thousands
+    days ahead: they stay in the database, not in every sweep's memory."""
+    rows = Meeting.objects.filter(status__in=sorted(NON_TERMINAL)).exclude(
+        status=S.SCHEDULED, deadline_at__gt=now).values_list(
         "id", "status", "deadline_at", "updated_at", "bot_container_id", "orchestrator", "stop_reason",
         "bot_instance")
     return [MeetingRow(*row) for row in rows]
@@ -278,7 +282,7 @@ def make_plan(now: datetime | None = None, *, deadlines: bool = True, instance: 
     """The global sweep's plan (`deadlines`), or only the judgments of one local `instance`."""
     now = now or timezone.now()
     grace = timedelta(seconds=settings.ORPHAN_GRACE_SECONDS)
-    meetings = snapshot_meetings()
+    meetings = snapshot_meetings(now)
     listings = list_backends(backends_in_use(meetings))
     if instance is not None:
         listings = {name: l for name, l in listings.items() if l.instance == instance}

@@ -403,6 +403,17 @@ def test_the_sweep_leaves_a_scheduled_meeting_alone_before_its_window_ends(api_c
     assert Meeting.objects.get(pk=created["id"]).status == "scheduled"
 
 
+def test_the_sweep_does_not_load_scheduled_meetings_before_their_deadline(api_client):
+    # Bots scheduled days ahead (thousands, for a busy user) are nothing a sweep can act on yet.
+    schedule(api_client, in_(3600))  # waiting for its join_at
+    overdue = schedule(api_client, in_(3600), native="xyz-abcd-efg")
+    Meeting.objects.filter(pk=overdue["id"]).update(deadline_at=timezone.now() - timedelta(seconds=1))
+
+    snapshot = reconcile.snapshot_meetings(timezone.now())
+
+    assert [m.id for m in snapshot] == [overdue["id"]]
+
+
 def test_the_sweep_fails_a_scheduled_meeting_never_launched_by_the_end_of_its_window(api_client, api_user):
     created = schedule(api_client, in_(3600))
     # Its window ended (the user stayed at the limit, or the scheduler was down): test setup.

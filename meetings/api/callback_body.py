@@ -14,29 +14,29 @@ from __future__ import annotations
 import re
 
 from django.conf import settings
+from rest_framework import serializers
 
 from botmanager import jsonbody
 
 from ..bot_vocabulary import COMPLETION_REASONS, FAILURE_STAGES, REPORTABLE
 from ..callbacks import CallbackReport
-from .serializers import _without_nul
+from .serializers import CallbackSerializer, _without_nul
 
-_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 # Characters the serializer would change or refuse in a string: NUL (dropped), lone surrogates
 # (refused). Strings holding them take the DRF path.
 _ODD = re.compile("[\x00\ud800-\udfff]")
 _NOT_FAST = object()
-# The JSONFields of CallbackSerializer: taken as they came, NULs dropped.
-_FREE_FORM = frozenset({"error_details", "platform_specific_error", "speaker_events", "bot_logs", "bot_resources"})
 
-# field: (allow_blank, max_length) of the CharFields of CallbackSerializer.
-_STRINGS = {
-    "connection_id": (False, 64),
-    "container_id": (True, 255),
-    "status": (False, 64),
-    "reason": (True, 2000),
-    "timestamp": (False, 64),
-}
+# The rules are CallbackSerializer's own fields, read once: one source for both paths.
+_FIELDS = CallbackSerializer().fields
+# Strings looked up in our vocabulary; anything else (a reason to map, a blank) is the DRF path's.
+_LOOKED_UP = {"completion_reason": COMPLETION_REASONS, "failure_stage": FAILURE_STAGES}
+# field: (allow_blank, max_length) of its CharFields.
+_STRINGS = {name: (field.allow_blank, field.max_length) for name, field in _FIELDS.items()
+            if isinstance(field, serializers.CharField) and name not in _LOOKED_UP}
+# Its JSONFields: taken as they came, NULs dropped.
+_FREE_FORM = frozenset(name for name, field in _FIELDS.items() if isinstance(field, serializers.JSONField))
+_EXIT_CODE_MIN, _EXIT_CODE_MAX = _FIELDS["exit_code"].min_value, _FIELDS["exit_code"].max_value
 
 
 def report(name: str, request) -> CallbackReport | None:
@@ -63,14 +63,11 @@ def report(name: str, request) -> CallbackReport | None:
         if key in _STRINGS:
             value = _string(value, *_STRINGS[key])
         elif key == "exit_code":
-            if value is not None and (type(value) is not int or not _INT32_MIN <= value <= _INT32_MAX):
+            if value is not None and (type(value) is not int or not _EXIT_CODE_MIN <= value <= _EXIT_CODE_MAX):
                 return None
-        elif key == "completion_reason":
+        elif key in _LOOKED_UP:
             # A list or object here was a TypeError (unhashable), a 500: only strings are looked up.
-            if value is not None and (type(value) is not str or value not in COMPLETION_REASONS):
-                return None
-        elif key == "failure_stage":
-            if value is not None and (type(value) is not str or value not in FAILURE_STAGES):
+            if value is not None and (type(value) is not str or value not in _LOOKED_UP[key]):
                 return None
         elif key in _FREE_FORM:
             value = _without_nul(value)

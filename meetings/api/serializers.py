@@ -16,6 +16,7 @@ from orchestrators.base import NormalizedStatus
 from .. import platforms
 from ..models import Meeting, MeetingTransition
 from ..payloads import meeting_response
+from ..running import SCHEDULED_NORMALIZED
 from ..statuses import CompletionReason, FailureStage, MeetingStatus, Platform
 from .util import validated_platform
 
@@ -219,12 +220,12 @@ class MeetingDetailSerializer(MeetingSerializer):
 
 
 class RunningBotSerializer(serializers.Serializer):
-    container_id = serializers.CharField()
-    container_name = serializers.CharField()
+    container_id = serializers.CharField(allow_null=True, help_text="Null for a scheduled bot (no container yet).")
+    container_name = serializers.CharField(allow_null=True, help_text="Null for a scheduled bot.")
     platform = serializers.ChoiceField(choices=Platform.choices, allow_null=True)
     native_meeting_id = serializers.CharField(allow_null=True)
-    status = serializers.CharField(help_text="The backend's own status word.")
-    normalized_status = serializers.ChoiceField(choices=[s.value for s in NormalizedStatus])
+    status = serializers.CharField(help_text="The backend's own status word (`scheduled` for a scheduled bot).")
+    normalized_status = serializers.ChoiceField(choices=[*(s.value for s in NormalizedStatus), SCHEDULED_NORMALIZED])
     created_at = serializers.DateTimeField(allow_null=True)
     labels = serializers.DictField(child=serializers.CharField())
     meeting_id_from_name = serializers.CharField(allow_null=True)

@@ -116,6 +116,14 @@ def test_the_list_of_meetings_documents_its_filters(schema):
     assert "422" in schema["paths"]["/meetings"]["get"]["responses"]
 
 
+def test_the_running_bots_schema_admits_a_scheduled_bot(schema):
+    # GET /bots/status lists scheduled bots too: no container yet, normalized status "Scheduled".
+    bot = schema["components"]["schemas"]["RunningBot"]["properties"]
+
+    assert bot["container_id"].get("nullable") and bot["container_name"].get("nullable")
+    assert "Scheduled" in schema["components"]["schemas"][bot["normalized_status"]["$ref"].split("/")[-1]]["enum"]
+
+
 def test_swagger_ui_is_served_without_credentials_and_without_a_cdn():
     client = Client()
     page = client.get("/docs")
