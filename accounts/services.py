@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from botmanager.compiled import CompiledQuery
+
 from . import webhook
 from .models import APIToken, User, hash_token
 
@@ -83,10 +85,16 @@ def revoke_token(token_id: int) -> APIToken | None:
     return record
 
 
+# Every API request looks its key up: the statement is built once per database connection
+# (building the queryset cost more than running it). token_hash is unique: one row at most.
+_TOKEN_WITH_USER = CompiledQuery(
+    lambda token_hash: APIToken.objects.select_related("user").filter(token_hash=token_hash),
+    APIToken._meta.get_field("token_hash"), "")
+
+
 def user_for_token(token: str) -> User | None:
-    record = (
-        APIToken.objects.select_related("user")
-        .filter(token_hash=hash_token(token), revoked_at__isnull=True, user__is_active=True)
-        .first()
-    )
-    return record.user if record else None
+    """The active user of a live (not revoked) token, or None."""
+    found = _TOKEN_WITH_USER.fetch(hash_token(token))
+    if not found or found[0].revoked_at is not None or not found[0].user.is_active:
+        return None
+    return found[0].user

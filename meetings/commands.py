@@ -11,6 +11,8 @@ import uuid
 
 from django.utils import timezone
 
+from botmanager.compiled import CompiledQuery
+
 from .bot_vocabulary import NEEDS_HUMAN_HELP
 from .models import Meeting, MeetingSession
 from .payloads import deadline
@@ -37,15 +39,21 @@ def set_current_session(meeting_id: int, session_uid: str) -> None:
     get_redis().set(current_uid_key(meeting_id), str(session_uid))
 
 
+# The meeting's current session (its uid only), compiled once per connection: every stop request
+# and reconfigure reads it.
+_CURRENT_SESSION = CompiledQuery(
+    lambda pk: Meeting.objects.select_related("current_session").only("id", "current_session__session_uid")
+    .filter(pk=pk), Meeting._meta.pk, 0)
+
+
 def current_session_uid(meeting_id: int) -> str | None:
     """The uid commands must reach. The meeting row's current session comes first: it is written
     under the row lock and mirrored to Redis only after commit, so the Redis key can lag (a Redis
     blip while a restarted bot registered left it naming the dead session: the seed's H2 again).
     Then the Redis key, then the newest session (never the oldest)."""
-    db_uid = (Meeting.objects.filter(pk=meeting_id, current_session__isnull=False)
-              .values_list("current_session__session_uid", flat=True).first())
-    if db_uid:
-        return str(db_uid)
+    found = _CURRENT_SESSION.fetch(meeting_id)
+    if found and found[0].current_session is not None:
+        return str(found[0].current_session.session_uid)
     uid = get_redis().get(current_uid_key(meeting_id))
     if uid:
         return uid

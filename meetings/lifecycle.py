@@ -20,11 +20,12 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from botmanager import compiled
+from botmanager.compiled import CompiledQuery
 from webhooks import outbox
 
-from . import commands, compiled, deadlines, events
+from . import commands, deadlines, events
 from .bot_vocabulary import CONDITION_KEYS
-from .compiled import CompiledQuery
 from .models import Meeting, MeetingSession, MeetingTransition
 from .redis_client import get_redis
 from .statuses import TERMINAL, CompletionReason, FailureStage, MeetingStatus, is_allowed
@@ -114,13 +115,33 @@ def transition(
     Raises Meeting.DoesNotExist for an unknown id.
     """
     with transaction.atomic():
-        found = _LOCK_MEETING.fetch(meeting_id)
-        if not found:
-            raise Meeting.DoesNotExist("Meeting matching query does not exist.")
         return _transition_locked(
-            found[0], to_status, source=source, reason=reason, completion_reason=completion_reason,
+            lock(meeting_id), to_status, source=source, reason=reason, completion_reason=completion_reason,
             failure_stage=failure_stage, session=session, require_current_session=require_current_session,
             only_from=only_from, metadata=metadata, data_updates=data_updates)
+
+
+def lock(meeting_id: int) -> Meeting:
+    """The meeting row (with its user), locked until the current transaction ends: for a caller
+    that decides which transition to ask for under the lock (`transition_locked`), the stop
+    request. Raises Meeting.DoesNotExist for an unknown id."""
+    found = _LOCK_MEETING.fetch(meeting_id)
+    if not found:
+        raise Meeting.DoesNotExist("Meeting matching query does not exist.")
+    return found[0]
+
+
+def transition_locked(meeting: Meeting, to_status: str, *, source: str, reason: str = "",
+                      completion_reason: str | None = None, only_from: frozenset[str] | set[str] | None = None,
+                      metadata: dict[str, Any] | None = None,
+                      data_updates: dict[str, Any] | None = None) -> TransitionResult:
+    """`transition()` of a meeting `lock()`ed in the current transaction (one lock, not two)."""
+    if not transaction.get_connection().in_atomic_block:
+        raise transaction.TransactionManagementError("transition_locked() needs the transaction of its lock()")
+    return _transition_locked(
+        meeting, to_status, source=source, reason=reason, completion_reason=completion_reason, failure_stage=None,
+        session=None, require_current_session=False, only_from=only_from, metadata=metadata,
+        data_updates=data_updates)
 
 
 def transition_from_session(

@@ -40,17 +40,17 @@ def request_stop(meeting_id: int, *, source: str, reason: str,
     from . import tasks
 
     with transaction.atomic():
-        meeting = Meeting.objects.select_for_update().get(pk=meeting_id)
+        meeting = lifecycle.lock(meeting_id)
         if not meeting.is_terminal and not bot_launched(meeting):
             why = "cancelled before its scheduled launch" if meeting.status == MeetingStatus.SCHEDULED \
                 else "no bot was launched"
-            return lifecycle.transition(meeting_id, MeetingStatus.COMPLETED, source=source,
-                                        reason=f"{reason}; {why}",
-                                        completion_reason=completion_reason, only_from=only_from,
-                                        data_updates=data_updates)
-        result = lifecycle.transition(meeting_id, MeetingStatus.STOPPING, source=source, reason=reason,
-                                      completion_reason=completion_reason, only_from=only_from,
-                                      data_updates=data_updates)
+            return lifecycle.transition_locked(meeting, MeetingStatus.COMPLETED, source=source,
+                                               reason=f"{reason}; {why}",
+                                               completion_reason=completion_reason, only_from=only_from,
+                                               data_updates=data_updates)
+        result = lifecycle.transition_locked(meeting, MeetingStatus.STOPPING, source=source, reason=reason,
+                                             completion_reason=completion_reason, only_from=only_from,
+                                             data_updates=data_updates)
         if result.outcome in (Outcome.APPLIED, Outcome.NOOP) and result.meeting.status == MeetingStatus.STOPPING:
             # A repeated stop re-sends leave: the bot may have missed the first one.
             transaction.on_commit(lambda: commands.publish_leave(meeting_id), robust=True)

@@ -1,4 +1,4 @@
-"""The compiled hot-path statements (meetings/compiled.py) write and read exactly what the ORM
+"""The compiled hot-path statements (botmanager/compiled.py) write and read exactly what the ORM
 calls they stand for would, and step aside for model signal receivers."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models.signals import pre_save
 from django.test.utils import CaptureQueriesContext
 
-from meetings import compiled
-from meetings.compiled import CompiledQuery
+from botmanager import compiled
+from botmanager.compiled import CompiledQuery
 from meetings.models import Meeting, MeetingTransition
 from meetings.payloads import timestamp
 from meetings.statuses import MeetingStatus, TransitionSource

@@ -9,9 +9,10 @@ import uuid
 
 import pytest
 from django.db import connection, connections
+from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
 
-from meetings import lifecycle
+from meetings import lifecycle, stopping
 from meetings.commands import status_channel
 from meetings.lifecycle import Outcome
 from meetings.models import Meeting, MeetingTransition
@@ -274,8 +275,28 @@ def test_transition_locks_the_row():
     assert any("FOR UPDATE" in _statement(q["sql"]) for q in queries.captured_queries)
 
 
+@pytest.mark.django_db
+def test_a_stop_request_locks_the_meeting_row_once():
+    meeting = make_meeting(status=MeetingStatus.ACTIVE, bot_container_id="proc-0123456789ab", orchestrator="process")
+    with CaptureQueriesContext(connection) as queries:
+        stopping.request_stop(meeting.id, source=TransitionSource.USER, reason="stop requested by user")
+
+    locks = [q for q in queries.captured_queries if "FOR UPDATE" in _statement(q["sql"])]
+    assert len(locks) == 1, [q["sql"] for q in queries.captured_queries]
+    assert Meeting.objects.get(pk=meeting.id).status == MeetingStatus.STOPPING
+
+
+@pytest.mark.django_db(transaction=True)  # no test-wide transaction around it
+def test_transition_locked_refuses_to_run_outside_the_transaction_of_its_lock():
+    meeting = make_meeting()
+
+    with pytest.raises(TransactionManagementError):
+        lifecycle.transition_locked(meeting, MeetingStatus.JOINING, source=TransitionSource.BOT_CALLBACK)
+    assert Meeting.objects.get(pk=meeting.id).status == MeetingStatus.REQUESTED
+
+
 def _statement(sql: str) -> str:
-    """The SQL a captured query ran: a prepared statement's (meetings/compiled.py) or its own."""
+    """The SQL a captured query ran: a prepared statement's (botmanager/compiled.py) or its own."""
     if not sql.startswith("EXECUTE "):
         return sql
     with connection.cursor() as cursor:
