@@ -1,4 +1,5 @@
-"""Hot-path statements compiled once per database connection (issue 7: callback throughput).
+"""Hot-path statements compiled once per database connection: the bot callbacks (issue 7:
+callback throughput), the meeting lock, and the API-key lookup of every API request.
 
 Building and compiling a queryset costs more Python than running it on the bot-callback path
 (≈ 0.2 ms for the meeting lock with its user; `Model.save()` another ≈ 0.15 ms per write). The

@@ -417,7 +417,7 @@ class RedisCountersCollector:
             ("sweep_last_duration_seconds", "botmanager_sweep_last_duration_seconds",
              "Wall time of the last completed sweep."),
             ("sweep_last_checked", "botmanager_sweep_last_checked_meetings",
-             "Non-terminal meetings the last completed sweep examined."),
+             "Non-terminal meetings the last completed sweep examined (scheduled ones only once due)."),
         ):
             yield GaugeMetricFamily(name, doc, value=float(raw.get(key, 0)))
 

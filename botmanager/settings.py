@@ -100,9 +100,10 @@ DATABASE_URL = _env.get("DATABASE_URL") or (
 REDIS_URL = _env.get("REDIS_URL") or f"redis://:{EMBEDDED_REDIS_PASSWORD}@127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
 
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=_int("DB_CONN_MAX_AGE", 60))}
-# The bot-callback statements run as server-side prepared statements (botmanager/compiled.py): PREPARE
-# once per database session, then EXECUTE. Turn off behind a transaction-pooling proxy (PgBouncer in
-# transaction mode), where one client's session is not one server session.
+# The hot-path statements (bot callbacks, the meeting lock, every API request's key lookup) run as
+# server-side prepared statements (botmanager/compiled.py): PREPARE once per database session, then
+# EXECUTE. Turn off behind a transaction-pooling proxy (PgBouncer in transaction mode), where one
+# client's session is not one server session.
 DB_PREPARED_STATEMENTS = _bool("DB_PREPARED_STATEMENTS", True)
 # Parallel test runs on one server need distinct test database names.
 DATABASES["default"]["TEST"] = {"NAME": _str("TEST_DATABASE_NAME", "test_botmanager")}

@@ -29,12 +29,15 @@ REMOVE_CHECK_SECONDS = 1.0
 REMOVE_CHECKS = 10
 
 
-def stop_bot(backend: str, container_id: str, instance: str, *, remove: bool = False) -> None:
-    """Ask the bot to stop, and force it BOT_STOP_TIMEOUT_SECONDS later if it has not. Sent to the
-    queue of the bot's instance: only a worker that sees the bot can signal it."""
+def stop_bot(backend: str, container_id: str, instance: str, *, remove: bool = False,
+             countdown: float | None = None) -> None:
+    """Ask the bot to stop (in `countdown` seconds), and force it BOT_STOP_TIMEOUT_SECONDS later
+    if it has not. Sent to the queue of the bot's instance: only a worker that sees the bot can
+    signal it."""
     from . import tasks
 
-    tasks.terminate_bot.apply_async((backend, container_id, remove, instance), queue=_queue(instance))
+    tasks.terminate_bot.apply_async((backend, container_id, remove, instance), queue=_queue(instance),
+                                    countdown=countdown)
 
 
 def kill_bot(backend: str, container_id: str, instance: str, *, remove: bool = False) -> None:

@@ -19,7 +19,7 @@ from orchestrators.base import LABEL_SESSION_UID, BotSpec, OrchestratorError, bo
 from orchestrators.base import bot_labels as labels_for
 from orchestrators.registry import get_orchestrator
 
-from . import bot_control, commands, lifecycle, platforms, tokens
+from . import bot_control, commands, lifecycle, platforms, stopping, tokens
 from .models import Meeting, MeetingSession
 from .statuses import FailureStage, MeetingStatus, TransitionSource
 
@@ -129,4 +129,6 @@ def _record_container(meeting_id: int, session: MeetingSession, container_id: st
             # Stopped while the bot was starting: the container must not outlive its meeting.
             # If this stop fails, the sweep stops the container of an ended meeting.
             transaction.on_commit(lambda: bot_control.stop_bot(backend.name, container_id, instance), robust=True)
+        elif meeting.status == MeetingStatus.STOPPING:
+            stopping.bot_recorded_while_stopping(meeting)
     log.info("meeting %s: bot %s started on %s (%s)", meeting_id, container_id, backend.name, instance)

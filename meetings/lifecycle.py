@@ -135,7 +135,8 @@ def transition_locked(meeting: Meeting, to_status: str, *, source: str, reason: 
                       completion_reason: str | None = None, only_from: frozenset[str] | set[str] | None = None,
                       metadata: dict[str, Any] | None = None,
                       data_updates: dict[str, Any] | None = None) -> TransitionResult:
-    """`transition()` of a meeting `lock()`ed in the current transaction (one lock, not two)."""
+    """`transition()` of a meeting the caller `lock()`ed in the current transaction (one lock, not
+    two). Only the transaction is checked here, not that it holds this meeting's lock."""
     if not transaction.get_connection().in_atomic_block:
         raise transaction.TransactionManagementError("transition_locked() needs the transaction of its lock()")
     return _transition_locked(

@@ -386,6 +386,8 @@ def _adopt(a: Adopt) -> bool:
         meeting.bot_instance = a.instance
         meeting.save(update_fields=["bot_container_id", "orchestrator", "bot_instance", "updated_at"])
         MeetingSession.objects.filter(meeting_id=meeting.id, session_uid=a.session_uid).update(instance=a.instance)
+        if meeting.status == S.STOPPING:
+            stopping.bot_recorded_while_stopping(meeting)
     # Also reached when the sweep lists a bot its launch is still recording (same container id:
     # harmless).
     log.warning("sweep: meeting %s had no recorded bot; adopted %s on %s (its launch died after starting it, "

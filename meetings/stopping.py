@@ -10,6 +10,8 @@
 3. `finalize_after_stop`: if the bot's exit callback still has not ended the meeting, finalize
    completed/stopped. A bot that still runs keeps the rest of its BOT_STOP_TIMEOUT_SECONDS (the
    escalation of step 2 kills it then; the sweep stops every bot whose meeting is over).
+A bot recorded only after step 2 ran (its launch was still starting it) is asked to stop when
+it is recorded (`bot_recorded_while_stopping`).
 Every step re-reads the row and does nothing once the meeting has moved on. The countdowns are
 the fast path; the orphan sweep finalizes from `deadline_at` if they are lost.
 """
@@ -72,6 +74,19 @@ def delayed_stop(meeting_id: int) -> None:
         # Also when the meeting already ended: a container that outlived its meeting must go
         # (stopping a gone container is a no-op). Asked on the orchestrator queue, never waited for.
         bot_control.stop_bot(_backend_name(meeting), meeting.bot_container_id, meeting.bot_instance)
+
+
+def bot_recorded_while_stopping(meeting: Meeting) -> None:
+    """A bot recorded (its launch finishing, the sweep adopting it) after its meeting was asked to
+    stop: the delayed stop may already have run and found no bot to stop, and the finalizer only
+    ends the meeting. Ask it to stop when the delayed stop is due (at once if that has passed);
+    a second request for a bot the delayed stop did reach is harmless. Call under the row lock."""
+    delay = settings.BOT_STOP_DELAY_SECONDS
+    countdown = delay if meeting.stop_requested_at is None else max(
+        0.0, delay - (timezone.now() - meeting.stop_requested_at).total_seconds())
+    backend, container_id, instance = _backend_name(meeting), meeting.bot_container_id, meeting.bot_instance
+    transaction.on_commit(lambda: bot_control.stop_bot(backend, container_id, instance, countdown=countdown),
+                          robust=True)
 
 
 def finalize_countdown(meeting: Meeting) -> float:

@@ -14,6 +14,7 @@ from meetings.reconcile import Adopt, Listing, MeetingRow, Plan
 from meetings.statuses import MeetingStatus as S
 from orchestrators.base import LABEL_MEETING_ID, LABEL_SESSION_UID, BotInfo, NormalizedStatus
 from tests.factories import make_meeting, make_session
+from tests.support import lose_queued_tasks, queued_tasks
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 GRACE = timedelta(seconds=60)
@@ -65,6 +66,20 @@ def test_adopting_records_the_container_of_a_live_meeting_running_one_of_its_ses
 
     meeting.refresh_from_db()
     assert (meeting.bot_container_id, meeting.orchestrator, summary.adopted) == ("proc-0123456789ab", "process", 1)
+
+
+@pytest.mark.django_db
+def test_a_bot_adopted_for_a_stopping_meeting_is_asked_to_stop(django_capture_on_commit_callbacks):
+    # Its delayed stop ran while no bot was recorded: only the adoption can still stop it.
+    lose_queued_tasks()  # another test's tasks are not this one's
+    meeting = make_meeting(status=S.STOPPING, stop_requested_at=NOW, stop_reason="stopped")
+    session = make_session(meeting)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        reconcile.apply(Plan(adopt=[Adopt(meeting.id, "process", "proc-0123456789ab", str(session.session_uid))]))
+
+    [terminate] = queued_tasks("meetings.terminate_bot")
+    assert terminate["args"][:2] == ["process", "proc-0123456789ab"]
 
 
 @pytest.mark.django_db

@@ -100,9 +100,13 @@ def test_ac1_a_bot_that_ignores_the_leave_command_still_ends_terminal(live, sett
     final = applied(meeting_id)[-1]
     assert final.source == TransitionSource.GRACE_FINALIZER
     container = Meeting.objects.get(pk=meeting_id).bot_container_id
-    # It ignored its SIGTERM until its stop timeout ran out (after the meeting's ending).
-    wait_for(lambda: get_orchestrator("process").inspect(container).exit_code == 137, timeout=5 + GRACE,
+    # It ignored its SIGTERM until its stop timeout ran out (after the meeting's ending)...
+    backend = get_orchestrator("process")
+    wait_for(lambda: backend.inspect(container).exit_code == 137, timeout=5 + GRACE,
              what="the stop timeout's SIGKILL to end the bot")
+    record = process_state.read(process_state.record_path(backend.bots_dir, container))
+    given = datetime.fromisoformat(record["kill_requested_at"]) - datetime.fromisoformat(record["stop_requested_at"])
+    assert given.total_seconds() >= settings.BOT_STOP_TIMEOUT_SECONDS  # ...all of it: not cut to the grace
     took, bound = stop_to_terminal(meeting), DELAY + GRACE + MARGIN
     report("AC1 ignore_leave", took, bound, "grace finalizer at the stop deadline (the bot SIGKILLed later)")
     assert DELAY + GRACE <= took <= bound

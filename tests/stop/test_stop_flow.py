@@ -10,10 +10,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from botmanager.workers import instance_queue
-from meetings import stopping, tasks
+from meetings import launch, stopping, tasks
 from meetings.models import Meeting, MeetingTransition
 from meetings.statuses import MeetingStatus, TransitionSource
-from tests.factories import make_meeting
+from tests.factories import make_meeting, make_session
 from tests.stop.conftest import queued_tasks, run_bot_stops, run_task, snapshot, wait_for
 
 S = MeetingStatus
@@ -136,6 +136,26 @@ def test_the_delayed_stop_asks_the_backend_to_stop_the_bot_and_schedules_the_fin
                                                        instance_queue("orchestrator", instance))
     run_bot_stops()
     assert not bots.running(container)
+
+
+@pytest.mark.django_db
+def test_a_bot_recorded_after_the_delayed_stop_ran_is_asked_to_stop_when_recorded(
+        bots, settings, django_capture_on_commit_callbacks):
+    settings.BOT_STOP_DELAY_SECONDS = 0
+    meeting = make_meeting(status=S.ACTIVE)
+    session = make_session(meeting)  # the launch claimed a session and is still starting the bot
+    stop_by_user(meeting.id, django_capture_on_commit_callbacks)
+    run_task(tasks.delayed_stop, meeting.id)
+    assert queued_tasks("meetings.terminate_bot") == []  # no bot recorded yet: nothing to stop
+    container = bots.start(make_meeting(status=S.ACTIVE), "stubborn")  # a running bot, not recorded
+
+    with django_capture_on_commit_callbacks(execute=True):
+        launch._record_container(meeting.id, session, container, bots.backend, "")
+
+    [terminate] = queued_tasks("meetings.terminate_bot")
+    assert terminate["args"][:2] == ["process", container]
+    run_bot_stops()
+    assert bots.record(container).get("stop_requested_at")  # SIGTERM, the escalation to follow
 
 
 @pytest.mark.django_db
