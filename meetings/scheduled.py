@@ -63,7 +63,7 @@ def launch_due(now: datetime | None = None) -> Summary:
     ids = due(now)
     summary = Summary(due=len(ids))
     for meeting_id, user_id in ids:
-        outcome = claim(meeting_id, now, user_id)
+        outcome = claim(meeting_id, user_id, now)
         summary.launched += int(outcome is Claim.LAUNCHED)
         summary.waiting_for_seat += int(outcome is Claim.NO_SEAT)
     if ids:
@@ -77,26 +77,24 @@ class Claim:
     NOT_DUE = "not_due"  # claimed, cancelled or past its deadline meanwhile
 
 
-def claim(meeting_id: int, now: datetime, user_id: int | None = None) -> str:
+def claim(meeting_id: int, user_id: int, now: datetime) -> str:
     """Move one due meeting `scheduled -> requested` and enqueue its launch after commit, if a seat
     is free. Exactly one caller ever applies it (row locks + `only_from`). `user_id`: the meeting's
-    owner when the caller already read it (`due`)."""
-    if user_id is None:
-        user_id = Meeting.objects.filter(pk=meeting_id).values_list("user_id", flat=True).first()
-    if user_id is None:
-        return Claim.NOT_DUE
+    owner (`due` reads it with the meeting)."""
     with transaction.atomic():
         # User first, then the meeting: the order `request_bot` locks them in.
         user = bots.lock_user(user_id)
-        still_due = Meeting.objects.select_for_update().filter(
-            pk=meeting_id, status=MeetingStatus.SCHEDULED, deadline_at__gt=now).exists()
-        if not still_due:
+        try:
+            meeting = lifecycle.lock(meeting_id)
+        except Meeting.DoesNotExist:
+            return Claim.NOT_DUE
+        if meeting.status != MeetingStatus.SCHEDULED or meeting.deadline_at is None or meeting.deadline_at <= now:
             return Claim.NOT_DUE
         if bots.seats_taken(user):
             log.info("scheduler: meeting %s waits for a free seat (limit %s)", meeting_id, user.max_concurrent_bots)
             return Claim.NO_SEAT
-        result = lifecycle.transition(meeting_id, MeetingStatus.REQUESTED, source=TransitionSource.LAUNCH,
-                                      reason="scheduled join_at reached", only_from={MeetingStatus.SCHEDULED})
+        result = lifecycle.transition_locked(meeting, MeetingStatus.REQUESTED, source=TransitionSource.LAUNCH,
+                                             reason="scheduled join_at reached", only_from={MeetingStatus.SCHEDULED})
         if not result.applied:
             return Claim.NOT_DUE
         transaction.on_commit(lambda: bots.enqueue_launch(meeting_id))

@@ -81,9 +81,8 @@ def bot_recorded_while_stopping(meeting: Meeting) -> None:
     stop: the delayed stop may already have run and found no bot to stop, and the finalizer only
     ends the meeting. Ask it to stop when the delayed stop is due (at once if that has passed);
     a second request for a bot the delayed stop did reach is harmless. Call under the row lock."""
-    delay = settings.BOT_STOP_DELAY_SECONDS
-    countdown = delay if meeting.stop_requested_at is None else max(
-        0.0, delay - (timezone.now() - meeting.stop_requested_at).total_seconds())
+    since_stop = (timezone.now() - meeting.stop_requested_at).total_seconds()  # set with `stopping`
+    countdown = max(0.0, settings.BOT_STOP_DELAY_SECONDS - since_stop)
     backend, container_id, instance = _backend_name(meeting), meeting.bot_container_id, meeting.bot_instance
     transaction.on_commit(lambda: bot_control.stop_bot(backend, container_id, instance, countdown=countdown),
                           robust=True)

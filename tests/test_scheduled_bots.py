@@ -258,7 +258,7 @@ def test_a_launched_scheduled_bot_starts_on_the_backend(api_client):
 def test_concurrent_scheduler_passes_launch_a_meeting_once(api_client):
     created = schedule(api_client, in_(LEAD / 2))
 
-    outcomes = concurrently(lambda: scheduled.claim(created["id"], timezone.now()), 4)
+    outcomes = concurrently(lambda: scheduled.claim(created["id"], created["user_id"], timezone.now()), 4)
 
     assert sorted(outcomes) == ["launched", "not_due", "not_due", "not_due"]
     assert [t["args"] for t in launches()] == [[created["id"]]]
