@@ -10,7 +10,7 @@ negotiate, then uses versioned paths):
 
 | path | answered |
 |---|---|
-| `/_ping`, `/version` | as the engine answers |
+| `/_ping` (GET or HEAD), `/version` | as the engine answers |
 | `/info` | only the engine's `ID` (DockerOrchestrator.instance_id()), none of the host's details |
 | `/containers/json` | with this deployment's label filter added to the caller's (and the answer checked again) |
 | `/containers/<id>/json` | for a container with this deployment's labels, without `Config.Env` (it holds BOT_CONFIG); any other container is "No such container" (404), as DockerOrchestrator.inspect() treats one |
@@ -70,10 +70,10 @@ class Upstream:
 
 def route(method: str, target: str, deployment: str) -> Upstream:
     """The engine request for `method target`, or Refused. Pure: the whole policy is here."""
-    if method != "GET":
+    parts = urlsplit(target)
+    if method != "GET" and not (method == "HEAD" and _ROUTES["ping"].match(parts.path)):
         raise Refused(403, f"the read-only Docker proxy refuses {method}: only GET of listings and "
                            f"inspections of this deployment's bots passes")
-    parts = urlsplit(target)
     for kind, pattern in _ROUTES.items():
         match = pattern.match(parts.path)
         if match:
@@ -176,6 +176,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._reply(status, headers, body)
 
+    def do_HEAD(self):
+        # The docker CLI pings with HEAD /_ping first; any other HEAD is refused by route().
+        self.do_GET()
+
     def __getattr__(self, name):
         # Every other method (POST, DELETE, PUT, HEAD...) is refused with the same JSON 403.
         if name.startswith("do_"):
@@ -192,7 +196,7 @@ class Handler(BaseHTTPRequestHandler):
     def _ask(self, upstream: Upstream) -> tuple[int, dict, bytes]:
         connection = _connection(self.engine, self.timeout_seconds)
         try:
-            connection.request("GET", upstream.path, headers={"Host": "docker"})
+            connection.request(self.command, upstream.path, headers={"Host": "docker"})
             response = connection.getresponse()
             body = response.read()
         except OSError as exc:

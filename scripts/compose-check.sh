@@ -179,7 +179,7 @@ ready=$(curl -sS -w ' %{http_code}' "$B/readyz")
 [[ $ready == *" 200" && $ready == *'"name": "docker"'* ]] || fail "/readyz: $ready"
 metrics=$(curl -fsS -H "Authorization: Bearer $METRICS_TOKEN" "$B/metrics") || fail "/metrics"
 grep -q '^botmanager_meetings{status="completed"} 1.0' <<<"$metrics" || fail "/metrics: the completed meeting is not counted"
-for s in web worker-lifecycle worker-orchestrator worker-webhooks worker-sweep beat; do
+for s in web docker-proxy worker-lifecycle worker-orchestrator worker-webhooks worker-sweep beat; do
     logs=$(docker logs "$(dc ps -q "$s")" 2>&1)
     printf '%s\n' "$logs" | "$PY" -c "
 import json, sys
@@ -188,7 +188,10 @@ bad = [l for l in lines if not l.lstrip().startswith('{') or not isinstance(json
 assert lines and not bad, f'$s: {len(bad)} of {len(lines)} lines are not JSON, e.g. {bad[:2]}'
 " || fail "the logs of $s are not JSON lines"
 done
-say "/readyz 200 (docker backend), /metrics, JSON logs of web, workers and beat"
+# The web and the sweep never needed more than the proxy passes: its one refusal is the kill above.
+refusals=$(docker logs "$(dc ps -q docker-proxy)" 2>&1 | grep -c '"refused ' || true)
+[[ $refusals == 1 ]] || fail "docker-proxy refused $refusals requests (1 expected): $(docker logs --tail 10 "$(dc ps -q docker-proxy)" 2>&1)"
+say "/readyz 200 (docker backend), /metrics, JSON logs of web, docker-proxy, workers and beat; docker-proxy refused only the kill"
 
 # Down, as the README says: first the bots (one still in a meeting), then the services and volumes.
 body=$(api -X POST "$B/bots" -d '{"platform": "teams", "native_meeting_id": "1234567890"}')

@@ -97,6 +97,13 @@ def test_inspect_through_the_proxy_never_shows_the_bots_environment(direct, prox
         assert "BOT_CONFIG" not in json.dumps(body)
 
 
+@pytest.mark.docker
+def test_the_docker_cli_ping_passes(proxy_url):
+    request = urllib.request.Request(proxy_url.replace("tcp://", "http://") + "/_ping", method="HEAD")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200 and response.headers["Api-Version"]
+
+
 # --- what is refused ------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -182,6 +189,13 @@ def test_no_path_escapes_the_allowed_routes(target):
         route("GET", target, "dep")
 
     assert refused.value.status == 403
+
+
+@pytest.mark.parametrize("target", ["/containers/json", "/v1.43/containers/x/json", "/info", "/version"])
+def test_head_passes_for_the_ping_only(target):
+    assert route("HEAD", "/v1.43/_ping", "dep").kind == "ping"
+    with pytest.raises(Refused):
+        route("HEAD", target, "dep")
 
 
 def test_the_listing_always_carries_the_deployment_labels_whatever_the_caller_filters():
