@@ -71,11 +71,11 @@ class Upstream:
 def route(method: str, target: str, deployment: str) -> Upstream:
     """The engine request for `method target`, or Refused. Pure: the whole policy is here."""
     parts = urlsplit(target)
-    if method != "GET" and not (method == "HEAD" and _ROUTES["ping"].match(parts.path)):
+    if method != "GET" and not (method == "HEAD" and _ROUTES["ping"].fullmatch(parts.path)):
         raise Refused(403, f"the read-only Docker proxy refuses {method}: only GET of listings and "
                            f"inspections of this deployment's bots passes")
     for kind, pattern in _ROUTES.items():
-        match = pattern.match(parts.path)
+        match = pattern.fullmatch(parts.path)
         if match:
             break
     else:
