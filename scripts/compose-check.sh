@@ -10,7 +10,8 @@
 # 3. through the web's published port: a user made with `manage.py create_user`, a whole meeting
 #    with the simbot image (POST -> active -> PUT config, heard by the bot -> DELETE -> completed,
 #    the container removed by the sweep), /readyz 200 with the docker backend, /metrics; every log
-#    line of web, workers and beat is JSON.
+#    line of web, workers and beat is JSON. Only worker-orchestrator and docker-proxy mount the
+#    engine socket, and from the web the read-only proxy refuses to signal the bot (403).
 # 4. down as the README says: a live bot, `manage.py remove_bots` (make compose-down), then
 #    `down -v`; afterwards no container, network or volume of the project or its bots is left.
 #
@@ -51,7 +52,7 @@ cleanup() {
 }
 fail() {
     say "FAILED: $*"
-    for service in migrate web worker-orchestrator worker-sweep beat postgres redis; do
+    for service in migrate web docker-proxy worker-orchestrator worker-sweep beat postgres redis; do
         dc logs --no-color --tail 15 "$service" 2>&1 | sed "s/^/  /" || true
     done
     cleanup
@@ -142,6 +143,27 @@ for _ in $(seq 1 30); do
     sleep 0.5
 done
 [[ -n $heard ]] || fail "the bot never heard the new config: $(docker logs --tail 20 "$bot" 2>&1)"
+# The engine socket: only in the service that starts bots and in the read-only proxy.
+for s in "${long_running[@]}"; do
+    mounts=$(docker inspect -f '{{range .Mounts}}{{.Source}} {{end}}' "$(dc ps -q "$s")")
+    case $s in
+        worker-orchestrator|docker-proxy) [[ $mounts == *docker.sock* ]] || fail "$s has no engine socket" ;;
+        *) [[ $mounts != *docker.sock* ]] || fail "$s mounts the engine socket" ;;
+    esac
+done
+# From the web, the engine answers listings and inspections only: a signal to the bot is refused.
+refused=$(dc exec -T web python -c "
+import docker, sys
+api = docker.APIClient(base_url='tcp://docker-proxy:2375', version='auto', timeout=10)
+assert 'Env' not in api.inspect_container(sys.argv[1])['Config']
+try:
+    api.kill(sys.argv[1])
+except docker.errors.APIError as e:
+    print(e.status_code)
+" "$bot" 2>&1) || fail "the web could not inspect the bot through docker-proxy: $refused"
+[[ $refused == 403 ]] || fail "docker-proxy did not refuse a kill from the web: $refused"
+[[ $(docker inspect -f '{{.State.Running}}' "$bot") == true ]] || fail "the bot was signalled through docker-proxy"
+say "engine socket only in worker-orchestrator and docker-proxy; the web inspects the bot (no Env) and its kill gets 403"
 code=$(api -o /dev/null -w '%{http_code}' -X DELETE "$B/bots/google_meet/abc-defg-hij")
 [[ $code == 202 ]] || fail "DELETE answered $code"
 wait_meeting "$id" completed 60
@@ -157,7 +179,7 @@ ready=$(curl -sS -w ' %{http_code}' "$B/readyz")
 [[ $ready == *" 200" && $ready == *'"name": "docker"'* ]] || fail "/readyz: $ready"
 metrics=$(curl -fsS -H "Authorization: Bearer $METRICS_TOKEN" "$B/metrics") || fail "/metrics"
 grep -q '^botmanager_meetings{status="completed"} 1.0' <<<"$metrics" || fail "/metrics: the completed meeting is not counted"
-for s in web worker-lifecycle worker-orchestrator worker-webhooks worker-sweep beat; do
+for s in web docker-proxy worker-lifecycle worker-orchestrator worker-webhooks worker-sweep beat; do
     logs=$(docker logs "$(dc ps -q "$s")" 2>&1)
     printf '%s\n' "$logs" | "$PY" -c "
 import json, sys
@@ -166,7 +188,10 @@ bad = [l for l in lines if not l.lstrip().startswith('{') or not isinstance(json
 assert lines and not bad, f'$s: {len(bad)} of {len(lines)} lines are not JSON, e.g. {bad[:2]}'
 " || fail "the logs of $s are not JSON lines"
 done
-say "/readyz 200 (docker backend), /metrics, JSON logs of web, workers and beat"
+# The web and the sweep never needed more than the proxy passes: its one refusal is the kill above.
+refusals=$(docker logs "$(dc ps -q docker-proxy)" 2>&1 | grep -c '"refused ' || true)
+[[ $refusals == 1 ]] || fail "docker-proxy refused $refusals requests (1 expected): $(docker logs --tail 10 "$(dc ps -q docker-proxy)" 2>&1)"
+say "/readyz 200 (docker backend), /metrics, JSON logs of web, docker-proxy, workers and beat; docker-proxy refused only the kill"
 
 # Down, as the README says: first the bots (one still in a meeting), then the services and volumes.
 body=$(api -X POST "$B/bots" -d '{"platform": "teams", "native_meeting_id": "1234567890"}')

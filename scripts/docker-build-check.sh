@@ -8,8 +8,8 @@
 # 3. smoke test of the service image, on the host network against the embedded PostgreSQL and
 #    Redis (botmanager.devstack; a scratch database `dockercheck` is created and dropped):
 #    migrate, gunicorn web (/healthz 200, /readyz 200 with the docker backend listing through the
-#    mounted socket, /metrics, the web health probe), a Celery worker (its health probe: a control
-#    ping), the bot image imports simbot.
+#    read-only Docker proxy as in compose, /metrics, the web health probe), a Celery worker (its
+#    health probe: a control ping; it holds the socket), the bot image imports simbot.
 # Not done here: `docker compose up` of the whole file, which needs postgres/redis images from a
 # registry; the file itself is validated by tests/observability/test_compose.py.
 #
@@ -61,9 +61,11 @@ print(f"STOP_PG={int(started.postgres)} STOP_REDIS={int(started.redis)}")
 EOF
 )"
 PORT=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+PROXY_PORT=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 SOCK_GID=$(stat -c %g /var/run/docker.sock)
 NAME=bm-check-$$
-common=(--network host --group-add "$SOCK_GID" -v /var/run/docker.sock:/var/run/docker.sock
+socket=(--group-add "$SOCK_GID" -v /var/run/docker.sock:/var/run/docker.sock)
+common=(--network host
         -e DATABASE_URL="$DB_URL" -e REDIS_URL="$REDIS_CHECK_URL" -e ORCHESTRATOR=docker
         -e DEPLOYMENT_NAME="$NAME" -e LOG_FORMAT=json -e PORT="$PORT"
         -e PUBLIC_BASE_URL="http://127.0.0.1:$PORT" -e BOT_IMAGE="$BOT_TAG"
@@ -73,7 +75,7 @@ common=(--network host --group-add "$SOCK_GID" -v /var/run/docker.sock:/var/run/
         -e ADMIN_API_TOKEN="$("$PY" -c 'import secrets; print(secrets.token_urlsafe(48))')")
 
 cleanup() {
-    docker rm -f "$NAME-web" "$NAME-worker" >/dev/null 2>&1 || true
+    docker rm -f "$NAME-web" "$NAME-worker" "$NAME-docker-proxy" >/dev/null 2>&1 || true
     "$PY" - <<EOF || true
 import os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
@@ -91,10 +93,14 @@ EOF
 trap cleanup EXIT
 
 docker run --rm "${common[@]}" "$SERVICE_TAG" python manage.py migrate --no-input -v 0
-docker run -d --name "$NAME-web" "${common[@]}" -e PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus "$SERVICE_TAG" \
+# The web lists bots through the read-only proxy (compose's docker-proxy), not the socket.
+docker run -d --name "$NAME-docker-proxy" --network host "${socket[@]}" "$SERVICE_TAG" \
+    python -m orchestrators.docker_readonly_proxy --deployment "$NAME" --listen "127.0.0.1:$PROXY_PORT" >/dev/null
+docker run -d --name "$NAME-web" "${common[@]}" -e DOCKER_HOST="tcp://127.0.0.1:$PROXY_PORT" \
+    -e PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus "$SERVICE_TAG" \
     gunicorn -c python:botmanager.gunicorn_conf botmanager.wsgi --bind "127.0.0.1:$PORT" --workers 2 \
     --access-logfile - >/dev/null
-docker run -d --name "$NAME-worker" "${common[@]}" "$SERVICE_TAG" \
+docker run -d --name "$NAME-worker" "${common[@]}" "${socket[@]}" "$SERVICE_TAG" \
     python -m botmanager.workers orchestrator >/dev/null
 
 for _ in $(seq 1 60); do
@@ -107,6 +113,8 @@ healthz=$(curl -fsS "http://127.0.0.1:$PORT/healthz") || fail "/healthz"
 [[ $healthz == *'"ok"'* ]] || fail "/healthz: $healthz"
 ready=$(curl -sS -w ' %{http_code}' "http://127.0.0.1:$PORT/readyz")
 [[ $ready == *" 200" && $ready == *'"name": "docker"'* ]] || fail "/readyz: $ready"
+code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$PROXY_PORT/containers/create")
+[[ $code == 403 ]] || fail "the read-only Docker proxy answered $code to a create"
 metrics=$(curl -fsS "http://127.0.0.1:$PORT/metrics") || fail "/metrics"
 grep -q '^botmanager_meetings{status="requested"} 0.0' <<<"$metrics" || fail "/metrics: no meetings family"
 docker exec "$NAME-web" python -m botmanager.healthcheck web || fail "web health probe"
@@ -124,4 +132,4 @@ for _ in $(seq 1 20); do  # the worker needs a few seconds to boot and join the 
 done
 [[ -n $ok ]] || fail "worker health probe"
 [[ $(docker exec "$NAME-web" id -u) != 0 ]] || fail "the service runs as root"
-say "OK in $((SECONDS - started)) s: images $SERVICE_TAG, $BOT_TAG; migrate, web (/healthz, /readyz with the docker backend, /metrics, JSON logs), worker ping; non-root"
+say "OK in $((SECONDS - started)) s: images $SERVICE_TAG, $BOT_TAG; migrate, web (/healthz, /readyz with the docker backend through the read-only proxy, /metrics, JSON logs), worker ping; non-root"

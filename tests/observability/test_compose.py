@@ -19,13 +19,17 @@ from django.conf import settings
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 WORKERS = {"worker-lifecycle", "worker-orchestrator", "worker-webhooks", "worker-sweep"}
-LONG_RUNNING = {"postgres", "redis", "web", "proxy", "beat"} | WORKERS
+LONG_RUNNING = {"postgres", "redis", "web", "proxy", "docker-proxy", "beat"} | WORKERS
 # compose refuses to start without these (no public defaults: issue 12).
 SECRETS = {"SECRET_KEY": "s" * 40, "BOT_TOKEN_SECRET": "b" * 40, "ADMIN_API_TOKEN": "a" * 40,
            "POSTGRES_PASSWORD": "p" * 40, "REDIS_PASSWORD": "r" * 40}
 APP = {"migrate", "web", "beat"} | WORKERS
 # The services that reach the engine: web (GET /bots/status, /readyz), launches and stops, the sweep.
 ENGINE = ("web", "worker-orchestrator", "worker-sweep")
+# Whoever holds the socket is root on the host: the one service that starts bots, and the proxy.
+SOCKET = {"worker-orchestrator", "docker-proxy"}
+# Web and sweep only list and inspect, through the read-only proxy.
+READ_ONLY = ("web", "worker-sweep")
 
 
 def _compose_config(secrets: dict | None = None, **env) -> dict:
@@ -105,8 +109,7 @@ def test_bots_are_launched_through_the_docker_socket_on_the_compose_network(conf
         assert env["DOCKER_NETWORK"] == network
         assert env["PUBLIC_BASE_URL"] == "http://web:8000"
         assert env["REDIS_URL"] == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
-        assert any(v.startswith("/var/run/docker.sock:/var/run/docker.sock") for v in services[name]["volumes"])
-        assert services[name]["group_add"]
+    assert _mounts_the_socket(services["worker-orchestrator"]) and services["worker-orchestrator"]["group_add"]
     for name in APP:
         assert services[name]["environment"]["LOG_FORMAT"] == "json", name
         assert services[name]["image"] == services["web"]["image"]
@@ -119,11 +122,44 @@ def test_bots_are_launched_through_the_docker_socket_on_the_compose_network(conf
     assert services["web"]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
 
 
+def _mounts_the_socket(service: dict) -> bool:
+    return any("docker.sock" in (v if isinstance(v, str) else str(v.get("source"))) for v in service.get("volumes", []))
+
+
+def test_only_the_service_that_starts_bots_and_the_read_only_proxy_hold_the_engine_socket(config):
+    services = config["services"]
+    assert {name for name, service in services.items() if _mounts_the_socket(service)} == SOCKET
+    for name in READ_ONLY:
+        assert not services[name].get("group_add"), name
+        assert services[name]["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375", name
+        assert services[name]["depends_on"]["docker-proxy"]["condition"] == "service_healthy", name
+    assert "DOCKER_HOST" not in services["worker-orchestrator"]["environment"]
+
+
+def test_the_docker_proxy_serves_this_deployment_on_a_network_no_bot_is_on(config):
+    services, networks = config["services"], config["networks"]
+    proxy = services["docker-proxy"]
+    command = proxy["command"]
+    assert command[:3] == ["python", "-m", "orchestrators.docker_readonly_proxy"]
+    assert command[command.index("--deployment") + 1] == services["web"]["environment"]["DEPLOYMENT_NAME"]
+    assert command[command.index("--listen") + 1] == "0.0.0.0:2375"
+    assert proxy["image"] == services["web"]["image"] and proxy["group_add"]
+    assert not proxy.get("ports")
+    # None of the service's secrets: it needs only the socket and its deployment name.
+    assert not set(proxy.get("environment") or {}) & {*SECRETS, "DATABASE_URL", "REDIS_URL"}
+    bots_network = services["worker-orchestrator"]["environment"]["DOCKER_NETWORK"]
+    [proxy_network] = proxy["networks"]
+    assert networks[proxy_network].get("internal") is True
+    assert networks[proxy_network].get("name", proxy_network) != bots_network
+    for name in READ_ONLY:
+        assert proxy_network in services[name]["networks"], name
+
+
 def test_the_base_image_is_a_build_argument(config):
     assert config["services"]["web"]["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim"
     local = _compose_config(BASE_IMAGE="botmanager-python-base:3.11", DOCKER_GID="105",
                             COMPOSE_NETWORK_NAME="bm-test")
-    for name in (*APP, "simbot-image"):
+    for name in (*APP, "simbot-image", "docker-proxy"):
         assert local["services"][name]["build"]["args"]["BASE_IMAGE"] == "botmanager-python-base:3.11"
     assert local["services"]["worker-orchestrator"]["group_add"] == ["105"]
     assert local["services"]["worker-orchestrator"]["environment"]["DOCKER_NETWORK"] == "bm-test"
