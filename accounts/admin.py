@@ -26,9 +26,17 @@ class UserAdmin(admin.ModelAdmin):
     search_fields = ["email", "name"]
     # The webhook is set up by PUT /user/webhook (validated, with its secret): shown, not edited
     # here; the secret is never shown.
-    readonly_fields = ["created_at", "last_login", "password", "settings", "webhook_url"]
-    exclude = ["user_permissions", "groups", "data", "webhook_secret"]
+    # The password hash is never shown (an offline guessing target for whoever sees the page):
+    # only whether a usable password is set.
+    readonly_fields = ["created_at", "last_login", "password_state", "settings", "webhook_url"]
+    exclude = ["user_permissions", "groups", "data", "webhook_secret", "password"]
     inlines = [APITokenInline]
+
+    @admin.display(description="password")
+    def password_state(self, user: User) -> str:
+        if user.has_usable_password():
+            return "Set (not shown). Change it with: manage.py changepassword <email>"
+        return "No usable password (cannot log in to this console)."
 
     @admin.display(description="data")
     def settings(self, user: User) -> str:
