@@ -50,7 +50,9 @@ class APITokenAdmin(admin.ModelAdmin):
     list_display = ["id", "user", "prefix", "created_at", "revoked_at"]
     list_filter = ["revoked_at"]
     search_fields = ["user__email", "prefix"]
-    readonly_fields = ["token_hash", "prefix", "created_at", "user"]
+    # The token's hash is never shown either: the prefix names the token well enough.
+    readonly_fields = ["prefix", "created_at", "user"]
+    exclude = ["token_hash"]
 
     def has_add_permission(self, request) -> bool:
         return False  # see APITokenInline.has_add_permission

@@ -142,6 +142,21 @@ def test_the_users_changelist_never_shows_the_password_hash(console):
     assert user.password.split("$")[-1].encode() not in page.content
 
 
+@pytest.mark.django_db
+def test_the_token_change_page_never_shows_the_tokens_hash(console):
+    from accounts.models import APIToken
+    from tests.factories import make_token
+
+    user = make_user(email="tokens@example.com")
+    token = make_token(user)
+    record = APIToken.objects.get(user=user)
+
+    page = console.get(f"/admin/accounts/apitoken/{record.pk}/change/")
+
+    assert page.status_code == 200 and record.prefix.encode() in page.content
+    assert record.token_hash.encode() not in page.content and token.encode() not in page.content
+
+
 # --- 3. Tenants see a short cause; the full error goes to the log and the admin -------------------
 ENGINE_PATH = "/opt/operator-only/vexa-bot-missing"
 
