@@ -24,9 +24,11 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def _parse(address: str | None):
     try:
-        return ipaddress.ip_address((address or "").strip().split("%")[0])
+        ip = ipaddress.ip_address((address or "").strip().split("%")[0])
     except ValueError:
         return None
+    # A dual-stack listener sees an IPv4 peer as ::ffff:a.b.c.d: the same proxy, the same client.
+    return getattr(ip, "ipv4_mapped", None) or ip
 
 
 def _networks(entry: str) -> frozenset[_Network]:

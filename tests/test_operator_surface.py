@@ -108,6 +108,15 @@ def test_a_trusted_proxy_may_be_named_by_host_name(settings, rf):
     assert client_address(request) == ATTACKER_IP
 
 
+def test_a_trusted_proxy_seen_through_a_dual_stack_listener_is_still_trusted(settings, rf):
+    from botmanager.clientaddr import client_address
+
+    settings.TRUSTED_PROXY_ADDRESSES = [PROXY_IP]
+    request = rf.get("/", REMOTE_ADDR=f"::ffff:{PROXY_IP}", HTTP_X_FORWARDED_FOR=ATTACKER_IP)
+
+    assert client_address(request) == ATTACKER_IP
+
+
 def test_x_forwarded_for_is_ignored_when_no_proxy_is_trusted(settings, rf):
     from botmanager.clientaddr import client_address
 
