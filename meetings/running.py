@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 
-
 from orchestrators import request_listing
 from orchestrators.base import LABEL_SESSION_UID, LABEL_USER_ID, OrchestratorError
 from orchestrators.registry import get_orchestrator
