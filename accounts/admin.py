@@ -26,9 +26,17 @@ class UserAdmin(admin.ModelAdmin):
     search_fields = ["email", "name"]
     # The webhook is set up by PUT /user/webhook (validated, with its secret): shown, not edited
     # here; the secret is never shown.
-    readonly_fields = ["created_at", "last_login", "password", "settings", "webhook_url"]
-    exclude = ["user_permissions", "groups", "data", "webhook_secret"]
+    # The password hash is never shown (an offline guessing target for whoever sees the page):
+    # only whether a usable password is set.
+    readonly_fields = ["created_at", "last_login", "password_state", "settings", "webhook_url"]
+    exclude = ["user_permissions", "groups", "data", "webhook_secret", "password"]
     inlines = [APITokenInline]
+
+    @admin.display(description="password")
+    def password_state(self, user: User) -> str:
+        if user.has_usable_password():
+            return "Set (not shown). Change it with: manage.py changepassword <email>"
+        return "No usable password (cannot log in to this console)."
 
     @admin.display(description="data")
     def settings(self, user: User) -> str:
@@ -42,7 +50,9 @@ class APITokenAdmin(admin.ModelAdmin):
     list_display = ["id", "user", "prefix", "created_at", "revoked_at"]
     list_filter = ["revoked_at"]
     search_fields = ["user__email", "prefix"]
-    readonly_fields = ["token_hash", "prefix", "created_at", "user"]
+    # The token's hash is never shown either: the prefix names the token well enough.
+    readonly_fields = ["prefix", "created_at", "user"]
+    exclude = ["token_hash"]
 
     def has_add_permission(self, request) -> bool:
         return False  # see APITokenInline.has_add_permission

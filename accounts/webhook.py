@@ -72,7 +72,7 @@ _NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:
 
 def is_private_address(address: str) -> bool:
     """Any address a webhook must not reach unless WEBHOOK_ALLOW_PRIVATE_ADDRESSES: everything
-    that is not globally routable unicast (private, loopback, link-local, CGNAT 100.64.0.0/10,
+    that is not globally routable unicast (private, loopback, link-local, site-local, CGNAT 100.64.0.0/10,
     unspecified, reserved, documentation, benchmarking), multicast, and IPv6 forms that embed such
     an IPv4 address (IPv4-mapped, NAT64, 6to4, Teredo). The sender checks the address it connects
     to with this."""
@@ -95,7 +95,10 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 
 def _refused(ip) -> bool:
-    return not ip.is_global or ip.is_multicast or ip.is_unspecified or ip.is_reserved
+    # Site-local IPv6 (fec0::/10, deprecated by RFC 3879 but still routed inside some networks)
+    # is not private to Python's ipaddress, which calls it global.
+    site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local
+    return not ip.is_global or ip.is_multicast or ip.is_unspecified or ip.is_reserved or site_local
 
 
 def set_webhook(user: User, url: str, *, rotate_secret: bool = False) -> tuple[str, str]:

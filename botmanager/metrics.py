@@ -45,17 +45,21 @@ counter would show only what the scraped process saw. So:
 A collector that fails (database or Redis down) does not fail the scrape:
 `botmanager_metrics_collector_up{collector}` says which one is missing.
 
-/metrics is open unless METRICS_TOKEN is set (then `Authorization: Bearer <METRICS_TOKEN>`).
+/metrics needs `Authorization: Bearer <METRICS_TOKEN>`; without METRICS_TOKEN it answers only a
+client on this host's loopback that came directly (`make run`): a request relayed by a proxy (it
+carries X-Forwarded-For) comes from wherever the proxy listens, so it is refused.
 """
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from botmanager.clientaddr import forwarded
 from botmanager.plainviews import allow_methods
 from meetings.statuses import CALLBACK_NAMES as _CALLBACK_NAMES
 
@@ -468,4 +472,16 @@ def metrics_view(request):
         given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         if not hmac.compare_digest(given.encode(), settings.METRICS_TOKEN.encode()):
             return JsonResponse({"detail": "Missing or invalid metrics token."}, status=403)
+    elif not _direct_from_loopback(request):
+        return JsonResponse({"detail": "/metrics without METRICS_TOKEN answers only this host's loopback; set "
+                                       "METRICS_TOKEN and scrape with `Authorization: Bearer <METRICS_TOKEN>`."},
+                            status=403)
     return HttpResponse(generate_latest(build_registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+def _direct_from_loopback(request) -> bool:
+    try:
+        loopback = ipaddress.ip_address(request.META.get("REMOTE_ADDR", "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+    return loopback and not forwarded(request)

@@ -197,7 +197,8 @@ class HealthzDoc(_Unauthenticated):
 class _Check(serializers.Serializer):
     ok = serializers.BooleanField()
     ms = serializers.FloatField()
-    error = serializers.CharField(required=False, help_text="Why the check failed.")
+    error = serializers.CharField(required=False, help_text="`failed`, or `did not answer within N s`; the "
+                                                           "exception itself is in the service's log.")
 
 
 class ReadinessSerializer(serializers.Serializer):
@@ -222,7 +223,8 @@ class MetricsDoc(_Unauthenticated):
     @extend_schema(operation_id="metrics", tags=["health"], summary="Prometheus metrics (text format)",
                    auth=[{METRICS_TOKEN: []}, {}],
                    responses={(200, "text/plain"): OpenApiResponse(str, description="Prometheus text format."),
-                              403: error("METRICS_TOKEN is set and the request lacks it.")})
+                              403: error("METRICS_TOKEN is set and the request lacks it, or it is unset and "
+                                         "the request does not come directly from loopback.")})
     def get(self, request):
         raise NotImplementedError  # served by botmanager.metrics.metrics_view
 

@@ -149,12 +149,19 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login before the password check
     "django.contrib.auth.backends.ModelBackend",
 ]
-# Django admin login throttling: after ADMIN_LOGIN_FAILURE_LIMIT failed logins from one address or
-# for one account, further attempts are refused for ADMIN_LOGIN_COOLOFF_MINUTES (`manage.py
-# axes_reset` lifts it at once).
+# Django admin login throttling: after ADMIN_LOGIN_FAILURE_LIMIT failed logins for one account
+# from one client address, that pair is refused for ADMIN_LOGIN_COOLOFF_MINUTES (`manage.py
+# axes_reset` lifts it at once). By the pair, not by either alone: an attacker's wrong passwords
+# for "admin" lock out the attacker, not the real admin at their own address (issue 24).
 AXES_FAILURE_LIMIT = _int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = _float("ADMIN_LOGIN_COOLOFF_MINUTES", 15) / 60  # hours
-AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# The client address behind a trusted proxy only (TRUSTED_PROXY_ADDRESSES, botmanager/clientaddr.py).
+AXES_CLIENT_IP_CALLABLE = "botmanager.clientaddr.client_address"
+# The key under which the admin login form hands the account to authenticate(): "username", whatever
+# the user model's USERNAME_FIELD (email) is. axes' default (USERNAME_FIELD) recorded every attempt
+# without its account, so the lockout was by address alone.
+AXES_USERNAME_FORM_FIELD = "username"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "botmanager.errors.login_locked_out"
 AXES_VERBOSE = False
@@ -385,7 +392,14 @@ LOGGING = logging_config(LOG_FORMAT, LOG_LEVEL)
 # Where gunicorn's workers keep prometheus-client's per-process files (multiprocess mode); empty:
 # single-process metrics. prometheus-client reads this variable itself, at import.
 PROMETHEUS_MULTIPROC_DIR = _str("PROMETHEUS_MULTIPROC_DIR", "")
-# Empty: /metrics is open (keep it off the public network); set: it needs `Authorization: Bearer <it>`.
+# Set: /metrics needs `Authorization: Bearer <it>`. Empty: /metrics answers only loopback clients
+# that came directly (no proxy header), as `make run`; anyone else gets 403.
 METRICS_TOKEN = _str("METRICS_TOKEN", "")
 # /readyz: how long each dependency check may take.
 READYZ_TIMEOUT_SECONDS = _float("READYZ_TIMEOUT_SECONDS", 3)
+
+# --- Operator surface (issue 24, part E) ----------------------------------------------------------
+# The reverse proxies whose X-Forwarded-For is believed (the admin login lockout's client address,
+# botmanager/clientaddr.py): comma-separated addresses, networks (CIDR) or host names (resolved
+# again every 30 s; compose sets its `proxy` service). Empty: the header is never believed.
+TRUSTED_PROXY_ADDRESSES = [a.strip() for a in _str("TRUSTED_PROXY_ADDRESSES", "").split(",") if a.strip()]

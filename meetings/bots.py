@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from accounts.models import User
 
-from . import commands, lifecycle, stopping
+from . import commands, endings, lifecycle, stopping
 from .errors import BackendUnavailable, BotLimitReached, DuplicateMeeting, MeetingConflict, MeetingNotFound
 from .models import Meeting
 from .payloads import timestamp
@@ -94,7 +94,7 @@ def enqueue_launch(meeting_id: int) -> None:
         log.exception("meeting %s: could not enqueue the bot launch", meeting_id)
         lifecycle.transition(meeting_id, MeetingStatus.FAILED, source=TransitionSource.LAUNCH,
                              reason="bot launch could not be enqueued", failure_stage=FailureStage.REQUESTED,
-                             data_updates={"last_error": f"Bot launch could not be enqueued: {exc}"})
+                             metadata={"error": endings.error_text(exc)}, data_updates=endings.launch_not_enqueued())
 
 
 def _duplicate(req: BotRequest) -> DuplicateMeeting:
@@ -141,10 +141,11 @@ def reconfigure_bot(user: User, platform: str, native_meeting_id: str, *, langua
         # user gets a 503 to retry, instead of a 500 after a commit the bot never heard of.
         try:
             commands.publish_reconfigure(meeting.id, meeting.data.get("language"), meeting.data.get("task"))
-        except RedisError as exc:
+        except RedisError:
+            log.warning("meeting %s: could not publish the reconfigure command", meeting.id, exc_info=True)
             raise BackendUnavailable(
-                f"Could not send the new settings to the bot (Redis unavailable: {exc}); nothing was changed, "
-                "retry later.") from None
+                "Could not send the new settings to the bot (its command channel is unavailable); nothing was "
+                "changed, retry later.") from None
     return meeting
 
 

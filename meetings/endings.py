@@ -63,10 +63,35 @@ def container_gone(status: str, bot: BotInfo | None) -> dict:
 
 
 def lost_instance(status: str, instance: str, by: str) -> dict:
+    """`instance` (a host name, a state directory) is the operator's: it is in the transition's
+    metadata (the admin), not in what the tenant reads."""
     if status == "stopping":
-        return {"completion_detail": f"The bot's host ({instance}) was declared lost by {by} after the stop; "
+        return {"completion_detail": f"The bot's host was declared lost by {by} after the stop; "
                                      "the meeting was finalized."}
-    return {"last_error": f"The bot's host ({instance}) was lost (declared by {by}) while {status}."}
+    return {"last_error": f"The bot's host was lost (declared by {by}) while {status}."}
+
+
+# --- Failures of our own machinery ----------------------------------------------------------------
+# The tenant reads a short cause it can act on; the full error (engine text with hosts, file paths,
+# image names, broker addresses) goes to the log and to the transition's `metadata.error`, which the
+# Django admin shows and the API does not (issue 24).
+def error_text(exc: BaseException) -> str:
+    """The full error, for the log and the transition's metadata (capped like other free text)."""
+    return f"{type(exc).__name__}: {exc}"[:4000]
+
+
+def launch_failed(exc: BaseException) -> dict:
+    if isinstance(exc, ValueError):
+        cause = "the bot's configuration could not be built from this meeting's data"
+    else:
+        cause = "the bot backend could not start the bot"
+    return {"last_error": f"Bot launch failed: {cause}. The operator's log has the details; "
+                          "request the bot again, or ask the operator if this persists."}
+
+
+def launch_not_enqueued() -> dict:
+    return {"last_error": "Bot launch could not be enqueued: the task queue is unavailable. "
+                          "Request the bot again shortly."}
 
 
 def by_operator(to_status: str) -> dict:

@@ -114,7 +114,7 @@ def end_meetings_of(instance: str, *, by: str) -> int:
     with its stop's reason; any other fails at its stage. Returns how many ended."""
     ended = 0
     ids = Meeting.objects.filter(bot_instance=instance, status__in=sorted(NON_TERMINAL)).values_list("id", "status")
-    reason = f"bot instance {instance} declared lost by {by}"
+    reason = f"bot instance declared lost by {by}"  # which one: metadata.lost_instance (the admin)
     for meeting_id, status in ids:
         if status == MeetingStatus.STOPPING:
             result = lifecycle.transition(meeting_id, MeetingStatus.COMPLETED, source=TransitionSource.ADMIN,

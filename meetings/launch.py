@@ -19,7 +19,7 @@ from orchestrators.base import LABEL_SESSION_UID, BotSpec, OrchestratorError, bo
 from orchestrators.base import bot_labels as labels_for
 from orchestrators.registry import get_orchestrator
 
-from . import bot_control, commands, lifecycle, platforms, stopping, tokens
+from . import bot_control, commands, endings, lifecycle, platforms, stopping, tokens
 from .models import Meeting, MeetingSession
 from .statuses import FailureStage, MeetingStatus, TransitionSource
 
@@ -99,7 +99,8 @@ def launch(meeting_id: int) -> str | None:
         log.warning("meeting %s: bot launch failed: %s", meeting.id, exc)
         lifecycle.transition(meeting.id, MeetingStatus.FAILED, source=TransitionSource.LAUNCH,
                              reason="bot launch failed", failure_stage=FailureStage.REQUESTED,
-                             session=session, data_updates={"last_error": f"Bot launch failed: {exc}"})
+                             session=session, metadata={"error": endings.error_text(exc)},
+                             data_updates=endings.launch_failed(exc))
         return None
     _record_container(meeting.id, session, container_id, backend, instance)
     return container_id

@@ -18,7 +18,8 @@ def finalize_meetings(meeting_ids: list[int], *, to_status: str, failure_stage: 
     for meeting_id in meeting_ids:
         with transaction.atomic():
             result = lifecycle.transition(
-                meeting_id, to_status, source=TransitionSource.ADMIN, reason=f"finalized by admin {actor}",
+                # Who did it is in the metadata (the admin shows it); the tenant reads the reason.
+                meeting_id, to_status, source=TransitionSource.ADMIN, reason="finalized by an operator",
                 completion_reason=CompletionReason.STOPPED if to_status == MeetingStatus.COMPLETED else None,
                 failure_stage=failure_stage if to_status == MeetingStatus.FAILED else None,
                 metadata={"admin_user": actor}, data_updates=endings.by_operator(to_status),

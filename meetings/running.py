@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
-
 from orchestrators import request_listing
 from orchestrators.base import LABEL_SESSION_UID, LABEL_USER_ID, OrchestratorError
 from orchestrators.registry import get_orchestrator
@@ -18,19 +16,23 @@ SCHEDULED_NORMALIZED = "Scheduled"
 
 log = logging.getLogger(__name__)
 
+UNAVAILABLE = "The bot backend is unavailable, so running bots cannot be listed; try again shortly."
+
 
 def running_bots(user) -> list[dict]:
     try:
         backend = get_orchestrator()
-    except (OrchestratorError, ImportError, ValueError) as exc:
+    except (OrchestratorError, ImportError, ValueError):
         # A misconfigured or unreachable backend is an outage to report, not a server error.
         log.exception("the orchestrator backend could not be loaded")
-        raise BackendUnavailable(f"The bot backend ({settings.ORCHESTRATOR}) is unavailable: {exc}") from None
+        raise BackendUnavailable(UNAVAILABLE) from None
     try:
         # Shared, bounded wait: a hung engine answers 503 in ORCHESTRATOR_REQUEST_TIMEOUT_SECONDS.
         bots = request_listing.list_bots(backend)
     except OrchestratorError as exc:
-        raise BackendUnavailable(f"Could not list bots from the {backend.name} backend: {exc}") from None
+        # The engine's text (its address, socket path) is the operator's, not the tenant's.
+        log.warning("GET /bots/status: could not list bots from the %s backend: %s", backend.name, exc)
+        raise BackendUnavailable(UNAVAILABLE) from None
     mine = [b for b in bots if b.labels.get(LABEL_USER_ID) == str(user.pk) and b.status.is_running]
     meetings = Meeting.objects.filter(user=user, pk__in=[b.meeting_id for b in mine if b.meeting_id]).only(
         "id", "platform", "native_meeting_id")

@@ -103,9 +103,10 @@ def test_when_the_broker_refuses_the_launch_the_meeting_fails_with_last_error_no
 
     meeting = Meeting.objects.get(pk=body["id"])
     assert (meeting.status, meeting.failure_stage) == ("failed", "requested")
-    assert "Connection refused" in meeting.data["last_error"]
+    assert "task queue is unavailable" in meeting.data["last_error"]
     last = meeting.transitions.last()
     assert (last.from_status, last.to_status, last.source) == ("requested", "failed", "launch")
+    assert "Connection refused" in last.metadata["error"]  # the operator's (the admin shows it)
     # The seat is free again: the user can ask once more.
     answer(post_bot(api_client, platform="google_meet", native_meeting_id=MEET_ID), 201)
 

@@ -207,6 +207,13 @@ def test_only_the_buffering_proxy_is_published_and_on_loopback_by_default(config
     assert "apt-get install" in (REPO / "docker/nginx/Dockerfile").read_text()
 
 
+def test_web_believes_x_forwarded_for_from_the_proxy_service_alone(config):
+    """Bots share the network: a CIDR of it would let a bot pick the address it is counted under."""
+    assert config["services"]["web"]["environment"]["TRUSTED_PROXY_ADDRESSES"] == "proxy"
+    assert "proxy" in config["services"]
+    assert "X-Forwarded-For $proxy_add_x_forwarded_for" in (REPO / "docker/nginx/nginx.conf").read_text()
+
+
 def test_redis_takes_its_password_from_a_file_not_the_command_line(config):
     redis = config["services"]["redis"]
     command = " ".join(redis["command"])

@@ -44,8 +44,8 @@ def test_readyz_answers_503_naming_redis_when_redis_is_unreachable(client, setti
     assert response["Content-Type"] == "application/json"
     assert body["status"] == "unavailable"
     assert body["failed"] == ["redis"]
-    assert body["detail"] == "Not ready: redis failed (see checks)."  # a detail, as every error answer
-    assert body["checks"]["redis"]["ok"] is False and "Connection" in body["checks"]["redis"]["error"]
+    assert body["detail"] == "Not ready: redis failed (the service's log has the error)."  # as every error answer
+    assert body["checks"]["redis"] == {"ok": False, "error": "failed", "ms": body["checks"]["redis"]["ms"]}
     assert body["checks"]["database"]["ok"] is True and body["checks"]["backend"]["ok"] is True
 
 
@@ -62,7 +62,7 @@ def test_readyz_answers_503_naming_the_backend_when_its_listing_fails(client, mo
     body = response.json()
     assert response.status_code == 503, body
     assert body["failed"] == ["backend"]
-    assert body["checks"]["backend"] == {"ok": False, "error": "OrchestratorError: engine unreachable: connection refused",
+    assert body["checks"]["backend"] == {"ok": False, "error": "failed",
                                          "ms": body["checks"]["backend"]["ms"]}
 
 
@@ -99,7 +99,7 @@ def test_a_backend_that_failed_is_not_asked_again_for_a_moment(client, monkeypat
     monkeypatch.setattr(registry, "get_orchestrator", lambda name=None: Failing())
     bodies = [client.get("/readyz").json() for _ in range(3)]
     assert len(calls) == 1
-    assert all(b["failed"] == ["backend"] and "engine unreachable" in b["checks"]["backend"]["error"] for b in bodies)
+    assert all(b["failed"] == ["backend"] and b["checks"]["backend"]["error"] == "failed" for b in bodies)
 
 
 def test_concurrent_probes_of_a_hung_backend_share_one_listing(monkeypatch, settings):
