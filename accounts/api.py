@@ -29,6 +29,8 @@ from .serializers import (
 class AdminView(APIView):
     authentication_classes: list = []
     permission_classes = [HasAdminAPIKey]
+    # The operator, not a tenant: no per-user rate limit (botmanager/ratelimit.py).
+    throttle_classes: list = []
 
 
 # GET /admin/users: users per page by default, and the most a `limit` gives.

@@ -31,6 +31,17 @@ class BotLimitReached(DomainError):
     http_status = 403
 
 
+class ScheduledBotLimitReached(DomainError):
+    # 409, not 429: waiting does not help by itself (a scheduled bot holds its place until it is
+    # launched, days later maybe), the user's own meetings are in the way (as a duplicate's 409);
+    # not 422: the request itself is valid, and succeeds once one is cancelled.
+    http_status = 409
+
+
+class MeetingDataTooLarge(ValueError):
+    """A meeting's user-written data over MEETING_DATA_MAX_BYTES (the API answers 422)."""
+
+
 class UnknownSession(NotFound):
     pass
 

@@ -21,6 +21,8 @@ BACKEND_UNAVAILABLE = "The bot backend (or Redis) is unavailable; nothing was ch
 
 
 class BotsView(APIView):
+    launches_bots = True  # POST takes from the bot-request bucket too (botmanager/ratelimit.py)
+
     @extend_schema(operation_id="request_bot", tags=["bots"], request=BotRequestSerializer,
                    summary="Request a bot for a meeting",
                    description="Creates the meeting in `requested`; the bot is launched once the request "
