@@ -166,6 +166,20 @@ def test_each_request_costs_one_redis_round_trip_of_the_cached_script(redis_conn
     assert after.get("cmdstat_eval", 0) == before.get("cmdstat_eval", 0)
 
 
+def test_a_bot_callback_costs_the_limiter_nothing(redis_conn):
+    """Callbacks/s cannot drop by the limiter: a callback never asks it (no script call)."""
+    session = make_session(make_meeting(make_user()))
+    client_for(make_user()).get("/meetings")  # the script is loaded by now
+    before = _commandstats(redis_conn)
+
+    answer(APIClient().post("/bots/internal/callback/joining", {"connection_id": str(session.session_uid)},
+                            format="json"), 200)
+
+    after = _commandstats(redis_conn)
+    assert after.get("cmdstat_evalsha", 0) == before.get("cmdstat_evalsha", 0)
+    assert after.get("cmdstat_eval", 0) == before.get("cmdstat_eval", 0)
+
+
 def test_after_a_script_flush_the_script_is_loaded_again_and_the_bucket_kept(tight, redis_conn):
     client = client_for(make_user())
     for _ in range(5):
