@@ -151,3 +151,27 @@ def test_meetings_page_on_with_an_offset(api_client, six_hundred):
     body = answer(api_client.get("/meetings?offset=500"), 200)
 
     assert [m["id"] for m in body["meetings"]] == six_hundred[500:600]
+
+
+# --- Integer query parameters: digits that are not ASCII ----------------------------------------------
+# str.isdigit() is true of '²' and '١', which int() refuses or reads: GET /events?limit=² was a 500.
+UNICODE_DIGITS = ["²", "١", "1²", "٣٠"]
+
+
+@pytest.mark.parametrize("value", UNICODE_DIGITS)
+@pytest.mark.parametrize("path,name", [("/meetings", "limit"), ("/meetings", "offset"), ("/events", "limit")])
+def test_a_user_api_integer_parameter_with_non_ascii_digits_answers_422(api_client, path, name, value):
+    body = answer(api_client.get(path, {name: value}), 422)
+
+    assert list(body["errors"]) == [name]
+
+
+@pytest.mark.parametrize("value", UNICODE_DIGITS)
+@pytest.mark.parametrize("name", ["skip", "limit"])
+def test_an_admin_api_integer_parameter_with_non_ascii_digits_answers_422(settings, name, value):
+    admin = APIClient()
+    admin.credentials(HTTP_X_ADMIN_API_KEY=settings.ADMIN_API_TOKEN)
+
+    body = answer(admin.get("/admin/users", {name: value}), 422)
+
+    assert list(body["errors"]) == [name]

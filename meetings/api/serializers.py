@@ -10,7 +10,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
-from botmanager.strict_fields import MAX_OFFSET, StrictCharField
+from botmanager.strict_fields import MAX_OFFSET, QueryIntegerField, StrictCharField
 from orchestrators.base import NormalizedStatus
 
 from .. import platforms
@@ -193,11 +193,11 @@ class MeetingListSerializer(serializers.Serializer):
 class MeetingListQuerySerializer(serializers.Serializer):
     """The optional query parameters of GET /meetings (as Vexa 0.10)."""
 
-    limit = serializers.IntegerField(
+    limit = QueryIntegerField(
         required=False, default=settings.MEETINGS_PAGE_DEFAULT, min_value=1, max_value=settings.MEETINGS_PAGE_MAX,
         help_text=f"At most this many meetings (1 to MEETINGS_PAGE_MAX, {settings.MEETINGS_PAGE_MAX}; default "
                   f"MEETINGS_PAGE_DEFAULT, {settings.MEETINGS_PAGE_DEFAULT}).")
-    offset = serializers.IntegerField(required=False, min_value=0, max_value=MAX_OFFSET,
+    offset = QueryIntegerField(required=False, min_value=0, max_value=MAX_OFFSET,
                                       help_text="Skip this many of the newest meetings first.")
     status = serializers.ChoiceField(choices=MeetingStatus.choices, required=False,
                                      help_text="Only meetings in this status.")
