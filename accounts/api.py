@@ -1,6 +1,8 @@
 """The admin API (`/admin/...`), guarded by `X-Admin-API-Key`. Views parse, call, serialize."""
 from __future__ import annotations
 
+import re
+
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from django.views.decorators.csrf import csrf_exempt
@@ -29,6 +31,8 @@ from .serializers import (
 class AdminView(APIView):
     authentication_classes: list = []
     permission_classes = [HasAdminAPIKey]
+    # The operator, not a tenant: no per-user rate limit (botmanager/ratelimit.py).
+    throttle_classes: list = []
 
 
 # GET /admin/users: users per page by default, and the most a `limit` gives.
@@ -41,10 +45,13 @@ def _non_negative_int(request, name: str, default: int, maximum: int | None = No
     raw = request.query_params.get(name)
     if raw is None:
         return default
+    # ASCII digits only: int() also takes '١٢', ' 5', '5_0' (and '²' passes str.isdigit()).
+    if not re.fullmatch(r"-?[0-9]+", raw):
+        raise ValidationError({name: [f"must be a whole number, got {raw!r}"]})
     try:
         value = int(raw)
-    except ValueError:
-        raise ValidationError({name: [f"must be a whole number, got {raw!r}"]})
+    except ValueError:  # more digits than int() converts
+        raise ValidationError({name: [f"must be a whole number, got {raw[:20]!r}..."]})
     if value < 0:
         raise ValidationError({name: ["must be 0 or more"]})
     if largest is not None and value > largest:

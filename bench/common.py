@@ -34,6 +34,16 @@ _ready = False
 _env: dict[str, str] = {}
 
 
+# Per-user rate limits (botmanager/ratelimit.py) no benchmark reaches: one user drives each load.
+# `on`: the limiter runs on every request and never refuses (its cost is in the figures); `off`:
+# no limit, the limiter is not asked (the figures without it).
+RATE_LIMITS = {
+    "on": {"API_RATE_LIMIT_PER_SECOND": "1000000", "API_RATE_LIMIT_BURST": "1000000",
+           "BOT_REQUEST_RATE_LIMIT_PER_MINUTE": "60000000", "BOT_REQUEST_RATE_LIMIT_BURST": "1000000"},
+    "off": {"API_RATE_LIMIT_PER_SECOND": "0", "BOT_REQUEST_RATE_LIMIT_PER_MINUTE": "0"},
+}
+
+
 def setup() -> dict[str, str]:
     """Start/reuse the servers, (re)create the bench database, point this process's Django at it,
     migrate. Returns the environment for subprocesses (gunicorn, celery)."""
@@ -97,7 +107,7 @@ def setup() -> dict[str, str]:
 
     _env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "RUN_DIR": str(run_dir),
             "LOG_LEVEL": "WARNING", "LOG_FORMAT": "plain", "DB_CONN_MAX_AGE": "600",
-            "DEFAULT_MAX_CONCURRENT_BOTS": "0",
+            "DEFAULT_MAX_CONCURRENT_BOTS": "0", **RATE_LIMITS["on"],
             # The processes started here have external URLs and their own RUN_DIR: they get this
             # stack's secrets (they refuse to start without them, botmanager/checks.py).
             **{name: getattr(settings, name) for name in ("SECRET_KEY", "BOT_TOKEN_SECRET", "ADMIN_API_TOKEN")}}

@@ -3,7 +3,7 @@ worker (the launch task is enqueued on commit, as in production, and never run; 
 flushed afterwards). One client, sequential requests, distinct meetings of one unlimited user;
 also the SQL queries of one request (the same view in this process).
 
-    python -m bench.post_bots [--requests 500] [--web-workers 2]
+    python -m bench.post_bots [--requests 500] [--web-workers 2] [--rate-limits on|off]
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument("--rate-limits", choices=sorted(common.RATE_LIMITS), default="on",
+                        help="on: the per-user limiter runs on every request (never refusing); off: not asked")
     args = parser.parse_args(argv)
     env = common.setup()
     from rest_framework.test import APIClient
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     queries = counted["n"]
 
     latencies, statuses = [], {}
-    with common.gunicorn(env, args.web_workers) as web:
+    with common.gunicorn(env, args.web_workers, extra_env=common.RATE_LIMITS[args.rate_limits]) as web:
         port = int(web.url.rsplit(":", 1)[1])
         warmup = args.requests // 10
         for i in range(args.requests + warmup):
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
                 statuses[response.status] = statuses.get(response.status, 0) + 1
     get_redis().flushdb()  # the launch tasks nobody ran
     figures = {"requests": len(latencies), "statuses": statuses, "web_workers": args.web_workers,
+               "rate_limits": args.rate_limits,
                "p50_ms": round(common.percentile(latencies, 50) * 1000, 2),
                "p99_ms": round(common.percentile(latencies, 99) * 1000, 2),
                "mean_ms": round(sum(latencies) / len(latencies) * 1000, 2), "sql_queries": queries}

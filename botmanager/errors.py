@@ -29,7 +29,8 @@ def json_exception_handler(exc, context):
     from meetings.errors import DomainError
 
     if isinstance(exc, DomainError):
-        return Response({"detail": exc.detail}, status=exc.http_status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return Response({"detail": exc.detail}, status=exc.http_status, headers=headers)
     if isinstance(exc, exceptions.ValidationError):
         errors = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         return Response(

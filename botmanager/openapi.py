@@ -29,6 +29,8 @@ from rest_framework.views import APIView
 
 from accounts.authentication import MISSING_TOKEN, APIKeyAuthentication, HasAdminAPIKey
 
+from .ratelimit import UserRateThrottle
+
 USER_KEY = "userApiKey"
 ADMIN_KEY = "adminApiKey"
 MEETING_TOKEN = "meetingToken"
@@ -74,6 +76,11 @@ def error(description: str) -> OpenApiResponse:
     return OpenApiResponse(ErrorSerializer, description=description)
 
 
+RATE_LIMITED = OpenApiResponse(
+    ErrorSerializer, description="The user's request rate limit (API_RATE_LIMIT_*; for POST /bots also "
+    "BOT_REQUEST_RATE_LIMIT_*) is reached: retry after the `Retry-After` header's seconds.")
+RETRY_AFTER = {"schema": {"type": "integer", "minimum": 1},
+               "description": "Whole seconds (at least 1) until the request would be served."}
 VALIDATION_ERROR = OpenApiResponse(ValidationErrorSerializer, description="Invalid input (422: the wire "
                                    "contract's status for validation errors, not 400).")
 
@@ -116,7 +123,15 @@ class AutoSchema(_SpectacularAutoSchema):
             implied[404] = error("No such resource (of this user), or a path that does not parse.")
         if any(p.get("in") == "query" for p in self._get_parameters()):
             implied[422] = VALIDATION_ERROR
+        if self._is_rate_limited():
+            implied[429] = RATE_LIMITED
         return implied
+
+    def _get_response_headers_for_code(self, status_code, direction="response"):
+        headers = super()._get_response_headers_for_code(status_code, direction)
+        if str(status_code) == "429" and self._is_rate_limited():
+            headers["Retry-After"] = RETRY_AFTER
+        return headers
 
     def _map_serializer_field(self, field, direction, bypass_extensions=False):
         schema = super()._map_serializer_field(field, direction, bypass_extensions)
@@ -166,6 +181,9 @@ class AutoSchema(_SpectacularAutoSchema):
     def _checks_admin_key(self) -> bool:
         return any(isinstance(p, HasAdminAPIKey) for p in self.view.get_permissions())
 
+    def _is_rate_limited(self) -> bool:
+        return any(isinstance(t, UserRateThrottle) for t in self.view.get_throttles())
+
 
 def document_as(view_class: type[APIView], plain_view):
     """Show the plain Django view `plain_view` in the schema as the DRF `view_class`, whose
@@ -180,6 +198,7 @@ def document_as(view_class: type[APIView], plain_view):
 class _Unauthenticated(APIView):
     authentication_classes: list = []
     permission_classes: list = []
+    throttle_classes: list = []
 
 
 class LivenessSerializer(serializers.Serializer):

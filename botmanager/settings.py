@@ -220,6 +220,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "botmanager.errors.json_exception_handler",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_SCHEMA_CLASS": "botmanager.openapi.AutoSchema",
+    # Per-user rate limits (botmanager/ratelimit.py; API_RATE_LIMIT_* and BOT_REQUEST_RATE_LIMIT_*).
+    "DEFAULT_THROTTLE_CLASSES": ["botmanager.ratelimit.UserRateThrottle"],
 }
 
 # The served OpenAPI 3 schema: /openapi.json and Swagger UI at /docs, both without authentication.
@@ -341,6 +343,32 @@ SCHEDULED_LAUNCH_LEAD_SECONDS = _float("SCHEDULED_LAUNCH_LEAD_SECONDS", 30)
 # How long after its join_at a scheduled bot may still be launched (it waits for a seat when the
 # user is at the limit, or for the scheduler after an outage); past that the sweep fails it.
 SCHEDULED_LAUNCH_WINDOW_SECONDS = _float("SCHEDULED_LAUNCH_WINDOW_SECONDS", 600)
+
+# --- Fair share: per-user rate limits and caps (issue 24, part C) ---------------------------------
+# Token buckets in Redis per user, shared by every web worker and host (botmanager/ratelimit.py):
+# every user API request takes a token from a bucket refilled at API_RATE_LIMIT_PER_SECOND holding
+# at most API_RATE_LIMIT_BURST; an empty bucket answers 429 with Retry-After. 0 turns a limit off.
+API_RATE_LIMIT_PER_SECOND = _float("API_RATE_LIMIT_PER_SECOND", 20)
+API_RATE_LIMIT_BURST = _int("API_RATE_LIMIT_BURST", 200)
+# POST /bots also takes from a tighter bucket of its own: a launch costs a process or a container.
+BOT_REQUEST_RATE_LIMIT_PER_MINUTE = _float("BOT_REQUEST_RATE_LIMIT_PER_MINUTE", 60)
+BOT_REQUEST_RATE_LIMIT_BURST = _int("BOT_REQUEST_RATE_LIMIT_BURST", 30)
+# How long a request waits for the limiter's answer; Redis unreachable or slower: the request is
+# served unlimited (fail open) and a warning logged.
+RATE_LIMIT_REDIS_TIMEOUT_SECONDS = _float("RATE_LIMIT_REDIS_TIMEOUT_SECONDS", 0.5)
+# Bots one user may have scheduled (waiting for their join_at) at once; one more answers 409.
+# 0: no cap.
+SCHEDULED_BOTS_PER_USER = _int("SCHEDULED_BOTS_PER_USER", 100)
+# The data a user writes into a meeting (PATCH /meetings/...: name, participants, languages, notes)
+# is copied into every later transition and webhook: at most this many items per list, and this
+# many bytes of JSON for those fields together once merged (422 beyond).
+MEETING_DATA_MAX_ITEMS = _int("MEETING_DATA_MAX_ITEMS", 1000)
+MEETING_DATA_MAX_BYTES = _int("MEETING_DATA_MAX_BYTES", 64 * 1024)
+# GET /meetings: meetings per page without `limit`, and the largest `limit` (as Vexa's meeting API).
+MEETINGS_PAGE_DEFAULT = _int("MEETINGS_PAGE_DEFAULT", 100)
+MEETINGS_PAGE_MAX = _int("MEETINGS_PAGE_MAX", 500)
+# GET /events: a page stops before its event bodies would pass this many bytes (one event at least).
+EVENTS_PAGE_MAX_BYTES = _int("EVENTS_PAGE_MAX_BYTES", 1024 * 1024)
 
 # --- Celery ---------------------------------------------------------------------------------------
 CELERY_BROKER_URL = _str("CELERY_BROKER_URL", REDIS_URL)

@@ -8,6 +8,8 @@ be liberal with bots.
 """
 from __future__ import annotations
 
+import re
+
 from rest_framework import serializers
 
 # The largest row skip a list query may ask for: PostgreSQL's OFFSET is a bigint (a larger one
@@ -27,6 +29,19 @@ class StrictIntegerField(serializers.IntegerField):
         if type(data) is not int:
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class QueryIntegerField(serializers.IntegerField):
+    """An integer query parameter: ASCII digits with an optional minus sign. DRF's IntegerField reads
+    any Unicode digits int() takes ('١٢' is 12) and spaces: a URL means the digits it shows."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or not _ASCII_INTEGER.fullmatch(data):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+_ASCII_INTEGER = re.compile(r"-?[0-9]+")
 
 
 class StrictBooleanField(serializers.BooleanField):

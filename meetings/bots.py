@@ -1,17 +1,27 @@
 """User-facing bot services: request, stop and reconfigure a bot. Views, the admin and tasks call these."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from redis.exceptions import RedisError
 
 from accounts.models import User
 
 from . import commands, endings, lifecycle, stopping
-from .errors import BackendUnavailable, BotLimitReached, DuplicateMeeting, MeetingConflict, MeetingNotFound
+from .errors import (
+    BackendUnavailable,
+    BotLimitReached,
+    DuplicateMeeting,
+    MeetingConflict,
+    MeetingDataTooLarge,
+    MeetingNotFound,
+    ScheduledBotLimitReached,
+)
 from .models import Meeting
 from .payloads import timestamp
 from .statuses import EXCLUSIVE, LIVE, TERMINAL, FailureStage, MeetingStatus, TransitionSource
@@ -55,6 +65,10 @@ def request_bot(user: User, req: BotRequest) -> Meeting:
             raise _duplicate(req)
         if req.join_at is None and seats_taken(locked):
             raise BotLimitReached(f"User has reached the maximum concurrent bot limit ({locked.max_concurrent_bots}).")
+        if req.join_at is not None and schedule_full(locked):
+            raise ScheduledBotLimitReached(
+                f"User has reached the maximum of scheduled bots ({settings.SCHEDULED_BOTS_PER_USER}): cancel one "
+                "(DELETE /bots/{platform}/{native_meeting_id}) or wait until one is launched.")
         try:
             with transaction.atomic():
                 meeting = lifecycle.create_meeting(user=locked, platform=req.platform,
@@ -80,6 +94,13 @@ def seats_taken(locked: User) -> bool:
     """Whether the user (row locked by `lock_user`) has no free seat for one more bot."""
     limit = locked.max_concurrent_bots
     return bool(limit) and Meeting.objects.filter(user_id=locked.pk, status__in=sorted(LIVE)).count() >= limit
+
+
+def schedule_full(locked: User) -> bool:
+    """Whether the user (row locked by `lock_user`) has SCHEDULED_BOTS_PER_USER bots waiting to be
+    launched: scheduled bots take no seat, and uncapped one user could store thousands."""
+    cap = settings.SCHEDULED_BOTS_PER_USER
+    return bool(cap) and Meeting.objects.filter(user_id=locked.pk, status=MeetingStatus.SCHEDULED).count() >= cap
 
 
 def enqueue_launch(meeting_id: int) -> None:
@@ -149,16 +170,16 @@ def reconfigure_bot(user: User, platform: str, native_meeting_id: str, *, langua
     return meeting
 
 
-def list_meetings(user: User, *, limit: int | None = None, offset: int = 0, status: str | None = None,
+def list_meetings(user: User, *, limit: int, offset: int = 0, status: str | None = None,
                   platform: str | None = None):
-    """The user's meetings, newest first, optionally filtered and paged (GET /meetings)."""
+    """The user's meetings, newest first, optionally filtered, a page of `limit` (GET /meetings)."""
     meetings = Meeting.objects.filter(user=user)
     if status is not None:
         meetings = meetings.filter(status=status)
     if platform is not None:
         meetings = meetings.filter(platform=platform)
     meetings = meetings.order_by("-created_at", "-id")
-    return meetings[offset:offset + limit] if limit is not None else meetings[offset:]
+    return meetings[offset:offset + limit]
 
 
 def update_meeting_data(user: User, platform: str, native_meeting_id: str, changes: dict) -> Meeting:
@@ -167,9 +188,27 @@ def update_meeting_data(user: User, platform: str, native_meeting_id: str, chang
                    .order_by("-id").first())
         if meeting is None:
             raise MeetingNotFound(f"No meeting found for {platform}/{native_meeting_id}.")
-        meeting.data = {**(meeting.data or {}), **changes}
+        merged = {**(meeting.data or {}), **changes}
+        _check_user_data_size(merged, changes.keys())
+        meeting.data = merged
         meeting.save(update_fields=["data", "updated_at"])
     return meeting
+
+
+# The data fields users write (PATCH /meetings/...), as MeetingDataPatchSerializer takes them.
+USER_DATA_FIELDS = ("name", "participants", "languages", "notes")
+
+
+def _check_user_data_size(merged: dict, written) -> None:
+    """MEETING_DATA_MAX_BYTES over the user-written fields once merged: every later transition and
+    webhook copies the meeting's data. (The fields the manager writes are capped where written.)"""
+    user_data = {name: merged[name] for name in USER_DATA_FIELDS if name in merged}
+    size = len(json.dumps(user_data, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > settings.MEETING_DATA_MAX_BYTES:
+        raise MeetingDataTooLarge(
+            f"The meeting's {', '.join(USER_DATA_FIELDS)} would take {size} bytes of JSON together; at most "
+            f"{settings.MEETING_DATA_MAX_BYTES} are kept (MEETING_DATA_MAX_BYTES). Send less "
+            f"({', '.join(sorted(written))} given).")
 
 
 def delete_meetings(user: User, platform: str, native_meeting_id: str) -> int:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 class DomainError(Exception):
     http_status = 400
+    # Seconds, sent as Retry-After (every 429 carries one, as the rate limiter's do).
+    retry_after: int | None = None
 
-    def __init__(self, detail: str):
+    def __init__(self, detail: str, retry_after: int | None = None):
         super().__init__(detail)
         self.detail = detail
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class NotFound(DomainError):
@@ -29,6 +33,17 @@ class MeetingConflict(DomainError):
 
 class BotLimitReached(DomainError):
     http_status = 403
+
+
+class ScheduledBotLimitReached(DomainError):
+    # 409, not 429: waiting does not help by itself (a scheduled bot holds its place until it is
+    # launched, days later maybe), the user's own meetings are in the way (as a duplicate's 409);
+    # not 422: the request itself is valid, and succeeds once one is cancelled.
+    http_status = 409
+
+
+class MeetingDataTooLarge(ValueError):
+    """A meeting's user-written data over MEETING_DATA_MAX_BYTES (the API answers 422)."""
 
 
 class UnknownSession(NotFound):

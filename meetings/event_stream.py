@@ -15,6 +15,7 @@ write (at the latest the heartbeat) and its stream ends, releasing its places.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from typing import Iterator
@@ -85,8 +86,11 @@ class EventStream:
             log.warning("event stream refused: Redis did not answer (%s)", exc)
             raise NoStreamPlace(REDIS_DOWN) from exc
         if not taken:
+            # A place frees when a stream closes; one whose client vanished is noticed within a
+            # heartbeat.
             raise TooManyStreams(f"You hold {settings.EVENT_STREAMS_PER_USER} event streams already "
-                                 "(EVENT_STREAMS_PER_USER); close one first.")
+                                 "(EVENT_STREAMS_PER_USER); close one first.",
+                                 retry_after=max(1, math.ceil(settings.EVENT_STREAM_HEARTBEAT_SECONDS)))
         _open_here += 1
         self.closed = False
         self.pubsub = None

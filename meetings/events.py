@@ -106,6 +106,17 @@ def page(user_id: int, after: int, limit: int, *, settled: bool = True) -> list[
             for tid, body, webhook_id, delivered in rows]
 
 
+def within_bytes(events: list[Event], max_bytes: int) -> list[Event]:
+    """The first of `events` whose bodies come to at most `max_bytes` (UTF-8), the first one always:
+    a page of large meetings stays bounded, and a cursor after its last event loses none."""
+    total = 0
+    for count, event in enumerate(events):
+        total += len(event.body.encode())
+        if total > max_bytes and count:
+            return events[:count]
+    return events
+
+
 def settled_position() -> int | None:
     """The last transition id taken before now, once every id up to it is final; None when that
     takes longer than EVENTS_SETTLE_WAIT_SECONDS."""

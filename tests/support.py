@@ -12,6 +12,13 @@ import redis
 from botmanager.workers import QUEUES
 
 
+# Per-user rate limits no test driver reaches (botmanager/ratelimit.py): for servers one test user
+# drives as hard as it can (the fuzz run, the chaos suite). The limiter still runs on every request;
+# tests/test_rate_limits.py is where it refuses.
+UNREACHED_RATE_LIMITS = {"API_RATE_LIMIT_PER_SECOND": "1000000", "API_RATE_LIMIT_BURST": "1000000",
+                         "BOT_REQUEST_RATE_LIMIT_PER_MINUTE": "60000000", "BOT_REQUEST_RATE_LIMIT_BURST": "1000000"}
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
     """Poll until `predicate()` is truthy; return its value, or fail saying what never happened."""
     deadline = time.monotonic() + timeout

@@ -215,6 +215,7 @@ def test_a_user_holds_at_most_event_streams_per_user_streams(api_user, streams, 
     refused = client.get("/events/stream", HTTP_ACCEPT="text/event-stream")
     assert refused.status_code == 429
     assert "EVENT_STREAMS_PER_USER" in refused.json()["detail"]
+    assert int(refused["Retry-After"]) >= 1  # the shape of every 429
     assert open_stream(make_user(), streams)  # another user's places are their own
 
     streams.pop(0).close()

@@ -134,7 +134,8 @@ def test_a_user_never_sees_another_users_events(api_client, api_user):
     assert changes(listed(api_client)) == [(mine.pk, "requested")]
 
 
-@pytest.mark.parametrize("limit", ["0", "-1", "x", "1.5", "100000"])
+# '²' and '١' are digits to str.isdigit() but not to int(): they were a 500.
+@pytest.mark.parametrize("limit", ["0", "-1", "x", "1.5", "100000", "²", "١", "1²"])
 def test_a_bad_limit_is_refused_with_json(api_client, limit, settings):
     settings.EVENTS_PAGE_MAX = 500
     response = api_client.get("/events", {"limit": limit})
@@ -238,3 +239,30 @@ def test_an_event_waits_while_a_transaction_that_may_precede_it_is_running(api_u
             thread.join(10)
 
     assert changes(listed(client, after=start)) == [(slow.pk, "joining"), (fast.pk, "joining")]
+
+
+def test_a_page_stops_before_its_event_bodies_pass_the_byte_cap_and_the_cursor_goes_on_from_there(
+        api_client, api_user, settings):
+    meeting = make_meeting(api_user, data={"notes": "n" * 3000})
+    walk(meeting, S.JOINING, S.ACTIVE, S.STOPPING)
+    sizes = [len(e.body.encode()) for e in events.page(api_user.pk, events.START, 10)]
+    assert len(sizes) == 4
+    settings.EVENTS_PAGE_MAX_BYTES = sizes[0] + sizes[1]
+
+    pages = [listed(api_client)]
+    while pages[-1]["events"]:
+        pages.append(listed(api_client, after=pages[-1]["next_cursor"]))
+
+    assert changes(pages[0]) == [(meeting.pk, "requested"), (meeting.pk, "joining")]
+    assert [change for page in pages for change in changes(page)] == [
+        (meeting.pk, "requested"), (meeting.pk, "joining"), (meeting.pk, "active"), (meeting.pk, "stopping")]
+
+
+def test_a_page_holds_one_event_even_when_it_alone_passes_the_byte_cap(api_client, api_user, settings):
+    settings.EVENTS_PAGE_MAX_BYTES = 10
+    walk(make_meeting(api_user), S.JOINING)
+
+    first = listed(api_client)
+    second = listed(api_client, after=first["next_cursor"])
+
+    assert [to for _id, to in changes(first) + changes(second)] == ["requested", "joining"]

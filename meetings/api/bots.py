@@ -21,6 +21,8 @@ BACKEND_UNAVAILABLE = "The bot backend (or Redis) is unavailable; nothing was ch
 
 
 class BotsView(APIView):
+    launches_bots = True  # POST takes from the bot-request bucket too (botmanager/ratelimit.py)
+
     @extend_schema(operation_id="request_bot", tags=["bots"], request=BotRequestSerializer,
                    summary="Request a bot for a meeting",
                    description="Creates the meeting in `requested`; the bot is launched once the request "
@@ -28,7 +30,8 @@ class BotsView(APIView):
                    responses={201: MeetingSerializer,
                               403: error("Missing or invalid API key, or the user's concurrent bot limit is "
                                          "reached ('User has reached the maximum concurrent bot limit (N).')."),
-                              409: error("The user already has a live meeting for this platform and id.")})
+                              409: error("The user already has a live meeting for this platform and id, or "
+                                         "(with join_at) SCHEDULED_BOTS_PER_USER bots scheduled already.")})
     def post(self, request):
         body = validated(BotRequestSerializer, request.data)
         meeting = bots.request_bot(request.user, bots.BotRequest(**body))

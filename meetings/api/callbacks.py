@@ -28,6 +28,7 @@ from .util import validated
 class CallbackView(APIView):
     authentication_classes: list = []
     permission_classes: list = []
+    throttle_classes: list = []  # no user: a user's API burst never slows their bots' reports
 
     @extend_schema(operation_id="bot_callback", tags=["bot callbacks"], request=CallbackSerializer,
                    auth=[{openapi.MEETING_TOKEN: []}, {}],

@@ -26,7 +26,8 @@ def _position(request, value: str | None) -> int:
 def _limit(value: str | None) -> int:
     if value is None:
         return settings.EVENTS_PAGE_DEFAULT
-    if not value.isdigit() or not 1 <= int(value) <= settings.EVENTS_PAGE_MAX:
+    # ASCII digits only: str.isdigit() is also true of '²' or '١', which int() refuses (a 500).
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= settings.EVENTS_PAGE_MAX:
         raise ValidationError({"limit": [f"limit must be a whole number from 1 to {settings.EVENTS_PAGE_MAX}."]})
     return int(value)
 
@@ -51,11 +52,14 @@ class EventsView(APIView):
     @extend_schema(operation_id="list_events", tags=["events"], summary="The user's meeting events after a cursor",
                    parameters=[_AFTER, OpenApiParameter("limit", OpenApiTypes.INT, required=False,
                                                         description="Events per page (default EVENTS_PAGE_DEFAULT, "
-                                                                    "at most EVENTS_PAGE_MAX).")],
+                                                                    "at most EVENTS_PAGE_MAX); a page also stops "
+                                                                    "before its event bodies pass "
+                                                                    "EVENTS_PAGE_MAX_BYTES (one event at least).")],
                    responses={200: EventPageSerializer})
     def get(self, request):
         after = _position(request, request.query_params.get("after"))
-        page = events.page(request.user.pk, after, _limit(request.query_params.get("limit")))
+        page = events.within_bytes(events.page(request.user.pk, after, _limit(request.query_params.get("limit"))),
+                                   settings.EVENTS_PAGE_MAX_BYTES)
         # Where to go on from: the last event listed, else where this page started.
         next_position = page[-1].position if page else after
         return Response({"events": [event.item(request.user.pk) for event in page],
@@ -75,7 +79,8 @@ class EventStreamView(APIView):
                    responses={200: OpenApiResponse(OpenApiTypes.STR, description="text/event-stream: `id:` the "
                                                    "cursor, `event:` the event type, `data:` the event body; "
                                                    "comment lines as heartbeats."),
-                              429: error("The user holds EVENT_STREAMS_PER_USER streams."),
+                              429: error("The user holds EVENT_STREAMS_PER_USER streams, or the user's request "
+                                         "rate limit is reached (Retry-After)."),
                               503: error("No stream place on this worker, or Redis unavailable.")})
     def get(self, request):
         # A reconnecting EventSource sends the last id it saw; it wins over the URL's `after`.

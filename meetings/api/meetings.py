@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from botmanager.openapi import VALIDATION_ERROR, MessageSerializer, error
 
 from .. import bots
-from ..errors import MeetingNotFound
+from ..errors import MeetingDataTooLarge, MeetingNotFound
 from ..models import Meeting
 from .serializers import (
     MeetingDataPatchSerializer,
@@ -48,8 +49,11 @@ class MeetingByNativeIdView(APIView):
                    responses={200: MeetingSerializer})
     def patch(self, request, platform: str, native_meeting_id: str):
         body = validated(MeetingDataPatchSerializer, request.data)
-        meeting = bots.update_meeting_data(request.user, *validated_meeting_ref(platform, native_meeting_id),
-                                           body["data"])
+        try:
+            meeting = bots.update_meeting_data(request.user, *validated_meeting_ref(platform, native_meeting_id),
+                                               body["data"])
+        except MeetingDataTooLarge as exc:
+            raise ValidationError({"data": [str(exc)]}) from None
         return Response(MeetingSerializer(meeting).data)
 
     @extend_schema(operation_id="delete_meetings", parameters=MEETING_REF_PARAMETERS, tags=["meetings"],

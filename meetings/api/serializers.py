@@ -10,7 +10,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
-from botmanager.strict_fields import MAX_OFFSET, StrictCharField
+from botmanager.strict_fields import MAX_OFFSET, QueryIntegerField, StrictCharField
 from orchestrators.base import NormalizedStatus
 
 from .. import platforms
@@ -120,12 +120,26 @@ class BotConfigSerializer(serializers.Serializer):
         return attrs
 
 
+class CappedListField(serializers.ListField):
+    """A ListField that refuses a list over `max_length` before validating its items (100,000 items
+    were each validated first, only to be refused)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, list) and self.max_length is not None and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
+        return super().to_internal_value(data)
+
+
 class MeetingDataPatchSerializer(serializers.Serializer):
     class DataSerializer(serializers.Serializer):
         openapi_extra = {"additionalProperties": False}
         name = StrictCharField(required=False, allow_null=True, max_length=500)
-        participants = serializers.ListField(child=StrictCharField(max_length=255), required=False)
-        languages = serializers.ListField(child=StrictCharField(max_length=16), required=False)
+        # Items capped (MEETING_DATA_MAX_ITEMS), the fields' JSON too (MEETING_DATA_MAX_BYTES, once
+        # merged: meetings.bots.update_meeting_data): every transition and webhook copies them.
+        participants = CappedListField(child=StrictCharField(max_length=255), required=False,
+                                       max_length=settings.MEETING_DATA_MAX_ITEMS)
+        languages = CappedListField(child=StrictCharField(max_length=16), required=False,
+                                    max_length=settings.MEETING_DATA_MAX_ITEMS)
         notes = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=10000)
 
         def to_internal_value(self, data):
@@ -177,11 +191,13 @@ class MeetingListSerializer(serializers.Serializer):
 
 
 class MeetingListQuerySerializer(serializers.Serializer):
-    """The optional query parameters of GET /meetings (as Vexa 0.10); without them, every meeting."""
+    """The optional query parameters of GET /meetings (as Vexa 0.10)."""
 
-    limit = serializers.IntegerField(required=False, min_value=1, max_value=100,
-                                     help_text="At most this many meetings (1 to 100).")
-    offset = serializers.IntegerField(required=False, min_value=0, max_value=MAX_OFFSET,
+    limit = QueryIntegerField(
+        required=False, default=settings.MEETINGS_PAGE_DEFAULT, min_value=1, max_value=settings.MEETINGS_PAGE_MAX,
+        help_text=f"At most this many meetings (1 to MEETINGS_PAGE_MAX, {settings.MEETINGS_PAGE_MAX}; default "
+                  f"MEETINGS_PAGE_DEFAULT, {settings.MEETINGS_PAGE_DEFAULT}).")
+    offset = QueryIntegerField(required=False, min_value=0, max_value=MAX_OFFSET,
                                       help_text="Skip this many of the newest meetings first.")
     status = serializers.ChoiceField(choices=MeetingStatus.choices, required=False,
                                      help_text="Only meetings in this status.")

@@ -19,7 +19,7 @@ from django.conf import settings
 
 from tests.factories import make_token, make_user
 from tests.observability.test_gunicorn import Gunicorn
-from tests.support import lose_queued_tasks
+from tests.support import UNREACHED_RATE_LIMITS, lose_queued_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,7 +31,9 @@ MAX_EXAMPLES = 25
 @pytest.fixture
 def server(tmp_path):
     # No Celery worker: the launches POST /bots enqueues wait in the test broker, dropped after.
-    web = Gunicorn(tmp_path, workers=1, LOG_LEVEL="WARNING")
+    # One key fires hundreds of requests a second: the per-user rate limits are raised out of its
+    # reach (their 429 is in the schema; tests/test_rate_limits.py makes them refuse).
+    web = Gunicorn(tmp_path, workers=1, LOG_LEVEL="WARNING", **UNREACHED_RATE_LIMITS)
     yield web
     web.stop()
     lose_queued_tasks()

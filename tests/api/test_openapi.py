@@ -111,9 +111,25 @@ def test_the_list_of_meetings_documents_its_filters(schema):
     parameters = {p["name"]: p for p in schema["paths"]["/meetings"]["get"]["parameters"]}
 
     assert set(parameters) == {"limit", "offset", "status", "platform"}
-    assert (parameters["limit"]["schema"]["minimum"], parameters["limit"]["schema"]["maximum"]) == (1, 100)
+    assert (parameters["limit"]["schema"]["minimum"], parameters["limit"]["schema"]["maximum"]) == (1, 500)
+    assert parameters["limit"]["schema"]["default"] == 100
     assert parameters["offset"]["schema"]["minimum"] == 0
     assert "422" in schema["paths"]["/meetings"]["get"]["responses"]
+
+
+def test_every_user_api_operation_documents_its_429_with_retry_after_and_no_other_does(schema):
+    checked = set()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            user_api = {"userApiKey": []} in operation.get("security", [])
+            limited = operation["responses"].get("429", {})
+            if user_api:
+                checked.add(f"{method.upper()} {path}")
+                assert limited.get("headers", {}).get("Retry-After", {}).get("schema") == {
+                    "type": "integer", "minimum": 1}, (method, path)
+            else:
+                assert not limited, (method, path)
+    assert {"POST /bots", "GET /meetings", "GET /events", "PATCH /meetings/{platform}/{native_meeting_id}"} <= checked
 
 
 def test_the_running_bots_schema_admits_a_scheduled_bot(schema):

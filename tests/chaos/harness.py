@@ -53,6 +53,7 @@ import requests
 
 from orchestrators import process as process_backend
 from tests.chaos import bot as chaos_bot
+from tests.support import UNREACHED_RATE_LIMITS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = ("completed", "failed")
@@ -297,6 +298,8 @@ class Service:
             "WEB_CONCURRENCY": str(c.web_workers), "CELERY_CONCURRENCY": str(c.worker_concurrency),
             "CHAOS_RUN_ID": self.run_id, "CHAOS_SEED": str(c.seed), "CHAOS_EVENTS_FILE": str(self.events_file),
             "PYTHONUNBUFFERED": "1",
+            # One user drives every meeting of the run.
+            **UNREACHED_RATE_LIMITS,
         })
         return env
 
