@@ -122,15 +122,11 @@ def user_prefix() -> str:
 
 
 def username(meeting_id: int, session_uid) -> str:
-    return f"{user_prefix()}{int(meeting_id)}.{session_uid}"
-
-
-def parse_username(name: str) -> tuple[int, str] | None:
-    """(meeting id, session uid) of one of this deployment's bot users, else None."""
-    if not name.startswith(user_prefix()):
-        return None
-    meeting, _, uid = name[len(user_prefix()):].partition(".")
-    return (int(meeting), uid) if meeting.isdigit() and uid else None
+    # The session uid is a capability (it ends its meeting): the name carries a digest of it, so
+    # `ACL USERS`, `CLIENT LIST` or the ACL log show no uid.
+    tag = salted_hmac("meetings.bot_credentials.username", str(session_uid), secret=settings.SECRET_KEY,
+                      algorithm="sha256").hexdigest()[:24]
+    return f"{user_prefix()}{int(meeting_id)}.{tag}"
 
 
 def password(session_uid) -> str:
@@ -221,23 +217,19 @@ def restore(sessions: list[tuple[int, str]]) -> None:
     pipe.execute()
 
 
-def listed_users() -> dict[str, tuple[int, str]]:
-    """This deployment's bot users on the server (one ACL USERS): name → (meeting id, uid)."""
-    found = {}
-    for name in get_redis().execute_command("ACL", "USERS"):
-        parsed = parse_username(name)
-        if parsed is not None:
-            found[name] = parsed
-    return found
+def listed_users() -> set[str]:
+    """This deployment's bot users on the server (one ACL USERS)."""
+    prefix = user_prefix()
+    return {name for name in get_redis().execute_command("ACL", "USERS") if name.startswith(prefix)}
 
 
-def reconcile(listed: dict[str, tuple[int, str]], live: set[tuple[int, str]]) -> tuple[list[tuple[int, str]], list[str]]:
+def reconcile(listed: set[str], live: set[tuple[int, str]]) -> tuple[list[tuple[int, str]], list[str]]:
     """Pure: (live sessions without a user, users of no live session). `listed` must be read
     before `live`: a launch commits its session before creating its user, so a user listed then is
     one whose session the later read sees."""
-    have = set(listed.values())
-    restore_ = sorted(s for s in live if s not in have)
-    remove_ = sorted(name for name, session in listed.items() if session not in live)
+    expected = {username(meeting_id, uid): (meeting_id, uid) for meeting_id, uid in live}
+    restore_ = sorted(session for name, session in expected.items() if name not in listed)
+    remove_ = sorted(name for name in listed if name not in expected)
     return restore_, remove_
 
 

