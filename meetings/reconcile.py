@@ -15,7 +15,10 @@ carries the decisions out through the lifecycle function and the orchestrators. 
 - a listed bot of a live meeting that has no recorded container (its launch died after starting
   it) is adopted as the meeting's container, so its death is judged like any other;
 - every transition names the statuses it expects (`only_from`), so a meeting that moved on since
-  the snapshot is left alone.
+  the snapshot is left alone;
+- bots' Redis users (meetings/bot_credentials.py) are judged by the global sweep from one ACL
+  USERS listing of this deployment's users, taken before the database is read: those of no live
+  session are removed, live sessions' users that Redis lost are set again.
 """
 from __future__ import annotations
 
