@@ -179,12 +179,16 @@ def _checked_version() -> tuple[int, ...]:
 
 
 # --- Effects --------------------------------------------------------------------------------------
-def create(meeting_id: int, session_uid) -> None:
-    """Create (or set again) the session's user: one round trip."""
+def _checked_grants() -> tuple[Grant, ...]:
     try:
-        grants = _grants(settings.BOT_REDIS_GRANTS)
+        return _grants(settings.BOT_REDIS_GRANTS)
     except ValueError as exc:
         raise CredentialsError(str(exc)) from None
+
+
+def create(meeting_id: int, session_uid) -> None:
+    """Create (or set again) the session's user: one round trip."""
+    grants = _checked_grants()
     version = _checked_version()
     try:
         get_redis().execute_command("ACL", "SETUSER", username(meeting_id, session_uid),
@@ -210,7 +214,7 @@ def restore(sessions: list[tuple[int, str]]) -> None:
     if not sessions:
         return
     version = _checked_version()
-    grants = _grants(settings.BOT_REDIS_GRANTS)
+    grants = _checked_grants()
     pipe = get_redis().pipeline(transaction=False)
     for meeting_id, uid in sessions:
         pipe.execute_command("ACL", "SETUSER", username(meeting_id, uid), *rules(meeting_id, uid, version, grants))
