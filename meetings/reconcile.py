@@ -417,8 +417,8 @@ def _credentials(summary: Summary, p: Plan) -> None:
         summary.errors.append(f"bot credentials: {exc}")
         log.warning("sweep: bot credentials not reconciled: %s", exc)
     if p.credentials_restore:
-        log.warning("sweep: re-created the Redis users of %d live bot sessions (Redis lost them)",
-                    len(p.credentials_restore))
+        log.warning("sweep: set the Redis users of %d live bot sessions that had none (Redis lost them, or a "
+                    "restarted bot registered a new session)", len(p.credentials_restore))
 
 
 def _adopt(a: Adopt) -> bool:
