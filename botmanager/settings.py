@@ -407,6 +407,19 @@ CELERY_WEBHOOK_CONCURRENCY = _int("CELERY_WEBHOOK_CONCURRENCY", 16)
 # Extra task routes over celeryconfig's, as JSON: {"meetings.post_meeting": {"queue": "postmeeting"}}.
 CELERY_TASK_ROUTES = json.loads(_str("CELERY_TASK_ROUTES", "") or "{}")
 
+# --- Bot credentials (issue 24, part A: meetings/bot_credentials.py) ------------------------------
+# Each bot session gets its own Redis user that can subscribe to its command channels only. This
+# adds what the operator's transcription pipeline needs from a bot: comma-separated
+# `COMMAND target` pairs, each one command (PUBLISH on a channel; XADD, RPUSH, LTRIM, SET... on a
+# key) on one key or channel; `{meeting_id}` is the bot's own meeting. No globs, and never one of
+# our keys, queues or channels (refused at start). Empty: commands only. Default: what a Vexa bot
+# 0.10.x writes.
+BOT_REDIS_GRANTS = _str("BOT_REDIS_GRANTS", ", ".join([
+    "XADD transcription_segments", "XADD speaker_events_relative",
+    "PUBLISH meeting:{meeting_id}:segments", "PUBLISH va:meeting:{meeting_id}:events",
+    "RPUSH va:meeting:{meeting_id}:event_log", "LTRIM va:meeting:{meeting_id}:event_log",
+]))
+
 # --- Logging --------------------------------------------------------------------------------------
 LOG_LEVEL = _str("LOG_LEVEL", "INFO")
 # plain: human lines (make run); json: one JSON object per line with the structured fields

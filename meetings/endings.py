@@ -89,6 +89,13 @@ def launch_failed(exc: BaseException) -> dict:
                           "request the bot again, or ask the operator if this persists."}
 
 
+def credentials_failed() -> dict:
+    """The bot's Redis user could not be made: the error names the operator's Redis and settings
+    (what to do is the operator's, so it goes to the log and the admin, not to the tenant)."""
+    return {"last_error": "Bot launch failed: the bot's own Redis credentials could not be made. The operator's "
+                          "log has the details; ask the operator."}
+
+
 def launch_not_enqueued() -> dict:
     return {"last_error": "Bot launch could not be enqueued: the task queue is unavailable. "
                           "Request the bot again shortly."}

@@ -19,7 +19,7 @@ from orchestrators.base import LABEL_SESSION_UID, BotSpec, OrchestratorError, bo
 from orchestrators.base import bot_labels as labels_for
 from orchestrators.registry import get_orchestrator
 
-from . import bot_control, commands, endings, lifecycle, platforms, stopping, tokens
+from . import bot_control, bot_credentials, commands, endings, lifecycle, platforms, stopping, tokens
 from .models import Meeting, MeetingSession
 from .statuses import FailureStage, MeetingStatus, TransitionSource
 
@@ -37,7 +37,8 @@ def build_bot_config(meeting: Meeting, session: MeetingSession, container_name: 
         "connectionId": str(session.session_uid),
         "language": data.get("language"),
         "task": data.get("task") or "transcribe",
-        "redisUrl": settings.REDIS_URL,
+        # The session's own Redis user (meetings/bot_credentials.py), never the service's.
+        "redisUrl": bot_credentials.bot_redis_url(meeting.id, session.session_uid),
         "container_name": container_name,
         "token": tokens.issue(meeting),
         "automaticLeave": {
@@ -92,15 +93,18 @@ def launch(meeting_id: int) -> str | None:
         instance = backend.instance_id()
         container_id = _adopt(backend, session) if retried else None
         if container_id is None:
+            # Before the bot starts: it subscribes with these credentials as soon as it runs.
+            bot_credentials.create(meeting.id, session.session_uid)
             spec = BotSpec(name=name, config=build_bot_config(meeting, session, name),
                            labels=bot_labels(meeting, session))
             container_id = backend.start(spec)
-    except (OrchestratorError, OSError, ValueError) as exc:
+    except (OrchestratorError, bot_credentials.CredentialsError, OSError, ValueError) as exc:
         log.warning("meeting %s: bot launch failed: %s", meeting.id, exc)
         lifecycle.transition(meeting.id, MeetingStatus.FAILED, source=TransitionSource.LAUNCH,
                              reason="bot launch failed", failure_stage=FailureStage.REQUESTED,
                              session=session, metadata={"error": endings.error_text(exc)},
-                             data_updates=endings.launch_failed(exc))
+                             data_updates=endings.credentials_failed()
+                             if isinstance(exc, bot_credentials.CredentialsError) else endings.launch_failed(exc))
         return None
     _record_container(meeting.id, session, container_id, backend, instance)
     return container_id

@@ -15,7 +15,10 @@ carries the decisions out through the lifecycle function and the orchestrators. 
 - a listed bot of a live meeting that has no recorded container (its launch died after starting
   it) is adopted as the meeting's container, so its death is judged like any other;
 - every transition names the statuses it expects (`only_from`), so a meeting that moved on since
-  the snapshot is left alone.
+  the snapshot is left alone;
+- bots' Redis users (meetings/bot_credentials.py) are judged by the global sweep from one ACL
+  USERS listing of this deployment's users, taken before the database is read: those of no live
+  session are removed, live sessions' users that Redis lost are set again.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
@@ -32,7 +36,7 @@ from django.utils import timezone
 from orchestrators.base import LABEL_SESSION_UID, BotInfo, OrchestratorError
 from orchestrators.registry import get_orchestrator
 
-from . import bot_control, endings, instances, lifecycle, stopping
+from . import bot_control, bot_credentials, endings, instances, lifecycle, stopping
 from .models import Meeting, MeetingSession
 from .statuses import NON_TERMINAL, TERMINAL, CompletionReason, MeetingStatus, TransitionSource
 
@@ -136,6 +140,12 @@ class Plan:
     delegate: list[str] = field(default_factory=list)
     # {instance: backend} this pass listed successfully (recorded by apply(), not by a dry run).
     listed: dict[str, str] = field(default_factory=dict)
+    # Bot Redis users (meetings/bot_credentials.py): live sessions' users Redis lost (restarted),
+    # to set again; this deployment's users of no live session, to remove. `credentials_error`:
+    # why they could not be listed (nothing judged).
+    credentials_restore: list[tuple[int, str]] = field(default_factory=list)
+    credentials_remove: list[str] = field(default_factory=list)
+    credentials_error: str = ""
 
 
 def plan(meetings: list[MeetingRow], listings: dict[str, Listing], container_meeting_status: dict[int, str],
@@ -278,10 +288,25 @@ def post_meeting_pending(now: datetime, grace: timedelta, limit: int = 1000) -> 
                 .values_list("id", flat=True)[:limit])
 
 
+def live_sessions() -> set[tuple[int, str]]:
+    """Every session of a live meeting: a restarted bot still connects as its launch session's user."""
+    rows = MeetingSession.objects.filter(meeting__status__in=sorted(NON_TERMINAL)).values_list(
+        "meeting_id", "session_uid")
+    return {(meeting_id, str(uid)) for meeting_id, uid in rows}
+
+
 def make_plan(now: datetime | None = None, *, deadlines: bool = True, instance: str | None = None) -> Plan:
     """The global sweep's plan (`deadlines`), or only the judgments of one local `instance`."""
     now = now or timezone.now()
     grace = timedelta(seconds=settings.ORPHAN_GRACE_SECONDS)
+    users, users_error = None, ""
+    if deadlines:
+        # Listed before the database is read: a launch commits its session before creating its
+        # user, so every user listed here has its session in the read below (never removed live).
+        try:
+            users = bot_credentials.listed_users()
+        except redis.RedisError as exc:
+            users_error = f"{type(exc).__name__}: {exc}"
     meetings = snapshot_meetings(now)
     listings = list_backends(backends_in_use(meetings))
     if instance is not None:
@@ -290,6 +315,9 @@ def make_plan(now: datetime | None = None, *, deadlines: bool = True, instance: 
     result = plan(meetings, listings, statuses_of(named), post_meeting_pending(now, grace) if deadlines else [],
                   now, grace, deadlines=deadlines)
     result.listed = instances.listed(listings)
+    if users is not None:
+        result.credentials_restore, result.credentials_remove = bot_credentials.reconcile(users, live_sessions())
+    result.credentials_error = users_error
     if deadlines:
         known = instances.last_listed()
         result.unseen_instances = instances.unseen(meetings, set(result.listed), known, now)
@@ -307,6 +335,8 @@ class Summary:
     containers_stopped: int = 0
     post_meeting_enqueued: int = 0
     relaunched: int = 0
+    credentials_restored: int = 0
+    credentials_removed: int = 0
     instances_asked: int = 0
     unseen_instances: dict[str, int] = field(default_factory=dict)
     skipped: bool = False
@@ -359,6 +389,7 @@ def apply(p: Plan) -> Summary:
     for meeting_id in p.relaunch:
         tasks.launch_bot.delay(meeting_id)
         summary.relaunched += 1
+    _credentials(summary, p)
     if p.unseen_instances:
         summary.unseen_instances = dict(p.unseen_instances)
         log.warning("sweep: live meetings on backend instances nobody has listed for %ss (left to the lost-instance "
@@ -371,6 +402,23 @@ def apply(p: Plan) -> Summary:
             continue
         summary.instances_asked += 1
     return summary
+
+
+def _credentials(summary: Summary, p: Plan) -> None:
+    """Bot Redis users: leftovers removed, live sessions' lost users set again. A failure is
+    reported; the next sweep judges again."""
+    if p.credentials_error:
+        summary.errors.append(f"bot credentials: listing failed: {p.credentials_error}")
+    try:
+        summary.credentials_removed = bot_credentials.remove(p.credentials_remove)
+        bot_credentials.restore(p.credentials_restore)
+        summary.credentials_restored = len(p.credentials_restore)
+    except (redis.RedisError, bot_credentials.CredentialsError) as exc:
+        summary.errors.append(f"bot credentials: {exc}")
+        log.warning("sweep: bot credentials not reconciled: %s", exc)
+    if p.credentials_restore:
+        log.warning("sweep: set the Redis users of %d live bot sessions that had none (Redis lost them, or a "
+                    "restarted bot registered a new session)", len(p.credentials_restore))
 
 
 def _adopt(a: Adopt) -> bool:

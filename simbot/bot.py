@@ -175,7 +175,16 @@ class SimBot:
         waiting = set(channels)
         deadline = time.monotonic() + SUBSCRIBE_CONFIRM_SECONDS
         while waiting and time.monotonic() < deadline:
-            message = self.pubsub.get_message(timeout=POLL_SECONDS)
+            try:
+                message = self.pubsub.get_message(timeout=POLL_SECONDS)
+            except redis.exceptions.NoPermissionError:
+                # Our Redis user may listen on the channels of the session we were launched as and
+                # of our meeting only: a session started since (restart_new_session) is reached
+                # through the meeting's channel. Not resubscribed after a reconnect either.
+                log.warning("not allowed to listen on %s; the meeting channel still reaches us", sorted(waiting))
+                for channel in waiting:
+                    self.pubsub.channels.pop(channel, None)
+                return
             if message is None:
                 continue
             if message["type"] == "subscribe":

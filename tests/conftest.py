@@ -19,6 +19,7 @@ def pytest_configure(config):
     _started = devstack.ensure_services(durable=False)
     _isolate_redis()
     _export_secrets()
+    _grant_simbot_recording()
 
 
 def _export_secrets() -> None:
@@ -31,6 +32,22 @@ def _export_secrets() -> None:
 
     for name in ("SECRET_KEY", "BOT_TOKEN_SECRET", "ADMIN_API_TOKEN"):
         os.environ.setdefault(name, getattr(settings, name))
+
+
+# simbot records every command it handled in `simbot:received:<meeting id>` (a test affordance the
+# tests read): the bots' own Redis users may write that list, in this process and the stacks the
+# tests start (they inherit the environment).
+SIMBOT_GRANTS = "RPUSH simbot:received:{meeting_id}, EXPIRE simbot:received:{meeting_id}"
+
+
+def _grant_simbot_recording() -> None:
+    import os
+
+    from django.conf import settings
+
+    if "simbot:received" not in settings.BOT_REDIS_GRANTS:
+        settings.BOT_REDIS_GRANTS = f"{settings.BOT_REDIS_GRANTS}, {SIMBOT_GRANTS}".strip(", ")
+    os.environ["BOT_REDIS_GRANTS"] = settings.BOT_REDIS_GRANTS
 
 
 def _isolate_redis() -> None:

@@ -314,6 +314,26 @@ def test_restart_new_session_listens_on_the_new_session_channel_only(launch, rec
     assert receiver.of("exited")[0].body["connection_id"] == new_id
 
 
+def test_a_restarted_session_its_credentials_refuse_to_hear_still_leaves_on_the_meeting_channel(
+        launch, receiver, redis_conn, meeting_id):
+    # A launched bot's own Redis user (meetings/bot_credentials.py) hears the channels of the
+    # session it was launched as and of its meeting, not those of a session it starts later.
+    from meetings import bot_credentials
+
+    uid = str(uuid.uuid4())
+    bot_credentials.create(meeting_id, uid)
+    try:
+        bot = launch(faults="restart_new_session",
+                     config={"connectionId": uid, "redisUrl": bot_credentials.bot_redis_url(meeting_id, uid)})
+        receiver.wait_for("started", count=2)
+        assert "not allowed to listen on" in bot.log()
+        leave(redis_conn, bot)  # on the meeting channel
+        assert bot.wait() == 0
+        assert receiver.of("exited")[0].body["connection_id"] != uid  # the new session left
+    finally:
+        bot_credentials.remove_for(meeting_id, [uid])
+
+
 def test_stuck_joining_never_gets_past_joining_but_leaves(launch, receiver, redis_conn):
     bot = launch(faults="stuck_joining")
     receiver.wait_for("joining")
