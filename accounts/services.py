@@ -92,6 +92,12 @@ _TOKEN_WITH_USER = CompiledQuery(
     APIToken._meta.get_field("token_hash"), "")
 
 
+def token_is_live(token_hash: str) -> bool:
+    """Whether the key with this hash still authenticates (not revoked, its user active): a
+    response held long after its request (an event stream) asks again while it runs."""
+    return APIToken.objects.filter(token_hash=token_hash, revoked_at__isnull=True, user__is_active=True).exists()
+
+
 def user_for_token(token: str) -> User | None:
     """The active user of a live (not revoked) token, or None."""
     found = _TOKEN_WITH_USER.fetch(hash_token(token))
