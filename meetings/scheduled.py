@@ -65,18 +65,23 @@ class Due:
 # free seats counted once, then at most that many per user, taken in turns (every user's 1st, then
 # every user's 2nd, ...). The one row of a not-fitting meeting carries how many did not fit.
 _DUE_SQL = """
-WITH due AS (
+WITH due AS MATERIALIZED (
     SELECT m.id, m.user_id, m.join_at,
            row_number() OVER (PARTITION BY m.user_id ORDER BY m.join_at, m.id) AS nth
     FROM {meeting} m
     WHERE m.status = %(scheduled)s AND m.join_at <= %(horizon)s AND m.deadline_at > %(now)s
-), owners AS (
+), live AS MATERIALIZED (
+    -- Live meetings are few (at most the seats in use): counted through the status index, never
+    -- through a user's whole history.
+    SELECT l.user_id, count(*) AS n
+    FROM {meeting} l
+    WHERE l.status = ANY(%(live)s) AND l.user_id IN (SELECT user_id FROM due)
+    GROUP BY l.user_id
+), owners AS MATERIALIZED (
     SELECT u.id AS user_id,
            CASE WHEN u.max_concurrent_bots = 0 THEN NULL  -- 0: unlimited
-                ELSE u.max_concurrent_bots - (SELECT count(*) FROM {meeting} l
-                                              WHERE l.user_id = u.id AND l.status = ANY(%(live)s))
-           END AS free
-    FROM {user} u
+                ELSE u.max_concurrent_bots - coalesce(live.n, 0) END AS free
+    FROM {user} u LEFT JOIN live ON live.user_id = u.id
     WHERE u.id IN (SELECT user_id FROM due)
 ), ranked AS (
     SELECT d.id, d.user_id, d.nth, d.join_at, (o.free IS NULL OR d.nth <= o.free) AS fits
