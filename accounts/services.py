@@ -92,10 +92,11 @@ _TOKEN_WITH_USER = CompiledQuery(
     APIToken._meta.get_field("token_hash"), "")
 
 
-def token_is_live(token_hash: str) -> bool:
-    """Whether the key with this hash still authenticates (not revoked, its user active): a
-    response held long after its request (an event stream) asks again while it runs."""
-    return APIToken.objects.filter(token_hash=token_hash, revoked_at__isnull=True, user__is_active=True).exists()
+def live_token_hashes(token_hashes: set[str]) -> set[str]:
+    """Those of these key hashes whose key still authenticates (not revoked, its user active):
+    responses held long after their request (event streams) ask again while they run."""
+    return set(APIToken.objects.filter(token_hash__in=token_hashes, revoked_at__isnull=True, user__is_active=True)
+               .values_list("token_hash", flat=True))
 
 
 def user_for_token(token: str) -> User | None:

@@ -12,15 +12,9 @@ EVENT_STREAMS_PER_WORKER streams on top of WEB_WORKER_CONNECTIONS requests) and 
 PostgreSQL connection, closed after the replay. A client that went away is noticed at the next
 write (at the latest the heartbeat) and its stream ends, releasing its places.
 
-A stream is only as good as the key that opened it: at every heartbeat it asks PostgreSQL whether
-that key still authenticates (not revoked, its user still active), on a connection taken for the
-question and closed after it, and ends if not. So a revoked key or a deactivated user loses the
-stream within one heartbeat, and a held stream still holds no database connection. (The other way,
-a revocation notice on Redis, would need every way a key or a user changes, the admin's, the API's,
-a shell's `update()`, to publish it, and a lost notice would leave the stream open; the question
-costs one short connection per stream per heartbeat: EVENT_STREAMS_TOTAL / heartbeat a second at
-most, ≈ 27/s with the defaults.) A check the database cannot answer ends the stream too: nothing is
-lost, the client resumes from its last id once the key authenticates again.
+A stream is only as good as the key that opened it: while it is held, its worker asks PostgreSQL
+whether that key still authenticates (meetings/stream_keys.py), and the stream ends within one
+heartbeat of the key's revocation or its user's deactivation.
 
 Places, so that a few users cannot take every one (each a sorted set of stream tokens in Redis,
 over all workers and hosts): at most EVENT_STREAMS_PER_USER per user (429), EVENT_STREAMS_TOTAL in
@@ -37,11 +31,9 @@ from typing import Iterator
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import connection
 
-from accounts.services import token_is_live
-
-from . import events
+from . import events, stream_keys
 from .errors import DomainError
 from .redis_client import get_redis, get_stream_redis
 
@@ -103,7 +95,7 @@ class EventStream:
                                 "worker would be held by the stream. Page GET /events instead.")
         if _open_here >= settings.EVENT_STREAMS_PER_WORKER:
             raise NoStreamPlace("This web worker holds as many event streams as it may; try again shortly.")
-        # The key's hash, never the key: the stream asks at every heartbeat whether it still holds.
+        # The key's hash, never the key: it is asked about while the stream is held (stream_keys).
         self.user_id, self.after, self.token_hash = user_id, after, token_hash
         self.token = uuid.uuid4().hex
         self.redis = get_redis()
@@ -142,6 +134,7 @@ class EventStream:
             self.close()
             raise
         self._body = self._frames()
+        stream_keys.watch(self.token, token_hash)
 
     def __iter__(self):
         return self._body
@@ -162,12 +155,13 @@ class EventStream:
         heartbeat = settings.EVENT_STREAM_HEARTBEAT_SECONDS
         quiet_since = held_since = time.monotonic()
         while True:
-            message = self.pubsub.get_message(ignore_subscribe_messages=True,
-                                              timeout=max(quiet_since + heartbeat - time.monotonic(), 0))
+            # Woken at least every stream_keys.poll_seconds(), to see whether its key still holds.
+            wait = min(max(quiet_since + heartbeat - time.monotonic(), 0), stream_keys.poll_seconds())
+            message = self.pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+            if stream_keys.ended(self.token):
+                yield b": closed: the API key was revoked or its user deactivated\n\n"
+                return
             if time.monotonic() - held_since >= heartbeat:  # busy or quiet
-                if not self._key_still_valid():
-                    yield b": closed: the API key was revoked or its user deactivated\n\n"
-                    return
                 self._refresh_places()
                 held_since = time.monotonic()
             if message is not None and message["type"] == "message":
@@ -180,17 +174,6 @@ class EventStream:
             elif time.monotonic() - quiet_since >= heartbeat:
                 quiet_since = time.monotonic()
                 yield b": heartbeat\n\n"
-
-    def _key_still_valid(self) -> bool:
-        """Whether the key that opened the stream still authenticates, asked on a connection that
-        is closed again at once (a held stream holds none)."""
-        try:
-            return token_is_live(self.token_hash)
-        except DatabaseError as exc:
-            log.warning("event stream of user %s ended: its key could not be checked (%s)", self.user_id, exc)
-            return False
-        finally:
-            connection.close()
 
     def _refresh_places(self) -> None:
         lapse = {self.token: time.time() + _lapse_seconds()}
@@ -212,6 +195,7 @@ class EventStream:
             return
         self.closed = True
         _open_here -= 1
+        stream_keys.forget(self.token)
         body = getattr(self, "_body", None)
         if body is not None:
             body.close()

@@ -380,3 +380,20 @@ def test_the_places_of_a_worker_killed_mid_stream_lapse(api_user, streams, place
     redis_conn.zadd(event_stream.ALL_PLACES_KEY, {f"dead-{n}": time.time() - 1 for n in range(6)})
 
     assert open_stream(api_user, streams)
+
+
+def test_a_workers_streams_keys_are_asked_about_in_one_query_and_only_the_revoked_ones_end(
+        api_user, streams, django_assert_num_queries):
+    from meetings import stream_keys
+
+    keys = [make_token(api_user) for _ in range(3)]
+    for key in keys:
+        open_stream(api_user, streams, key=key)
+    accounts.revoke_token(record_of(keys[1]).pk)
+    held = dict(stream_keys._open)
+
+    with django_assert_num_queries(1):
+        stream_keys._round(held)
+
+    revoked = {token for token, key_hash in held.items() if key_hash == hash_token(keys[1])}
+    assert {token for token in held if stream_keys.ended(token)} == revoked and len(revoked) == 1
