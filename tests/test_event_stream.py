@@ -397,3 +397,20 @@ def test_a_workers_streams_keys_are_asked_about_in_one_query_and_only_the_revoke
 
     revoked = {token for token, key_hash in held.items() if key_hash == hash_token(keys[1])}
     assert {token for token in held if stream_keys.ended(token)} == revoked and len(revoked) == 1
+
+
+def test_a_round_the_database_cannot_answer_ends_the_workers_streams(api_user, streams, monkeypatch):
+    from django.db import OperationalError
+
+    from meetings import stream_keys
+
+    def database_down(_hashes):
+        raise OperationalError("could not connect to server")
+
+    open_stream(api_user, streams)
+    held = dict(stream_keys._open)
+    monkeypatch.setattr(stream_keys, "live_token_hashes", database_down)
+
+    stream_keys._round(held)
+
+    assert held and all(stream_keys.ended(token) for token in held)
