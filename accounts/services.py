@@ -92,6 +92,13 @@ _TOKEN_WITH_USER = CompiledQuery(
     APIToken._meta.get_field("token_hash"), "")
 
 
+def live_token_hashes(token_hashes: set[str]) -> set[str]:
+    """Those of these key hashes whose key still authenticates (not revoked, its user active):
+    responses held long after their request (event streams) ask again while they run."""
+    return set(APIToken.objects.filter(token_hash__in=token_hashes, revoked_at__isnull=True, user__is_active=True)
+               .values_list("token_hash", flat=True))
+
+
 def user_for_token(token: str) -> User | None:
     """The active user of a live (not revoked) token, or None."""
     found = _TOKEN_WITH_USER.fetch(hash_token(token))

@@ -390,6 +390,16 @@ EVENT_STREAMS_PER_USER = _int("EVENT_STREAMS_PER_USER", 10)
 # A comment line is sent on a quiet stream this often: proxies keep it open, a client that went
 # away is noticed (the write fails) and its stream ends.
 EVENT_STREAM_HEARTBEAT_SECONDS = _float("EVENT_STREAM_HEARTBEAT_SECONDS", 15)
+
+# --- Fair share of event streams (issue 24, part D: meetings/event_stream.py) ---------------------
+# Streams held at once over all workers and hosts (Redis); one more answers 503. Default: the
+# places of this host's workers, WEB_CONCURRENCY x EVENT_STREAMS_PER_WORKER; with several hosts set
+# it to the sum of their workers' places.
+EVENT_STREAMS_TOTAL = _int("EVENT_STREAMS_TOTAL", WEB_CONCURRENCY * EVENT_STREAMS_PER_WORKER)
+# The last this many places of EVENT_STREAMS_TOTAL go only to a user's first stream, so users who
+# hold many streams cannot take every place: a further stream is refused (429) once only these
+# are left. Default: a quarter of the total.
+EVENT_STREAMS_RESERVED = _int("EVENT_STREAMS_RESERVED", EVENT_STREAMS_TOTAL // 4)
 # GET /events: events per page when `limit` is not given, and the largest `limit` (also the batch
 # of a stream's replay).
 EVENTS_PAGE_DEFAULT = _int("EVENTS_PAGE_DEFAULT", 100)

@@ -11,6 +11,16 @@ over the monkey-patched socket module): it costs no request place (the worker ta
 EVENT_STREAMS_PER_WORKER streams on top of WEB_WORKER_CONNECTIONS requests) and holds no
 PostgreSQL connection, closed after the replay. A client that went away is noticed at the next
 write (at the latest the heartbeat) and its stream ends, releasing its places.
+
+A stream is only as good as the key that opened it: while it is held, its worker asks PostgreSQL
+whether that key still authenticates (meetings/stream_keys.py), and the stream ends within one
+heartbeat of the key's revocation or its user's deactivation.
+
+Places, so that a few users cannot take every one (each a sorted set of stream tokens in Redis,
+over all workers and hosts): at most EVENT_STREAMS_PER_USER per user (429), EVENT_STREAMS_TOTAL in
+all (503), and the last EVENT_STREAMS_RESERVED of those only for a user's first stream (429 for a
+further one while the others are taken). Users holding many streams can fill the shared places;
+the reserved ones still give one stream to each of that many other users.
 """
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from . import events
+from . import events, stream_keys
 from .errors import DomainError
 from .redis_client import get_redis, get_stream_redis
 
@@ -45,15 +55,26 @@ REDIS_DOWN = "Live events need Redis, which is not answering; page GET /events m
 # Streams open in this worker process (greenlets of one thread: no lock needed).
 _open_here = 0
 
-# A user's streams: a sorted set of stream tokens scored by when each lapses unless refreshed
-# (a worker killed mid-stream leaves its token to lapse). Taken atomically against the cap.
+# A user's streams and all streams: sorted sets of stream tokens scored by when each lapses unless
+# refreshed (a worker killed mid-stream leaves its token to lapse). Taken atomically against the
+# caps: 1 taken; 0 the user's cap; -1 every place taken; -2 only reserved places left and the user
+# holds a stream already.
 _TAKE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local mine = redis.call('ZCARD', KEYS[1])
+if mine >= tonumber(ARGV[4]) then return 0 end
+local all = redis.call('ZCARD', KEYS[2])
+if all >= tonumber(ARGV[6]) then return -1 end
+if mine > 0 and all >= tonumber(ARGV[6]) - tonumber(ARGV[7]) then return -2 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
 """
+
+ALL_PLACES_KEY = "bm:streams"
 
 
 def _places_key(user_id: int) -> str:
@@ -68,29 +89,38 @@ class EventStream:
     """One stream: places taken and the channel subscribed when made (so a refusal or a Redis
     outage is an ordinary JSON answer); iterated for the body; closed by the response."""
 
-    def __init__(self, user_id: int, after: int):
+    def __init__(self, user_id: int, after: int, token_hash: str):
         global _open_here
         if settings.WEB_WORKER_CLASS != "gevent":
             raise NoStreamPlace("Event streams need the gevent web workers (WEB_WORKER_CLASS=gevent): a sync "
                                 "worker would be held by the stream. Page GET /events instead.")
         if _open_here >= settings.EVENT_STREAMS_PER_WORKER:
             raise NoStreamPlace("This web worker holds as many event streams as it may; try again shortly.")
-        self.user_id, self.after = user_id, after
+        # The key's hash, never the key: it is asked about while the stream is held (stream_keys).
+        self.user_id, self.after, self.token_hash = user_id, after, token_hash
         self.token = uuid.uuid4().hex
         self.redis = get_redis()
         now = time.time()
         try:
-            taken = self.redis.eval(_TAKE, 1, _places_key(user_id), now, now + _lapse_seconds(), self.token,
-                                    settings.EVENT_STREAMS_PER_USER, int(_lapse_seconds()) + 1)
+            taken = self.redis.eval(_TAKE, 2, _places_key(user_id), ALL_PLACES_KEY, now, now + _lapse_seconds(),
+                                    self.token, settings.EVENT_STREAMS_PER_USER, int(_lapse_seconds()) + 1,
+                                    settings.EVENT_STREAMS_TOTAL, settings.EVENT_STREAMS_RESERVED)
         except redis.RedisError as exc:
             log.warning("event stream refused: Redis did not answer (%s)", exc)
             raise NoStreamPlace(REDIS_DOWN) from exc
-        if not taken:
+        retry = max(1, math.ceil(settings.EVENT_STREAM_HEARTBEAT_SECONDS))
+        if taken == 0:
             # A place frees when a stream closes; one whose client vanished is noticed within a
             # heartbeat.
             raise TooManyStreams(f"You hold {settings.EVENT_STREAMS_PER_USER} event streams already "
-                                 "(EVENT_STREAMS_PER_USER); close one first.",
-                                 retry_after=max(1, math.ceil(settings.EVENT_STREAM_HEARTBEAT_SECONDS)))
+                                 "(EVENT_STREAMS_PER_USER); close one first.", retry_after=retry)
+        if taken == -1:
+            raise NoStreamPlace("Every event stream place of the service is taken (EVENT_STREAMS_TOTAL); try "
+                                "again shortly, and page GET /events meanwhile.")
+        if taken == -2:
+            raise TooManyStreams("The service's shared event stream places are taken; the few left are kept for "
+                                 "users without a stream (EVENT_STREAMS_RESERVED). Use the stream you hold, or "
+                                 "close one and retry.", retry_after=retry)
         _open_here += 1
         self.closed = False
         self.pubsub = None
@@ -108,6 +138,7 @@ class EventStream:
             self.close()
             raise
         self._body = self._frames()
+        stream_keys.watch(self.token, token_hash)
 
     def __iter__(self):
         return self._body
@@ -128,10 +159,14 @@ class EventStream:
         heartbeat = settings.EVENT_STREAM_HEARTBEAT_SECONDS
         quiet_since = held_since = time.monotonic()
         while True:
-            message = self.pubsub.get_message(ignore_subscribe_messages=True,
-                                              timeout=max(quiet_since + heartbeat - time.monotonic(), 0))
-            if time.monotonic() - held_since >= heartbeat:  # the user's place, busy or quiet
-                self.redis.zadd(_places_key(self.user_id), {self.token: time.time() + _lapse_seconds()}, xx=True)
+            # Woken at least every stream_keys.poll_seconds(), to see whether its key still holds.
+            wait = min(max(quiet_since + heartbeat - time.monotonic(), 0), stream_keys.poll_seconds())
+            message = self.pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+            if stream_keys.ended(self.token):
+                yield b": closed: the API key was revoked or its user deactivated\n\n"
+                return
+            if time.monotonic() - held_since >= heartbeat:  # busy or quiet
+                self._refresh_places()
                 held_since = time.monotonic()
             if message is not None and message["type"] == "message":
                 event = events.published(message["data"])
@@ -143,6 +178,13 @@ class EventStream:
             elif time.monotonic() - quiet_since >= heartbeat:
                 quiet_since = time.monotonic()
                 yield b": heartbeat\n\n"
+
+    def _refresh_places(self) -> None:
+        lapse = {self.token: time.time() + _lapse_seconds()}
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(_places_key(self.user_id), lapse, xx=True)
+            pipe.zadd(ALL_PLACES_KEY, lapse, xx=True)
+            pipe.execute()
 
     def _frame(self, event: events.Event, resume: int) -> bytes:
         position = events.cursor(self.user_id, min(event.position, resume))
@@ -157,13 +199,17 @@ class EventStream:
             return
         self.closed = True
         _open_here -= 1
+        stream_keys.forget(self.token)
         body = getattr(self, "_body", None)
         if body is not None:
             body.close()
         if self.pubsub is not None:
             self.pubsub.close()
         try:
-            self.redis.zrem(_places_key(self.user_id), self.token)
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(_places_key(self.user_id), self.token)
+                pipe.zrem(ALL_PLACES_KEY, self.token)
+                pipe.execute()
         except redis.RedisError as exc:
             log.warning("event stream place of user %s not released (%s); it lapses within %.0f s",
                         self.user_id, exc, _lapse_seconds())

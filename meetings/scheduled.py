@@ -17,6 +17,11 @@ restarts and visibility timeouts. Here the database is the only schedule, so:
   it, the launch finds the meeting ended and starts nothing.
 A user at the concurrent-bot limit at join_at keeps the meeting `scheduled` (retried every
 interval) until its deadline, join_at + SCHEDULED_LAUNCH_WINDOW_SECONDS, where the sweep fails it.
+
+Fair across users: a pass takes, per user, at most as many due meetings as they have free seats
+(the rest stay `scheduled`, uncounted against anyone), and serves users in turns: every user's
+earliest due meeting, then every user's second, ... (within a turn, earliest join_at first). So
+neither one user's backlog nor their seat limit can push another user's due meeting out of a pass.
 """
 from __future__ import annotations
 
@@ -25,16 +30,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from . import bots, lifecycle
 from .models import Meeting
-from .statuses import MeetingStatus, TransitionSource
+from .statuses import LIVE, MeetingStatus, TransitionSource
 
 log = logging.getLogger(__name__)
 
-# At most this many launches per pass; the next pass (one interval later) takes the rest.
+# At most this many claims per pass; the next pass (one interval later) takes the rest.
 BATCH = 500
 
 
@@ -48,25 +53,83 @@ class Summary:
         return dict(self.__dict__)
 
 
-def due(now: datetime) -> list[tuple[int, int]]:
-    """(meeting id, user id) of the scheduled meetings to launch now: join_at within the lead time,
-    deadline not yet passed (past it the sweep fails the meeting: the two never act on one meeting
-    both ways)."""
+@dataclass(frozen=True)
+class Due:
+    # (meeting id, user id) to claim now, in turns across users.
+    picked: list[tuple[int, int]]
+    # Due meetings left out because their user has no free seat for them.
+    waiting_for_seat: int
+
+
+# One statement: the due meetings ranked within their user (earliest join_at first), each user's
+# free seats counted once, then at most that many per user, taken in turns (every user's 1st, then
+# every user's 2nd, ...). The one row of a not-fitting meeting carries how many did not fit.
+_DUE_SQL = """
+WITH due AS MATERIALIZED (
+    SELECT m.id, m.user_id, m.join_at,
+           row_number() OVER (PARTITION BY m.user_id ORDER BY m.join_at, m.id) AS nth
+    FROM {meeting} m
+    WHERE m.status = %(scheduled)s AND m.join_at <= %(horizon)s AND m.deadline_at > %(now)s
+), live AS MATERIALIZED (
+    -- Live meetings are few (at most the seats in use): counted through the status index, never
+    -- through a user's whole history.
+    SELECT l.user_id, count(*) AS n
+    FROM {meeting} l
+    WHERE l.status = ANY(%(live)s) AND l.user_id IN (SELECT user_id FROM due)
+    GROUP BY l.user_id
+), owners AS MATERIALIZED (
+    SELECT u.id AS user_id,
+           CASE WHEN u.max_concurrent_bots = 0 THEN NULL  -- 0: unlimited
+                ELSE u.max_concurrent_bots - coalesce(live.n, 0) END AS free
+    FROM {user} u LEFT JOIN live ON live.user_id = u.id
+    WHERE u.id IN (SELECT user_id FROM due)
+), ranked AS (
+    SELECT d.id, d.user_id, d.nth, d.join_at, (o.free IS NULL OR d.nth <= o.free) AS fits
+    FROM due d JOIN owners o ON o.user_id = d.user_id
+)
+SELECT id, user_id, fits, waiting FROM (
+    SELECT id, user_id, fits,
+           count(*) FILTER (WHERE NOT fits) OVER () AS waiting,
+           row_number() OVER (PARTITION BY fits ORDER BY nth, join_at, id) AS turn
+    FROM ranked
+) r
+WHERE (fits AND turn <= %(batch)s) OR (NOT fits AND turn = 1)
+ORDER BY fits DESC, turn
+"""
+
+
+def due(now: datetime) -> Due:
+    """The scheduled meetings to launch now: join_at within the lead time, deadline not yet passed
+    (past it the sweep fails the meeting: the two never act on one meeting both ways), at most the
+    free seats of each user, at most BATCH in all, in turns across users.
+
+    The seats counted here are a snapshot: `claim` counts again under the user's lock, so a seat
+    taken meanwhile only turns a pick into NO_SEAT, never into a launch over the limit."""
+    from accounts.models import User
+
     horizon = now + timedelta(seconds=settings.SCHEDULED_LAUNCH_LEAD_SECONDS)
-    return list(Meeting.objects.filter(status=MeetingStatus.SCHEDULED, join_at__lte=horizon, deadline_at__gt=now)
-                .order_by("join_at").values_list("id", "user_id")[:BATCH])
+    sql = _DUE_SQL.format(meeting=connection.ops.quote_name(Meeting._meta.db_table),
+                          user=connection.ops.quote_name(User._meta.db_table))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"scheduled": MeetingStatus.SCHEDULED.value, "horizon": horizon, "now": now,
+                             "live": sorted(str(s) for s in LIVE), "batch": BATCH})
+        rows = cursor.fetchall()
+    picked = [(meeting_id, user_id) for meeting_id, user_id, fits, _ in rows if fits]
+    waiting = next((count for _, _, fits, count in rows if not fits), 0)
+    return Due(picked, waiting)
 
 
 def launch_due(now: datetime | None = None) -> Summary:
-    """One pass of the scheduler (the beat's): claim and launch every due scheduled meeting."""
+    """One pass of the scheduler (the beat's): claim and launch the due scheduled meetings that
+    have a seat, fairly across users (see `due`)."""
     now = now or timezone.now()
-    ids = due(now)
-    summary = Summary(due=len(ids))
-    for meeting_id, user_id in ids:
+    found = due(now)
+    summary = Summary(due=len(found.picked) + found.waiting_for_seat, waiting_for_seat=found.waiting_for_seat)
+    for meeting_id, user_id in found.picked:
         outcome = claim(meeting_id, user_id, now)
         summary.launched += int(outcome is Claim.LAUNCHED)
         summary.waiting_for_seat += int(outcome is Claim.NO_SEAT)
-    if ids:
+    if summary.due:
         log.info("scheduler: %s", summary.as_dict())
     return summary
 

@@ -10,6 +10,8 @@ import time
 import pytest
 from rest_framework.test import APIClient
 
+from accounts import services as accounts
+from accounts.models import APIToken, hash_token
 from meetings import event_stream, lifecycle
 from meetings.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_meeting, make_token, make_user
@@ -58,9 +60,9 @@ class Stream:
         return self.next_chunk() == b": heartbeat\n\n"
 
 
-def open_stream(user, streams, headers=None, **params) -> Stream:
+def open_stream(user, streams, headers=None, key=None, **params) -> Stream:
     client = APIClient()
-    client.credentials(HTTP_X_API_KEY=make_token(user), **(headers or {}))
+    client.credentials(HTTP_X_API_KEY=key or make_token(user), **(headers or {}))
     response = client.get("/events/stream", params, HTTP_ACCEPT="text/event-stream")
     assert response.status_code == 200, response.content if not response.streaming else response
     streams.append(response)
@@ -255,3 +257,161 @@ def test_without_redis_a_stream_is_refused_with_json(api_user, monkeypatch):
     refused = client.get("/events/stream")
     assert refused.status_code == 503
     assert refused.json()["detail"].startswith("Live events need Redis")
+
+
+# --- A stream ends with its key ---------------------------------------------------------------------
+def rest(stream: Stream, within: float) -> list[bytes]:
+    """The chunks until the stream ends; fails if it still runs after `within` seconds."""
+    deadline = time.monotonic() + within
+    chunks = []
+    for chunk in stream.chunks:
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the stream still runs {within} s later: {chunks[-3:]}")
+    return chunks
+
+
+def record_of(key: str) -> APIToken:
+    return APIToken.objects.get(token_hash=hash_token(key))
+
+
+def test_a_stream_ends_within_a_heartbeat_of_its_keys_revocation(api_user, streams, settings):
+    settings.EVENT_STREAM_HEARTBEAT_SECONDS = 0.5
+    key = make_token(api_user)
+    stream = open_stream(api_user, streams, key=key)
+    assert stream.quiet()
+
+    accounts.revoke_token(record_of(key).pk)
+
+    assert rest(stream, within=0.5 + 0.5)[-1] == b": closed: the API key was revoked or its user deactivated\n\n"
+
+
+def test_a_stream_ends_within_a_heartbeat_of_its_users_deactivation(api_user, streams, settings):
+    settings.EVENT_STREAM_HEARTBEAT_SECONDS = 0.5
+    stream = open_stream(api_user, streams)
+    assert stream.quiet()
+
+    accounts.update_user(api_user.pk, {"is_active": False})
+
+    assert rest(stream, within=0.5 + 0.5)[-1].startswith(b": closed:")
+
+
+def test_an_ended_stream_frees_its_places(api_user, streams, settings, redis_conn):
+    settings.EVENT_STREAMS_PER_USER = 1
+    key = make_token(api_user)
+    stream = open_stream(api_user, streams, key=key)
+    accounts.revoke_token(record_of(key).pk)
+    rest(stream, within=1)
+    streams.pop().close()  # the server closes the response whose body ended
+
+    assert open_stream(api_user, streams)  # a key of theirs still valid gets the user's one place
+    assert redis_conn.zcard(event_stream.ALL_PLACES_KEY) == 1
+
+
+def test_revoking_another_key_of_the_user_leaves_the_stream_open(api_user, streams):
+    stream = open_stream(api_user, streams)
+    other = make_token(api_user)
+
+    accounts.revoke_token(record_of(other).pk)
+
+    assert stream.quiet() and stream.quiet() and stream.quiet()
+
+
+# --- No few users take every place ------------------------------------------------------------------
+@pytest.fixture
+def places(settings, redis_conn):
+    """One worker of 6 stream places, the service's 6 too, 2 of them reserved, 3 per user."""
+    settings.EVENT_STREAMS_PER_WORKER = 6
+    settings.EVENT_STREAMS_TOTAL = 6
+    settings.EVENT_STREAMS_RESERVED = 2
+    settings.EVENT_STREAMS_PER_USER = 3
+    yield settings
+    redis_conn.delete(event_stream.ALL_PLACES_KEY)
+
+
+def try_stream(user, streams) -> int:
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=make_token(user))
+    response = client.get("/events/stream", HTTP_ACCEPT="text/event-stream")
+    if response.status_code == 200:
+        streams.append(response)
+    return response.status_code
+
+
+def test_a_few_users_asking_for_every_stream_they_may_leave_places_for_other_users(streams, places):
+    """The attack: two users each ask for all the streams they may hold, at once over the
+    worker's and the service's places. Two more users still get a stream each."""
+    greedy = [make_user(), make_user()]
+    got = {u.pk: [try_stream(u, streams) for _ in range(3)] for u in greedy}
+
+    assert try_stream(make_user(), streams) == 200
+    assert try_stream(make_user(), streams) == 200
+    assert sorted(sum(got.values(), [])).count(200) == 4  # the shared places: 6 - 2 reserved
+
+
+def test_a_further_stream_refused_for_the_reserve_answers_429_naming_it(streams, places):
+    user = make_user()
+    for _ in range(3):
+        try_stream(make_user(), streams)
+    open_stream(user, streams)  # the 4th place: the last shared one
+
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=make_token(user))
+    refused = client.get("/events/stream", HTTP_ACCEPT="text/event-stream")
+
+    assert refused.status_code == 429
+    assert "EVENT_STREAMS_RESERVED" in refused.json()["detail"]
+
+
+def test_streams_held_on_other_workers_and_hosts_count_against_the_total(api_user, streams, places, redis_conn):
+    far = time.time() + 60
+    redis_conn.zadd(event_stream.ALL_PLACES_KEY, {f"elsewhere-{n}": far for n in range(6)})
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=make_token(api_user))
+
+    refused = client.get("/events/stream", HTTP_ACCEPT="text/event-stream")
+
+    assert refused.status_code == 503
+    assert "EVENT_STREAMS_TOTAL" in refused.json()["detail"]
+    redis_conn.delete(event_stream.ALL_PLACES_KEY)
+    assert open_stream(api_user, streams)
+
+
+def test_the_places_of_a_worker_killed_mid_stream_lapse(api_user, streams, places, redis_conn):
+    redis_conn.zadd(event_stream.ALL_PLACES_KEY, {f"dead-{n}": time.time() - 1 for n in range(6)})
+
+    assert open_stream(api_user, streams)
+
+
+def test_a_workers_streams_keys_are_asked_about_in_one_query_and_only_the_revoked_ones_end(
+        api_user, streams, django_assert_num_queries):
+    from meetings import stream_keys
+
+    keys = [make_token(api_user) for _ in range(3)]
+    for key in keys:
+        open_stream(api_user, streams, key=key)
+    accounts.revoke_token(record_of(keys[1]).pk)
+    held = dict(stream_keys._open)
+
+    with django_assert_num_queries(1):
+        stream_keys._round(held)
+
+    revoked = {token for token, key_hash in held.items() if key_hash == hash_token(keys[1])}
+    assert {token for token in held if stream_keys.ended(token)} == revoked and len(revoked) == 1
+
+
+def test_a_round_the_database_cannot_answer_ends_the_workers_streams(api_user, streams, monkeypatch):
+    from django.db import OperationalError
+
+    from meetings import stream_keys
+
+    def database_down(_hashes):
+        raise OperationalError("could not connect to server")
+
+    open_stream(api_user, streams)
+    held = dict(stream_keys._open)
+    monkeypatch.setattr(stream_keys, "live_token_hashes", database_down)
+
+    stream_keys._round(held)
+
+    assert held and all(stream_keys.ended(token) for token in held)

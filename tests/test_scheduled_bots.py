@@ -17,7 +17,7 @@ from meetings.commands import status_channel
 from meetings.models import Meeting, MeetingSession, MeetingTransition
 from meetings.statuses import MeetingStatus
 from orchestrators import registry
-from tests.factories import make_meeting
+from tests.factories import make_meeting, make_user
 from tests.http import answer
 from tests.support import (
     all_queues,
@@ -358,6 +358,59 @@ def test_at_the_limit_a_due_bot_waits_scheduled_and_launches_when_a_seat_frees(a
     assert (waiting.launched, waiting.waiting_for_seat) == (0, 1)
     assert freed.launched == 1
     assert Meeting.objects.get(pk=created["id"]).status == "requested"
+
+
+# --- Fair share across users -----------------------------------------------------------------------
+def due_backlog(user, count: int, join_at: datetime) -> list[int]:
+    """`count` scheduled meetings of `user`, all due (test setup: rows written directly)."""
+    from tests.factories import meet_id
+
+    deadline = join_at + timedelta(seconds=600)
+    rows = Meeting.objects.bulk_create(
+        Meeting(user=user, platform="google_meet", native_meeting_id=meet_id(10_000 + n), status="scheduled",
+                join_at=join_at - timedelta(microseconds=count - n), deadline_at=deadline, data={})
+        for n in range(count))
+    return [m.pk for m in rows]
+
+
+def test_one_users_backlog_at_their_seat_limit_does_not_delay_another_users_launch(api_client, api_user):
+    """The attack: A (limit 1, its seat taken) has 600 due scheduled bots, all due before B's one."""
+    a = make_user(max_concurrent_bots=1)
+    make_meeting(a, status=MeetingStatus.ACTIVE, native_meeting_id="zzz-zzzz-zzz")
+    due_backlog(a, 600, in_(LEAD / 4))
+    created = schedule(api_client, in_(LEAD / 2))  # B (api_user): due after every one of A's
+
+    summary = scheduled.launch_due()
+
+    assert Meeting.objects.get(pk=created["id"]).status == "requested"
+    assert [t["args"] for t in launches()] == [[created["id"]]]
+    assert (summary.launched, summary.waiting_for_seat) == (1, 600)
+    assert Meeting.objects.filter(user=a, status="scheduled").count() == 600
+
+
+def test_one_users_backlog_without_a_limit_does_not_delay_another_users_launch(api_client, api_user):
+    """A (no limit) has more due bots than a pass takes: B's one still goes in the first pass,
+    and A's take the rest of it."""
+    a = make_user(max_concurrent_bots=0)
+    due_backlog(a, scheduled.BATCH + 100, in_(LEAD / 4))
+    created = schedule(api_client, in_(LEAD / 2))
+
+    summary = scheduled.launch_due()
+
+    assert Meeting.objects.get(pk=created["id"]).status == "requested"
+    assert summary.launched == scheduled.BATCH
+    assert Meeting.objects.filter(user=a, status="requested").count() == scheduled.BATCH - 1
+
+
+def test_a_pass_claims_at_most_a_users_free_seats_earliest_join_at_first(api_client, api_user):
+    a = make_user(max_concurrent_bots=3)
+    make_meeting(a, status=MeetingStatus.ACTIVE, native_meeting_id="zzz-zzzz-zzz")
+    backlog = due_backlog(a, 5, in_(LEAD / 4))  # ordered by join_at
+
+    summary = scheduled.launch_due()
+
+    assert (summary.launched, summary.waiting_for_seat) == (2, 3)
+    assert set(Meeting.objects.filter(user=a, status="requested").values_list("pk", flat=True)) == set(backlog[:2])
 
 
 @pytest.mark.parametrize("second_join_at", [None, 7200], ids=["now", "scheduled"])

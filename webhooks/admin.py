@@ -60,14 +60,15 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
 @admin.register(Endpoint)
 class EndpointAdmin(ReadOnlyModelAdmin):
-    """The back-off state of receiver URLs (webhooks.endpoints): read only, kept by the workers."""
+    """The back-off state of each user's receiver URL (webhooks.endpoints): read only, kept by the workers."""
 
-    list_display = ["url", "consecutive_failures", "backing_off", "open_until", "last_error", "last_failure_at",
-                    "last_success_at"]
+    list_display = ["url", "user", "consecutive_failures", "backing_off", "open_until", "last_error",
+                    "last_failure_at", "last_success_at"]
     list_filter = ["last_failure_at"]
-    search_fields = ["url"]
+    search_fields = ["url", "user__email"]
+    list_select_related = ["user"]
     ordering = ["-consecutive_failures", "-last_failure_at"]
-    readonly_fields = ["url", "url_hash", "consecutive_failures", "open_until", "last_error", "last_failure_at",
+    readonly_fields = ["url", "user", "url_hash", "consecutive_failures", "open_until", "last_error", "last_failure_at",
                        "last_success_at", "updated_at"]
 
     @admin.display(boolean=True, description="backing off")

@@ -14,7 +14,8 @@ No receiver may hold everyone's delivery threads: at most WEBHOOK_MAX_IN_FLIGHT_
 of one user's deliveries run at a time (a delivery refused by the cap is not an attempt: it stays
 pending; each finished attempt of the user's enqueues their next due deliveries at once, and the
 capped delivery's own task comes back only when the first running attempt's lease ends, for an
-attempt whose worker died), and an endpoint that keeps failing backs off (webhooks.endpoints).
+attempt whose worker died), and an endpoint (a user's URL) that keeps failing backs off for that
+user's deliveries only (webhooks.endpoints).
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def attempt(delivery_id: int) -> str | None:
     else:
         result = _send(claim)
         verdict = policy.classify(result.code, permanent_error=result.permanent)
-        recovered = endpoints.record(claim.url, result, probe=claim.probe)
+        recovered = endpoints.record(claim.user_id, claim.url, result, probe=claim.probe)
     verdict = _record(claim, result, verdict)
     if recovered is not None:
         _wake(recovered)
@@ -117,7 +118,7 @@ def _claim(delivery_id: int) -> Claim | Held | None:
             slot_frees_at = _cap_held_until(delivery.user_id, now)
             if slot_frees_at is not None:
                 return Held(CAPPED, _capped_countdown(slot_frees_at, now))
-            gate = endpoints.admit(url, now, lease_seconds())
+            gate = endpoints.admit(delivery.user_id, url, now, lease_seconds())
             if gate.defer_until is not None:
                 delivery.next_attempt_at = gate.defer_until
                 delivery.held_by_id = gate.endpoint_id

@@ -1,7 +1,8 @@
 """Per-endpoint back-off: a receiver URL that keeps failing is left alone for a while.
 
-After WEBHOOK_ENDPOINT_FAILURE_THRESHOLD consecutive failed attempts (network error, timeout,
-408, 429, 5xx) to one URL, whoever's deliveries they were, the endpoint backs off: attempts to it
+An endpoint is one user's URL: after WEBHOOK_ENDPOINT_FAILURE_THRESHOLD consecutive failed
+attempts (network error, timeout, 408, 429, 5xx) of one user's deliveries to one URL, the endpoint
+backs off: attempts to it
 are deferred (the delivery stays pending, its next_attempt_at moves to the end of the back-off;
 it is not an attempt, so it is never failed for it) until `open_until`. Then one attempt goes
 through as the probe (the others wait for its answer); a failure backs off again, twice as long
@@ -9,6 +10,13 @@ through as the probe (the others wait for its answer); a failure backs off again
 is not a retryable failure resets the endpoint and wakes the deliveries it deferred.
 
 The state is a PostgreSQL row (Endpoint), shared by every worker and kept across restarts.
+
+Why per user and URL, not per URL: the failures that back a URL off must be the ones of the
+deliveries it holds back. Keyed by URL alone, a user who points their webhook at another user's
+receiver and makes it fail (a payload it rejects with a 5xx, a flood it sheds) deferred that other
+user's deliveries for up to WEBHOOK_BACKOFF_MAX_SECONDS. The price: a receiver shared by several
+users that really is down is probed by each of them (threshold attempts per user, then one probe
+per back-off period each), which the per-user cap on attempts in flight already bounds.
 """
 from __future__ import annotations
 
@@ -38,14 +46,19 @@ class Gate:
     probe: bool = False  # the attempt allowed through after a back-off
 
 
-def admit(url: str, now: datetime, probe_lease: float) -> Gate:
-    """May an attempt to `url` start now? Called inside the claim's transaction: a probe marks
-    the endpoint (`open_until` = its lease) so that no second attempt goes with it."""
+def _of(user_id: int, url: str):
+    return Endpoint.objects.filter(user_id=user_id, url_hash=url_hash(url))
+
+
+def admit(user_id: int, url: str, now: datetime, probe_lease: float) -> Gate:
+    """May an attempt of `user_id`'s delivery to `url` start now? Called inside the claim's
+    transaction: a probe marks the endpoint (`open_until` = its lease) so that no second attempt
+    goes with it."""
     threshold = settings.WEBHOOK_ENDPOINT_FAILURE_THRESHOLD
     # The common case, a healthy endpoint, costs one indexed read and takes no lock.
-    if not Endpoint.objects.filter(url_hash=url_hash(url), consecutive_failures__gte=threshold).exists():
+    if not _of(user_id, url).filter(consecutive_failures__gte=threshold).exists():
         return Gate()
-    state = Endpoint.objects.select_for_update().filter(url_hash=url_hash(url)).first()
+    state = _of(user_id, url).select_for_update().first()
     if state is None or state.consecutive_failures < threshold:
         return Gate()  # reset meanwhile
     if state.open_until is not None and state.open_until > now:
@@ -55,18 +68,18 @@ def admit(url: str, now: datetime, probe_lease: float) -> Gate:
     return Gate(state.pk, probe=True)
 
 
-def record(url: str, result: Result, *, probe: bool) -> int | None:
-    """Count the attempt's outcome for its endpoint. Returns the id of an endpoint this answer
-    reset (its deferred deliveries are due again), else None."""
+def record(user_id: int, url: str, result: Result, *, probe: bool) -> int | None:
+    """Count the outcome of an attempt of `user_id`'s delivery for its endpoint. Returns the id
+    of an endpoint this answer reset (its deferred deliveries are due again), else None."""
     now = timezone.now()
     if policy.classify(result.code, permanent_error=result.permanent) is Verdict.RETRY:
-        _failed(url, result, now)
+        _failed(user_id, url, result, now)
         return None
     if result.code is not None:
-        return _answered(url, now)
+        return _answered(user_id, url, now)
     if probe:
         # The probe sent nothing (a refused address): the next attempt may probe at once.
-        Endpoint.objects.filter(url_hash=url_hash(url)).update(open_until=now)
+        _of(user_id, url).update(open_until=now)
     return None
 
 
@@ -76,11 +89,11 @@ def backoff_seconds(failures: int) -> float:
     return min(settings.WEBHOOK_ENDPOINT_BACKOFF_SECONDS * 2 ** beyond, settings.WEBHOOK_BACKOFF_MAX_SECONDS)
 
 
-def _failed(url: str, result: Result, now: datetime) -> None:
-    key = url_hash(url)
+def _failed(user_id: int, url: str, result: Result, now: datetime) -> None:
     with transaction.atomic():
-        Endpoint.objects.bulk_create([Endpoint(url_hash=key, url=url)], ignore_conflicts=True)
-        state = Endpoint.objects.select_for_update().get(url_hash=key)
+        Endpoint.objects.bulk_create([Endpoint(user_id=user_id, url_hash=url_hash(url), url=url)],
+                                     ignore_conflicts=True)
+        state = _of(user_id, url).select_for_update().get()
         state.consecutive_failures += 1
         state.last_failure_at = now
         state.last_error = result.error or f"HTTP {result.code}"
@@ -89,10 +102,10 @@ def _failed(url: str, result: Result, now: datetime) -> None:
         state.save()
 
 
-def _answered(url: str, now: datetime) -> int | None:
+def _answered(user_id: int, url: str, now: datetime) -> int | None:
     # Only an endpoint with something to reset is written: a success on a healthy endpoint (the
     # common case) costs one indexed read.
-    state = (Endpoint.objects.filter(url_hash=url_hash(url))
+    state = (_of(user_id, url)
              .filter(Q(consecutive_failures__gt=0) | Q(open_until__isnull=False)).first())
     if state is None:
         return None

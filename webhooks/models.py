@@ -27,12 +27,16 @@ class DeliveryStatus(models.TextChoices):
 
 
 class Endpoint(models.Model):
-    """The health of one receiver URL, shared by all workers: after
+    """The health of one receiver URL as one user's deliveries see it, shared by all workers: after
     WEBHOOK_ENDPOINT_FAILURE_THRESHOLD consecutive failed attempts it backs off (`open_until`),
     and attempts to it wait instead of failing; one probe attempt goes through when that time
-    has passed. An answer resets it. A row exists once the URL has failed."""
+    has passed. An answer resets it. A row exists once the URL has failed for that user.
 
-    url_hash = models.CharField(max_length=64, unique=True)  # sha256 of the URL: URLs are long
+    Keyed by user and URL, never by URL alone: a user who points their webhook at another user's
+    receiver and makes it fail backs off only their own deliveries."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_endpoints")
+    url_hash = models.CharField(max_length=64)  # sha256 of the URL: URLs are long
     url = models.CharField(max_length=2048)
     consecutive_failures = models.PositiveIntegerField(default=0)
     # While in the future (and the failures reached the threshold): no attempt starts, except the
@@ -43,8 +47,11 @@ class Endpoint(models.Model):
     last_success_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "url_hash"], name="webhook_endpoint_user_url")]
+
     def __str__(self) -> str:
-        return self.url
+        return f"{self.url} ({self.user})"
 
 
 class WebhookDelivery(models.Model):

@@ -10,6 +10,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import hash_token
 from botmanager.openapi import error
 
 from .. import events
@@ -79,13 +80,17 @@ class EventStreamView(APIView):
                    responses={200: OpenApiResponse(OpenApiTypes.STR, description="text/event-stream: `id:` the "
                                                    "cursor, `event:` the event type, `data:` the event body; "
                                                    "comment lines as heartbeats."),
-                              429: error("The user holds EVENT_STREAMS_PER_USER streams, or the user's request "
+                              429: error("The user holds EVENT_STREAMS_PER_USER streams, or one stream while "
+                                         "only the EVENT_STREAMS_RESERVED places are left, or the user's request "
                                          "rate limit is reached (Retry-After)."),
-                              503: error("No stream place on this worker, or Redis unavailable.")})
+                              503: error("No stream place on this worker or in all (EVENT_STREAMS_TOTAL), or "
+                                         "Redis unavailable.")})
     def get(self, request):
         # A reconnecting EventSource sends the last id it saw; it wins over the URL's `after`.
         after = _position(request, request.headers.get("Last-Event-ID") or request.query_params.get("after"))
-        response = StreamingHttpResponse(EventStream(request.user.pk, after), content_type="text/event-stream")
+        # Authenticated by X-API-Key (accounts.authentication): the stream re-checks that key.
+        key_hash = hash_token(request.headers["X-API-Key"])
+        response = StreamingHttpResponse(EventStream(request.user.pk, after, key_hash), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx passes each event on at once
         return response

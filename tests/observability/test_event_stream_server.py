@@ -134,3 +134,29 @@ def test_a_client_that_goes_away_frees_its_place(gunicorn_factory, opened):  # n
         time.sleep(0.2)
     opened.append(again)
     assert again.status == 200
+
+
+def test_a_held_stream_ends_within_a_heartbeat_of_its_keys_revocation(gunicorn_factory, opened):  # noqa: F811
+    from accounts.models import APIToken, hash_token
+    from accounts.services import revoke_token
+
+    user = make_user()
+    server = gunicorn_factory(workers=1, EVENT_STREAM_HEARTBEAT_SECONDS="0.5")
+    key = make_token(user)
+    stream = SSE(server.url, key)
+    opened.append(stream)
+    assert stream.status == 200 and stream.frame() == ": stream open"
+    assert stream.frame() == ": heartbeat"
+
+    revoke_token(APIToken.objects.get(token_hash=hash_token(key)).pk)
+    revoked = time.monotonic()
+    frames, ended = [], None
+    while ended is None and time.monotonic() < revoked + 5:
+        try:
+            frames.append(stream.frame())
+        except StopIteration:  # the server ended the response
+            ended = time.monotonic()
+
+    assert ended is not None and ended - revoked < 0.5 + 0.5, frames[-3:]
+    assert frames[-1] == ": closed: the API key was revoked or its user deactivated"
+    assert SSE(server.url, key).status == 403

@@ -116,7 +116,8 @@ def test_the_endpoints_are_listed_read_only(console, hook_user, receiver, settin
     assert response.status_code == 200
     assert {e.pk for e in response.context["cl"].result_list} == {state.pk}
     page = response.content.decode()
-    assert receiver.url in page and "refused" in page.lower()
+    assert receiver.url in page and "refused" in page.lower() and hook_user.email in page
+    assert console.get(f"{endpoints}?q={hook_user.email}").context["cl"].result_count == 1
     assert console.get(f"{endpoints}{state.pk}/change/").status_code == 200  # viewed, not edited
     assert console.post(f"{endpoints}{state.pk}/change/", {"consecutive_failures": "0"}).status_code == 403
     assert console.get(f"{endpoints}add/").status_code == 403

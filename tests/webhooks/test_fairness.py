@@ -176,6 +176,36 @@ def test_the_endpoint_backs_off_after_the_threshold_and_a_deferral_is_not_an_att
 
 
 @pytest.mark.django_db
+def test_a_user_who_makes_another_users_receiver_fail_backs_off_only_their_own_deliveries(receiver, backoff):
+    """The attack: A points their webhook at B's receiver and provokes 5xx answers until the
+    endpoint backs off. B's deliveries to that receiver still go at once."""
+    attacker, victim = hooked_user(receiver), hooked_user(receiver)
+    receiver.answer(500, 500, 500)  # A's attempts fail; everything after is answered
+
+    assert [delivery.attempt(pending(attacker).pk) for _ in range(3)] == ["retry"] * 3
+
+    assert delivery.attempt(pending(victim).pk) == "succeeded"
+    assert Endpoint.objects.get(user=attacker).open_until > timezone.now()
+    assert not Endpoint.objects.filter(user=victim).exists()
+    assert delivery.attempt(pending(attacker).pk) == "deferred"  # A's own back-off holds
+
+
+@pytest.mark.django_db
+def test_a_receiver_that_fails_for_two_users_backs_off_for_each_on_their_own_count(receiver, backoff):
+    a, b = hooked_user(receiver), hooked_user(receiver)
+    receiver.down()
+
+    for _ in range(3):
+        delivery.attempt(pending(a).pk)
+    delivery.attempt(pending(b).pk)
+
+    counts = dict(Endpoint.objects.values_list("user_id", "consecutive_failures"))
+    assert counts == {a.pk: 3, b.pk: 1}
+    assert delivery.attempt(pending(a).pk) == "deferred"
+    assert delivery.attempt(pending(b).pk) == "retry"  # B's own count is below the threshold
+
+
+@pytest.mark.django_db
 def test_a_failed_probe_doubles_the_back_off_up_to_the_maximum(hook_user, receiver, backoff):
     receiver.down()
     for _ in range(3):
@@ -250,3 +280,29 @@ def test_a_capped_delivery_comes_back_when_the_first_running_lease_ends_not_ever
     [task] = [t for t in queued_tasks("webhooks.deliver") if t["args"] == [waiting.pk]]
     assert abs((task["eta"] - (now + timedelta(seconds=25))).total_seconds()) < 2
     purge_broker()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_upgrade_to_per_user_endpoints_drops_the_per_url_state_and_makes_what_it_held_due(hook_user):
+    """webhooks 0003/0004: a per-URL row cannot be told apart by user; it goes, and a delivery it
+    held back is due again (the redrive job sends it) instead of waiting out a stranger's back-off."""
+    from tests.support import latest_migrations
+    from tests.support import migrate_to as migrate
+
+    held = pending(hook_user)
+    latest = latest_migrations("webhooks")
+    try:
+        old = migrate([("webhooks", "0002_endpoint_backoff_and_user_cap")])
+        OldEndpoint = old.get_model("webhooks", "Endpoint")
+        state = OldEndpoint.objects.create(url_hash=endpoints.url_hash(hook_user.webhook_url), url=hook_user.webhook_url,
+                                           consecutive_failures=9, open_until=timezone.now() + timedelta(hours=1))
+        old.get_model("webhooks", "WebhookDelivery").objects.filter(pk=held.pk).update(
+            held_by_id=state.pk, next_attempt_at=state.open_until)
+
+        migrate(latest)
+
+        assert not Endpoint.objects.exists()
+        d = fresh(held)
+        assert d.held_by_id is None and d.next_attempt_at <= timezone.now() and d.status == "pending"
+    finally:
+        migrate(latest)
