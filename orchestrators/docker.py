@@ -49,7 +49,9 @@ from .base import (
     BotInfo,
     BotSpec,
     NormalizedStatus,
+    NotOurBotError,
     OrchestratorError,
+    is_ours,
 )
 
 log = logging.getLogger(__name__)
@@ -257,17 +259,37 @@ class DockerOrchestrator:
         except _ENGINE_ERRORS as exc:
             log.warning("docker: could not remove unstarted container %s: %s", container_id, exc)
 
+    def _own(self, container_id: str, verb: str) -> str | None:
+        """The full id of `container_id` when it is one of this deployment's bots, None when the
+        engine has no such container; NotOurBotError for any other container (a task pushed into
+        the broker could name any container on the engine). One inspect on the short query client;
+        the order that follows names the full id, never a name that could be reassigned."""
+        try:
+            attrs = self.query.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return None
+        except _ENGINE_ERRORS as exc:
+            raise OrchestratorError(f"Docker could not inspect {container_id}: {exc}") from exc
+        if not is_ours((attrs.get("Config") or {}).get("Labels"), self.deployment):
+            raise NotOurBotError(
+                f"Refusing to {verb} container {container_id!r}: it is not a bot of deployment "
+                f"{self.deployment!r}.")
+        return attrs["Id"]
+
     def terminate(self, container_id: str) -> None:
-        self._kill(container_id, "SIGTERM")
+        self._kill(container_id, "SIGTERM", "terminate")
 
     def kill(self, container_id: str) -> None:
-        self._kill(container_id, "SIGKILL")
+        self._kill(container_id, "SIGKILL", "kill")
 
-    def _kill(self, container_id: str, signal: str) -> None:
+    def _kill(self, container_id: str, signal: str, verb: str) -> None:
         """`docker kill -s <signal>`: the engine delivers it and answers at once (a `docker stop`
         would hold the call until the container died)."""
+        full_id = self._own(container_id, verb)
+        if full_id is None:
+            return  # already gone
         try:
-            self.query.api.kill(container_id, signal=signal)
+            self.query.api.kill(full_id, signal=signal)
         except docker.errors.NotFound:
             return  # already gone
         except docker.errors.APIError as exc:
@@ -278,11 +300,14 @@ class DockerOrchestrator:
             raise OrchestratorError(f"Docker could not signal {container_id}: {exc}") from exc
 
     def stop(self, container_id: str, timeout: float) -> None:
+        full_id = self._own(container_id, "stop")
+        if full_id is None:
+            return  # already gone: stopped
         # Docker takes whole seconds; rounding up never gives the bot less time than asked.
         seconds = max(0, math.ceil(timeout))
         try:
             # The SDK widens its HTTP timeout by `seconds` for this call on its own.
-            self.client.api.stop(container_id, timeout=seconds)
+            self.client.api.stop(full_id, timeout=seconds)
         except docker.errors.NotFound:
             return  # already gone: stopped
         except _ENGINE_ERRORS as exc:
@@ -304,7 +329,7 @@ class DockerOrchestrator:
         except _ENGINE_ERRORS as exc:
             raise OrchestratorError(f"Docker could not inspect {container_id}: {exc}") from exc
         labels = (attrs.get("Config") or {}).get("Labels") or {}
-        if labels.get(LABEL_DEPLOYMENT) != self.deployment or labels.get(LABEL_MANAGED) != "true":
+        if not is_ours(labels, self.deployment):
             # Consistent with list(): another deployment's container does not exist for us.
             return None
         state = attrs.get("State") or {}
@@ -321,9 +346,12 @@ class DockerOrchestrator:
         )
 
     def remove(self, container_id: str) -> None:
+        full_id = self._own(container_id, "remove")
+        if full_id is None:
+            return
         try:
             # No force: remove() is for bots that have exited; a running one is refused (409).
-            self.client.api.remove_container(container_id, force=False)
+            self.client.api.remove_container(full_id, force=False)
         except docker.errors.NotFound:
             return
         except docker.errors.APIError as exc:

@@ -59,7 +59,9 @@ from .base import (
     BotInfo,
     BotSpec,
     NormalizedStatus,
+    NotOurBotError,
     OrchestratorError,
+    is_ours,
 )
 
 log = logging.getLogger(__name__)
@@ -201,7 +203,7 @@ class NomadOrchestrator:
             return None
         if not isinstance(labels, dict):
             return None
-        if labels.get(LABEL_DEPLOYMENT) != self.deployment or labels.get(LABEL_MANAGED) != "true":
+        if not is_ours(labels, self.deployment):
             return None
         return {str(k): str(v) for k, v in labels.items()}
 
@@ -279,10 +281,27 @@ class NomadOrchestrator:
     def remove(self, container_id: str) -> None:
         self._deregister(container_id, purge=True, verb="remove")
 
-    def _deregister(self, container_id: str, *, purge: bool, verb: str) -> None:
+    def _own(self, container_id: str, verb: str) -> bool:
+        """True when `container_id` is a dispatched bot of this deployment, False when Nomad has no
+        such job; NotOurBotError for anything else (the parameterized job itself, another job,
+        another deployment's dispatch of a shared job). One GET on the short query timeout."""
         if not self._is_ours(container_id):
-            raise OrchestratorError(
+            raise NotOurBotError(
                 f"Refusing to {verb} {container_id!r}: not a dispatched bot of job {self.job!r}.")
+        try:
+            job = self._job.get_job(container_id)
+        except nomad.api.exceptions.URLNotFoundNomadException:
+            return False
+        except (nomad.api.exceptions.BaseNomadException, requests.RequestException, ValueError) as exc:
+            raise OrchestratorError(f"{self._where()} could not read {container_id}: {exc}") from exc
+        if self._labels_of(job.get("Meta")) is None:
+            raise NotOurBotError(
+                f"Refusing to {verb} {container_id!r}: it is not a bot of deployment {self.deployment!r}.")
+        return True
+
+    def _deregister(self, container_id: str, *, purge: bool, verb: str) -> None:
+        if not self._own(container_id, verb):
+            return  # already gone
         try:
             self._job.deregister_job(container_id, purge=True if purge else None)
         except nomad.api.exceptions.URLNotFoundNomadException:

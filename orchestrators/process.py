@@ -43,7 +43,7 @@ from pathlib import Path
 
 from . import process_state
 from .base import (LABEL_DEPLOYMENT, LABEL_MANAGED, BotInfo, BotSpec, NormalizedStatus,
-                   OrchestratorError)
+                   NotOurBotError, OrchestratorError, is_ours)
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,10 @@ class ProcessOrchestrator:
         record = self._read(container_id)
         return None if record is None else self._info(record)
 
-    def _read(self, container_id: str) -> dict | None:
-        """This deployment's record of the bot, or None (unknown id, removed, other deployment)."""
+    def _read(self, container_id: str, *, refuse: str = "") -> dict | None:
+        """This deployment's record of the bot, or None (unknown id, removed, other deployment).
+        With `refuse` (the verb of a stop or a removal), a record that exists but is not this
+        deployment's raises NotOurBotError instead: its pid is never signalled."""
         if not process_state.CONTAINER_ID_RE.match(container_id or ""):
             return None
         path = process_state.record_path(self.bots_dir, container_id)
@@ -193,7 +195,12 @@ class ProcessOrchestrator:
         except (OSError, ValueError) as exc:
             # An unreadable record means an unknown bot state, not "no bot".
             raise OrchestratorError(f"cannot read the bot record {path}: {exc}") from exc
-        if record is None or record.get("labels", {}).get(LABEL_DEPLOYMENT) != self.deployment:
+        if record is None:
+            return None
+        if not is_ours(record.get("labels"), self.deployment):
+            if refuse:
+                raise NotOurBotError(f"Refusing to {refuse} {container_id!r}: its record in "
+                                     f"{self.bots_dir} is not a bot of deployment {self.deployment!r}.")
             return None
         return record
 
@@ -232,14 +239,14 @@ class ProcessOrchestrator:
         """SIGTERM to the bot's process group, and return. A bot still starting is marked: its
         supervisor signals it as soon as it has a pid. A bot already gone gets its leftover
         children SIGKILLed (they must not outlive it)."""
-        self._signal(container_id, signal.SIGTERM, mark="stop_requested_at")
+        self._signal(container_id, signal.SIGTERM, mark="stop_requested_at", verb="terminate")
 
     def kill(self, container_id: str) -> None:
         """SIGKILL to the bot's process group, and return (the kernel does the rest at once)."""
-        self._signal(container_id, signal.SIGKILL, mark="kill_requested_at")
+        self._signal(container_id, signal.SIGKILL, mark="kill_requested_at", verb="kill")
 
-    def _signal(self, container_id: str, signum: int, *, mark: str) -> None:
-        record = self._read(container_id)
+    def _signal(self, container_id: str, signum: int, *, mark: str, verb: str) -> None:
+        record = self._read(container_id, refuse=verb)
         if record is None or record.get("status") == "failed":
             return
         path = process_state.record_path(self.bots_dir, container_id)
@@ -260,6 +267,7 @@ class ProcessOrchestrator:
     def stop(self, container_id: str, timeout: float) -> None:
         """Blocking (scripts and tests only): SIGTERM, wait up to `timeout` seconds, SIGKILL,
         wait for the exit code. Unknown or already gone = stopped."""
+        self._read(container_id, refuse="stop")
         record = self._await_pid(container_id)
         if record is None or not process_state.is_running(record["pid"], record.get("proc_start_time")):
             return
@@ -325,7 +333,7 @@ class ProcessOrchestrator:
     def remove(self, container_id: str) -> None:
         """Forget an exited bot: its record, lock and log. A running bot is refused (forgetting it
         would leave a process nobody lists); stop it first."""
-        record = self._read(container_id)
+        record = self._read(container_id, refuse="remove")
         if record is None:
             return
         status, raw = self._status(record)

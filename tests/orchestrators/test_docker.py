@@ -25,6 +25,7 @@ from orchestrators.base import (
     LABEL_SESSION_UID,
     LABEL_USER_ID,
     NormalizedStatus,
+    NotOurBotError,
     OrchestratorError,
 )
 from orchestrators.docker import DockerOrchestrator, exit_code_from_status_text, normalize_status
@@ -375,3 +376,41 @@ def test_test_bot_speaks_the_callback_protocol(backend, docker_client, deploymen
         ("/bots/internal/callback/started", {"connection_id": uid, "container_id": container_id[:12]}),
         ("/bots/internal/callback/exited", {"connection_id": uid, "exit_code": 0}),
     ]
+
+
+@pytest.fixture
+def bystander(docker_client, bot_test_image):
+    """A running container that is not a bot of ours: any other workload on the engine."""
+    made = []
+
+    def make(labels: dict | None = None):
+        container = docker_client.containers.create(
+            bot_test_image, command=["sh", "-c", "while :; do sleep 1; done"], labels=labels or {},
+            name=f"bm-bystander-{uuid.uuid4().hex[:8]}")
+        made.append(container)
+        container.start()
+        return container
+
+    yield make
+    for container in made:
+        container.remove(force=True)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("labels", [
+    {},                                    # a plain container of someone else
+    {LABEL_DEPLOYMENT: "to-be-replaced"},  # claims our deployment but not to be managed by us
+], ids=["plain", "unmanaged"])
+@pytest.mark.parametrize("verb", ["terminate", "kill", "stop", "remove"])
+def test_a_container_that_is_not_our_bot_survives_every_stop_order(backend, bystander, deployment_name,
+                                                                   labels, verb):
+    # The attack of issue 24: a task pushed into the broker names any container on the engine,
+    # by id or by name. Our backend refuses it and the container keeps running.
+    labels = {k: deployment_name for k in labels}
+    container = bystander(labels)
+    for target in (container.id, container.name):
+        with pytest.raises(NotOurBotError):
+            backend.stop(target, timeout=1) if verb == "stop" else getattr(backend, verb)(target)
+    time.sleep(0.5)
+    container.reload()
+    assert container.status == "running"

@@ -17,7 +17,7 @@ import pytest
 
 from orchestrators import process_state
 from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_MEETING_ID, BotSpec,
-                                NormalizedStatus, Orchestrator, OrchestratorError)
+                                NormalizedStatus, NotOurBotError, Orchestrator, OrchestratorError)
 from orchestrators.process import ProcessOrchestrator
 from tests.support import wait_for
 
@@ -388,7 +388,8 @@ def test_bots_of_another_deployment_are_invisible_and_untouched(make_orchestrato
     mine = start_ready(ours)
     assert [b.container_id for b in ours.list()] == [mine]
     assert ours.inspect(theirs) is None
-    ours.stop(theirs, timeout=0)
+    with pytest.raises(NotOurBotError):
+        ours.stop(theirs, timeout=0)
     assert other.inspect(theirs).status is NormalizedStatus.UP
 
 
