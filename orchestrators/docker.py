@@ -2,7 +2,10 @@
 
 - start: `create` then `start` (never `containers.run`, which silently tries a registry pull when
   the image is missing); the container carries BOT_CONFIG in its env, our labels, the name the
-  launcher chose, the DOCKER_NETWORK network and optional memory/CPU limits. No auto-remove: the
+  launcher chose, the DOCKER_NETWORK network, a memory limit (DOCKER_BOT_MEM_LIMIT), a pids limit
+  (DOCKER_BOT_PIDS_LIMIT) and an optional CPU limit. A bot is an untrusted browser: it gets no
+  Linux capability (`cap_drop=ALL`, DOCKER_BOT_CAP_ADD adds back what an image truly needs) and
+  `no-new-privileges` (no setuid binary in the image can raise it again). No auto-remove: the
   sweep must be able to read the exit code of a bot that died, so exited containers stay until
   `remove()` is called for them.
 - list: one `containers.list(all=True, filters={"label": ...}, sparse=True)` call (sparse: the
@@ -118,7 +121,7 @@ class DockerOrchestrator:
     name = "docker"
 
     def __init__(self, *, image: str, deployment: str, network: str = "", mem_limit: str = "",
-                 nano_cpus: int = 0, base_url: str = DEFAULT_DOCKER_HOST, timeout: float = 30,
+                 nano_cpus: int = 0, pids_limit: int = 0, cap_add: list[str] | None = None, base_url: str = DEFAULT_DOCKER_HOST, timeout: float = 30,
                  query_timeout: float | None = None, client: docker.DockerClient | None = None):
         if not deployment:
             raise ValueError("DockerOrchestrator needs a deployment name (DEPLOYMENT_NAME).")
@@ -127,6 +130,8 @@ class DockerOrchestrator:
         self.network = network
         self.mem_limit = mem_limit
         self.nano_cpus = nano_cpus
+        self.pids_limit = pids_limit
+        self.cap_add = list(cap_add or [])
         self.base_url = base_url
         self.timeout = timeout
         self.query_timeout = query_timeout or timeout
@@ -143,6 +148,8 @@ class DockerOrchestrator:
             network=settings.DOCKER_NETWORK,
             mem_limit=settings.DOCKER_BOT_MEM_LIMIT,
             nano_cpus=settings.DOCKER_BOT_NANO_CPUS,
+            pids_limit=settings.DOCKER_BOT_PIDS_LIMIT,
+            cap_add=settings.DOCKER_BOT_CAP_ADD,
             base_url=settings.DOCKER_HOST or DEFAULT_DOCKER_HOST,
             timeout=settings.ORCHESTRATOR_TIMEOUT_SECONDS,
             query_timeout=settings.ORCHESTRATOR_QUERY_TIMEOUT_SECONDS,
@@ -201,7 +208,13 @@ class DockerOrchestrator:
             "labels": labels,
             "detach": True,
             "auto_remove": False,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
         }
+        if self.cap_add:
+            options["cap_add"] = self.cap_add
+        if self.pids_limit > 0:
+            options["pids_limit"] = self.pids_limit
         if self.network:
             options["network"] = self.network
         if self.mem_limit:
