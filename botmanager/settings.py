@@ -306,6 +306,13 @@ DOCKER_BOT_PIDS_LIMIT = _int("DOCKER_BOT_PIDS_LIMIT", 1024)
 # Linux capabilities given back to bot containers, comma-separated (e.g. SYS_ADMIN for a Chromium
 # that insists on its own sandbox). Default none: every capability is dropped.
 DOCKER_BOT_CAP_ADD = [c.strip() for c in _str("DOCKER_BOT_CAP_ADD", "").split(",") if c.strip()]
+# Variables of the service's environment a process bot inherits besides PATH, HOME, LANG, LANGUAGE,
+# TZ, TMPDIR and LC_* (comma-separated names or patterns such as `SIMBOT_*`): nothing else, so no
+# secret of the service reaches a bot.
+PROCESS_BOT_ENV_PASS = [n.strip() for n in _str("PROCESS_BOT_ENV_PASS", "SIMBOT_*").split(",") if n.strip()]
+# Run process bots as this user (the service must run as root); empty: as the service's own user,
+# who can read RUN_DIR/secrets.json (the process backend is for development).
+PROCESS_BOT_USER = _str("PROCESS_BOT_USER", "")
 # Engine endpoint of the docker backend; empty: the local socket (unix:///var/run/docker.sock).
 DOCKER_HOST = _str("DOCKER_HOST", "")
 # Timeout of one call to the Docker engine or the Nomad API that starts or removes a bot.

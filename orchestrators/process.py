@@ -9,6 +9,13 @@ worker process still lists and stops the bots an earlier one started:
                                       time, supervisor pid, created_at, exit code, stop request)
     RUN_DIR/bots/proc-<12 hex>.log    the bot's stdout and stderr, and the supervisor's notes
 
+A bot inherits nothing of the service's environment (the worker's holds SECRET_KEY, DATABASE_URL,
+REDIS_URL and whatever a deployment put there): the supervisor and the bot start with
+`bot_environment()`, i.e. PATH, HOME, LANG, LANGUAGE, TZ, TMPDIR, LC_*, the names
+PROCESS_BOT_ENV_PASS lists (`SIMBOT_*` by default), and BOT_CONFIG. With PROCESS_BOT_USER set (the
+service running as root), the bot runs as that user; otherwise as the service's own user, who can
+read RUN_DIR/secrets.json: this backend is for development and one trusted machine.
+
 A pid counts as our bot only while `/proc/<pid>/stat` shows the recorded start time (else the pid
 was reused) and a state other than zombie.
 
@@ -39,6 +46,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from . import process_state
@@ -57,6 +65,20 @@ EXIT_CODE_WAIT_SECONDS = 5.0
 POLL_SECONDS = 0.05
 # The niceness of a bot being stopped (`_lowest_priority`).
 LOWEST_PRIORITY = 19
+
+
+# What a bot may inherit of the service's environment, whatever PROCESS_BOT_ENV_PASS says: what a
+# program needs to find its binaries, its home, its locale and its time zone. Nothing secret.
+BOT_BASE_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LC_*")
+
+
+def bot_environment(environ, passed=()) -> dict[str, str]:
+    """The environment a bot starts with: the variables of `environ` named by BOT_BASE_ENV or by
+    `passed` (exact names, or patterns such as `SIMBOT_*`), and nothing else. BOT_CONFIG is added by
+    the supervisor; a BOT_CONFIG of the service itself is never passed on."""
+    patterns = [*BOT_BASE_ENV, *passed]
+    return {name: value for name, value in environ.items()
+            if name != "BOT_CONFIG" and any(fnmatchcase(name, pattern) for pattern in patterns)}
 
 
 def _now() -> datetime:
@@ -88,10 +110,13 @@ def _lowest_priority(record: dict) -> None:
 class ProcessOrchestrator:
     name = "process"
 
-    def __init__(self, run_dir: Path | str, deployment: str, command: list[str] | None = None):
+    def __init__(self, run_dir: Path | str, deployment: str, command: list[str] | None = None,
+                 env_pass: list[str] | tuple[str, ...] = ("SIMBOT_*",), user: str = ""):
         self.bots_dir = Path(run_dir) / "bots"
         self.deployment = deployment
         self.command = command or [sys.executable, "-m", "simbot"]
+        self.env_pass = tuple(env_pass)
+        self.user = user
 
     def instance_id(self) -> str:
         # The bots of this backend are processes of this host, recorded under this directory.
@@ -101,7 +126,8 @@ class ProcessOrchestrator:
     def from_settings(cls, settings) -> ProcessOrchestrator:
         raw = settings.PROCESS_BOT_COMMAND.strip()
         return cls(run_dir=settings.RUN_DIR, deployment=settings.DEPLOYMENT_NAME,
-                   command=shlex.split(raw) if raw else None)
+                   command=shlex.split(raw) if raw else None,
+                   env_pass=settings.PROCESS_BOT_ENV_PASS, user=settings.PROCESS_BOT_USER)
 
     # --- start ------------------------------------------------------------------------------------
     def start(self, spec: BotSpec) -> str:
@@ -113,6 +139,7 @@ class ProcessOrchestrator:
             "labels": {**spec.labels, LABEL_MANAGED: "true", LABEL_DEPLOYMENT: self.deployment},
             "status": "starting", "created_at": _now().isoformat(), "log_path": str(log_file),
             "pid": None, "pgid": None, "proc_start_time": None, "exit_code": None,
+            "user": self.user or None,
         }
         try:
             process_state.ensure_dir(self.bots_dir)
@@ -121,7 +148,7 @@ class ProcessOrchestrator:
                 runner = subprocess.Popen(
                     [sys.executable, "-m", "orchestrators.process_runner", str(path)],
                     cwd=PROJECT_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_handle,
-                    start_new_session=True)
+                    start_new_session=True, env=bot_environment(os.environ, self.env_pass))
         except OSError as exc:
             self._mark_failed(path, f"cannot launch the supervisor: {exc}")
             raise OrchestratorError(f"bot {spec.name}: cannot launch the supervisor: {exc}") from exc

@@ -90,7 +90,8 @@ def _process_harness(request, tmp_path, deployment):
     return Harness(
         kind="process", deployment=deployment, unknown_id="proc-000000000000",
         build=lambda name: ProcessOrchestrator.from_settings(SimpleNamespace(
-            PROCESS_BOT_COMMAND=command, RUN_DIR=tmp_path / "run", DEPLOYMENT_NAME=name)),
+            PROCESS_BOT_COMMAND=command, RUN_DIR=tmp_path / "run", DEPLOYMENT_NAME=name,
+            PROCESS_BOT_ENV_PASS=[], PROCESS_BOT_USER="")),
     )
 
 
