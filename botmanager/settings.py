@@ -313,6 +313,9 @@ PROCESS_BOT_ENV_PASS = [n.strip() for n in _str("PROCESS_BOT_ENV_PASS", "SIMBOT_
 # Run process bots as this user (the service must run as root); empty: as the service's own user,
 # who can read RUN_DIR/secrets.json (the process backend is for development).
 PROCESS_BOT_USER = _str("PROCESS_BOT_USER", "")
+# Nomad: each bot's BOT_CONFIG is a Nomad Variable at <prefix>/<DEPLOYMENT_NAME>/<bot name>, never in
+# the dispatched job (whose Meta any job-read token sees); the bot job's template reads it.
+NOMAD_BOT_VAR_PREFIX = _str("NOMAD_BOT_VAR_PREFIX", "botmanager/bots")
 # Engine endpoint of the docker backend; empty: the local socket (unix:///var/run/docker.sock).
 DOCKER_HOST = _str("DOCKER_HOST", "")
 # Timeout of one call to the Docker engine or the Nomad API that starts or removes a bot.

@@ -55,6 +55,7 @@ def nomad_settings(address: str, deployment: str, **overrides) -> SimpleNamespac
     values = {
         "NOMAD_ADDR": address,
         "NOMAD_BOT_JOB": "botmanager-bot",
+        "NOMAD_BOT_VAR_PREFIX": "botmanager/bots",
         "NOMAD_TOKEN": "",
         "NOMAD_NAMESPACE": "",
         "DEPLOYMENT_NAME": deployment,
