@@ -22,7 +22,8 @@ was reused) and a state other than zombie.
 Status mapping (`NormalizedStatus`, raw status in brackets):
 - Starting ["starting"]: recorded, the supervisor has not reported the bot's pid yet.
 - Up ["running"]: the bot process is alive.
-- Stopping ["stopping"]: alive, and `terminate` (or `kill`) has signalled it.
+- Stopping ["stopping"]: alive, and `terminate` (or `kill`) has signalled it. ["exiting"]: the bot
+  has ended and its supervisor, still alive, has not recorded the exit code yet.
 - Exited ["exited (N)"]: the bot ended with exit code N, whatever N is: a non-zero exit is still
   "Exited" (as with Docker); the manager judges failure from the bot's callbacks and exit code.
   A bot killed by signal S reports 128 + S ["killed by SIGKILL (137)", SIGTERM 143].
@@ -250,6 +251,11 @@ class ProcessOrchestrator:
                 return NormalizedStatus.STOPPING, "stopping"
             return NormalizedStatus.UP, "running"
         code = record.get("exit_code")
+        if code is None and process_state.is_running(record.get("supervisor_pid"),
+                                                     record.get("supervisor_start_time")):
+            # The bot just ended and its supervisor (at the lowest priority once the bot was told
+            # to stop) is about to record how: not "gone, exit code unknown" for those moments.
+            return NormalizedStatus.STOPPING, "exiting"
         if code is None:
             return NormalizedStatus.EXITED, "gone (exit code unknown)"
         if record.get("signal"):

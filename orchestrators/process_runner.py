@@ -87,9 +87,10 @@ def main(argv: list[str]) -> int:
             ready.close()
             return 1
         stat = process_state.proc_stat(bot.pid)
+        own = process_state.proc_stat(os.getpid())
         process_state.update(path, status="running", pid=bot.pid, pgid=bot.pid,
                              proc_start_time=stat[1] if stat else None, supervisor_pid=os.getpid(),
-                             started_at=_now())
+                             supervisor_start_time=own[1] if own else None, started_at=_now())
         print(f"[process_runner] bot pid {bot.pid} started", flush=True)
         _honour_stop_requested_while_starting(path, bot.pid)
         ready.write("ok\n")
