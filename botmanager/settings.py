@@ -299,12 +299,32 @@ BOT_IMAGE = _str("BOT_IMAGE", "botmanager-simbot:latest")
 # reaches the web and the embedded Redis listening on 127.0.0.1 of the engine's machine (a local
 # engine on Linux); else the engine's default bridge. Compose sets its own network.
 DOCKER_NETWORK = _str("DOCKER_NETWORK", "host" if _is_loopback_url(PUBLIC_BASE_URL) else "")
-DOCKER_BOT_MEM_LIMIT = _str("DOCKER_BOT_MEM_LIMIT", "")
+# Memory limit of one bot container (docker's units: 2g, 1536m; `0`: none). 2g holds a headless
+# Chromium in one meeting with room to spare; a bot over it is OOM-killed alone, not the host.
+DOCKER_BOT_MEM_LIMIT = _str("DOCKER_BOT_MEM_LIMIT", "2g")
 DOCKER_BOT_NANO_CPUS = _int("DOCKER_BOT_NANO_CPUS", 0)
 NOMAD_ADDR = _str("NOMAD_ADDR", "http://127.0.0.1:4646")
 NOMAD_TOKEN = _str("NOMAD_TOKEN", "")
 NOMAD_NAMESPACE = _str("NOMAD_NAMESPACE", "")
 NOMAD_BOT_JOB = _str("NOMAD_BOT_JOB", "botmanager-bot")
+
+# --- Bot isolation (issue 24, part B: orchestrators) ----------------------------------------------
+# Most processes (threads count) one bot container may hold: a fork bomb in a bot stops there. A
+# headless Chromium in a meeting runs a few hundred threads; 1024 leaves headroom. 0: no limit.
+DOCKER_BOT_PIDS_LIMIT = _int("DOCKER_BOT_PIDS_LIMIT", 1024)
+# Linux capabilities given back to bot containers, comma-separated (e.g. SYS_ADMIN for a Chromium
+# that insists on its own sandbox). Default none: every capability is dropped.
+DOCKER_BOT_CAP_ADD = [c.strip() for c in _str("DOCKER_BOT_CAP_ADD", "").split(",") if c.strip()]
+# Variables of the service's environment a process bot inherits besides PATH, HOME, LANG, LANGUAGE,
+# TZ, TMPDIR and LC_* (comma-separated names or patterns such as `SIMBOT_*`): nothing else, so no
+# secret of the service reaches a bot.
+PROCESS_BOT_ENV_PASS = [n.strip() for n in _str("PROCESS_BOT_ENV_PASS", "SIMBOT_*").split(",") if n.strip()]
+# Run process bots as this user (the service must run as root); empty: as the service's own user,
+# who can read RUN_DIR/secrets.json (the process backend is for development).
+PROCESS_BOT_USER = _str("PROCESS_BOT_USER", "")
+# Nomad: each bot's BOT_CONFIG is a Nomad Variable at <prefix>/<DEPLOYMENT_NAME>/<bot name>, never in
+# the dispatched job (whose Meta any job-read token sees); the bot job's template reads it.
+NOMAD_BOT_VAR_PREFIX = _str("NOMAD_BOT_VAR_PREFIX", "botmanager/bots")
 # Engine endpoint of the docker backend; empty: the local socket (unix:///var/run/docker.sock).
 DOCKER_HOST = _str("DOCKER_HOST", "")
 # Timeout of one call to the Docker engine or the Nomad API that starts or removes a bot.

@@ -9,6 +9,10 @@ kill it) never holds a worker that other meetings need:
 2. `kill_bot` forces a bot that still runs (SIGKILL). When the bot is to be removed as well, it
    looks again a moment later and removes it once it has exited.
 
+A backend refuses (NotOurBotError) a container that is not this deployment's bot: only a forged
+or corrupted task names one, so the refusal is logged and the task ends without a retry or a
+follow-up kill.
+
 Every step is idempotent (a gone bot counts as stopped, killed and removed) and safe to run twice.
 A lost step is recovered by the orphan sweep, which stops and removes every bot whose meeting is
 over. Meetings are never finalized here: that is the lifecycle's work (meetings/stopping.py).
@@ -19,6 +23,7 @@ import logging
 
 from django.conf import settings
 
+from orchestrators.base import NotOurBotError
 from orchestrators.registry import get_orchestrator
 
 log = logging.getLogger(__name__)
@@ -60,12 +65,22 @@ def _send_kill(backend: str, container_id: str, remove: bool, instance: str, che
 
 
 def terminate(backend: str, container_id: str, remove: bool, instance: str = "") -> None:
-    get_orchestrator(backend).terminate(container_id)
+    try:
+        get_orchestrator(backend).terminate(container_id)
+    except NotOurBotError as exc:
+        log.warning("terminate_bot refused: %s", exc)
+        return
     _send_kill(backend, container_id, remove, instance, countdown=settings.BOT_STOP_TIMEOUT_SECONDS)
 
 
 def kill(backend: str, container_id: str, remove: bool, checks: int = 0, instance: str = "") -> None:
-    orchestrator = get_orchestrator(backend)
+    try:
+        _kill(get_orchestrator(backend), backend, container_id, remove, checks, instance)
+    except NotOurBotError as exc:
+        log.warning("kill_bot refused: %s", exc)
+
+
+def _kill(orchestrator, backend: str, container_id: str, remove: bool, checks: int, instance: str) -> None:
     info = orchestrator.inspect(container_id)
     if info is None:
         return  # gone: nothing to kill or remove

@@ -42,6 +42,19 @@ class OrchestratorError(Exception):
     """The backend could not be reached or answered an error: the state is unknown."""
 
 
+class NotOurBotError(OrchestratorError):
+    """The id names something that exists but is not a bot of this deployment (no
+    `botmanager.managed=true` and `botmanager.deployment=<DEPLOYMENT_NAME>`): `terminate`, `kill`,
+    `stop` and `remove` refuse it. Only a forged or corrupted task asks for that, so callers log
+    it and never retry (retrying cannot make it ours)."""
+
+
+def is_ours(labels: dict | None, deployment: str) -> bool:
+    """The one rule every backend applies before signalling or removing anything."""
+    labels = labels or {}
+    return labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_DEPLOYMENT) == deployment
+
+
 @dataclass(frozen=True)
 class BotSpec:
     """What to run: the bot's name, its BOT_CONFIG and its labels."""
@@ -122,4 +135,7 @@ class Orchestrator(Protocol):
         """One bot, or None when the engine says it does not exist. Raises OrchestratorError."""
 
     def remove(self, container_id: str) -> None:
-        """Forget an exited bot (its record, container or job). Gone counts as removed."""
+        """Forget an exited bot (its record, container or job). Gone counts as removed.
+
+        terminate, kill, stop and remove raise NotOurBotError for anything that exists but is not
+        this deployment's bot, and touch nothing."""

@@ -2,7 +2,10 @@
 
 - start: `create` then `start` (never `containers.run`, which silently tries a registry pull when
   the image is missing); the container carries BOT_CONFIG in its env, our labels, the name the
-  launcher chose, the DOCKER_NETWORK network and optional memory/CPU limits. No auto-remove: the
+  launcher chose, the DOCKER_NETWORK network, a memory limit (DOCKER_BOT_MEM_LIMIT), a pids limit
+  (DOCKER_BOT_PIDS_LIMIT) and an optional CPU limit. A bot is an untrusted browser: it gets no
+  Linux capability (`cap_drop=ALL`, DOCKER_BOT_CAP_ADD adds back what an image truly needs) and
+  `no-new-privileges` (no setuid binary in the image can raise it again). No auto-remove: the
   sweep must be able to read the exit code of a bot that died, so exited containers stay until
   `remove()` is called for them.
 - list: one `containers.list(all=True, filters={"label": ...}, sparse=True)` call (sparse: the
@@ -49,7 +52,9 @@ from .base import (
     BotInfo,
     BotSpec,
     NormalizedStatus,
+    NotOurBotError,
     OrchestratorError,
+    is_ours,
 )
 
 log = logging.getLogger(__name__)
@@ -116,7 +121,7 @@ class DockerOrchestrator:
     name = "docker"
 
     def __init__(self, *, image: str, deployment: str, network: str = "", mem_limit: str = "",
-                 nano_cpus: int = 0, base_url: str = DEFAULT_DOCKER_HOST, timeout: float = 30,
+                 nano_cpus: int = 0, pids_limit: int = 0, cap_add: list[str] | None = None, base_url: str = DEFAULT_DOCKER_HOST, timeout: float = 30,
                  query_timeout: float | None = None, client: docker.DockerClient | None = None):
         if not deployment:
             raise ValueError("DockerOrchestrator needs a deployment name (DEPLOYMENT_NAME).")
@@ -125,6 +130,8 @@ class DockerOrchestrator:
         self.network = network
         self.mem_limit = mem_limit
         self.nano_cpus = nano_cpus
+        self.pids_limit = pids_limit
+        self.cap_add = list(cap_add or [])
         self.base_url = base_url
         self.timeout = timeout
         self.query_timeout = query_timeout or timeout
@@ -141,6 +148,8 @@ class DockerOrchestrator:
             network=settings.DOCKER_NETWORK,
             mem_limit=settings.DOCKER_BOT_MEM_LIMIT,
             nano_cpus=settings.DOCKER_BOT_NANO_CPUS,
+            pids_limit=settings.DOCKER_BOT_PIDS_LIMIT,
+            cap_add=settings.DOCKER_BOT_CAP_ADD,
             base_url=settings.DOCKER_HOST or DEFAULT_DOCKER_HOST,
             timeout=settings.ORCHESTRATOR_TIMEOUT_SECONDS,
             query_timeout=settings.ORCHESTRATOR_QUERY_TIMEOUT_SECONDS,
@@ -199,7 +208,13 @@ class DockerOrchestrator:
             "labels": labels,
             "detach": True,
             "auto_remove": False,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
         }
+        if self.cap_add:
+            options["cap_add"] = self.cap_add
+        if self.pids_limit > 0:
+            options["pids_limit"] = self.pids_limit
         if self.network:
             options["network"] = self.network
         if self.mem_limit:
@@ -257,17 +272,37 @@ class DockerOrchestrator:
         except _ENGINE_ERRORS as exc:
             log.warning("docker: could not remove unstarted container %s: %s", container_id, exc)
 
+    def _own(self, container_id: str, verb: str) -> str | None:
+        """The full id of `container_id` when it is one of this deployment's bots, None when the
+        engine has no such container; NotOurBotError for any other container (a task pushed into
+        the broker could name any container on the engine). One inspect on the short query client;
+        the order that follows names the full id, never a name that could be reassigned."""
+        try:
+            attrs = self.query.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return None
+        except _ENGINE_ERRORS as exc:
+            raise OrchestratorError(f"Docker could not inspect {container_id}: {exc}") from exc
+        if not is_ours((attrs.get("Config") or {}).get("Labels"), self.deployment):
+            raise NotOurBotError(
+                f"Refusing to {verb} container {container_id!r}: it is not a bot of deployment "
+                f"{self.deployment!r}.")
+        return attrs["Id"]
+
     def terminate(self, container_id: str) -> None:
-        self._kill(container_id, "SIGTERM")
+        self._kill(container_id, "SIGTERM", "terminate")
 
     def kill(self, container_id: str) -> None:
-        self._kill(container_id, "SIGKILL")
+        self._kill(container_id, "SIGKILL", "kill")
 
-    def _kill(self, container_id: str, signal: str) -> None:
+    def _kill(self, container_id: str, signal: str, verb: str) -> None:
         """`docker kill -s <signal>`: the engine delivers it and answers at once (a `docker stop`
         would hold the call until the container died)."""
+        full_id = self._own(container_id, verb)
+        if full_id is None:
+            return  # already gone
         try:
-            self.query.api.kill(container_id, signal=signal)
+            self.query.api.kill(full_id, signal=signal)
         except docker.errors.NotFound:
             return  # already gone
         except docker.errors.APIError as exc:
@@ -278,11 +313,14 @@ class DockerOrchestrator:
             raise OrchestratorError(f"Docker could not signal {container_id}: {exc}") from exc
 
     def stop(self, container_id: str, timeout: float) -> None:
+        full_id = self._own(container_id, "stop")
+        if full_id is None:
+            return  # already gone: stopped
         # Docker takes whole seconds; rounding up never gives the bot less time than asked.
         seconds = max(0, math.ceil(timeout))
         try:
             # The SDK widens its HTTP timeout by `seconds` for this call on its own.
-            self.client.api.stop(container_id, timeout=seconds)
+            self.client.api.stop(full_id, timeout=seconds)
         except docker.errors.NotFound:
             return  # already gone: stopped
         except _ENGINE_ERRORS as exc:
@@ -304,7 +342,7 @@ class DockerOrchestrator:
         except _ENGINE_ERRORS as exc:
             raise OrchestratorError(f"Docker could not inspect {container_id}: {exc}") from exc
         labels = (attrs.get("Config") or {}).get("Labels") or {}
-        if labels.get(LABEL_DEPLOYMENT) != self.deployment or labels.get(LABEL_MANAGED) != "true":
+        if not is_ours(labels, self.deployment):
             # Consistent with list(): another deployment's container does not exist for us.
             return None
         state = attrs.get("State") or {}
@@ -321,9 +359,12 @@ class DockerOrchestrator:
         )
 
     def remove(self, container_id: str) -> None:
+        full_id = self._own(container_id, "remove")
+        if full_id is None:
+            return
         try:
             # No force: remove() is for bots that have exited; a running one is refused (409).
-            self.client.api.remove_container(container_id, force=False)
+            self.client.api.remove_container(full_id, force=False)
         except docker.errors.NotFound:
             return
         except docker.errors.APIError as exc:

@@ -8,15 +8,21 @@ Why dispatch rather than registering a batch job per bot:
   call and recording the id) returns the already dispatched job instead of a second bot.
 - all bots of a deployment are children of one job, so one `GET /v1/jobs?prefix=` finds them.
 
-The dispatched job id (`<NOMAD_BOT_JOB>/dispatch-...`) is the container id. Dispatch Meta carries
-`BOT_CONFIG` (the JSON the bot reads; the job maps it to the task env), `BOT_NAME` and `BOT_LABELS`
-(JSON of the bot's labels, deployment label included), so the parameterized job must declare
-`meta_required = ["BOT_CONFIG", "BOT_NAME", "BOT_LABELS"]`.
+The dispatched job id (`<NOMAD_BOT_JOB>/dispatch-...`) is the container id. BOT_CONFIG (the Redis
+credentials, the meeting token, the session uid) never rides in the job: Meta and the dispatch
+payload are both returned by `GET /v1/job/<id>` to any token that may read jobs. It is written to a
+Nomad Variable of its own, `<NOMAD_BOT_VAR_PREFIX>/<deployment>/<bot name>` (item `BOT_CONFIG`),
+readable only with a `variables` capability, before the dispatch; the job's `template` block reads
+it (`nomadVar`) into the task's env. Dispatch Meta carries `BOT_CONFIG_VAR` (that path), `BOT_NAME`
+and `BOT_LABELS` (JSON of the bot's labels, deployment label included), so the parameterized job
+must declare `meta_required = ["BOT_CONFIG_VAR", "BOT_NAME", "BOT_LABELS"]`. `remove` deletes the
+variable with the job; nothing else does (a stopped bot's variable stays until it is removed).
 
-Calls: dispatch = `POST /v1/job/<job>/dispatch?idempotency_token=<session uid>` (python-nomad puts
+Calls: config = `PUT /v1/var/<path>?cas=0` (create only: never overwrite a variable that is not
+this session's; a retried start updates its own with `cas=<its ModifyIndex>`); dispatch = `POST /v1/job/<job>/dispatch?idempotency_token=<session uid>` (python-nomad puts
 the token in the body, where Nomad ignores it); stop = `DELETE /v1/job/<id>` (the job and its
 allocations stay readable until Nomad's GC, so the sweep still sees the exit code); remove =
-`DELETE /v1/job/<id>?purge=true`; list = `GET /v1/jobs?prefix=<job>&meta=true` plus
+`DELETE /v1/var/<path>` then `DELETE /v1/job/<id>?purge=true`; list = `GET /v1/jobs?prefix=<job>&meta=true` plus
 `GET /v1/allocations?filter=JobID matches "^<job>/dispatch-"` (two calls for all bots); inspect =
 `GET /v1/job/<id>` plus `GET /v1/job/<id>/allocations`. A 404 on stop/remove means already gone.
 Needs Nomad >= 1.6 (`meta` on the job list). The grace period of a stop is the task's
@@ -42,6 +48,7 @@ A dispatched job with no allocation yet: job status `pending` → Requested, `ru
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -59,14 +66,20 @@ from .base import (
     BotInfo,
     BotSpec,
     NormalizedStatus,
+    NotOurBotError,
     OrchestratorError,
+    is_ours,
 )
 
 log = logging.getLogger(__name__)
 
-META_CONFIG = "BOT_CONFIG"
+META_CONFIG_VAR = "BOT_CONFIG_VAR"
 META_NAME = "BOT_NAME"
 META_LABELS = "BOT_LABELS"
+VAR_ITEM = "BOT_CONFIG"  # the item of the bot's variable that holds its BOT_CONFIG
+
+# Nomad Variable paths: letters, digits, '-', '_', '~' and '/' (segments not empty).
+_VAR_PATH = re.compile(r"^[A-Za-z0-9_~\-]+(/[A-Za-z0-9_~\-]+)*$")
 
 # The job name goes unescaped into a filter expression and a URL path: keep it to plain characters.
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -133,11 +146,16 @@ class NomadOrchestrator:
 
     def __init__(self, *, address: str, job: str, deployment: str, token: str = "",
                  namespace: str = "", timeout: float = 30, query_timeout: float | None = None,
-                 verify: bool = True):
+                 verify: bool = True, var_prefix: str = "botmanager/bots"):
         if not _JOB_NAME.match(job or ""):
             raise ValueError(f"NOMAD_BOT_JOB {job!r} must be letters, digits, '_', '.' or '-'.")
         if not deployment:
             raise ValueError("NomadOrchestrator needs a deployment name (DEPLOYMENT_NAME).")
+        self.var_root = f"{var_prefix.strip('/')}/{deployment}"
+        if not _VAR_PATH.match(self.var_root):
+            raise ValueError(
+                f"NOMAD_BOT_VAR_PREFIX/DEPLOYMENT_NAME {self.var_root!r} is not a Nomad variable path "
+                f"(letters, digits, '-', '_', '~', '/').")
         self.address = address.rstrip("/")
         self.job = job
         self.deployment = deployment
@@ -155,6 +173,7 @@ class NomadOrchestrator:
         # Dispatch and purge get `timeout`; what the sweep, finalizers and request paths call
         # (list, inspect, stop) gets the short `query_timeout`, so a slow API never holds them.
         self._dispatcher = nomad.api.Job(**requester)
+        self._variables = nomad.api.Variable(**requester)
         quick = {**requester, "timeout": query_timeout or timeout}
         self._job = nomad.api.Job(**quick)
         self._jobs = nomad.api.Jobs(**quick)
@@ -170,6 +189,7 @@ class NomadOrchestrator:
             namespace=settings.NOMAD_NAMESPACE,
             timeout=settings.ORCHESTRATOR_TIMEOUT_SECONDS,
             query_timeout=settings.ORCHESTRATOR_QUERY_TIMEOUT_SECONDS,
+            var_prefix=settings.NOMAD_BOT_VAR_PREFIX,
         )
 
     def instance_id(self) -> str:
@@ -201,7 +221,7 @@ class NomadOrchestrator:
             return None
         if not isinstance(labels, dict):
             return None
-        if labels.get(LABEL_DEPLOYMENT) != self.deployment or labels.get(LABEL_MANAGED) != "true":
+        if not is_ours(labels, self.deployment):
             return None
         return {str(k): str(v) for k, v in labels.items()}
 
@@ -234,9 +254,11 @@ class NomadOrchestrator:
         labels = {str(k): str(v) for k, v in spec.labels.items()}
         labels[LABEL_MANAGED] = "true"
         labels[LABEL_DEPLOYMENT] = self.deployment
+        var_path = self._var_path(spec.name)
+        self._put_config(var_path, spec.config)
         body = {
             "Meta": {
-                META_CONFIG: json.dumps(spec.config),
+                META_CONFIG_VAR: var_path,
                 META_NAME: spec.name,
                 META_LABELS: json.dumps(labels, sort_keys=True),
             },
@@ -244,24 +266,68 @@ class NomadOrchestrator:
             "IdPrefixTemplate": spec.name,
         }
         # One bot per session: a retried start with the same session uid gets the same job back.
-        token = labels.get(LABEL_SESSION_UID) or str(uuid.uuid4())
+        # A digest of it, not the uid: the job shows its token to every job-read token.
+        uid = labels.get(LABEL_SESSION_UID)
+        token = hashlib.sha256(f"botmanager-dispatch:{uid}".encode()).hexdigest() if uid else str(uuid.uuid4())
         try:
             response = self._dispatcher.request(self.job, "dispatch", method="post", json=body,
                                          params={"idempotency_token": token}).json()
         except nomad.api.exceptions.URLNotFoundNomadException as exc:
+            self._delete_config(var_path)
             raise OrchestratorError(
                 f"{self._where()} has no parameterized job {self.job!r} to dispatch: register the "
                 f"bot job (see README, Orchestrators) or set NOMAD_BOT_JOB. {exc}") from exc
         except nomad.api.exceptions.BadRequestNomadException as exc:
+            self._delete_config(var_path)
             raise OrchestratorError(
                 f"{self._where()} refused to dispatch {self.job!r} (does the job declare "
-                f"meta_required {META_CONFIG}, {META_NAME}, {META_LABELS}?): {exc}") from exc
+                f"meta_required {META_CONFIG_VAR}, {META_NAME}, {META_LABELS}?): {exc}") from exc
         except (nomad.api.exceptions.BaseNomadException, requests.RequestException, ValueError) as exc:
+            # Not deleted: the dispatch may have gone through (timeout), and its bot needs the
+            # variable; a retried start reuses it, remove() of the bot deletes it.
             raise OrchestratorError(f"{self._where()} could not dispatch {self.job!r}: {exc}") from exc
         job_id = response.get("DispatchedJobID")
         if not job_id:
             raise OrchestratorError(f"{self._where()} answered a dispatch without DispatchedJobID: {response!r}")
         return job_id
+
+    # --- the bot's secret, in a Nomad Variable --------------------------------------------------
+    def _var_path(self, bot_name: str) -> str:
+        path = f"{self.var_root}/{bot_name}"
+        if not _VAR_PATH.match(path):
+            raise OrchestratorError(f"bot name {bot_name!r} does not make a Nomad variable path")
+        return path
+
+    def _is_our_var(self, path: str | None) -> bool:
+        # A forged Meta must not make remove() delete someone else's variable.
+        return bool(path) and path.startswith(self.var_root + "/") and bool(_VAR_PATH.match(path))
+
+    def _put_config(self, path: str, config: dict) -> None:
+        """Create the bot's variable; only a retried start of the same bot (same name: same session)
+        finds it already there, and updates it at the index it read (check-and-set)."""
+        # A single-quoted value in the job's env template is taken literally; a quote inside a JSON
+        # string is escaped as \u0027 so the value can hold no single quote (README, nomad).
+        text = json.dumps(config).replace("'", "\\u0027")
+        payload = {"Namespace": self.namespace or "default", "Path": path, "Items": {VAR_ITEM: text}}
+        try:
+            try:
+                self._variables.create_variable(path, payload, namespace=self.namespace, cas=0)
+            except nomad.api.exceptions.VariableConflict as conflict:
+                current = conflict.nomad_resp.json() if conflict.nomad_resp is not None else {}
+                self._variables.create_variable(path, payload, namespace=self.namespace,
+                                                cas=int(current.get("ModifyIndex") or 0))
+        except (nomad.api.exceptions.BaseNomadException, requests.RequestException, ValueError) as exc:
+            raise OrchestratorError(
+                f"{self._where()} could not write the bot's variable {path} (the token needs the "
+                f"`write` variables capability on {self.var_root}/*): {exc}") from exc
+
+    def _delete_config(self, path: str) -> None:
+        try:
+            self._variables.delete_variable(path, namespace=self.namespace)
+        except nomad.api.exceptions.URLNotFoundNomadException:
+            return  # already gone
+        except (nomad.api.exceptions.BaseNomadException, requests.RequestException) as exc:
+            raise OrchestratorError(f"{self._where()} could not delete the bot's variable {path}: {exc}") from exc
 
     def terminate(self, container_id: str) -> None:
         # Nomad sends the task's kill_signal and escalates after its kill_timeout by itself.
@@ -279,10 +345,33 @@ class NomadOrchestrator:
     def remove(self, container_id: str) -> None:
         self._deregister(container_id, purge=True, verb="remove")
 
-    def _deregister(self, container_id: str, *, purge: bool, verb: str) -> None:
+    def _own(self, container_id: str, verb: str) -> dict | None:
+        """The job when `container_id` is a dispatched bot of this deployment, None when Nomad has no
+        such job; NotOurBotError for anything else (the parameterized job itself, another job,
+        another deployment's dispatch of a shared job). One GET on the short query timeout."""
         if not self._is_ours(container_id):
-            raise OrchestratorError(
+            raise NotOurBotError(
                 f"Refusing to {verb} {container_id!r}: not a dispatched bot of job {self.job!r}.")
+        try:
+            job = self._job.get_job(container_id)
+        except nomad.api.exceptions.URLNotFoundNomadException:
+            return None
+        except (nomad.api.exceptions.BaseNomadException, requests.RequestException, ValueError) as exc:
+            raise OrchestratorError(f"{self._where()} could not read {container_id}: {exc}") from exc
+        if self._labels_of(job.get("Meta")) is None:
+            raise NotOurBotError(
+                f"Refusing to {verb} {container_id!r}: it is not a bot of deployment {self.deployment!r}.")
+        return job
+
+    def _deregister(self, container_id: str, *, purge: bool, verb: str) -> None:
+        job = self._own(container_id, verb)
+        if job is None:
+            return  # already gone
+        var_path = (job.get("Meta") or {}).get(META_CONFIG_VAR)
+        if purge and self._is_our_var(var_path):
+            # Before the purge: a purge that fails leaves the job, and the retried remove finds
+            # the path again; the other order could leave the secret behind with no job naming it.
+            self._delete_config(var_path)
         try:
             self._job.deregister_job(container_id, purge=True if purge else None)
         except nomad.api.exceptions.URLNotFoundNomadException:

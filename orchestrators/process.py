@@ -9,13 +9,21 @@ worker process still lists and stops the bots an earlier one started:
                                       time, supervisor pid, created_at, exit code, stop request)
     RUN_DIR/bots/proc-<12 hex>.log    the bot's stdout and stderr, and the supervisor's notes
 
+A bot inherits nothing of the service's environment (the worker's holds SECRET_KEY, DATABASE_URL,
+REDIS_URL and whatever a deployment put there): the supervisor and the bot start with
+`bot_environment()`, i.e. PATH, HOME, LANG, LANGUAGE, TZ, TMPDIR, LC_*, the names
+PROCESS_BOT_ENV_PASS lists (`SIMBOT_*` by default), and BOT_CONFIG. With PROCESS_BOT_USER set (the
+service running as root), the bot runs as that user; otherwise as the service's own user, who can
+read RUN_DIR/secrets.json: this backend is for development and one trusted machine.
+
 A pid counts as our bot only while `/proc/<pid>/stat` shows the recorded start time (else the pid
 was reused) and a state other than zombie.
 
 Status mapping (`NormalizedStatus`, raw status in brackets):
 - Starting ["starting"]: recorded, the supervisor has not reported the bot's pid yet.
 - Up ["running"]: the bot process is alive.
-- Stopping ["stopping"]: alive, and `terminate` (or `kill`) has signalled it.
+- Stopping ["stopping"]: alive, and `terminate` (or `kill`) has signalled it. ["exiting"]: the bot
+  has ended and its supervisor, still alive, has not recorded the exit code yet.
 - Exited ["exited (N)"]: the bot ended with exit code N, whatever N is: a non-zero exit is still
   "Exited" (as with Docker); the manager judges failure from the bot's callbacks and exit code.
   A bot killed by signal S reports 128 + S ["killed by SIGKILL (137)", SIGTERM 143].
@@ -39,11 +47,12 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from . import process_state
 from .base import (LABEL_DEPLOYMENT, LABEL_MANAGED, BotInfo, BotSpec, NormalizedStatus,
-                   OrchestratorError)
+                   NotOurBotError, OrchestratorError, is_ours)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,20 @@ EXIT_CODE_WAIT_SECONDS = 5.0
 POLL_SECONDS = 0.05
 # The niceness of a bot being stopped (`_lowest_priority`).
 LOWEST_PRIORITY = 19
+
+
+# What a bot may inherit of the service's environment, whatever PROCESS_BOT_ENV_PASS says: what a
+# program needs to find its binaries, its home, its locale and its time zone. Nothing secret.
+BOT_BASE_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LC_*")
+
+
+def bot_environment(environ, passed=()) -> dict[str, str]:
+    """The environment a bot starts with: the variables of `environ` named by BOT_BASE_ENV or by
+    `passed` (exact names, or patterns such as `SIMBOT_*`), and nothing else. BOT_CONFIG is added by
+    the supervisor; a BOT_CONFIG of the service itself is never passed on."""
+    patterns = [*BOT_BASE_ENV, *passed]
+    return {name: value for name, value in environ.items()
+            if name != "BOT_CONFIG" and any(fnmatchcase(name, pattern) for pattern in patterns)}
 
 
 def _now() -> datetime:
@@ -88,10 +111,13 @@ def _lowest_priority(record: dict) -> None:
 class ProcessOrchestrator:
     name = "process"
 
-    def __init__(self, run_dir: Path | str, deployment: str, command: list[str] | None = None):
+    def __init__(self, run_dir: Path | str, deployment: str, command: list[str] | None = None,
+                 env_pass: list[str] | tuple[str, ...] = ("SIMBOT_*",), user: str = ""):
         self.bots_dir = Path(run_dir) / "bots"
         self.deployment = deployment
         self.command = command or [sys.executable, "-m", "simbot"]
+        self.env_pass = tuple(env_pass)
+        self.user = user
 
     def instance_id(self) -> str:
         # The bots of this backend are processes of this host, recorded under this directory.
@@ -101,7 +127,8 @@ class ProcessOrchestrator:
     def from_settings(cls, settings) -> ProcessOrchestrator:
         raw = settings.PROCESS_BOT_COMMAND.strip()
         return cls(run_dir=settings.RUN_DIR, deployment=settings.DEPLOYMENT_NAME,
-                   command=shlex.split(raw) if raw else None)
+                   command=shlex.split(raw) if raw else None,
+                   env_pass=settings.PROCESS_BOT_ENV_PASS, user=settings.PROCESS_BOT_USER)
 
     # --- start ------------------------------------------------------------------------------------
     def start(self, spec: BotSpec) -> str:
@@ -113,6 +140,7 @@ class ProcessOrchestrator:
             "labels": {**spec.labels, LABEL_MANAGED: "true", LABEL_DEPLOYMENT: self.deployment},
             "status": "starting", "created_at": _now().isoformat(), "log_path": str(log_file),
             "pid": None, "pgid": None, "proc_start_time": None, "exit_code": None,
+            "user": self.user or None,
         }
         try:
             process_state.ensure_dir(self.bots_dir)
@@ -121,7 +149,7 @@ class ProcessOrchestrator:
                 runner = subprocess.Popen(
                     [sys.executable, "-m", "orchestrators.process_runner", str(path)],
                     cwd=PROJECT_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_handle,
-                    start_new_session=True)
+                    start_new_session=True, env=bot_environment(os.environ, self.env_pass))
         except OSError as exc:
             self._mark_failed(path, f"cannot launch the supervisor: {exc}")
             raise OrchestratorError(f"bot {spec.name}: cannot launch the supervisor: {exc}") from exc
@@ -183,8 +211,10 @@ class ProcessOrchestrator:
         record = self._read(container_id)
         return None if record is None else self._info(record)
 
-    def _read(self, container_id: str) -> dict | None:
-        """This deployment's record of the bot, or None (unknown id, removed, other deployment)."""
+    def _read(self, container_id: str, *, refuse: str = "") -> dict | None:
+        """This deployment's record of the bot, or None (unknown id, removed, other deployment).
+        With `refuse` (the verb of a stop or a removal), a record that exists but is not this
+        deployment's raises NotOurBotError instead: its pid is never signalled."""
         if not process_state.CONTAINER_ID_RE.match(container_id or ""):
             return None
         path = process_state.record_path(self.bots_dir, container_id)
@@ -193,7 +223,12 @@ class ProcessOrchestrator:
         except (OSError, ValueError) as exc:
             # An unreadable record means an unknown bot state, not "no bot".
             raise OrchestratorError(f"cannot read the bot record {path}: {exc}") from exc
-        if record is None or record.get("labels", {}).get(LABEL_DEPLOYMENT) != self.deployment:
+        if record is None:
+            return None
+        if not is_ours(record.get("labels"), self.deployment):
+            if refuse:
+                raise NotOurBotError(f"Refusing to {refuse} {container_id!r}: its record in "
+                                     f"{self.bots_dir} is not a bot of deployment {self.deployment!r}.")
             return None
         return record
 
@@ -216,6 +251,11 @@ class ProcessOrchestrator:
                 return NormalizedStatus.STOPPING, "stopping"
             return NormalizedStatus.UP, "running"
         code = record.get("exit_code")
+        if code is None and process_state.is_running(record.get("supervisor_pid"),
+                                                     record.get("supervisor_start_time")):
+            # The bot just ended and its supervisor (at the lowest priority once the bot was told
+            # to stop) is about to record how: not "gone, exit code unknown" for those moments.
+            return NormalizedStatus.STOPPING, "exiting"
         if code is None:
             return NormalizedStatus.EXITED, "gone (exit code unknown)"
         if record.get("signal"):
@@ -232,14 +272,14 @@ class ProcessOrchestrator:
         """SIGTERM to the bot's process group, and return. A bot still starting is marked: its
         supervisor signals it as soon as it has a pid. A bot already gone gets its leftover
         children SIGKILLed (they must not outlive it)."""
-        self._signal(container_id, signal.SIGTERM, mark="stop_requested_at")
+        self._signal(container_id, signal.SIGTERM, mark="stop_requested_at", verb="terminate")
 
     def kill(self, container_id: str) -> None:
         """SIGKILL to the bot's process group, and return (the kernel does the rest at once)."""
-        self._signal(container_id, signal.SIGKILL, mark="kill_requested_at")
+        self._signal(container_id, signal.SIGKILL, mark="kill_requested_at", verb="kill")
 
-    def _signal(self, container_id: str, signum: int, *, mark: str) -> None:
-        record = self._read(container_id)
+    def _signal(self, container_id: str, signum: int, *, mark: str, verb: str) -> None:
+        record = self._read(container_id, refuse=verb)
         if record is None or record.get("status") == "failed":
             return
         path = process_state.record_path(self.bots_dir, container_id)
@@ -260,6 +300,7 @@ class ProcessOrchestrator:
     def stop(self, container_id: str, timeout: float) -> None:
         """Blocking (scripts and tests only): SIGTERM, wait up to `timeout` seconds, SIGKILL,
         wait for the exit code. Unknown or already gone = stopped."""
+        self._read(container_id, refuse="stop")
         record = self._await_pid(container_id)
         if record is None or not process_state.is_running(record["pid"], record.get("proc_start_time")):
             return
@@ -325,7 +366,7 @@ class ProcessOrchestrator:
     def remove(self, container_id: str) -> None:
         """Forget an exited bot: its record, lock and log. A running bot is refused (forgetting it
         would leave a process nobody lists); stop it first."""
-        record = self._read(container_id)
+        record = self._read(container_id, refuse="remove")
         if record is None:
             return
         status, raw = self._status(record)

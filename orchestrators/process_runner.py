@@ -10,6 +10,7 @@ survives a worker restart and the bot never lingers as the worker's zombie.
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -44,6 +45,22 @@ def _honour_stop_requested_while_starting(path: Path, pgid: int) -> None:
             return
 
 
+def _as_user(name: str | None) -> dict:
+    """Popen options that run the bot as `name` (PROCESS_BOT_USER), with its own groups only and
+    its own HOME; none when unset. Needs the supervisor to run as root."""
+    if not name:
+        return {}
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise OSError(f"PROCESS_BOT_USER {name!r} is not a user of this machine") from None
+    if os.geteuid() != 0:
+        raise OSError(f"PROCESS_BOT_USER {name!r} needs the service to run as root "
+                      f"(it runs as uid {os.geteuid()}); unset it to run bots as the service's user")
+    os.environ["HOME"] = account.pw_dir
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+
 def main(argv: list[str]) -> int:
     path = Path(argv[1])
     record = process_state.read(path)
@@ -56,11 +73,12 @@ def main(argv: list[str]) -> int:
         # From here on our own output (tracebacks included) goes to the bot's log, not the pipe.
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-        # The bot inherits the environment we got from the orchestrator, plus its config.
+        # The bot inherits the environment we got from the orchestrator (already cut down to
+        # what a bot needs: process.bot_environment), plus its config.
         os.environ["BOT_CONFIG"] = bot_config
         try:
             bot = subprocess.Popen(record["command"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                   start_new_session=True)
+                                   start_new_session=True, **_as_user(record.get("user")))
         except OSError as exc:
             error = f"cannot run {record['command']!r}: {exc}"
             process_state.update(path, status="failed", error=error, finished_at=_now())
@@ -69,9 +87,10 @@ def main(argv: list[str]) -> int:
             ready.close()
             return 1
         stat = process_state.proc_stat(bot.pid)
+        own = process_state.proc_stat(os.getpid())
         process_state.update(path, status="running", pid=bot.pid, pgid=bot.pid,
                              proc_start_time=stat[1] if stat else None, supervisor_pid=os.getpid(),
-                             started_at=_now())
+                             supervisor_start_time=own[1] if own else None, started_at=_now())
         print(f"[process_runner] bot pid {bot.pid} started", flush=True)
         _honour_stop_requested_while_starting(path, bot.pid)
         ready.write("ok\n")

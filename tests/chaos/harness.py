@@ -293,6 +293,7 @@ class Service:
             "DATABASE_URL": c.database_url, "REDIS_URL": c.redis_url, "CELERY_BROKER_URL": c.redis_url,
             "RUN_DIR": str(c.run_dir), "ORCHESTRATOR": "process", "DEPLOYMENT_NAME": "chaos",
             "PROCESS_BOT_COMMAND": f"{shlex.quote(sys.executable)} -m tests.chaos.bot",
+            "PROCESS_BOT_ENV_PASS": "SIMBOT_*,CHAOS_*",  # the chaos bot's seed and events file
             "PUBLIC_BASE_URL": self.base_url, "PORT": str(self.port),
             "DEFAULT_MAX_CONCURRENT_BOTS": "0", "LOG_LEVEL": c.log_level,
             "WEB_CONCURRENCY": str(c.web_workers), "CELERY_CONCURRENCY": str(c.worker_concurrency),

@@ -12,11 +12,18 @@ uses, with the request and response shapes of the Nomad HTTP API documentation
 - `DELETE /v1/job/<id>?purge=`             JobDeregisterResponse, 404 "job not found"
 - `GET  /v1/allocations?filter=`           AllocListStub list; only `JobID matches "<re>"` filters
   are understood (anything else answers 400, as Nomad does for a filter it cannot evaluate)
+- `GET|PUT|DELETE /v1/var/<path>?cas=`     Variable (decrypted Items); PUT creates or updates, with
+  `cas=<index>` only when the variable's ModifyIndex is that index (`cas=0`: only when it does not
+  exist), else 409 with the current variable (an empty object when there is none); GET 404
+  "variable not found"; DELETE removes it (a cas mismatch: 409 as PUT)
+- `GET  /v1/vars?prefix=`                  VariableMetadata list (no Items)
 
 Job ids with a slash (`parent/dispatch-...`) work both raw and %2F-escaped, like Go's URL.Path.
 
 What the fake simulates beyond storage (the scheduler and a client node): a dispatch places one
-allocation that is `running` at once (`pending` with `auto_run=False`, none with
+allocation that is `running` at once (the client first renders the task's env template: with
+`BOT_CONFIG_VAR` in the job's Meta, `task_env(job_id)` is what `nomadVar` read from that variable
+at placement, as the README's job file does) (`pending` with `auto_run=False`, none with
 `auto_place=False`); `reschedule()` loses it and places a replacement; a deregistration kills
 the task gracefully (exit 0 unless `stop_exit_code` says otherwise), the allocation turns
 `complete`; `finish(job_id, code)` makes the task exit by itself. Faults: `fail_next()` answers an
@@ -79,6 +86,8 @@ class NomadFake:
     def __init__(self):
         self.jobs: dict[tuple[str, str], dict] = {}       # (namespace, id) -> Job
         self.allocs: dict[str, dict] = {}                 # alloc id -> Allocation
+        self.variables: dict[tuple[str, str], dict] = {}  # (namespace, path) -> Variable
+        self.rendered_env: dict[str, dict] = {}           # alloc id -> env the template rendered
         self.requests: list[RecordedRequest] = []
         self.auto_place = True        # the scheduler places an allocation on dispatch
         self.auto_run = True          # ... which starts running at once (else stays pending)
@@ -135,7 +144,7 @@ class NomadFake:
 
     # --- test controls ----------------------------------------------------------------------------
     def register_parameterized_job(self, job_id: str, *, namespace: str = "default",
-                                   meta_required=("BOT_CONFIG", "BOT_NAME", "BOT_LABELS"),
+                                   meta_required=("BOT_CONFIG_VAR", "BOT_NAME", "BOT_LABELS"),
                                    meta_optional=(), meta: dict | None = None) -> dict:
         """What `nomad job run` of a parameterized batch job leaves in the state store."""
         with self._lock:
@@ -201,6 +210,19 @@ class NomadFake:
                     alloc["ClientDescription"] = "alloc is lost since its node is down"
                     alloc["ModifyIndex"] = self._next_index()
             self._place(self.jobs[(namespace, job_id)], str(uuid.uuid4()))
+
+    def task_env(self, job_id: str, namespace: str = "default") -> dict | None:
+        """The env the task of the job's newest allocation got from its template (None: no
+        allocation, or the variable was missing when the client rendered it)."""
+        with self._lock:
+            allocs = self._allocs_of(namespace, job_id)
+            if not allocs:
+                return None
+            return self.rendered_env.get(max(allocs, key=lambda a: a["CreateIndex"])["ID"])
+
+    def variable(self, path: str, namespace: str = "default") -> dict | None:
+        with self._lock:
+            return self.variables.get((namespace, path))
 
     def dispatch_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/dispatch")]
@@ -271,6 +293,15 @@ class NomadFake:
             if method == "GET":
                 return 200, self._list_allocs(query, namespace)
             raise HTTPError(405, "Invalid method")
+        if path == "/v1/vars":
+            if method == "GET":
+                prefix = (query.get("prefix") or [""])[0]
+                return 200, [{k: v for k, v in var.items() if k != "Items"}
+                             for (ns, p), var in sorted(self.variables.items())
+                             if ns == namespace and p.startswith(prefix)]
+            raise HTTPError(405, "Invalid method")
+        if path.startswith("/v1/var/"):
+            return self._variable(method, path[len("/v1/var/"):], query, body, namespace)
         if path.startswith("/v1/job/"):
             rest = path[len("/v1/job/"):]
             # Nomad's jobSpecificRequest: known suffixes first, the rest is the job id.
@@ -404,6 +435,31 @@ class NomadFake:
                 if a["Namespace"] == namespace and a["ID"].startswith(prefix)
                 and (matcher is None or matcher.search(a["JobID"]))]
 
+    def _variable(self, method, var_path, query, body, namespace):
+        key = (namespace, var_path)
+        current = self.variables.get(key)
+        raw_cas = (query.get("cas") or [None])[0]
+        if raw_cas not in (None, "") and int(raw_cas) != (current["ModifyIndex"] if current else 0):
+            return 409, dict(current) if current else {}
+        if method == "GET":
+            if current is None:
+                raise HTTPError(404, "variable not found")
+            return 200, dict(current)
+        if method == "PUT":
+            items = (body or {}).get("Items") if isinstance(body, dict) else None
+            if not items or not all(isinstance(v, str) for v in items.values()):
+                raise HTTPError(400, "variable missing required Items object")
+            index, now = self._next_index(), _now_ns()
+            variable = {"Namespace": namespace, "Path": var_path, "Items": dict(items),
+                        "CreateIndex": current["CreateIndex"] if current else index, "ModifyIndex": index,
+                        "CreateTime": current["CreateTime"] if current else now, "ModifyTime": now}
+            self.variables[key] = variable
+            return 200, dict(variable)
+        if method == "DELETE":
+            self.variables.pop(key, None)
+            return 200, ""
+        raise HTTPError(405, "Invalid method")
+
     # --- the simulated scheduler and client -------------------------------------------------------
     def _place(self, job: dict, eval_id: str) -> None:
         now, index = _now_ns(), self._next_index()
@@ -422,6 +478,11 @@ class NomadFake:
             "CreateTime": now, "ModifyTime": now,
         }
         self.allocs[alloc_id] = alloc
+        var_path = (job.get("Meta") or {}).get("BOT_CONFIG_VAR")
+        variable = self.variables.get((job["Namespace"], var_path)) if var_path else None
+        if variable is not None:
+            # template { data = "BOT_CONFIG='{{ with nomadVar ... }}{{ .BOT_CONFIG.Value }}{{ end }}'" env = true }
+            self.rendered_env[alloc_id] = {"BOT_CONFIG": variable["Items"].get("BOT_CONFIG")}
         if self.auto_run:
             state = alloc["TaskStates"]["bot"]
             state["Events"] += [self._event("Task Setup", "Building Task Directory"),

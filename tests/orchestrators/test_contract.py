@@ -33,6 +33,7 @@ from orchestrators.base import (
     LABEL_USER_ID,
     BotSpec,
     NormalizedStatus,
+    NotOurBotError,
     Orchestrator,
     OrchestratorError,
 )
@@ -89,7 +90,8 @@ def _process_harness(request, tmp_path, deployment):
     return Harness(
         kind="process", deployment=deployment, unknown_id="proc-000000000000",
         build=lambda name: ProcessOrchestrator.from_settings(SimpleNamespace(
-            PROCESS_BOT_COMMAND=command, RUN_DIR=tmp_path / "run", DEPLOYMENT_NAME=name)),
+            PROCESS_BOT_COMMAND=command, RUN_DIR=tmp_path / "run", DEPLOYMENT_NAME=name,
+            PROCESS_BOT_ENV_PASS=[], PROCESS_BOT_USER="")),
     )
 
 
@@ -206,6 +208,22 @@ def test_bots_of_another_deployment_are_neither_listed_nor_inspectable(harness):
     our_bot = harness.start(ours, make_spec(harness.deployment))
     assert [b.container_id for b in ours.list()] == [our_bot]
     assert ours.inspect(their_bot) is None
+
+
+@pytest.mark.parametrize("verb", ["terminate", "kill", "stop", "remove"])
+def test_a_bot_of_another_deployment_is_refused_and_survives(harness, verb):
+    # The attack: a task pushed into the broker names a bot that is not ours. Nothing is signalled
+    # or removed, and the refusal is an error of its own (callers log it and never retry).
+    other = harness.deployment + "-other"
+    ours, theirs = harness.backend(), harness.backend(other)
+    their_bot = harness.start(theirs, make_spec(other))
+    _up_and_listening(theirs, their_bot)
+    order = (lambda: ours.stop(their_bot, timeout=1)) if verb == "stop" else (
+        lambda: getattr(ours, verb)(their_bot))
+    with pytest.raises(NotOurBotError, match="Refusing"):
+        order()
+    time.sleep(0.5)  # a signal, had one gone out, lands well within this
+    assert find(theirs.list(), their_bot).status is NormalizedStatus.UP
 
 
 # --- endings --------------------------------------------------------------------------------------

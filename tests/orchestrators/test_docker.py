@@ -25,6 +25,7 @@ from orchestrators.base import (
     LABEL_SESSION_UID,
     LABEL_USER_ID,
     NormalizedStatus,
+    NotOurBotError,
     OrchestratorError,
 )
 from orchestrators.docker import DockerOrchestrator, exit_code_from_status_text, normalize_status
@@ -375,3 +376,79 @@ def test_test_bot_speaks_the_callback_protocol(backend, docker_client, deploymen
         ("/bots/internal/callback/started", {"connection_id": uid, "container_id": container_id[:12]}),
         ("/bots/internal/callback/exited", {"connection_id": uid, "exit_code": 0}),
     ]
+
+
+@pytest.fixture
+def bystander(docker_client, bot_test_image):
+    """A running container that is not a bot of ours: any other workload on the engine."""
+    made = []
+
+    def make(labels: dict | None = None):
+        container = docker_client.containers.create(
+            bot_test_image, command=["sh", "-c", "while :; do sleep 1; done"], labels=labels or {},
+            name=f"bm-bystander-{uuid.uuid4().hex[:8]}")
+        made.append(container)
+        container.start()
+        return container
+
+    yield make
+    for container in made:
+        container.remove(force=True)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("labels", [
+    {},                                    # a plain container of someone else
+    {LABEL_DEPLOYMENT: "to-be-replaced"},  # claims our deployment but not to be managed by us
+], ids=["plain", "unmanaged"])
+@pytest.mark.parametrize("verb", ["terminate", "kill", "stop", "remove"])
+def test_a_container_that_is_not_our_bot_survives_every_stop_order(backend, bystander, deployment_name,
+                                                                   labels, verb):
+    # The attack of issue 24: a task pushed into the broker names any container on the engine,
+    # by id or by name. Our backend refuses it and the container keeps running.
+    labels = {k: deployment_name for k in labels}
+    container = bystander(labels)
+    for target in (container.id, container.name):
+        with pytest.raises(NotOurBotError):
+            backend.stop(target, timeout=1) if verb == "stop" else getattr(backend, verb)(target)
+    time.sleep(0.5)
+    container.reload()
+    assert container.status == "running"
+
+
+# --- least privilege (issue 24, point 2) ----------------------------------------------------------
+@pytest.mark.docker
+def test_a_bot_runs_without_capabilities_new_privileges_or_unbounded_pids_and_memory(
+        backend, docker_client, deployment_name):
+    # An untrusted browser that breaks out of its page finds no capability to use, no setuid
+    # binary that raises it, and cannot fork-bomb or eat the host's memory.
+    container_id = backend.start(make_spec(deployment_name))
+    host = docker_client.api.inspect_container(container_id)["HostConfig"]
+    assert host["CapDrop"] == ["ALL"]
+    assert not host.get("CapAdd")
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["PidsLimit"] == 1024
+    assert host["Memory"] == 2 * 1024 ** 3
+
+
+@pytest.mark.docker
+def test_a_hardened_bot_still_runs_and_obeys_its_stop(backend, deployment_name):
+    container_id = backend.start(make_spec(deployment_name))
+    wait_for(lambda: (b := find(backend.list(), container_id)) and b.status is NormalizedStatus.UP,
+             what="the bot to be Up")
+    time.sleep(0.3)  # past its SIGTERM trap
+    backend.stop(container_id, timeout=5)
+    info = backend.inspect(container_id)
+    assert (info.status, info.exit_code) == (NormalizedStatus.EXITED, 0)
+
+
+@pytest.mark.docker
+def test_capabilities_pids_and_memory_limits_follow_the_settings(bot_test_image, docker_cleanup,
+                                                                 deployment_name, docker_client):
+    backend = DockerOrchestrator.from_settings(docker_settings(
+        deployment_name, bot_test_image, DOCKER_BOT_CAP_ADD=["NET_BIND_SERVICE"],
+        DOCKER_BOT_PIDS_LIMIT=2048, DOCKER_BOT_MEM_LIMIT="512m"))
+    container_id = backend.start(make_spec(deployment_name))
+    host = docker_client.api.inspect_container(container_id)["HostConfig"]
+    assert (host["CapDrop"], host["CapAdd"]) == (["ALL"], ["NET_BIND_SERVICE"])
+    assert (host["PidsLimit"], host["Memory"]) == (2048, 512 * 1024 ** 2)

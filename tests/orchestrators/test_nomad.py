@@ -2,10 +2,12 @@
 can run here; see nomad_fake.py), plus its pure status mapping."""
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 
 import pytest
+import requests
 
 from orchestrators.base import LABEL_DEPLOYMENT, LABEL_SESSION_UID, NormalizedStatus, OrchestratorError
 from orchestrators.nomad import NomadOrchestrator, alloc_status, job_status_without_alloc
@@ -78,23 +80,111 @@ def backend(nomad_fake, deployment_name) -> NomadOrchestrator:
     return NomadOrchestrator.from_settings(nomad_settings(nomad_fake.url, deployment_name))
 
 
-def test_start_dispatches_the_bot_job_with_config_name_and_labels_in_meta(backend, nomad_fake, deployment_name):
+def test_start_dispatches_the_bot_job_with_its_config_variable_name_and_labels_in_meta(backend, nomad_fake,
+                                                                                      deployment_name):
     spec = make_spec(deployment_name)
     job_id = backend.start(spec)
     assert job_id.startswith(f"{NOMAD_BOT_JOB}/dispatch-")
     [request] = nomad_fake.dispatch_requests()
     assert request.path == f"/v1/job/{NOMAD_BOT_JOB}/dispatch"
     meta = request.body["Meta"]
-    assert json.loads(meta["BOT_CONFIG"]) == spec.config
+    assert meta["BOT_CONFIG_VAR"] == f"botmanager/bots/{deployment_name}/{spec.name}"
     assert meta["BOT_NAME"] == spec.name
     assert json.loads(meta["BOT_LABELS"]) == spec.labels
+
+
+# --- the bot's secret (issue 24, point 2) -----------------------------------------------------------
+SECRET_CONFIG = {"redisUrl": "redis://bot-user:redis-password-1234@redis:6379/0",
+                 "token": "meeting-token-eyJhbGciOi", "botName": "O'Brien's notes"}
+
+
+def test_no_secret_of_the_bot_is_readable_from_the_dispatched_job(backend, nomad_fake, deployment_name):
+    # The attack: a token that may only read jobs reads the bot's job and the job list with Meta.
+    spec = make_spec(deployment_name, **SECRET_CONFIG)
+    job_id = backend.start(spec)
+    job = requests.get(f"{nomad_fake.url}/v1/job/{job_id}", timeout=5).json()
+    listing = requests.get(f"{nomad_fake.url}/v1/jobs", params={"prefix": NOMAD_BOT_JOB, "meta": "true"},
+                           timeout=5).json()
+    readable = json.dumps(job) + json.dumps(listing)
+    for secret in ("redis-password-1234", "meeting-token-eyJhbGciOi"):
+        assert secret not in readable
+    # The session uid is only in the bot's labels (the sweep adopts by it), not in the idempotency
+    # token of the dispatch.
+    assert spec.config["connectionId"] not in job["DispatchIdempotencyToken"]
+    assert "BOT_CONFIG" not in job["Meta"] and job["Payload"] is None
+
+
+def test_the_bots_config_reaches_the_task_through_its_variable(backend, nomad_fake, deployment_name):
+    spec = make_spec(deployment_name, **SECRET_CONFIG)
+    job_id = backend.start(spec)
+    variable = nomad_fake.variable(f"botmanager/bots/{deployment_name}/{spec.name}")
+    assert json.loads(variable["Items"]["BOT_CONFIG"]) == spec.config
+    # The README's template puts the value in single quotes: it must hold none.
+    assert "'" not in variable["Items"]["BOT_CONFIG"]
+    assert json.loads(nomad_fake.task_env(job_id)["BOT_CONFIG"]) == spec.config
+
+
+def test_a_retried_start_updates_its_own_variable_by_check_and_set(backend, nomad_fake, deployment_name):
+    spec = make_spec(deployment_name)
+    path = f"botmanager/bots/{deployment_name}/{spec.name}"
+    first = backend.start(spec)
+    written_at = nomad_fake.variable(path)["ModifyIndex"]
+    assert backend.start(spec) == first
+    puts = [r for r in nomad_fake.requests if r.method == "PUT" and r.path.startswith("/v1/var/")]
+    # Create-only first; the retry finds it there (409) and updates it at the index it read.
+    assert [r.query["cas"] for r in puts] == [["0"], ["0"], [str(written_at)]]
+    assert nomad_fake.variable(path)["ModifyIndex"] > written_at
+
+
+def test_stopping_a_bot_keeps_its_variable_and_removing_it_deletes_it(backend, nomad_fake, deployment_name):
+    spec = make_spec(deployment_name)
+    path = f"botmanager/bots/{deployment_name}/{spec.name}"
+    job_id = backend.start(spec)
+    backend.terminate(job_id)
+    backend.kill(job_id)
+    backend.stop(job_id, timeout=1)
+    assert nomad_fake.variable(path) is not None
+    backend.remove(job_id)
+    assert nomad_fake.variable(path) is None
+    assert backend.inspect(job_id) is None
+
+
+def test_remove_deletes_no_variable_but_the_bots_own(backend, nomad_fake, deployment_name):
+    # A job whose Meta names another variable (forged, or another deployment's) must not make
+    # remove() delete it.
+    nomad_fake.variables[("default", "ops/database")] = {"Path": "ops/database", "Items": {"pw": "x"},
+                                                         "ModifyIndex": 1, "CreateIndex": 1}
+    labels = {"botmanager.managed": "true", "botmanager.deployment": deployment_name}
+    job_id = requests.post(f"{nomad_fake.url}/v1/job/{NOMAD_BOT_JOB}/dispatch", timeout=5, json={"Meta": {
+        "BOT_CONFIG_VAR": "ops/database", "BOT_NAME": "forged", "BOT_LABELS": json.dumps(labels)}}).json()[
+        "DispatchedJobID"]
+    backend.remove(job_id)
+    assert backend.inspect(job_id) is None
+    assert nomad_fake.variable("ops/database") is not None
+
+
+def test_a_refused_dispatch_leaves_no_variable_behind(nomad_fake, deployment_name):
+    backend = NomadOrchestrator.from_settings(nomad_settings(nomad_fake.url, deployment_name,
+                                                             NOMAD_BOT_JOB="not-registered"))
+    with pytest.raises(OrchestratorError):
+        backend.start(make_spec(deployment_name))
+    assert nomad_fake.variables == {}
+
+
+def test_a_token_that_cannot_write_variables_gets_an_error_naming_the_capability(backend, nomad_fake,
+                                                                                 deployment_name):
+    nomad_fake.fail_next(403, "Permission denied", path_prefix="/v1/var/")
+    with pytest.raises(OrchestratorError, match="variables capability"):
+        backend.start(make_spec(deployment_name))
+    assert nomad_fake.dispatch_requests() == []
 
 
 def test_start_sends_the_idempotency_token_in_the_query_string(backend, nomad_fake, deployment_name):
     spec = make_spec(deployment_name)
     backend.start(spec)
     [request] = nomad_fake.dispatch_requests()
-    assert request.query["idempotency_token"] == [spec.labels[LABEL_SESSION_UID]]
+    token = hashlib.sha256(f"botmanager-dispatch:{spec.labels[LABEL_SESSION_UID]}".encode()).hexdigest()
+    assert request.query["idempotency_token"] == [token]
 
 
 def test_retried_start_of_the_same_session_returns_the_same_job(backend, nomad_fake, deployment_name):
@@ -264,7 +354,7 @@ def test_remove_purges_the_job(backend, nomad_fake, deployment_name):
 
 def test_stop_of_a_job_nomad_does_not_know_is_a_no_op(backend, nomad_fake):
     backend.stop(f"{NOMAD_BOT_JOB}/dispatch-1700000000-deadbeef", timeout=5)
-    assert [r.method for r in nomad_fake.requests] == ["DELETE"]  # it asked, and 404 meant gone
+    assert [r.method for r in nomad_fake.requests] == ["GET"]  # it asked, and 404 meant gone
 
 
 def test_stop_refuses_an_id_that_is_not_a_dispatched_bot(backend, nomad_fake):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shlex
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from orchestrators import process_state
 from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_MEETING_ID, BotSpec,
-                                NormalizedStatus, Orchestrator, OrchestratorError)
+                                NormalizedStatus, NotOurBotError, Orchestrator, OrchestratorError)
 from orchestrators.process import ProcessOrchestrator
 from tests.support import wait_for
 
@@ -388,7 +389,8 @@ def test_bots_of_another_deployment_are_invisible_and_untouched(make_orchestrato
     mine = start_ready(ours)
     assert [b.container_id for b in ours.list()] == [mine]
     assert ours.inspect(theirs) is None
-    ours.stop(theirs, timeout=0)
+    with pytest.raises(NotOurBotError):
+        ours.stop(theirs, timeout=0)
     assert other.inspect(theirs).status is NormalizedStatus.UP
 
 
@@ -422,3 +424,71 @@ def test_the_default_command_runs_simbot_which_leaves_cleanly_on_stop(make_orche
         orch.stop(container_id, timeout=10)
         assert orch.inspect(container_id).exit_code == 0
         assert receiver.of("exited")[0].body["connection_id"] == connection_id
+
+
+# --- least privilege (issue 24, point 2) ----------------------------------------------------------
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(entry.split("=", 1) for entry in raw.decode().split("\0") if "=" in entry)
+
+
+SERVICE_SECRETS = {"SECRET_KEY": "service-secret-key", "DATABASE_URL": "postgres://svc:pw@db/bm",
+                   "REDIS_URL": "redis://:redis-password@127.0.0.1:6379/0",
+                   "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
+
+
+def test_a_bot_inherits_no_secret_of_the_services_environment(make_orchestrator, monkeypatch):
+    # The attack: a bot reads its own environment (or its supervisor's) for the service's keys.
+    for name, value in SERVICE_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    orch = make_orchestrator("sleep")
+    container_id = start_ready(orch)
+    record = record_of(orch, container_id)
+    for pid in (record["pid"], record["supervisor_pid"]):
+        environ = environ_of(pid)
+        assert not set(SERVICE_SECRETS) & set(environ), pid
+        assert not any(value in "".join(environ.values()) for value in SERVICE_SECRETS.values())
+    bot = environ_of(record["pid"])
+    assert json.loads(bot["BOT_CONFIG"])["meeting_id"] == 42
+    assert bot["PATH"] == os.environ["PATH"]
+
+
+def test_a_bot_gets_only_the_base_variables_and_those_the_setting_names(make_orchestrator, monkeypatch,
+                                                                        settings):
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    monkeypatch.setenv("BOT_PROXY", "http://proxy:3128")
+    monkeypatch.setenv("SIMBOT_STEP_SECONDS", "0.1")
+    monkeypatch.setenv("UNLISTED", "x")
+    settings.PROCESS_BOT_ENV_PASS = ["BOT_PROXY", "SIMBOT_*"]
+    orch = make_orchestrator("sleep")
+    environ = environ_of(record_of(orch, start_ready(orch))["pid"])
+    assert (environ["TZ"], environ["LC_ALL"], environ["BOT_PROXY"], environ["SIMBOT_STEP_SECONDS"]) == (
+        "Europe/Paris", "C.UTF-8", "http://proxy:3128", "0.1")
+    assert "UNLISTED" not in environ
+    assert set(environ) <= {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "BOT_CONFIG", "BOT_PROXY",
+                            "SIMBOT_STEP_SECONDS"} | {n for n in environ if n.startswith("LC_")}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a bot as another user needs root")
+def test_a_bot_run_as_process_bot_user_cannot_read_the_service_secrets(make_orchestrator, settings):
+    # The attack: the bot opens RUN_DIR/secrets.json (0600, the service's user's).
+    settings.PROCESS_BOT_USER = "nobody"
+    secrets_file = Path(settings.RUN_DIR) / "secrets.json"
+    secrets_file.parent.mkdir(parents=True, exist_ok=True)
+    secrets_file.write_text('{"SECRET_KEY": "x"}')
+    secrets_file.chmod(0o600)
+    probe = ('if cat "$1" >/dev/null 2>&1; then echo READ; else echo DENIED; fi; '
+             'echo "uid $(id -u) groups $(id -G)"; echo ready; exec sleep 60')
+    orch = make_orchestrator(command=shlex.join(["sh", "-c", probe, "sh", str(secrets_file)]))
+    log = bot_log(orch, start_ready(orch))
+    nobody = pwd.getpwnam("nobody")
+    assert "DENIED" in log and "READ" not in log, log
+    assert f"uid {nobody.pw_uid} groups {nobody.pw_gid}\n" in log, log
+
+
+def test_an_unknown_process_bot_user_fails_the_start_with_its_name(make_orchestrator, settings):
+    settings.PROCESS_BOT_USER = "no-such-user-i24"
+    orch = make_orchestrator("sleep")
+    with pytest.raises(OrchestratorError, match="no-such-user-i24"):
+        orch.start(spec())

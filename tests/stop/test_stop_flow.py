@@ -13,6 +13,7 @@ from botmanager.workers import instance_queue
 from meetings import launch, stopping, tasks
 from meetings.models import Meeting, MeetingTransition
 from meetings.statuses import MeetingStatus, TransitionSource
+from orchestrators.base import BotSpec
 from tests.factories import make_meeting, make_session
 from tests.stop.conftest import queued_tasks, run_bot_stops, run_task, snapshot, wait_for
 
@@ -174,6 +175,26 @@ def test_terminating_a_bot_sends_sigterm_and_schedules_the_kill_after_the_stop_t
     assert started + timedelta(seconds=6) <= kill["eta"] <= timezone.now() + timedelta(seconds=6)
     run_bot_stops()  # ...until the kill is due
     assert bots.info(container).exit_code == 137
+
+
+@pytest.mark.django_db
+def test_a_terminate_task_for_another_deployments_bot_is_refused_without_retry_or_kill(bots, caplog):
+    # The attack: a terminate_bot task pushed into the broker names a bot that is not ours.
+    from orchestrators.base import bot_labels
+    from orchestrators.process import ProcessOrchestrator
+    from tests.stop.conftest import BOT_COMMANDS
+
+    theirs = ProcessOrchestrator(bots.run_dir, "another-deployment", command=BOT_COMMANDS["sleep"])
+    labels = bot_labels(deployment="another-deployment", meeting_id=1, user_id=1, session_uid="s")
+    container = theirs.start(BotSpec(name="their-bot", config={}, labels=labels))
+
+    result = run_task(tasks.terminate_bot, "process", container)  # throw=True: a retry would raise
+
+    assert result.successful()
+    assert "terminate_bot refused" in caplog.text
+    assert queued_tasks("meetings.kill_bot") == []  # no escalation either
+    assert theirs.inspect(container).status.is_running
+    theirs.stop(container, timeout=0)
 
 
 @pytest.mark.django_db
