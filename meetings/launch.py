@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from orchestrators.base import LABEL_SESSION_UID, BotSpec, OrchestratorError, bot_name
+from orchestrators.base import BotSpec, OrchestratorError, bot_name, labels_name_session
 from orchestrators.base import bot_labels as labels_for
 from orchestrators.registry import get_orchestrator
 
@@ -111,9 +111,8 @@ def launch(meeting_id: int) -> str | None:
 
 
 def _adopt(backend, session: MeetingSession) -> str | None:
-    uid = str(session.session_uid)
     for info in backend.list():
-        if info.labels.get(LABEL_SESSION_UID) == uid:
+        if labels_name_session(info.labels, session.session_uid):
             return info.container_id
     return None
 

@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from orchestrators.base import LABEL_SESSION_UID, BotInfo, OrchestratorError
+from orchestrators.base import LABEL_SESSION_UID, BotInfo, OrchestratorError, labels_name_session
 from orchestrators.registry import get_orchestrator
 
 from . import bot_control, bot_credentials, endings, instances, lifecycle, stopping
@@ -117,7 +117,9 @@ class Adopt:
     meeting_id: int
     backend: str
     container_id: str
-    session_uid: str
+    # The bot's session label as listed: the session's digest, or its uid on a bot started before
+    # labels carried digests (orchestrators.base.labels_name_session tells which session it is).
+    session_label: str
     instance: str = ""
 
 
@@ -421,19 +423,30 @@ def _credentials(summary: Summary, p: Plan) -> None:
                     "restarted bot registered a new session)", len(p.credentials_restore))
 
 
+def _session_labelled(meeting_id: int, label: str) -> int | None:
+    """The row id of the meeting's session a bot's label names. The label is a digest, not a
+    lookup key: a meeting has a handful of sessions (one per bot restart), each one is compared."""
+    for session_id, uid in MeetingSession.objects.filter(meeting_id=meeting_id).values_list("id", "session_uid"):
+        if labels_name_session({LABEL_SESSION_UID: label}, uid):
+            return session_id
+    return None
+
+
 def _adopt(a: Adopt) -> bool:
     """Record the bot under the meeting's row lock, if the meeting is still live, still has no
     container and the bot runs one of its sessions. Its orphan grace starts now (`updated_at`)."""
     with transaction.atomic():
         meeting = Meeting.objects.select_for_update().get(pk=a.meeting_id)
-        if meeting.bot_container_id or meeting.is_terminal \
-                or not MeetingSession.objects.filter(meeting_id=meeting.id, session_uid=a.session_uid).exists():
+        if meeting.bot_container_id or meeting.is_terminal:
+            return False
+        session_id = _session_labelled(meeting.id, a.session_label)
+        if session_id is None:
             return False
         meeting.bot_container_id = a.container_id
         meeting.orchestrator = a.backend
         meeting.bot_instance = a.instance
         meeting.save(update_fields=["bot_container_id", "orchestrator", "bot_instance", "updated_at"])
-        MeetingSession.objects.filter(meeting_id=meeting.id, session_uid=a.session_uid).update(instance=a.instance)
+        MeetingSession.objects.filter(pk=session_id).update(instance=a.instance)
         if meeting.status == S.STOPPING:
             stopping.bot_recorded_while_stopping(meeting)
     # Also reached when the sweep lists a bot its launch is still recording (same container id:

@@ -48,7 +48,8 @@ def running_bots(user) -> list[dict]:
             "status": bot.raw_status,
             "normalized_status": bot.status.value,
             "created_at": bot.created_at.isoformat() if bot.created_at else None,
-            # The session uid is the bot's capability: it never leaves the server.
+            # The session label is a digest of the uid, but a bot started before labels carried
+            # digests still has the uid itself there (the bot's capability): the label stays out.
             "labels": {k: v for k, v in bot.labels.items() if k != LABEL_SESSION_UID},
             "meeting_id_from_name": str(bot.meeting_id) if bot.meeting_id else None,
         })

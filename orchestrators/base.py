@@ -20,6 +20,9 @@ LABEL_MANAGED = "botmanager.managed"
 LABEL_DEPLOYMENT = "botmanager.deployment"
 LABEL_MEETING_ID = "botmanager.meeting_id"
 LABEL_USER_ID = "botmanager.user_id"
+# Holds `session_digest(uid)`, never the uid (a capability, while labels are readable by anyone
+# who can list containers or read Nomad jobs). The name stays, so operators' filters keep working;
+# bots started before the digest carry the plain uid here, and `labels_name_session` accepts both.
 LABEL_SESSION_UID = "botmanager.session_uid"
 
 
@@ -89,15 +92,28 @@ def bot_name(meeting_id: int, session_uid: str) -> str:
     return f"botmanager-bot-{meeting_id}-{digest}"
 
 
+def session_digest(session_uid) -> str:
+    """What stands for a session wherever it is shown outside the server (its bot's label, the
+    Nomad dispatch's idempotency token): one session, one value, and no way back to the uid."""
+    return hashlib.sha256(f"botmanager-session:{session_uid}".encode()).hexdigest()
+
+
+def labels_name_session(labels: dict | None, session_uid) -> bool:
+    """Does a bot with these labels run this session? Its label is the session's digest, or, on a
+    bot started before labels carried digests, the uid itself."""
+    value = (labels or {}).get(LABEL_SESSION_UID)
+    return value is not None and value in (str(session_uid), session_digest(session_uid))
+
+
 def bot_labels(*, deployment: str, meeting_id: int, user_id: int, session_uid) -> dict[str, str]:
     """The labels every launched bot carries: the sweep finds this deployment's bots by them and
-    maps each back to its meeting and session."""
+    maps each back to its meeting and session (by the session's digest: the uid itself is no label)."""
     return {
         LABEL_MANAGED: "true",
         LABEL_DEPLOYMENT: deployment,
         LABEL_MEETING_ID: str(meeting_id),
         LABEL_USER_ID: str(user_id),
-        LABEL_SESSION_UID: str(session_uid),
+        LABEL_SESSION_UID: session_digest(session_uid),
     }
 
 

@@ -55,6 +55,7 @@ from .base import (
     NotOurBotError,
     OrchestratorError,
     is_ours,
+    session_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -249,9 +250,13 @@ class DockerOrchestrator:
         except _ENGINE_ERRORS as exc:
             raise OrchestratorError(f"Docker name conflict for bot {spec.name}: {conflict}") from exc
         theirs = existing.labels or {}
-        ours = labels.get(LABEL_SESSION_UID)
-        if (ours is not None and theirs.get(LABEL_SESSION_UID) == ours
-                and theirs.get(LABEL_DEPLOYMENT) == self.deployment):
+        ours = labels.get(LABEL_SESSION_UID)  # this session's digest
+        theirs_session = theirs.get(LABEL_SESSION_UID)
+        # Same session: the same digest, or (a bot started before labels carried digests) the uid
+        # whose digest ours is.
+        same_session = ours is not None and theirs_session is not None \
+            and ours in (theirs_session, session_digest(theirs_session))
+        if same_session and theirs.get(LABEL_DEPLOYMENT) == self.deployment:
             if existing.status == "created":
                 try:
                     existing.start()

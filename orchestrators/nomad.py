@@ -265,10 +265,11 @@ class NomadOrchestrator:
             # Readable ids in the Nomad UI: <job>/dispatch-<bot name>-<time>-<random>.
             "IdPrefixTemplate": spec.name,
         }
-        # One bot per session: a retried start with the same session uid gets the same job back.
-        # A digest of it, not the uid: the job shows its token to every job-read token.
-        uid = labels.get(LABEL_SESSION_UID)
-        token = hashlib.sha256(f"botmanager-dispatch:{uid}".encode()).hexdigest() if uid else str(uuid.uuid4())
+        # One bot per session: a retried start of the same session gets the same job back. The
+        # label is already the session's digest (never the uid: the job shows its Meta and its
+        # token to every job-read token); hashing it again keeps a hand-made label out of it too.
+        session = labels.get(LABEL_SESSION_UID)
+        token = hashlib.sha256(f"botmanager-dispatch:{session}".encode()).hexdigest() if session else str(uuid.uuid4())
         try:
             response = self._dispatcher.request(self.job, "dispatch", method="post", json=body,
                                          params={"idempotency_token": token}).json()

@@ -4,15 +4,28 @@ redelivered launch did nothing, and the bot's silent death went unseen until the
 duration)."""
 from __future__ import annotations
 
+import logging
+import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.utils import timezone as dj_timezone
 
 from meetings import reconcile
-from meetings.models import Meeting
+from meetings.launch import bot_labels, launch
+from meetings.models import Meeting, MeetingSession
 from meetings.reconcile import Adopt, Listing, MeetingRow, Plan
 from meetings.statuses import MeetingStatus as S
-from orchestrators.base import LABEL_MEETING_ID, LABEL_SESSION_UID, BotInfo, NormalizedStatus
+from orchestrators import registry
+from orchestrators.base import (
+    LABEL_MEETING_ID,
+    LABEL_SESSION_UID,
+    BotInfo,
+    BotSpec,
+    NormalizedStatus,
+    bot_name,
+    session_digest,
+)
 from tests.factories import make_meeting, make_session
 from tests.support import lose_queued_tasks, queued_tasks
 
@@ -62,10 +75,36 @@ def test_adopting_records_the_container_of_a_live_meeting_running_one_of_its_ses
     session = make_session(meeting)
 
     summary = reconcile.apply(Plan(adopt=[Adopt(meeting.id, "process", "proc-0123456789ab",
-                                                str(session.session_uid))]))
+                                                session_digest(session.session_uid))]))
 
     meeting.refresh_from_db()
     assert (meeting.bot_container_id, meeting.orchestrator, summary.adopted) == ("proc-0123456789ab", "process", 1)
+
+
+@pytest.mark.django_db
+def test_a_bot_labelled_with_its_plain_session_uid_before_the_upgrade_is_still_adopted():
+    meeting = make_meeting(status=S.ACTIVE)
+    session = make_session(meeting)
+
+    summary = reconcile.apply(Plan(adopt=[Adopt(meeting.id, "process", "proc-0123456789ab",
+                                                str(session.session_uid), "host-a")]))
+
+    meeting.refresh_from_db()
+    session.refresh_from_db()
+    assert (meeting.bot_container_id, session.instance, summary.adopted) == ("proc-0123456789ab", "host-a", 1)
+
+
+@pytest.mark.django_db
+def test_a_session_label_that_names_no_session_is_refused_not_an_error(caplog):
+    # A label is whatever the engine lists (a hand-made container, a truncated value): no uuid at all.
+    meeting = make_meeting(status=S.ACTIVE)
+    make_session(meeting)
+
+    with caplog.at_level(logging.ERROR, logger="meetings.reconcile"):
+        summary = reconcile.apply(Plan(adopt=[Adopt(meeting.id, "process", "proc-0123456789ab", "not-a-session")]))
+
+    assert (Meeting.objects.get(pk=meeting.id).bot_container_id, summary.adopted) == (None, 0)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.django_db
@@ -76,7 +115,8 @@ def test_a_bot_adopted_for_a_stopping_meeting_is_asked_to_stop(django_capture_on
     session = make_session(meeting)
 
     with django_capture_on_commit_callbacks(execute=True):
-        reconcile.apply(Plan(adopt=[Adopt(meeting.id, "process", "proc-0123456789ab", str(session.session_uid))]))
+        reconcile.apply(Plan(adopt=[Adopt(meeting.id, "process", "proc-0123456789ab",
+                                          session_digest(session.session_uid))]))
 
     [terminate] = queued_tasks("meetings.terminate_bot")
     assert terminate["args"][:2] == ["process", "proc-0123456789ab"]
@@ -89,10 +129,38 @@ def test_adopting_refuses_a_bot_that_is_not_the_meetings_or_a_meeting_that_moved
                            bot_container_id="proc-aaaaaaaaaaaa" if case == "already recorded" else None)
     session = make_session(meeting)
     other = make_session(make_meeting(status=S.ACTIVE))
-    uid = str((other if case == "other session" else session).session_uid)
+    label = session_digest((other if case == "other session" else session).session_uid)
 
-    summary = reconcile.apply(Plan(adopt=[Adopt(meeting.id, "process", "proc-0123456789ab", uid)]))
+    summary = reconcile.apply(Plan(adopt=[Adopt(meeting.id, "process", "proc-0123456789ab", label)]))
 
     assert Meeting.objects.get(pk=meeting.id).bot_container_id == (
         "proc-aaaaaaaaaaaa" if case == "already recorded" else None)
     assert summary.adopted == 0
+
+
+# --- A redelivered launch finds the bot its first delivery started ----------------------------------
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("label", ["digest", "plain uid before the upgrade"])
+def test_a_redelivered_launch_adopts_the_bot_of_its_session_instead_of_starting_another(label, settings, tmp_path):
+    meeting = make_meeting(status=S.REQUESTED)
+    session = make_session(meeting)
+    # The first delivery claimed the session long ago, started the bot and died before recording it.
+    MeetingSession.objects.filter(pk=session.pk).update(
+        started_at=dj_timezone.now() - timedelta(seconds=settings.ORPHAN_GRACE_SECONDS + 60))
+    settings.ORCHESTRATOR = "process"
+    settings.RUN_DIR = tmp_path
+    settings.PROCESS_BOT_COMMAND = f"{sys.executable} -c 'import time; time.sleep(60)'"
+    registry.get_orchestrator.cache_clear()
+    backend = registry.get_orchestrator()
+    labels = bot_labels(meeting, session)
+    if label != "digest":
+        labels[LABEL_SESSION_UID] = str(session.session_uid)
+    first = backend.start(BotSpec(name=bot_name(meeting.id, str(session.session_uid)), config={}, labels=labels))
+    try:
+        assert launch(meeting.id) == first
+        assert [b.container_id for b in backend.list()] == [first]
+        assert Meeting.objects.get(pk=meeting.id).bot_container_id == first
+    finally:
+        for bot in backend.list():
+            backend.stop(bot.container_id, timeout=1)
+        registry.get_orchestrator.cache_clear()

@@ -36,6 +36,7 @@ from orchestrators.base import (
     NotOurBotError,
     Orchestrator,
     OrchestratorError,
+    labels_name_session,
 )
 
 from .conftest import NOMAD_BOT_JOB
@@ -174,6 +175,18 @@ def test_started_bot_carries_the_labels_that_identify_it(harness):
         assert labels[key] == spec.labels[key]
     assert (labels[LABEL_DEPLOYMENT], labels[LABEL_MANAGED]) == (harness.deployment, "true")
     assert find(backend.list(), container_id).meeting_id == int(spec.labels[LABEL_MEETING_ID])
+
+
+def test_a_started_bots_labels_hold_a_digest_of_its_session_never_the_uid(harness):
+    # Labels are readable by whoever lists bots (`docker ps`, a Nomad job-read token); the uid is
+    # the session's capability.
+    backend = harness.backend()
+    spec = make_spec(harness.deployment)
+    uid = spec.config["connectionId"]
+    container_id = harness.start(backend, spec)
+    labels = find(backend.list(), container_id).labels
+    assert not [key for key, value in labels.items() if uid in key or uid in value]
+    assert labels_name_session(labels, uid)
 
 
 def test_list_returns_every_bot_of_the_deployment(harness):

@@ -27,6 +27,7 @@ from orchestrators.base import (
     NormalizedStatus,
     NotOurBotError,
     OrchestratorError,
+    session_digest,
 )
 from orchestrators.docker import DockerOrchestrator, exit_code_from_status_text, normalize_status
 
@@ -233,6 +234,28 @@ def test_retried_start_of_the_same_session_returns_the_existing_container(backen
     first = backend.start(spec)
     assert backend.start(spec) == first
     assert [b.container_id for b in backend.list()] == [first]
+
+
+@pytest.mark.docker
+def test_the_engine_shows_no_session_uid_in_a_bots_labels(backend, docker_client, deployment_name):
+    # The attack: anyone who may list containers (`docker ps --format '{{.Labels}}'`) reads labels.
+    spec = make_spec(deployment_name)
+    uid = spec.config["connectionId"]
+    container_id = backend.start(spec)
+    labels = docker_client.api.inspect_container(container_id)["Config"]["Labels"]
+    assert uid not in json.dumps(labels)
+    assert labels[LABEL_SESSION_UID] == session_digest(uid)
+
+
+@pytest.mark.docker
+def test_retried_start_finds_its_bot_started_before_labels_carried_digests(backend, docker_client,
+                                                                           deployment_name):
+    spec = make_spec(deployment_name)
+    uid = spec.config["connectionId"]
+    old_style = {**spec.labels, LABEL_SESSION_UID: uid}
+    first = backend.start(dataclasses.replace(spec, labels=old_style))
+    assert docker_client.api.inspect_container(first)["Config"]["Labels"][LABEL_SESSION_UID] == uid
+    assert backend.start(spec) == first
 
 
 @pytest.mark.docker

@@ -9,7 +9,7 @@ import socket
 import pytest
 import requests
 
-from orchestrators.base import LABEL_DEPLOYMENT, LABEL_SESSION_UID, NormalizedStatus, OrchestratorError
+from orchestrators.base import LABEL_DEPLOYMENT, LABEL_SESSION_UID, NormalizedStatus, OrchestratorError, session_digest
 from orchestrators.nomad import NomadOrchestrator, alloc_status, job_status_without_alloc
 
 from .conftest import NOMAD_BOT_JOB
@@ -108,10 +108,21 @@ def test_no_secret_of_the_bot_is_readable_from_the_dispatched_job(backend, nomad
     readable = json.dumps(job) + json.dumps(listing)
     for secret in ("redis-password-1234", "meeting-token-eyJhbGciOi"):
         assert secret not in readable
-    # The session uid is only in the bot's labels (the sweep adopts by it), not in the idempotency
-    # token of the dispatch.
-    assert spec.config["connectionId"] not in job["DispatchIdempotencyToken"]
     assert "BOT_CONFIG" not in job["Meta"] and job["Payload"] is None
+
+
+def test_the_session_uid_is_nowhere_a_job_read_token_can_read(backend, nomad_fake, deployment_name):
+    # The attack: the uid is a capability (a callback with it ends its meeting); a job-read token
+    # reads the dispatched job, its Meta (the bot's labels) and its idempotency token.
+    spec = make_spec(deployment_name)
+    uid = spec.config["connectionId"]
+    job_id = backend.start(spec)
+    job = requests.get(f"{nomad_fake.url}/v1/job/{job_id}", timeout=5).json()
+    listing = requests.get(f"{nomad_fake.url}/v1/jobs", params={"prefix": NOMAD_BOT_JOB, "meta": "true"},
+                           timeout=5).json()
+    [request] = nomad_fake.dispatch_requests()
+    assert uid not in json.dumps(job) + json.dumps(listing) + json.dumps(request.body) + json.dumps(request.query)
+    assert json.loads(job["Meta"]["BOT_LABELS"])[LABEL_SESSION_UID] == session_digest(uid)
 
 
 def test_the_bots_config_reaches_the_task_through_its_variable(backend, nomad_fake, deployment_name):
