@@ -9,7 +9,13 @@ import socket
 import pytest
 import requests
 
-from orchestrators.base import LABEL_DEPLOYMENT, LABEL_SESSION_UID, NormalizedStatus, OrchestratorError, session_digest
+from orchestrators.base import (
+    LABEL_DEPLOYMENT,
+    LABEL_SESSION_UID,
+    NormalizedStatus,
+    OrchestratorError,
+    session_digest,
+)
 from orchestrators.nomad import NomadOrchestrator, alloc_status, job_status_without_alloc
 
 from .conftest import NOMAD_BOT_JOB
