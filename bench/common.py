@@ -268,6 +268,20 @@ def wait_http(url: str, service: Service, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+def post_bot(port: int, key: str, native_id: str) -> tuple[float, int]:
+    """One POST /bots on a fresh connection (as a client without keep-alive): (seconds, status)."""
+    import http.client
+
+    body = json.dumps({"platform": "google_meet", "native_meeting_id": native_id})
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/bots", body=body, headers={"Content-Type": "application/json", "X-API-Key": key})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return time.perf_counter() - started, response.status
+
+
 def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100) of a non-empty list."""
     ordered = sorted(values)

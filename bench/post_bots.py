@@ -8,9 +8,6 @@ also the SQL queries of one request (the same view in this process).
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
-import time
 
 from bench import common
 
@@ -43,16 +40,10 @@ def main(argv: list[str] | None = None) -> dict:
         port = int(web.url.rsplit(":", 1)[1])
         warmup = args.requests // 10
         for i in range(args.requests + warmup):
-            body = json.dumps({"platform": "google_meet", "native_meeting_id": common.meet_id(i, 3)})
-            started = time.perf_counter()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            conn.request("POST", "/bots", body=body, headers={"Content-Type": "application/json", "X-API-Key": key})
-            response = conn.getresponse()
-            response.read()
-            conn.close()
+            elapsed, status = common.post_bot(port, key, common.meet_id(i, 3))
             if i >= warmup:
-                latencies.append(time.perf_counter() - started)
-                statuses[response.status] = statuses.get(response.status, 0) + 1
+                latencies.append(elapsed)
+                statuses[status] = statuses.get(status, 0) + 1
     get_redis().flushdb()  # the launch tasks nobody ran
     figures = {"requests": len(latencies), "statuses": statuses, "web_workers": args.web_workers,
                "rate_limits": args.rate_limits,

@@ -11,22 +11,9 @@ command): their figures (bench/callbacks.py) are unchanged by construction.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import time
 
 from bench import common
-
-
-def _post(port: int, key: str, native_id: str) -> tuple[float, int]:
-    body = json.dumps({"platform": "google_meet", "native_meeting_id": native_id})
-    started = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/bots", body=body, headers={"Content-Type": "application/json", "X-API-Key": key})
-    response = conn.getresponse()
-    response.read()
-    conn.close()
-    return time.perf_counter() - started, response.status
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
         warmup = args.requests // 10
         for i in range(args.requests + warmup):
             for n, mode in enumerate(("on", "off") if i % 2 else ("off", "on")):
-                elapsed, status = _post(ports[mode], key, common.meet_id(i, 5 + (mode == "on")))
+                elapsed, status = common.post_bot(ports[mode], key, common.meet_id(i, 5 + (mode == "on")))
                 if i >= warmup:
                     latencies[mode].append(elapsed)
                     statuses[mode][status] = statuses[mode].get(status, 0) + 1

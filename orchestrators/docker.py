@@ -282,12 +282,9 @@ class DockerOrchestrator:
         engine has no such container; NotOurBotError for any other container (a task pushed into
         the broker could name any container on the engine). One inspect on the short query client;
         the order that follows names the full id, never a name that could be reassigned."""
-        try:
-            attrs = self.query.api.inspect_container(container_id)
-        except docker.errors.NotFound:
+        attrs = self._inspect(container_id)
+        if attrs is None:
             return None
-        except _ENGINE_ERRORS as exc:
-            raise OrchestratorError(f"Docker could not inspect {container_id}: {exc}") from exc
         if not is_ours((attrs.get("Config") or {}).get("Labels"), self.deployment):
             raise NotOurBotError(
                 f"Refusing to {verb} container {container_id!r}: it is not a bot of deployment "
@@ -339,13 +336,20 @@ class DockerOrchestrator:
             raise OrchestratorError(f"Docker could not list bots: {exc}") from exc
         return [self._from_list_entry(c.attrs) for c in containers]
 
-    def inspect(self, container_id: str) -> BotInfo | None:
+    def _inspect(self, container_id: str) -> dict | None:
+        """The engine's inspection of any container (None: no such container), on the short query
+        client."""
         try:
-            attrs = self.query.api.inspect_container(container_id)
+            return self.query.api.inspect_container(container_id)
         except docker.errors.NotFound:
             return None
         except _ENGINE_ERRORS as exc:
             raise OrchestratorError(f"Docker could not inspect {container_id}: {exc}") from exc
+
+    def inspect(self, container_id: str) -> BotInfo | None:
+        attrs = self._inspect(container_id)
+        if attrs is None:
+            return None
         labels = (attrs.get("Config") or {}).get("Labels") or {}
         if not is_ours(labels, self.deployment):
             # Consistent with list(): another deployment's container does not exist for us.
