@@ -44,6 +44,7 @@ class Receiver:
         self._released = threading.Event()
         self.in_flight = 0  # requests being answered now
         self.max_in_flight = 0
+        self._held: set = set()  # handlers of `hang` answers whose client may have given up
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
         self.up()
@@ -60,21 +61,35 @@ class Receiver:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                self.counted = True
                 with receiver._lock:
                     receiver.requests.append(Received(self.path, self.headers, body, time.monotonic()))
                     answer = receiver.script.pop(0) if receiver.script else receiver.default
+                    # A held request whose client already hung up is no longer in flight, even if
+                    # its handler has not polled yet: the sender closes its connection before its
+                    # slot goes to the next attempt, so this is exact at the next request's arrival.
+                    for held in [h for h in receiver._held if h._client_gone()]:
+                        held.uncount()
                     receiver.in_flight += 1
                     receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
                 try:
                     self.answer_with(answer)
                 finally:
                     with receiver._lock:
-                        receiver.in_flight -= 1
+                        self.uncount()
+
+            def uncount(self):  # under receiver._lock
+                receiver._held.discard(self)
+                if self.counted:
+                    self.counted = False
+                    receiver.in_flight -= 1
 
             def answer_with(self, answer: Answer):
                 if answer.hang:
                     # Held until released or until the client gives up (closes): `in_flight`
                     # counts the attempts actually waiting on this receiver.
+                    with receiver._lock:
+                        receiver._held.add(self)
                     deadline = time.monotonic() + 120
                     while not receiver._released.wait(0.02) and time.monotonic() < deadline:
                         if self._client_gone():
