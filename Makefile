@@ -17,7 +17,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m botmanager.runstack
+	$(BIN)/python -m devstack.run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -48,7 +48,7 @@ compose-down:
 	$(COMPOSE) down --remove-orphans $(DOWN_ARGS)
 
 services-stop:
-	$(BIN)/python -m botmanager.devstack stop
+	$(BIN)/python -m devstack.servers stop
 
 clean: services-stop
 	rm -rf $(VENV) .run

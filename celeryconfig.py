@@ -81,7 +81,7 @@ beat_schedule = {
         "schedule": settings.ORPHAN_SWEEP_INTERVAL_SECONDS,
         "options": {"expires": settings.ORPHAN_SWEEP_INTERVAL_SECONDS},
     },
-    # Scheduled bots are launched from the database when due (meetings/scheduled.py), never from a
+    # Scheduled bots are launched from the database when due (meetings/launching/scheduled.py), never from a
     # far-future ETA, which a restart or a visibility timeout would lose or duplicate.
     "scheduled-launch": {
         "task": "meetings.launch_scheduled",

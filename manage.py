@@ -15,7 +15,7 @@ def main() -> int:
         # line, not with a traceback. Other database errors keep theirs.
         from django.conf import settings
 
-        from botmanager import devstack, stackinfo
+        from devstack import servers as devstack, stackinfo
 
         db = settings.DATABASES["default"]
         if devstack.port_open(int(db.get("PORT") or 5432), db.get("HOST") or "localhost"):

@@ -4,7 +4,7 @@ from django import forms
 from django.contrib import admin
 from django.db import models
 
-from .models import APIToken, User
+from accounts.models import APIToken, User
 
 
 class APITokenInline(admin.TabularInline):

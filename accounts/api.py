@@ -4,34 +4,28 @@ from __future__ import annotations
 import re
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from botmanager import errors
-from botmanager.openapi import error
-from botmanager.strict_fields import MAX_OFFSET
-
-from . import services
-from .authentication import HasAdminAPIKey
-from .models import User
-from .webhook import InvalidWebhookURL
-from .serializers import (
-    IssuedTokenSerializer,
-    TokenSerializer,
-    UserCreateSerializer,
-    UserSerializer,
-    UserUpdateSerializer,
-)
+from accounts import services
+from accounts.authentication import HasAdminAPIKey
+from accounts.models import User
+from accounts.serializers import (IssuedTokenSerializer, TokenSerializer, UserCreateSerializer,
+                                  UserSerializer, UserUpdateSerializer)
+from accounts.webhook import InvalidWebhookURL
+from common import errors
+from common.openapi import error
+from common.strict_fields import MAX_OFFSET
 
 
 class AdminView(APIView):
     authentication_classes: list = []
     permission_classes = [HasAdminAPIKey]
-    # The operator, not a tenant: no per-user rate limit (botmanager/ratelimit.py).
+    # The operator, not a tenant: no per-user rate limit (common/ratelimit.py).
     throttle_classes: list = []
 
 

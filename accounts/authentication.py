@@ -6,7 +6,7 @@ import hmac
 from django.conf import settings
 from rest_framework import authentication, exceptions, permissions
 
-from .services import user_for_token
+from accounts.services import user_for_token
 
 MISSING_TOKEN = "Missing API token (X-API-Key header)"
 INVALID_TOKEN = "Invalid API token"

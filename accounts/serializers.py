@@ -1,8 +1,7 @@
 from rest_framework import serializers
 
-from botmanager.strict_fields import StrictCharField, StrictIntegerField
-
-from .models import APIToken, User
+from accounts.models import APIToken, User
+from common.strict_fields import StrictCharField, StrictIntegerField
 
 # The largest value the PositiveIntegerField column holds; beyond it PostgreSQL raises (a 500).
 MAX_CONCURRENT_BOTS_LIMIT = 2**31 - 1

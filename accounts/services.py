@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from botmanager.compiled import CompiledQuery
-
-from . import webhook
-from .models import APIToken, User, hash_token
+from accounts import webhook
+from accounts.models import APIToken, User, hash_token
+from common.compiled import CompiledQuery
 
 TOKEN_PREFIX = "bm_"
 

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from . import api
+from accounts import api
 
 urlpatterns = [
     path("admin/users", api.UsersView.as_view()),

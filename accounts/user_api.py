@@ -7,10 +7,9 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from botmanager.strict_fields import StrictBooleanField, StrictCharField
-
-from . import webhook
-from .serializers import UserSerializer
+from accounts import webhook
+from accounts.serializers import UserSerializer
+from common.strict_fields import StrictBooleanField, StrictCharField
 
 
 class WebhookSerializer(serializers.Serializer):

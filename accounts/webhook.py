@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.db import transaction
 
-from .models import User
+from accounts.models import User
 
 URL_MAX_LENGTH = User._meta.get_field("webhook_url").max_length
 

@@ -1,4 +1,4 @@
-"""What a bot's own Redis user costs (meetings/bot_credentials.py): its creation at launch (one
+"""What a bot's own Redis user costs (meetings/launching/bot_credentials.py): its creation at launch (one
 ACL SETUSER) beside a PING round trip on the same connection, its removal, and the sweep's part
 (one ACL USERS and the comparison) with many live bots. The callback path does not touch it.
 
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--users", type=int, default=2000)
     args = parser.parse_args(argv)
     common.setup()
-    from meetings import bot_credentials
-    from meetings.redis_client import get_redis
+    from common.redis_client import get_redis
+    from meetings.launching import bot_credentials
 
     redis = get_redis()
     sessions = [(10**6 + i, str(uuid.uuid4())) for i in range(args.users)]

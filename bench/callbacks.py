@@ -36,7 +36,7 @@ PHASES = ("joining", "awaiting_admission", "started")
 
 def queries_per_callback() -> dict[str, int]:
     """SQL statements per callback, counted on a second meeting: the first one's callbacks
-    prepare the statements (a PREPARE once per database session, see botmanager/compiled.py)."""
+    prepare the statements (a PREPARE once per database session, see common/compiled.py)."""
     from django.test import Client
 
     from meetings.models import MeetingSession

@@ -34,7 +34,7 @@ _ready = False
 _env: dict[str, str] = {}
 
 
-# Per-user rate limits (botmanager/ratelimit.py) no benchmark reaches: one user drives each load.
+# Per-user rate limits (common/ratelimit.py) no benchmark reaches: one user drives each load.
 # `on`: the limiter runs on every request and never refuses (its cost is in the figures); `off`:
 # no limit, the limiter is not asked (the figures without it).
 RATE_LIMITS = {
@@ -50,8 +50,9 @@ def setup() -> dict[str, str]:
     global _ready, _env
     if _ready:
         return _env
-    from botmanager import devstack
     from django.conf import settings
+
+    from devstack import servers as devstack
 
     devstack.ensure_services()
     import psycopg2
@@ -100,7 +101,7 @@ def setup() -> dict[str, str]:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    from meetings.redis_client import get_redis
+    from common.redis_client import get_redis
 
     get_redis.cache_clear()
     get_redis().flushdb()
@@ -335,7 +336,7 @@ def bulk_meetings(n: int, status: str, *, prefix: str, with_sessions: bool = Fal
     """Insert n meetings directly (benchmark setup, like the tests' factories). Returns their ids."""
     from django.utils import timezone
 
-    from meetings import deadlines
+    from meetings.lifecycle import deadlines
     from meetings.models import Meeting, MeetingSession
 
     user = make_user()

@@ -3,7 +3,7 @@ BOT_CONFIG and credentials, ask the backend to start it, record it), timed in th
 PostgreSQL and Redis with the process backend and the simulated bot. Sequential, distinct
 `requested` meetings; every bot started is killed and removed at the end.
 
-The time is that of `meetings.launch.launch()` returning: the bot process is started, not yet
+The time is that of `meetings.launching.launch.launch()` returning: the bot process is started, not yet
 joined (its start-up is the bot's, not the manager's).
 
     python -m bench.launch [--bots 100]
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     settings.ORCHESTRATOR = "process"
     settings.RUN_DIR = Path(env["RUN_DIR"])
-    from meetings import launch
+    from meetings.launching import launch
     from orchestrators.registry import get_orchestrator
 
     warmup = max(1, args.bots // 10)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
                "p50_ms": round(common.percentile(latencies, 50) * 1000, 2),
                "p99_ms": round(common.percentile(latencies, 99) * 1000, 2),
                "mean_ms": round(sum(latencies) / len(latencies) * 1000, 2)}
-    common.print_table("launch: meetings.launch.launch() with the process backend (sequential)", [
+    common.print_table("launch: meetings.launching.launch.launch() with the process backend (sequential)", [
         ("bots launched", figures["bots"], f"failed {failed}"),
         ("latency p50 / p99", f"{figures['p50_ms']} ms", f"{figures['p99_ms']} ms", f"(mean {figures['mean_ms']} ms)"),
     ])

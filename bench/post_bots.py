@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rest_framework.test import APIClient
 
     from accounts.services import issue_token
-    from meetings.redis_client import get_redis
+    from common.redis_client import get_redis
 
     user = common.make_user("post-bench@example.com")
     key = issue_token(user).token

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     env = common.setup()
     from accounts.services import issue_token
-    from botmanager import ratelimit
-    from meetings.redis_client import get_redis
+    from common import ratelimit
+    from common.redis_client import get_redis
 
     user = common.make_user("ratelimit-bench@example.com")
     key = issue_token(user).token

@@ -35,8 +35,8 @@ def one_size(n: int) -> dict:
     from django.test import Client
     from django.utils import timezone
 
-    from meetings import reconcile
     from meetings.models import Meeting, MeetingSession, MeetingTransition
+    from meetings.stopping import reconcile
     from orchestrators.base import LABEL_MEETING_ID, BotInfo, NormalizedStatus
 
     MeetingTransition.objects.all().delete()

@@ -8,7 +8,7 @@ class BotmanagerConfig(AppConfig):
     def ready(self):
         from django.core import checks
 
-        from .checks import check_secrets
+        from botmanager.checks import check_secrets
 
         # Tagged "security" and run everywhere (not only with --deploy): a deployment with a known
         # secret must not start at all.

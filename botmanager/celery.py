@@ -6,8 +6,8 @@ from celery.signals import setup_logging, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
-# Celery's Django fix-up, but database connections are kept between tasks (botmanager/task_connections.py).
-app = Celery("botmanager", fixups=["botmanager.task_connections:fixup"])
+# Celery's Django fix-up, but database connections are kept between tasks (patches/task_connections.py).
+app = Celery("botmanager", fixups=["patches.task_connections:fixup"])
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks(["meetings", "webhooks"])
 
@@ -17,8 +17,8 @@ from botmanager import checks as _checks  # noqa: E402
 _checks.connect_celery()
 
 # A worker must survive a Redis restart while it holds countdown tasks (celery 5.7.0 / kombu 5.7.0
-# crash there): see botmanager/broker_outage.py.
-from botmanager import broker_outage  # noqa: E402
+# crash there): see patches/broker_outage.py.
+from patches import broker_outage  # noqa: E402
 
 broker_outage.install(app)
 
@@ -46,7 +46,7 @@ def _use_django_logging(**kwargs):
     dictConfig(settings.LOGGING)
 
 
-# Sweep runs and what they did are counted in Redis by every worker process (botmanager/metrics.py).
-from botmanager import metrics  # noqa: E402
+# Sweep runs and what they did are counted in Redis by every worker process (observability/metrics.py).
+from observability import metrics  # noqa: E402
 
 metrics.connect_worker_signals()

@@ -31,7 +31,7 @@ warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl has alr
 
 graceful_timeout = 10
 worker_class = settings.WEB_WORKER_CLASS
-# Held event streams have places of their own (meetings/event_stream.py caps them per worker).
+# Held event streams have places of their own (meetings/events/stream.py caps them per worker).
 worker_connections = settings.WEB_WORKER_CONNECTIONS + settings.EVENT_STREAMS_PER_WORKER
 keepalive = settings.WEB_KEEPALIVE_SECONDS
 
@@ -39,7 +39,7 @@ if settings.LOG_FORMAT == "json":
     logconfig_dict = {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "botmanager.jsonlog.JsonFormatter"}},
+        "formatters": {"json": {"()": "observability.jsonlog.JsonFormatter"}},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json",
                                  "stream": "ext://sys.stdout"}},
         "root": {"level": settings.LOG_LEVEL, "handlers": ["console"]},
@@ -76,7 +76,7 @@ def post_worker_init(worker):
     from django.db import connections
     from psycogreen.gevent import patch_psycopg
 
-    from botmanager.greenlet_connections import GreenletConnections
+    from patches.greenlet_connections import GreenletConnections
 
     # A query waits in the gevent hub, not in libpq: the worker's other connections go on.
     patch_psycopg()
@@ -84,7 +84,7 @@ def post_worker_init(worker):
     # database connections is a real thread-local, one for all the worker's greenlets (they would
     # share one connection: "DatabaseWrapper objects created in a thread can only be used in that
     # same thread"). The new store is greenlet-local, and a client connection that ends hands its
-    # database connection on to the next one (botmanager/greenlet_connections.py): bots send
+    # database connection on to the next one (patches/greenlet_connections.py): bots send
     # `Connection: close`, and a new PostgreSQL connection per callback cost more than the callback.
     store = GreenletConnections(connections.thread_critical)
     connections._connections = store

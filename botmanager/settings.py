@@ -2,7 +2,7 @@
 
 This module is the only place that reads the process environment. Every knob has a default that
 works on a developer's machine: with no DATABASE_URL / REDIS_URL, the embedded PostgreSQL and Redis
-servers that `botmanager.devstack` starts under RUN_DIR are used.
+servers that `devstack.servers` starts under RUN_DIR are used.
 """
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ DEBUG = _bool("DEBUG", False)
 ALLOWED_HOSTS = [h.strip() for h in _str("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
 RUN_DIR = Path(_str("RUN_DIR", str(BASE_DIR / ".run"))).resolve()
 # While a `make run` of this RUN_DIR runs, its ports, backend and deployment name (RUN_DIR/runstack.env,
-# botmanager/stackinfo.py) are this process's defaults too: `manage.py` in a second terminal reaches
+# devstack/stackinfo.py) are this process's defaults too: `manage.py` in a second terminal reaches
 # the same servers and bots without exporting anything. The environment still wins.
-from botmanager import stackinfo  # noqa: E402
+from devstack import stackinfo  # noqa: E402
 
 _env = {**stackinfo.shared_settings(RUN_DIR), **os.environ}
 PORT = _int("PORT", 8000)
@@ -74,10 +74,10 @@ EMBEDDED_REDIS = not _env.get("REDIS_URL")
 # --- Secrets --------------------------------------------------------------------------------------
 # No known value ever signs or authenticates: each secret comes from the environment or, on the
 # local stack (an embedded server in use), from RUN_DIR/secrets.json (0600), generated on first use
-# (botmanager/local_secrets.py) so `make run`, `manage.py` and the tests of one RUN_DIR agree. A
+# (devstack/secrets.py) so `make run`, `manage.py` and the tests of one RUN_DIR agree. A
 # deployment (both URLs set) must give them; botmanager/checks.py refuses to start on a missing,
 # short or publicly known value.
-from botmanager import local_secrets  # noqa: E402
+from devstack import secrets as local_secrets  # noqa: E402
 
 _local_secrets = local_secrets.load(RUN_DIR, create=EMBEDDED_POSTGRES or EMBEDDED_REDIS)
 
@@ -101,7 +101,7 @@ REDIS_URL = _env.get("REDIS_URL") or f"redis://:{EMBEDDED_REDIS_PASSWORD}@127.0.
 
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=_int("DB_CONN_MAX_AGE", 60))}
 # The hot-path statements (bot callbacks, the meeting lock, every API request's key lookup) run as
-# server-side prepared statements (botmanager/compiled.py): PREPARE once per database session, then
+# server-side prepared statements (common/compiled.py): PREPARE once per database session, then
 # EXECUTE. Turn off behind a transaction-pooling proxy (PgBouncer in transaction mode), where one
 # client's session is not one server session.
 DB_PREPARED_STATEMENTS = _bool("DB_PREPARED_STATEMENTS", True)
@@ -118,7 +118,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    # The OpenAPI schema (/openapi.json, botmanager/openapi.py) and Swagger UI (/docs) with its
+    # The OpenAPI schema (/openapi.json, common/openapi.py) and Swagger UI (/docs) with its
     # assets served from the sidecar package, not a CDN.
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -131,7 +131,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "botmanager.metrics.CallbackLatencyMiddleware",  # first: times the whole callback
+    "observability.metrics.CallbackLatencyMiddleware",  # first: times the whole callback
     "django.middleware.security.SecurityMiddleware",
     # Serves the Django admin's CSS/JS under gunicorn, straight from the installed apps.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -156,18 +156,18 @@ AUTHENTICATION_BACKENDS = [
 AXES_FAILURE_LIMIT = _int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = _float("ADMIN_LOGIN_COOLOFF_MINUTES", 15) / 60  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
-# The client address behind a trusted proxy only (TRUSTED_PROXY_ADDRESSES, botmanager/clientaddr.py).
-AXES_CLIENT_IP_CALLABLE = "botmanager.clientaddr.client_address"
+# The client address behind a trusted proxy only (TRUSTED_PROXY_ADDRESSES, common/clientaddr.py).
+AXES_CLIENT_IP_CALLABLE = "common.clientaddr.client_address"
 # The key under which the admin login form hands the account to authenticate(): "username", whatever
 # the user model's USERNAME_FIELD (email) is. axes' default (USERNAME_FIELD) recorded every attempt
 # without its account, so the lockout was by address alone.
 AXES_USERNAME_FORM_FIELD = "username"
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "botmanager.errors.login_locked_out"
+AXES_LOCKOUT_CALLABLE = "common.errors.login_locked_out"
 AXES_VERBOSE = False
 
 # --- Request bodies -------------------------------------------------------------------------------
-# Every JSON body (the DRF parser and the callback fast path, botmanager/jsonbody.py): larger than
+# Every JSON body (the DRF parser and the callback fast path, common/jsonbody.py): larger than
 # this answers 413, nested deeper than JSON_MAX_DEPTH answers 422. Django's own limit on a body it
 # reads is the same.
 JSON_MAX_BODY_BYTES = _int("JSON_MAX_BODY_BYTES", 1024 * 1024)
@@ -181,7 +181,7 @@ CALLBACK_BOT_LOGS_MAX_LINES = _int("CALLBACK_BOT_LOGS_MAX_LINES", 50)
 CALLBACK_BOT_LOG_LINE_MAX_CHARS = _int("CALLBACK_BOT_LOG_LINE_MAX_CHARS", 1000)
 CALLBACK_EXTRA_MAX_CHARS = _int("CALLBACK_EXTRA_MAX_CHARS", 4000)
 # A CSRF refusal (a POST to a page without its token) is JSON like every other error.
-CSRF_FAILURE_VIEW = "botmanager.errors.csrf_failure"
+CSRF_FAILURE_VIEW = "common.errors.csrf_failure"
 
 ROOT_URLCONF = "botmanager.urls"
 WSGI_APPLICATION = "botmanager.wsgi.application"
@@ -216,12 +216,12 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.APIKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["botmanager.jsonbody.LimitedJSONParser"],
-    "EXCEPTION_HANDLER": "botmanager.errors.json_exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["common.jsonbody.LimitedJSONParser"],
+    "EXCEPTION_HANDLER": "common.errors.json_exception_handler",
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_SCHEMA_CLASS": "botmanager.openapi.AutoSchema",
-    # Per-user rate limits (botmanager/ratelimit.py; API_RATE_LIMIT_* and BOT_REQUEST_RATE_LIMIT_*).
-    "DEFAULT_THROTTLE_CLASSES": ["botmanager.ratelimit.UserRateThrottle"],
+    "DEFAULT_SCHEMA_CLASS": "common.openapi.AutoSchema",
+    # Per-user rate limits (common/ratelimit.py; API_RATE_LIMIT_* and BOT_REQUEST_RATE_LIMIT_*).
+    "DEFAULT_THROTTLE_CLASSES": ["common.ratelimit.UserRateThrottle"],
 }
 
 # The served OpenAPI 3 schema: /openapi.json and Swagger UI at /docs, both without authentication.
@@ -240,17 +240,17 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_PATCH": False,  # PATCH bodies have required fields too
     # One name per choice set (the same set is used by several fields).
     "ENUM_NAME_OVERRIDES": {
-        "MeetingStatus": "meetings.statuses.MeetingStatus",
-        "Platform": "meetings.statuses.Platform",
-        "CompletionReason": "meetings.statuses.CompletionReason",
-        "FailureStage": "meetings.statuses.FailureStage",
-        "TransitionSource": "meetings.statuses.TransitionSource",
+        "MeetingStatus": "meetings.lifecycle.statuses.MeetingStatus",
+        "Platform": "meetings.lifecycle.statuses.Platform",
+        "CompletionReason": "meetings.lifecycle.statuses.CompletionReason",
+        "FailureStage": "meetings.lifecycle.statuses.FailureStage",
+        "TransitionSource": "meetings.lifecycle.statuses.TransitionSource",
         "CallbackResultStatus": ["processed", "ok", "container_updated"],
         "ReadinessStatus": ["ok", "unavailable"],
         "LivenessStatus": ["ok"],
     },
     "PREPROCESSING_HOOKS": [],
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "botmanager.openapi.postprocess"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "common.openapi.postprocess"],
 }
 
 # --- Users and bots -------------------------------------------------------------------------------
@@ -337,7 +337,7 @@ ORCHESTRATOR_QUERY_TIMEOUT_SECONDS = _float("ORCHESTRATOR_QUERY_TIMEOUT_SECONDS"
 # (orchestrators/request_listing.py), so a hung engine never holds the web's workers.
 ORCHESTRATOR_REQUEST_TIMEOUT_SECONDS = _float("ORCHESTRATOR_REQUEST_TIMEOUT_SECONDS", 2)
 # A live meeting whose bot's instance no sweep has listed for this long is reported as unseen and
-# left to the explicit lost-instance policy (meetings/instances.py), never judged gone.
+# left to the explicit lost-instance policy (meetings/stopping/instances.py), never judged gone.
 INSTANCE_UNSEEN_SECONDS = _float("INSTANCE_UNSEEN_SECONDS", 300)
 # Set by CI: the Docker tests must run there, so a skipped Docker test fails the run.
 CI = _bool("CI", False)
@@ -353,7 +353,7 @@ JOINING_TIMEOUT_SECONDS = _float("JOINING_TIMEOUT_SECONDS", 600)
 AWAITING_ADMISSION_TIMEOUT_SECONDS = _float("AWAITING_ADMISSION_TIMEOUT_SECONDS", 900)
 MAX_BOT_DURATION_SECONDS = _float("MAX_BOT_DURATION_SECONDS", 4 * 3600)
 
-# --- Scheduled bots (POST /bots with join_at; meetings/scheduled.py) ------------------------------
+# --- Scheduled bots (POST /bots with join_at; meetings/launching/scheduled.py) ------------------------------
 # How far ahead a bot may be scheduled.
 SCHEDULED_MAX_AHEAD_DAYS = _float("SCHEDULED_MAX_AHEAD_DAYS", 30)
 # How often the beat asks the scheduler to launch the scheduled bots that are due.
@@ -365,7 +365,7 @@ SCHEDULED_LAUNCH_LEAD_SECONDS = _float("SCHEDULED_LAUNCH_LEAD_SECONDS", 30)
 SCHEDULED_LAUNCH_WINDOW_SECONDS = _float("SCHEDULED_LAUNCH_WINDOW_SECONDS", 600)
 
 # --- Fair share: per-user rate limits and caps (issue 24, part C) ---------------------------------
-# Token buckets in Redis per user, shared by every web worker and host (botmanager/ratelimit.py):
+# Token buckets in Redis per user, shared by every web worker and host (common/ratelimit.py):
 # every user API request takes a token from a bucket refilled at API_RATE_LIMIT_PER_SECOND holding
 # at most API_RATE_LIMIT_BURST; an empty bucket answers 429 with Retry-After. 0 turns a limit off.
 API_RATE_LIMIT_PER_SECOND = _float("API_RATE_LIMIT_PER_SECOND", 20)
@@ -411,7 +411,7 @@ EVENT_STREAMS_PER_USER = _int("EVENT_STREAMS_PER_USER", 10)
 # away is noticed (the write fails) and its stream ends.
 EVENT_STREAM_HEARTBEAT_SECONDS = _float("EVENT_STREAM_HEARTBEAT_SECONDS", 15)
 
-# --- Fair share of event streams (issue 24, part D: meetings/event_stream.py) ---------------------
+# --- Fair share of event streams (issue 24, part D: meetings/events/stream.py) ---------------------
 # Streams held at once over all workers and hosts (Redis); one more answers 503. Default: the
 # places of this host's workers, WEB_CONCURRENCY x EVENT_STREAMS_PER_WORKER; with several hosts set
 # it to the sum of their workers' places.
@@ -437,7 +437,7 @@ CELERY_WEBHOOK_CONCURRENCY = _int("CELERY_WEBHOOK_CONCURRENCY", 16)
 # Extra task routes over celeryconfig's, as JSON: {"meetings.post_meeting": {"queue": "postmeeting"}}.
 CELERY_TASK_ROUTES = json.loads(_str("CELERY_TASK_ROUTES", "") or "{}")
 
-# --- Bot credentials (issue 24, part A: meetings/bot_credentials.py) ------------------------------
+# --- Bot credentials (issue 24, part A: meetings/launching/bot_credentials.py) ------------------------------
 # Each bot session gets its own Redis user that can subscribe to its command channels only. This
 # adds what the operator's transcription pipeline needs from a bot: comma-separated
 # `COMMAND target` pairs, each one command (PUBLISH on a channel; XADD, RPUSH, LTRIM, SET... on a
@@ -453,9 +453,9 @@ BOT_REDIS_GRANTS = _str("BOT_REDIS_GRANTS", ", ".join([
 # --- Logging --------------------------------------------------------------------------------------
 LOG_LEVEL = _str("LOG_LEVEL", "INFO")
 # plain: human lines (make run); json: one JSON object per line with the structured fields
-# (botmanager/jsonlog.py; the compose file sets it).
+# (observability/jsonlog.py; the compose file sets it).
 LOG_FORMAT = _str("LOG_FORMAT", "plain").strip().lower()
-from botmanager.jsonlog import logging_config  # noqa: E402
+from observability.jsonlog import logging_config  # noqa: E402
 
 LOGGING = logging_config(LOG_FORMAT, LOG_LEVEL)
 
@@ -471,6 +471,6 @@ READYZ_TIMEOUT_SECONDS = _float("READYZ_TIMEOUT_SECONDS", 3)
 
 # --- Operator surface (issue 24, part E) ----------------------------------------------------------
 # The reverse proxies whose X-Forwarded-For is believed (the admin login lockout's client address,
-# botmanager/clientaddr.py): comma-separated addresses, networks (CIDR) or host names (resolved
+# common/clientaddr.py): comma-separated addresses, networks (CIDR) or host names (resolved
 # again every 30 s; compose sets its `proxy` service). Empty: the header is never believed.
 TRUSTED_PROXY_ADDRESSES = [a.strip() for a in _str("TRUSTED_PROXY_ADDRESSES", "").split(",") if a.strip()]

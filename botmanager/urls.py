@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
-from . import errors, health, metrics, openapi
+from common import errors, openapi
+from observability import health, metrics
 
 urlpatterns = [
     path("healthz", openapi.document_as(openapi.HealthzDoc, health.healthz)),

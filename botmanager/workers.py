@@ -14,7 +14,7 @@ what the "no meeting stays stuck" guarantee needs (celeryconfig.py routes each t
 remove; judging it in the sweep) goes to the queue of the instance that runs it, so it reaches the
 host that can see the bot, whichever host asked.
 
-`make run` (botmanager/runstack.py) starts one process of each; docker-compose.yml has one service
+`make run` (devstack/run.py) starts one process of each; docker-compose.yml has one service
 of each (`python -m botmanager.workers <kind>`), scalable on its own; `celery -A botmanager worker`
 with no `-Q` still consumes every queue (a single-process setup for tests and small installs).
 """

@@ -4,11 +4,10 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 
-from botmanager.admin_readonly import ReadOnlyInline, ReadOnlyModelAdmin
-
-from . import instances, operations, reconcile
-from .models import BotInstance, Meeting, MeetingSession, MeetingTransition
-from .statuses import NON_TERMINAL, FailureStage, MeetingStatus
+from common.admin_readonly import ReadOnlyInline, ReadOnlyModelAdmin
+from meetings.lifecycle.statuses import NON_TERMINAL, FailureStage, MeetingStatus
+from meetings.models import BotInstance, Meeting, MeetingSession, MeetingTransition
+from meetings.stopping import instances, operations, reconcile
 
 
 class FinalizeForm(forms.Form):
@@ -43,7 +42,7 @@ class MeetingAdmin(admin.ModelAdmin):
     search_fields = ["native_meeting_id", "user__email", "bot_container_id"]
     date_hierarchy = "created_at"
     list_select_related = ["user"]
-    # Status and its companions change only through meetings.lifecycle (and the admin actions).
+    # Status and its companions change only through meetings.lifecycle.transitions (and the admin actions).
     readonly_fields = ["status", "completion_reason", "failure_stage", "start_time", "end_time",
                        "join_at", "stop_requested_at", "deadline_at", "current_session", "bot_container_id",
                        "orchestrator", "post_meeting_done_at",

@@ -8,7 +8,8 @@ class MeetingsConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
-        from . import bot_credentials, post_meeting
+        from meetings.launching import bot_credentials
+        from meetings.stopping import post_meeting
 
         # An ended meeting's bots lose their Redis users (the sweep is the backstop).
         post_meeting.register(bot_credentials.remove_after_meeting)

@@ -7,14 +7,15 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from .statuses import EXCLUSIVE, CompletionReason, FailureStage, MeetingStatus, Platform, TransitionSource
+from meetings.lifecycle.statuses import (EXCLUSIVE, CompletionReason, FailureStage, MeetingStatus, Platform,
+                                         TransitionSource)
 
 
 class Meeting(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="meetings")
     platform = models.CharField(max_length=32, choices=Platform.choices)
     native_meeting_id = models.CharField(max_length=255)
-    # Written only by meetings.lifecycle.
+    # Written only by meetings.lifecycle.transitions.
     status = models.CharField(max_length=32, choices=MeetingStatus.choices, default=MeetingStatus.REQUESTED)
     completion_reason = models.CharField(max_length=64, choices=CompletionReason.choices, null=True, blank=True)
     failure_stage = models.CharField(max_length=32, choices=FailureStage.choices, null=True, blank=True)
@@ -32,9 +33,9 @@ class Meeting(models.Model):
     data = models.JSONField(default=dict, blank=True)
     stop_requested_at = models.DateTimeField(null=True, blank=True)
     # When the user asked the bot to join (`POST /bots` `join_at`, UTC); null for a bot asked for
-    # now. A `scheduled` meeting is launched from it by meetings/scheduled.py.
+    # now. A `scheduled` meeting is launched from it by meetings/launching/scheduled.py.
     join_at = models.DateTimeField(null=True, blank=True)
-    # The completion reason a stop ends the meeting with (set with `stopping` by meetings.lifecycle:
+    # The completion reason a stop ends the meeting with (set with `stopping` by meetings.lifecycle.transitions:
     # "stopped" for a user's stop, "max_duration" for the sweep's), whoever then reports the end.
     stop_reason = models.CharField(max_length=64, choices=CompletionReason.choices, null=True, blank=True)
     # The next moment the manager must act if nothing else happens (set by every applied transition).
@@ -93,12 +94,12 @@ class EventField(models.TextField):
     is inserted, after the meeting's own write in the same statement or transaction has set its
     `updated_at` and this row its `created_at`, so it is the meeting exactly as the transition
     left it. The webhook outbox sends these bytes and `GET /events` replays them: one event, one
-    body, however it is read (meetings/events.py)."""
+    body, however it is read (meetings/events/log.py)."""
 
     def pre_save(self, model_instance, add):
         value = getattr(model_instance, self.attname)
         if add and not value and model_instance.applied:
-            from .payloads import serialized, status_change_event
+            from meetings.events.payloads import serialized, status_change_event
 
             value = serialized(status_change_event(model_instance.meeting, model_instance))
             setattr(model_instance, self.attname, value)
@@ -107,7 +108,7 @@ class EventField(models.TextField):
 
 class MeetingTransition(models.Model):
     """Append-only record of every transition attempt, applied or refused. The applied ones are
-    the user's event log (meetings/events.py)."""
+    the user's event log (meetings/events/log.py)."""
 
     meeting = models.ForeignKey(Meeting, on_delete=models.CASCADE, related_name="transitions")
     # The meeting's user, copied so that a user's event log is one index range (the index below)
@@ -145,7 +146,7 @@ class BotInstance(models.Model):
     """A backend instance some worker listed (a Docker engine, a Nomad cluster, a host's process
     backend), and when it last listed it successfully. A live meeting whose bot's instance nobody
     has listed for INSTANCE_UNSEEN_SECONDS is reported (sweep log, metrics, admin) and left to the
-    explicit lost-instance policy (meetings/instances.py), never judged gone by a sweep that could
+    explicit lost-instance policy (meetings/stopping/instances.py), never judged gone by a sweep that could
     not see it."""
 
     instance = models.CharField(max_length=255, primary_key=True)

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from .statuses import Platform
+from meetings.lifecycle.statuses import Platform
 
 
 @dataclass(frozen=True)

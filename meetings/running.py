@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import logging
 
+from meetings.lifecycle.errors import BackendUnavailable
+from meetings.lifecycle.statuses import MeetingStatus
+from meetings.models import Meeting
 from orchestrators import request_listing
 from orchestrators.base import LABEL_SESSION_UID, LABEL_USER_ID, OrchestratorError
 from orchestrators.registry import get_orchestrator
-
-from .errors import BackendUnavailable
-from .models import Meeting
-from .statuses import MeetingStatus
 
 # The `normalized_status` of a scheduled bot, next to the orchestrators' (orchestrators/base.py).
 SCHEDULED_NORMALIZED = "Scheduled"

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from meetings.launching import launch, scheduled
+from meetings.stopping import bot_control, flow as stopping, post_meeting as post_meeting_module, reconcile
 from orchestrators.base import OrchestratorError
-
-from . import bot_control, launch, reconcile, scheduled, stopping
-from . import post_meeting as post_meeting_module
 
 # Transient backend errors are retried; the orphan sweep is the backstop if retries run out.
 _RETRY = {"autoretry_for": (OrchestratorError,), "retry_backoff": 2, "retry_backoff_max": 30,
@@ -58,7 +57,7 @@ def sweep() -> dict:
     return summary.as_dict()
 
 
-# Sent to the instance's own sweep queue (meetings/instances.py): only its host can list its bots.
+# Sent to the instance's own sweep queue (meetings/stopping/instances.py): only its host can list its bots.
 @shared_task(name="meetings.sweep_instance")
 def sweep_instance(instance: str) -> dict:
     _plan, summary = reconcile.sweep_instance(instance)

@@ -1,8 +1,7 @@
 from django.urls import path
 
 from accounts.user_api import WebhookView
-
-from .api import bots, callbacks, events, meetings
+from meetings.api import bots, callbacks, events, meetings
 
 urlpatterns = [
     path("bots", bots.BotsView.as_view()),

@@ -2,7 +2,7 @@
 
 A backend starts a bot from a `BotSpec`, asks it to stop (`terminate`), forces it (`kill`), lists
 every bot of this deployment in one call, and inspects one. No call waits for a bot to die: the
-escalation from terminate to kill is a countdown task (meetings/bot_control.py), so a bot that
+escalation from terminate to kill is a countdown task (meetings/stopping/bot_control.py), so a bot that
 ignores SIGTERM never holds a worker. Errors talking to the engine raise `OrchestratorError`: `list()` never answers
 an empty list when it could not look, so reconciliation can tell "no bots" from "unknown".
 """

@@ -40,23 +40,13 @@ import re
 import threading
 from datetime import datetime, timezone
 
-import docker
 import docker.errors
 import requests.exceptions
 
-from .base import (
-    LABEL_DEPLOYMENT,
-    LABEL_PREFIX,
-    LABEL_MANAGED,
-    LABEL_SESSION_UID,
-    BotInfo,
-    BotSpec,
-    NormalizedStatus,
-    NotOurBotError,
-    OrchestratorError,
-    is_ours,
-    session_digest,
-)
+import docker
+from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_PREFIX, LABEL_SESSION_UID, BotInfo,
+                                BotSpec, NormalizedStatus, NotOurBotError, OrchestratorError, is_ours,
+                                session_digest)
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from .base import LABEL_DEPLOYMENT, LABEL_MANAGED
+from orchestrators.base import LABEL_DEPLOYMENT, LABEL_MANAGED
 
 log = logging.getLogger("orchestrators.docker_readonly_proxy")
 

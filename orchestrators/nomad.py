@@ -59,17 +59,8 @@ import nomad.api
 import nomad.api.exceptions
 import requests
 
-from .base import (
-    LABEL_DEPLOYMENT,
-    LABEL_MANAGED,
-    LABEL_SESSION_UID,
-    BotInfo,
-    BotSpec,
-    NormalizedStatus,
-    NotOurBotError,
-    OrchestratorError,
-    is_ours,
-)
+from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_SESSION_UID, BotInfo, BotSpec,
+                                NormalizedStatus, NotOurBotError, OrchestratorError, is_ours)
 
 log = logging.getLogger(__name__)
 

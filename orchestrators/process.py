@@ -50,9 +50,9 @@ from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from . import process_state
-from .base import (LABEL_DEPLOYMENT, LABEL_MANAGED, BotInfo, BotSpec, NormalizedStatus,
-                   NotOurBotError, OrchestratorError, is_ours)
+from orchestrators import process_state
+from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, BotInfo, BotSpec, NormalizedStatus,
+                                NotOurBotError, OrchestratorError, is_ours)
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import process_state
+from orchestrators import process_state
 
 
 def _now() -> str:

@@ -6,7 +6,7 @@ import importlib
 
 from django.conf import settings
 
-from .base import Orchestrator
+from orchestrators.base import Orchestrator
 
 BACKENDS = {
     "process": "orchestrators.process.ProcessOrchestrator",

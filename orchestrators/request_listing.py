@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 
 from django.conf import settings
 
-from .base import BotInfo, Orchestrator, OrchestratorError
+from orchestrators.base import BotInfo, Orchestrator, OrchestratorError
 
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="request-listing")
 _lock = threading.Lock()

@@ -9,9 +9,9 @@ import sys
 
 import redis
 
-from . import config
-from .bot import SimBot
-from .callbacks import CallbackClient
+from simbot import config
+from simbot.bot import SimBot
+from simbot.callbacks import CallbackClient
 
 log = logging.getLogger("simbot")
 # Session uids (connectionId, the bot_commands:<uid> channel, callback bodies) are capabilities:

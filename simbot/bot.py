@@ -14,8 +14,8 @@ from collections import deque
 
 import redis
 
-from .callbacks import CallbackClient
-from .config import BotConfig
+from simbot.callbacks import CallbackClient
+from simbot.config import BotConfig
 
 log = logging.getLogger("simbot")
 

@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 
-from .config import callback_url
+from simbot.config import callback_url
 
 log = logging.getLogger("simbot.callbacks")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from botmanager import devstack
+from devstack import servers as devstack
 
 _started: devstack.Started | None = None
 
@@ -109,7 +109,7 @@ def api_client(api_user):
 
 @pytest.fixture
 def redis_conn():
-    from meetings.redis_client import get_redis
+    from common.redis_client import get_redis
 
     return get_redis()
 

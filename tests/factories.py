@@ -6,9 +6,9 @@ import itertools
 
 from accounts.models import User
 from accounts.services import issue_token
-from meetings import lifecycle
+from meetings.lifecycle import transitions as lifecycle
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from meetings.models import Meeting, MeetingSession
-from meetings.statuses import MeetingStatus, TransitionSource
 
 _seq = itertools.count(1)
 

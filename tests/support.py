@@ -11,8 +11,7 @@ import redis
 
 from botmanager.workers import QUEUES
 
-
-# Per-user rate limits no test driver reaches (botmanager/ratelimit.py): for servers one test user
+# Per-user rate limits no test driver reaches (common/ratelimit.py): for servers one test user
 # drives as hard as it can (the fuzz run, the chaos suite). The limiter still runs on every request;
 # tests/test_rate_limits.py is where it refuses.
 UNREACHED_RATE_LIMITS = {"API_RATE_LIMIT_PER_SECOND": "1000000", "API_RATE_LIMIT_BURST": "1000000",

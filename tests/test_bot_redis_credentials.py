@@ -13,17 +13,20 @@ import uuid
 
 import pytest
 import redis
-from redis.exceptions import NoPermissionError
 from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from redis.exceptions import NoPermissionError
 
 from botmanager import workers
-from meetings import bot_credentials, commands, lifecycle, post_meeting, reconcile
-from meetings.events import user_channel
-from meetings.launch import launch
+from meetings.bot_protocol import channels
+from meetings.events.log import user_channel
+from meetings.launching import bot_credentials
+from meetings.launching.launch import launch
+from meetings.lifecycle import transitions as lifecycle
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from meetings.models import Meeting
-from meetings.statuses import MeetingStatus, TransitionSource
+from meetings.stopping import post_meeting, reconcile
 from tests.factories import make_meeting, make_session, make_user
 from tests.support import subscribe
 
@@ -100,9 +103,9 @@ def test_a_bot_is_given_its_own_redis_user_and_never_the_services_password(bot):
 # --- Point 1's attacks, each refused --------------------------------------------------------------
 def test_a_bot_cannot_read_another_meetings_current_session_uid(bot, redis_conn):
     other = make_meeting()
-    redis_conn.set(commands.current_uid_key(other.id), str(uuid.uuid4()))
+    redis_conn.set(channels.current_uid_key(other.id), str(uuid.uuid4()))
     with pytest.raises(NoPermissionError):
-        bot.get(commands.current_uid_key(other.id))
+        bot.get(channels.current_uid_key(other.id))
 
 
 def test_a_bot_cannot_publish_into_a_users_event_stream(bot):
@@ -114,15 +117,15 @@ def test_a_bot_cannot_publish_into_a_users_event_stream(bot):
 def test_a_bot_cannot_publish_on_a_meetings_status_channel(bot, whose):
     meeting_id = bot.meeting.id if whose == "own" else make_meeting().id
     with pytest.raises(NoPermissionError):
-        bot.publish(commands.status_channel(meeting_id), json.dumps({"status": "completed"}))
+        bot.publish(channels.status_channel(meeting_id), json.dumps({"status": "completed"}))
 
 
 @pytest.mark.parametrize("channel", ["meeting", "session"])
 def test_a_bot_cannot_listen_on_another_meetings_command_channels(bot, launched, channel):
     other = make_meeting()
     other_config = launched(other)
-    target = commands.meeting_channel(other.id) if channel == "meeting" \
-        else commands.session_channel(other_config["connectionId"])
+    target = channels.meeting_channel(other.id) if channel == "meeting" \
+        else channels.session_channel(other_config["connectionId"])
     pubsub = bot.pubsub()
     pubsub.subscribe(target)
     with pytest.raises(NoPermissionError):
@@ -165,9 +168,9 @@ def test_a_bot_cannot_use_config_or_debug(bot, command):
 
 # --- What a bot needs ---------------------------------------------------------------------------
 def test_a_bot_receives_the_services_leave_on_its_own_command_channels(bot):
-    own = (commands.meeting_channel(bot.meeting.id), commands.session_channel(bot.config["connectionId"]))
+    own = (channels.meeting_channel(bot.meeting.id), channels.session_channel(bot.config["connectionId"]))
     pubsub = subscribe(bot, *own)
-    commands.publish_leave(bot.meeting.id)
+    channels.publish_leave(bot.meeting.id)
     got = {}
     while (message := pubsub.get_message(timeout=2)) is not None and len(got) < 2:
         got[message["channel"]] = json.loads(message["data"])

@@ -10,9 +10,9 @@ from datetime import datetime
 
 import pytest
 
-from meetings.commands import current_uid_key, meeting_channel, session_channel
+from meetings.bot_protocol.channels import current_uid_key, meeting_channel, session_channel
+from meetings.lifecycle.statuses import LIVE, MeetingStatus
 from meetings.models import Meeting, MeetingTransition
-from meetings.statuses import LIVE, MeetingStatus
 from orchestrators.base import OrchestratorError
 from tests.factories import make_meeting, make_session, make_token, make_user
 from tests.http import answer
@@ -610,7 +610,7 @@ def test_reconfigure_with_malformed_json_answers_422(api_client, api_user):
 @pytest.fixture
 def redis_down(settings):
     """Redis refuses connections (REDIS_URL at a port nothing listens on) for the test's duration."""
-    from meetings.redis_client import get_redis
+    from common.redis_client import get_redis
 
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     get_redis.cache_clear()
@@ -705,10 +705,9 @@ def test_running_bots_when_the_backend_fails_answers_503_json(api_client, test_b
 def process_bot(settings, tmp_path, meeting, session, name: str):
     """A real process-backend bot (a sleeping Python) labelled for `meeting` and `session`,
     stopped afterwards; yields its container id."""
+    from meetings.launching.launch import bot_labels
     from orchestrators import registry
     from orchestrators.base import BotSpec
-
-    from meetings.launch import bot_labels
 
     settings.ORCHESTRATOR = "process"
     settings.RUN_DIR = tmp_path

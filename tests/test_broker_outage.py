@@ -1,5 +1,5 @@
 """A Celery worker survives a Redis restart while it holds a countdown task, resumes consuming, and
-runs the held task on time (botmanager/broker_outage.py). On celery 5.7.0 / kombu 5.7.0 without it,
+runs the held task on time (patches/broker_outage.py). On celery 5.7.0 / kombu 5.7.0 without it,
 the worker dies at once with AttributeError("'NoneType' object has no attribute 'hostname'").
 
 Real parts: a Redis server of this test's own (append-only file, so its data survives the kill,
@@ -18,9 +18,9 @@ import pytest
 from celery import Celery
 from django.utils import timezone
 
-from botmanager import devstack
+from devstack import servers as devstack
+from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import Meeting
-from meetings.statuses import MeetingStatus
 from tests.factories import make_meeting
 from tests.support import close_other_connections, stack_env, wait_for
 

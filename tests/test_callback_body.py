@@ -12,7 +12,7 @@ from rest_framework.exceptions import ValidationError
 from meetings.api import callback_body
 from meetings.api.serializers import CallbackSerializer
 from meetings.api.util import validated
-from meetings.callbacks import CALLBACK_NAMES, CallbackReport
+from meetings.bot_protocol.callbacks import CALLBACK_NAMES, CallbackReport
 
 UID = "0b5a3c1e-6f1e-4d8e-9d7c-2a9f3b1c4d5e"
 BODIES = [

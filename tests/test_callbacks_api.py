@@ -10,10 +10,10 @@ import jwt
 import pytest
 from rest_framework.test import APIClient
 
-from meetings import tokens
-from meetings.commands import current_uid_key
+from meetings.bot_protocol import tokens
+from meetings.bot_protocol.channels import current_uid_key
+from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import Meeting, MeetingSession, MeetingTransition
-from meetings.statuses import MeetingStatus
 from tests.factories import make_meeting, make_session
 from tests.http import answer
 
@@ -148,7 +148,7 @@ def test_exit_code_0_takes_the_completion_reason_from_the_body(bot, reason):
                                        ("exited", {"exit_code": 0, "completion_reason": "stopped"}),
                                        ("status_change", {"status": "completed"})])
 def test_a_bot_stopped_by_the_manager_completes_with_the_managers_reason(bot, name, body):
-    from meetings import stopping
+    from meetings.stopping import flow as stopping
 
     meeting, uid = launched(S.ACTIVE)
     stopping.request_stop(meeting.id, source="orphan_sweep", reason="max duration reached",
@@ -162,7 +162,7 @@ def test_a_bot_stopped_by_the_manager_completes_with_the_managers_reason(bot, na
 
 
 def test_a_bot_stopped_by_the_manager_keeps_its_own_specific_reason(bot):
-    from meetings import stopping
+    from meetings.stopping import flow as stopping
 
     meeting, uid = launched(S.ACTIVE)
     stopping.request_stop(meeting.id, source="orphan_sweep", reason="max duration", completion_reason="max_duration")
@@ -240,7 +240,7 @@ def test_callbacks_still_move_the_meeting_while_redis_is_unreachable(bot, settin
                                                                     django_capture_on_commit_callbacks):
     """Status events and the current-session mirror are after-commit notifications: a Redis outage
     is logged and never fails or undoes a callback (the database is the truth)."""
-    from meetings.redis_client import get_redis
+    from common.redis_client import get_redis
 
     meeting, uid = launched(S.JOINING)
     new_uid = str(uuid.uuid4())

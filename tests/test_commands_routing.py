@@ -12,10 +12,10 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from meetings import commands, tokens
-from meetings.commands import current_uid_key, meeting_channel, session_channel
+from meetings.bot_protocol import channels, tokens
+from meetings.bot_protocol.channels import current_uid_key, meeting_channel, session_channel
+from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import Meeting, MeetingSession
-from meetings.statuses import MeetingStatus
 from tests.factories import make_meeting, make_session
 from tests.http import answer
 from tests.support import published, subscribe
@@ -58,7 +58,7 @@ def test_without_the_redis_key_the_current_session_is_the_newest_session(restart
     meeting, oldest, newest = restarted
     assert redis_conn.get(current_uid_key(meeting.id)) is None
 
-    assert commands.current_session_uid(meeting.id) == newest
+    assert channels.current_session_uid(meeting.id) == newest
 
 
 def test_with_neither_the_redis_key_nor_a_current_session_on_the_row_the_newest_session_is_used(api_user, redis_conn):
@@ -68,7 +68,7 @@ def test_with_neither_the_redis_key_nor_a_current_session_on_the_row_the_newest_
     MeetingSession.objects.filter(pk=earlier.pk).update(started_at=timezone.now() - timedelta(minutes=5))
     redis_conn.delete(current_uid_key(meeting.id))
 
-    assert commands.current_session_uid(meeting.id) == str(later.session_uid)
+    assert channels.current_session_uid(meeting.id) == str(later.session_uid)
 
 
 def test_after_three_restarts_the_stop_reaches_the_last_session(
@@ -93,7 +93,7 @@ def test_the_redis_key_names_the_current_session_when_the_row_has_none(api_user,
     make_session(meeting, current=False)  # newer, but Redis names the other
     redis_conn.set(current_uid_key(meeting.id), str(named.session_uid))
     try:
-        assert commands.current_session_uid(meeting.id) == str(named.session_uid)
+        assert channels.current_session_uid(meeting.id) == str(named.session_uid)
     finally:
         redis_conn.delete(current_uid_key(meeting.id))
 
@@ -156,7 +156,7 @@ def test_a_meeting_without_any_session_publishes_on_the_meeting_channel_only(red
     redis_conn.delete(current_uid_key(meeting.id))
     pubsub = subscribe(redis_conn, meeting_channel(meeting.id))
 
-    assert commands.publish_leave(meeting.id) is None
+    assert channels.publish_leave(meeting.id) is None
 
     [leave] = published(pubsub)[meeting_channel(meeting.id)]
     assert (leave["action"], leave["connection_id"]) == ("leave", None)
@@ -166,7 +166,7 @@ def test_a_bot_that_registered_during_a_redis_outage_still_gets_the_stop(
         api_client, api_user, redis_conn, settings, django_capture_on_commit_callbacks):
     """Redis refuses connections while the restarted bot registers (its key keeps naming the first
     session); once Redis is back, the stop must reach the new session."""
-    from meetings.redis_client import get_redis
+    from common.redis_client import get_redis
 
     meeting = make_meeting(api_user, status=MeetingStatus.JOINING, native_meeting_id=MEET_ID)
     first = str(make_session(meeting).session_uid)

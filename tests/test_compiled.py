@@ -1,4 +1,4 @@
-"""The compiled hot-path statements (botmanager/compiled.py) write and read exactly what the ORM
+"""The compiled hot-path statements (common/compiled.py) write and read exactly what the ORM
 calls they stand for would, and step aside for model signal receivers."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models.signals import pre_save
 from django.test.utils import CaptureQueriesContext
 
-from botmanager import compiled
-from botmanager.compiled import CompiledQuery
+from common import compiled
+from common.compiled import CompiledQuery
+from meetings.events.payloads import timestamp
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from meetings.models import Meeting, MeetingTransition
-from meetings.payloads import timestamp
-from meetings.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_meeting, make_session
 
 LOCK = CompiledQuery(

@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL and Redis of the local stack (botmanager.devstack).
+"""The embedded PostgreSQL and Redis of the local stack (devstack.servers).
 
 `make run` and the tests call `ensure_services()`; Ctrl-C on `make run` calls `stop_services()` for
 what it started, and the next `make run` starts the servers again on the same RUN_DIR. That users
@@ -18,7 +18,7 @@ import pytest
 import redis as redis_lib
 from django.db import connection
 
-from botmanager import devstack
+from devstack import servers as devstack
 
 
 def _free_port() -> int:

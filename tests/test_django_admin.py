@@ -8,9 +8,9 @@ from django.test import Client
 
 from accounts.models import APIToken
 from accounts.services import user_for_token
-from meetings import lifecycle
+from meetings.lifecycle import transitions as lifecycle
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from meetings.models import Meeting
-from meetings.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_meeting, make_session, make_token, make_user
 
 pytestmark = pytest.mark.django_db

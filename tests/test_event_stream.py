@@ -1,4 +1,4 @@
-"""`GET /events/stream` (meetings/event_stream.py), run in this process: Server-Sent Events, the
+"""`GET /events/stream` (meetings/events/stream.py), run in this process: Server-Sent Events, the
 log replayed from `Last-Event-ID` / `?after=`, live events from Redis after the replay with none
 lost or doubled at the hand-over, heartbeats, and the stream places (per user, per worker).
 Under real gunicorn: tests/observability/test_event_stream_server.py."""
@@ -12,8 +12,9 @@ from rest_framework.test import APIClient
 
 from accounts import services as accounts
 from accounts.models import APIToken, hash_token
-from meetings import event_stream, lifecycle
-from meetings.statuses import MeetingStatus, TransitionSource
+from meetings.events import stream as event_stream
+from meetings.lifecycle import transitions as lifecycle
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_meeting, make_token, make_user
 
 S = MeetingStatus
@@ -385,7 +386,7 @@ def test_the_places_of_a_worker_killed_mid_stream_lapse(api_user, streams, place
 
 def test_a_workers_streams_keys_are_asked_about_in_one_query_and_only_the_revoked_ones_end(
         api_user, streams, django_assert_num_queries):
-    from meetings import stream_keys
+    from meetings.events import stream_keys
 
     keys = [make_token(api_user) for _ in range(3)]
     for key in keys:
@@ -403,7 +404,7 @@ def test_a_workers_streams_keys_are_asked_about_in_one_query_and_only_the_revoke
 def test_a_round_the_database_cannot_answer_ends_the_workers_streams(api_user, streams, monkeypatch):
     from django.db import OperationalError
 
-    from meetings import stream_keys
+    from meetings.events import stream_keys
 
     def database_down(_hashes):
         raise OperationalError("could not connect to server")

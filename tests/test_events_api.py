@@ -1,4 +1,4 @@
-"""`GET /events`: the user's event log (meetings/events.py). Every applied transition, in order,
+"""`GET /events`: the user's event log (meetings/events/log.py). Every applied transition, in order,
 with the id and body the webhook delivery of the same event has; opaque, stable cursors; one
 user's log only."""
 from __future__ import annotations
@@ -11,15 +11,16 @@ from django.db import connections, transaction
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from meetings import events, lifecycle
+from meetings.events import log as events
+from meetings.lifecycle import transitions as lifecycle
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from meetings.models import Meeting, MeetingTransition
-from meetings.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_meeting, make_token, make_user
 from webhooks.models import WebhookDelivery
 
 S = MeetingStatus
 # Committed transactions: the log lists what every reader can see (a test's own open transaction
-# would hold its events back, meetings/events.py).
+# would hold its events back, meetings/events/log.py).
 pytestmark = pytest.mark.django_db(transaction=True)
 
 

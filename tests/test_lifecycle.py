@@ -12,11 +12,12 @@ from django.db import connection, connections
 from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
 
-from meetings import lifecycle, stopping
-from meetings.commands import status_channel
-from meetings.lifecycle import Outcome
+from meetings.bot_protocol.channels import status_channel
+from meetings.lifecycle import transitions as lifecycle
+from meetings.lifecycle.statuses import TERMINAL, TRANSITIONS, MeetingStatus, TransitionSource
+from meetings.lifecycle.transitions import Outcome
 from meetings.models import Meeting, MeetingTransition
-from meetings.statuses import TERMINAL, TRANSITIONS, MeetingStatus, TransitionSource
+from meetings.stopping import flow as stopping
 from tests.factories import make_meeting, make_session
 
 ALL = [s.value for s in MeetingStatus]
@@ -297,7 +298,7 @@ def test_transition_locked_refuses_to_run_outside_the_transaction_of_its_lock():
 
 
 def _statement(sql: str) -> str:
-    """The SQL a captured query ran: a prepared statement's (botmanager/compiled.py) or its own."""
+    """The SQL a captured query ran: a prepared statement's (common/compiled.py) or its own."""
     if not sql.startswith("EXECUTE "):
         return sql
     with connection.cursor() as cursor:
@@ -386,8 +387,7 @@ def test_the_migration_moves_the_stop_reason_from_data_to_its_column_and_back():
     """meetings 0003: the stop's completion reason, once a hidden key of Meeting.data, is a column
     (the rest of data is kept); reversed, it goes back into data."""
     from tests.factories import make_user
-    from tests.support import latest_migrations
-    from tests.support import migrate_to as migrate
+    from tests.support import latest_migrations, migrate_to as migrate
 
     old = [("meetings", "0002_post_meeting_pending")]
     latest = latest_migrations("meetings")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from meetings import lifecycle
+from meetings.lifecycle import transitions as lifecycle
+from meetings.lifecycle.statuses import NON_TERMINAL, MeetingStatus, TransitionSource
 from meetings.models import Meeting, MeetingTransition
-from meetings.statuses import NON_TERMINAL, MeetingStatus, TransitionSource
 from tests.factories import make_meeting, make_session, make_user
 from tests.http import answer
 

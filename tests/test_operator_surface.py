@@ -8,8 +8,8 @@ import logging
 import pytest
 from django.test import Client
 
+from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import Meeting
-from meetings.statuses import MeetingStatus
 from orchestrators.base import OrchestratorError
 from tests.factories import make_meeting, make_user
 from tests.http import answer
@@ -90,7 +90,7 @@ def test_a_forged_x_forwarded_for_from_an_address_that_is_not_the_proxy_is_ignor
 
 
 def test_a_trusted_proxy_may_be_named_by_network(settings, rf):
-    from botmanager.clientaddr import client_address
+    from common.clientaddr import client_address
 
     settings.TRUSTED_PROXY_ADDRESSES = ["10.9.0.0/16"]
     request = rf.get("/", REMOTE_ADDR=PROXY_IP, HTTP_X_FORWARDED_FOR=f"{ADMIN_IP}, {ATTACKER_IP}")
@@ -100,7 +100,7 @@ def test_a_trusted_proxy_may_be_named_by_network(settings, rf):
 
 def test_a_trusted_proxy_may_be_named_by_host_name(settings, rf):
     """Compose names its `proxy` service: its address changes when the container is recreated."""
-    from botmanager.clientaddr import client_address
+    from common.clientaddr import client_address
 
     settings.TRUSTED_PROXY_ADDRESSES = ["localhost"]
     request = rf.get("/", REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR=ATTACKER_IP)
@@ -109,7 +109,7 @@ def test_a_trusted_proxy_may_be_named_by_host_name(settings, rf):
 
 
 def test_a_trusted_proxy_seen_through_a_dual_stack_listener_is_still_trusted(settings, rf):
-    from botmanager.clientaddr import client_address
+    from common.clientaddr import client_address
 
     settings.TRUSTED_PROXY_ADDRESSES = [PROXY_IP]
     request = rf.get("/", REMOTE_ADDR=f"::ffff:{PROXY_IP}", HTTP_X_FORWARDED_FOR=ATTACKER_IP)
@@ -118,7 +118,7 @@ def test_a_trusted_proxy_seen_through_a_dual_stack_listener_is_still_trusted(set
 
 
 def test_x_forwarded_for_is_ignored_when_no_proxy_is_trusted(settings, rf):
-    from botmanager.clientaddr import client_address
+    from common.clientaddr import client_address
 
     settings.TRUSTED_PROXY_ADDRESSES = []
     request = rf.get("/", REMOTE_ADDR=ATTACKER_IP, HTTP_X_FORWARDED_FOR=ADMIN_IP)
@@ -171,7 +171,7 @@ ENGINE_PATH = "/opt/operator-only/vexa-bot-missing"
 
 
 def _launch_with_a_missing_bot_command(settings, tmp_path, meeting: Meeting) -> None:
-    from meetings.launch import launch
+    from meetings.launching.launch import launch
     from orchestrators import registry
 
     settings.ORCHESTRATOR = "process"
@@ -188,7 +188,7 @@ def _launch_with_a_missing_bot_command(settings, tmp_path, meeting: Meeting) -> 
 def test_a_failed_launch_shows_the_tenant_a_short_cause_without_engine_paths(api_client, api_user, settings,
                                                                             tmp_path, caplog):
     meeting = make_meeting(api_user, status=MeetingStatus.REQUESTED)
-    with caplog.at_level(logging.WARNING, logger="meetings.launch"):
+    with caplog.at_level(logging.WARNING, logger="meetings.launching.launch"):
         _launch_with_a_missing_bot_command(settings, tmp_path, meeting)
 
     body = answer(api_client.get(f"/meetings/{meeting.id}"), 200)
@@ -264,7 +264,7 @@ def test_bots_status_503_names_no_engine_address(api_client, settings, monkeypat
 
 @pytest.mark.django_db
 def test_a_reconfigure_during_a_redis_outage_answers_503_without_the_redis_address(api_client, api_user, settings):
-    from meetings.redis_client import get_redis
+    from common.redis_client import get_redis
 
     make_meeting(api_user, status=MeetingStatus.ACTIVE, native_meeting_id="abc-defg-hij")
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -282,12 +282,12 @@ def test_a_reconfigure_during_a_redis_outage_answers_503_without_the_redis_addre
 # --- 4. /readyz names what failed, not the exception ----------------------------------------------
 @pytest.mark.django_db
 def test_readyz_names_the_failed_check_without_the_exception_text(client, settings, caplog):
-    from meetings.redis_client import get_redis
+    from common.redis_client import get_redis
 
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     get_redis.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="botmanager.health"):
+        with caplog.at_level(logging.WARNING, logger="observability.health"):
             response = client.get("/readyz")
     finally:
         get_redis.cache_clear()

@@ -10,12 +10,12 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from meetings import deadlines
-from meetings.commands import status_channel
+from meetings.bot_protocol.channels import status_channel
+from meetings.events.payloads import timestamp
+from meetings.lifecycle import deadlines
+from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import Meeting
-from meetings.payloads import timestamp
-from meetings.reconcile import Finalize, MeetingRow, StartStop, plan
-from meetings.statuses import MeetingStatus
+from meetings.stopping.reconcile import Finalize, MeetingRow, StartStop, plan
 from tests.factories import make_meeting, make_session, make_user
 from tests.http import answer
 from tests.support import published, subscribe

@@ -1,4 +1,4 @@
-"""Per-user request rate limits (botmanager/ratelimit.py): a token bucket per user in Redis, shared
+"""Per-user request rate limits (common/ratelimit.py): a token bucket per user in Redis, shared
 by every web worker and host. A burst from one user is refused with 429, `Retry-After` and a JSON
 `detail`; other users, the user's bots and the operator are served meanwhile."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import requests
 from rest_framework.test import APIClient
 
-from botmanager import ratelimit
+from common import ratelimit
 from tests.factories import make_meeting, make_session, make_token, make_user
 from tests.http import answer
 
@@ -140,11 +140,11 @@ def test_with_redis_unreachable_requests_are_served_unlimited_and_a_warning_logg
     monkeypatch.setattr(ratelimit, "_last_warning", 0.0)
     client = client_for(make_user())
 
-    with caplog.at_level(logging.WARNING, logger="botmanager.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="common.ratelimit"):
         statuses = [client.get("/meetings").status_code for _ in range(8)]
 
     assert statuses == [200] * 8
-    assert [r.getMessage() for r in caplog.records if r.name == "botmanager.ratelimit"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "common.ratelimit"] == [
         "rate limits not applied: Redis unavailable (ConnectionError); requests are served unlimited until it "
         "answers again"]
 

@@ -11,21 +11,14 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.utils import timezone as dj_timezone
 
-from meetings import reconcile
-from meetings.launch import bot_labels, launch
+from meetings.launching.launch import bot_labels, launch
+from meetings.lifecycle.statuses import MeetingStatus as S
 from meetings.models import Meeting, MeetingSession
-from meetings.reconcile import Adopt, Listing, MeetingRow, Plan
-from meetings.statuses import MeetingStatus as S
+from meetings.stopping import reconcile
+from meetings.stopping.reconcile import Adopt, Listing, MeetingRow, Plan
 from orchestrators import registry
-from orchestrators.base import (
-    LABEL_MEETING_ID,
-    LABEL_SESSION_UID,
-    BotInfo,
-    BotSpec,
-    NormalizedStatus,
-    bot_name,
-    session_digest,
-)
+from orchestrators.base import (LABEL_MEETING_ID, LABEL_SESSION_UID, BotInfo, BotSpec, NormalizedStatus,
+                                bot_name, session_digest)
 from tests.factories import make_meeting, make_session
 from tests.support import lose_queued_tasks, queued_tasks
 
@@ -100,7 +93,7 @@ def test_a_session_label_that_names_no_session_is_refused_not_an_error(caplog):
     meeting = make_meeting(status=S.ACTIVE)
     make_session(meeting)
 
-    with caplog.at_level(logging.ERROR, logger="meetings.reconcile"):
+    with caplog.at_level(logging.ERROR, logger="meetings.stopping.reconcile"):
         summary = reconcile.apply(Plan(adopt=[Adopt(meeting.id, "process", "proc-0123456789ab", "not-a-session")]))
 
     assert (Meeting.objects.get(pk=meeting.id).bot_container_id, summary.adopted) == (None, 0)

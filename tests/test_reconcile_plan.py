@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from meetings.reconcile import Finalize, Listing, MeetingRow, StartStop, plan
+from meetings.stopping.reconcile import Finalize, Listing, MeetingRow, StartStop, plan
 from orchestrators.base import LABEL_MEETING_ID, BotInfo, NormalizedStatus
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)

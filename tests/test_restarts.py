@@ -1,5 +1,5 @@
 """A broker or database restart in the middle of stops costs at most a sweep interval, never the
-service: under `make run` (botmanager/runstack.py, its own embedded servers), bots that cooperate,
+service: under `make run` (devstack/run.py, its own embedded servers), bots that cooperate,
 ignore leave and SIGTERM, or exit silently are all stopped; 0.5 s later the embedded Redis (or
 PostgreSQL) is SIGKILLed and started again by the supervisor. Every meeting still ends within
 delay + grace + two sweep intervals + the restart time, each ends once, and a bot requested

@@ -1,6 +1,6 @@
-"""`make run` (botmanager/runstack.py) supervises its children: a process or an embedded server that
+"""`make run` (devstack/run.py) supervises its children: a process or an embedded server that
 dies is started again and takes nothing else down; a crashed run leaves nothing that breaks the
-next one; Ctrl-C still stops everything. The real `python -m botmanager.runstack`, on the test
+next one; Ctrl-C still stops everything. The real `python -m devstack.run`, on the test
 database and an embedded Redis of its own (so that killing it touches nothing else)."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from botmanager.supervisor import _start_time
+from devstack.supervisor import _start_time
 from tests.support import a_new_terminal, close_other_connections, stack_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 class RunStack:
-    """`python -m botmanager.runstack` with an embedded Redis of its own, on the test database or
+    """`python -m devstack.run` with an embedded Redis of its own, on the test database or
     (`embedded_postgres`) on an embedded PostgreSQL of its own too."""
 
     def __init__(self, run_dir: Path, port: int, redis_port: int, embedded_postgres: bool = False, **extra: str):
@@ -49,7 +49,7 @@ class RunStack:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "botmanager.runstack"], cwd=REPO, env=self.env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "devstack.run"], cwd=REPO, env=self.env,
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         wait_for(self.healthy, timeout=60, interval=0.2, what=f"the stack to answer /healthz\n{self.tail()}")
         wait_for(lambda: set(self.pids()) >= {"web", "beat", "worker-lifecycle", "worker-orchestrator",
@@ -76,7 +76,7 @@ class RunStack:
 
     def demo_key(self) -> str:
         """The demo user's API key, from RUN_DIR/credentials.env (where the README says it is)."""
-        from botmanager import stackinfo
+        from devstack import stackinfo
 
         return wait_for(lambda: stackinfo.read_credentials(self.run_dir).get("DEMO_API_KEY"), timeout=30,
                         what=f"the demo key in credentials.env\n{self.tail()}")
@@ -136,7 +136,7 @@ def runstack(tmp_path):
     for bot in ProcessOrchestrator(tmp_path, "runstack-test").list():
         if bot.status.is_running:
             ProcessOrchestrator(tmp_path, "runstack-test").kill(bot.container_id)
-    from botmanager import devstack
+    from devstack import servers as devstack
 
     devstack.stop_redis(tmp_path)
     if (tmp_path / "postgres" / "postmaster.pid").exists():
@@ -264,7 +264,7 @@ def test_a_second_make_run_on_the_same_run_dir_refuses_and_leaves_the_first_alon
     first.start()
     children = first.pids()
 
-    second = subprocess.run([sys.executable, "-m", "botmanager.runstack"], cwd=REPO, env=first.env,
+    second = subprocess.run([sys.executable, "-m", "devstack.run"], cwd=REPO, env=first.env,
                             capture_output=True, text=True, timeout=60)
 
     assert second.returncode == 1

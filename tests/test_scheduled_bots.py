@@ -6,27 +6,20 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import datetime, timedelta, timezone as dt_timezone
 
 import pytest
 from django.utils import timezone
 
-from meetings import reconcile, scheduled
-from meetings.commands import status_channel
+from meetings.bot_protocol.channels import status_channel
+from meetings.launching import scheduled
+from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import Meeting, MeetingSession, MeetingTransition
-from meetings.statuses import MeetingStatus
+from meetings.stopping import reconcile
 from orchestrators import registry
 from tests.factories import make_meeting, make_user
 from tests.http import answer
-from tests.support import (
-    all_queues,
-    broker_client,
-    concurrently,
-    lose_queued_tasks,
-    queued,
-    queued_tasks,
-)
+from tests.support import all_queues, broker_client, concurrently, lose_queued_tasks, queued, queued_tasks
 from webhooks.models import WebhookDelivery
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -435,7 +428,7 @@ def test_scheduling_a_meeting_that_already_has_a_live_bot_answers_409(api_client
 def test_the_database_refuses_a_second_scheduled_meeting_for_the_same_id(api_user):
     from django.db import IntegrityError
 
-    from meetings import lifecycle
+    from meetings.lifecycle import transitions as lifecycle
 
     lifecycle.create_meeting(user=api_user, platform="google_meet", native_meeting_id=MEET_ID, data={},
                              source="user", join_at=in_(3600))

@@ -21,23 +21,17 @@ from django.utils import timezone
 
 from bench.common import Service
 from botmanager import workers
-from meetings import bots as bot_services
+from meetings import services as bot_services
 from meetings.models import Meeting, MeetingSession, MeetingTransition
 from orchestrators.process import ProcessOrchestrator
 from tests.factories import make_user
-from tests.support import (
-    all_queues,
-    broker_client,
-    close_other_connections,
-    stack_env,
-    wait_for,
-)
+from tests.support import all_queues, broker_client, close_other_connections, stack_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 INTERVAL = 1.0  # the scheduler's and the sweep's
 # Longer than a worker takes to start again here: the sweep relaunches a claimed meeting only once
-# the launch in the queue could have run (it would anyway start no second bot: meetings/launch.py).
+# the launch in the queue could have run (it would anyway start no second bot: meetings/launching/launch.py).
 ORPHAN_GRACE = 8.0
 DEPLOYMENT = "scheduled-restarts"
 KNOBS = {"ORCHESTRATOR": "process", "DEPLOYMENT_NAME": DEPLOYMENT,

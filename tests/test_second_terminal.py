@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from botmanager import runstack, stackinfo
+from devstack import run as runstack, stackinfo
 from tests.support import a_new_terminal
 
 REPO = Path(__file__).resolve().parents[1]

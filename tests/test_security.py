@@ -18,9 +18,10 @@ import jwt
 import pytest
 from rest_framework.test import APIClient
 
-from botmanager import checks, local_secrets
+from botmanager import checks
+from devstack import secrets as local_secrets
+from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import MeetingSession, MeetingTransition
-from meetings.statuses import MeetingStatus
 from tests.factories import make_meeting, make_session, make_user
 from tests.http import answer
 
@@ -276,8 +277,7 @@ def test_process_backend_state_is_readable_by_its_owner_only(tmp_path):
 
 
 def test_simbot_logs_neither_its_connection_id_nor_its_token(capsys):
-    from simbot import __main__ as simbot_main
-    from simbot import config
+    from simbot import __main__ as simbot_main, config
 
     uid = str(uuid.uuid4())
     raw = {"meeting_id": 1, "connectionId": uid, "token": "eyJsecret", "redisUrl": "redis://:pw@127.0.0.1:1/0",
@@ -298,7 +298,7 @@ def test_simbot_logs_neither_its_connection_id_nor_its_token(capsys):
 
 
 def test_json_logs_mask_session_uids_passed_as_fields():
-    from botmanager.jsonlog import REDACTED, redact
+    from observability.jsonlog import REDACTED, redact
 
     assert redact({"session_uid": "u", "connection_id": "c", "connectionId": "d", "meeting_id": 3}) == {
         "session_uid": REDACTED, "connection_id": REDACTED, "connectionId": REDACTED, "meeting_id": 3}

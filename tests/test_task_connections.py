@@ -1,5 +1,5 @@
 """Celery workers keep their database connection from one task to the next
-(botmanager/task_connections.py): a connect and a SCRAM authentication per task had made the
+(patches/task_connections.py): a connect and a SCRAM authentication per task had made the
 lifecycle pool spend more than half its time connecting in a storm of stops."""
 from __future__ import annotations
 

@@ -4,15 +4,14 @@ that today's main let through."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
-from datetime import timezone as dt_timezone
+from datetime import timedelta, timezone as dt_timezone
 
 import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import Meeting
-from meetings.statuses import MeetingStatus
 from tests.factories import make_meeting, make_token, make_user
 from tests.http import answer
 

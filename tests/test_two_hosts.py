@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from bench import common
-from meetings import instances
 from meetings.models import Meeting
+from meetings.stopping import instances
 from orchestrators.process import ProcessOrchestrator
 from tests.factories import make_token, make_user
 from tests.support import close_other_connections, stack_env, wait_for

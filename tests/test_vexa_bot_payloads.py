@@ -16,10 +16,10 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from meetings.commands import status_channel
-from meetings.launch import build_bot_config
+from meetings.bot_protocol.channels import status_channel
+from meetings.launching.launch import build_bot_config
+from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import Meeting, MeetingTransition
-from meetings.statuses import MeetingStatus
 from tests.factories import make_meeting, make_session, make_user
 from tests.http import answer
 from tests.support import published, subscribe

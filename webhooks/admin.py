@@ -4,10 +4,9 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html
 
-from botmanager.admin_readonly import ReadOnlyInline, ReadOnlyModelAdmin
-
-from . import delivery
-from .models import Endpoint, WebhookAttempt, WebhookDelivery
+from common.admin_readonly import ReadOnlyInline, ReadOnlyModelAdmin
+from webhooks import delivery
+from webhooks.models import Endpoint, WebhookAttempt, WebhookDelivery
 
 
 class AttemptInline(ReadOnlyInline):

@@ -7,9 +7,8 @@ class WebhooksConfig(AppConfig):
 
     def ready(self) -> None:
         # The final event is a post-meeting step: written once per ended meeting, in the
-        # post-meeting transaction (meetings.post_meeting runs its registry in order).
-        from meetings import post_meeting
-
-        from . import outbox
+        # post-meeting transaction (meetings.stopping.post_meeting runs its registry in order).
+        from meetings.stopping import post_meeting
+        from webhooks import outbox
 
         post_meeting.register(outbox.record_final)

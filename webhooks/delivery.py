@@ -31,10 +31,9 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from accounts.webhook import is_private_address
-
-from . import endpoints, outbox, policy, sender, signing
-from .models import DeliveryStatus, WebhookAttempt, WebhookDelivery
-from .policy import Verdict
+from webhooks import endpoints, outbox, policy, sender, signing
+from webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
+from webhooks.policy import Verdict
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import policy
-from .models import Endpoint
-from .policy import Verdict
-from .sender import Result
+from webhooks import policy
+from webhooks.models import Endpoint
+from webhooks.policy import Verdict
+from webhooks.sender import Result
 
 
 def url_hash(url: str) -> str:

@@ -1,6 +1,6 @@
 """The outbox: webhook events are rows written in the transaction that caused them.
 
-`record_status_change` is called by meetings.lifecycle for every applied transition, right after
+`record_status_change` is called by meetings.lifecycle.transitions for every applied transition, right after
 its record; `record_final` is a post-meeting step (registered in WebhooksConfig.ready). A rolled
 back transition leaves no row; a committed one always has its row, and the delivery task is
 enqueued on commit (a lost enqueue is re-driven by `delivery.redrive`). Nothing is recorded for a
@@ -15,10 +15,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from meetings import events
-from meetings.payloads import meeting_response, serialized
-
-from .models import FINAL_EVENTS, WebhookDelivery, WebhookEvent
+from meetings.events import log as events
+from meetings.events.payloads import meeting_response, serialized
+from webhooks.models import FINAL_EVENTS, WebhookDelivery, WebhookEvent
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def _record(meeting, event: WebhookEvent, payload: str, transition=None, **field
 def enqueue(delivery_id: int, countdown: float | None = None) -> None:
     """Hand a delivery to the worker. A failure here loses nothing: the row stays pending and
     the redrive job finds it."""
-    from . import tasks
+    from webhooks import tasks
 
     if countdown:
         tasks.deliver_webhook.apply_async((delivery_id,), countdown=countdown)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import delivery
+from webhooks import delivery
 
 
 @shared_task(name="webhooks.deliver")

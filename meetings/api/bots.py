@@ -6,22 +6,17 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from botmanager.openapi import VALIDATION_ERROR, MessageSerializer, error
-
-from .. import bots, running
-from .serializers import (
-    BotConfigSerializer,
-    BotRequestSerializer,
-    MeetingSerializer,
-    RunningBotsSerializer,
-)
-from .util import MEETING_REF_PARAMETERS, validated, validated_meeting_ref
+from common.openapi import VALIDATION_ERROR, MessageSerializer, error
+from meetings import running, services as bots
+from meetings.api.serializers import (BotConfigSerializer, BotRequestSerializer, MeetingSerializer,
+                                      RunningBotsSerializer)
+from meetings.api.util import MEETING_REF_PARAMETERS, validated, validated_meeting_ref
 
 BACKEND_UNAVAILABLE = "The bot backend (or Redis) is unavailable; nothing was changed, retry later."
 
 
 class BotsView(APIView):
-    launches_bots = True  # POST takes from the bot-request bucket too (botmanager/ratelimit.py)
+    launches_bots = True  # POST takes from the bot-request bucket too (common/ratelimit.py)
 
     @extend_schema(operation_id="request_bot", tags=["bots"], request=BotRequestSerializer,
                    summary="Request a bot for a meeting",

@@ -5,7 +5,7 @@ accept and turn into exactly the same values, and None for anything else (anothe
 or charset, malformed JSON, a value of another type, a blank, too long or NUL-containing string,
 a status, reason or stage this manager does not define...). The view sends every None to the DRF
 view, so an invalid callback gets the one set of 422 / 404 / 415 answers `CallbackSerializer` and
-botmanager/errors.py produce, and an unusual valid one (`needs_human_help`, a reason to map) the
+common/errors.py produce, and an unusual valid one (`needs_human_help`, a reason to map) the
 serializer's values: this module never builds an error itself, it only recognizes the common valid
 case cheaply.
 """
@@ -16,11 +16,10 @@ import re
 from django.conf import settings
 from rest_framework import serializers
 
-from botmanager import jsonbody
-
-from ..bot_vocabulary import COMPLETION_REASONS, FAILURE_STAGES, REPORTABLE
-from ..callbacks import CallbackReport
-from .serializers import CallbackSerializer, _without_nul
+from common import jsonbody
+from meetings.api.serializers import CallbackSerializer, _without_nul
+from meetings.bot_protocol.callbacks import CallbackReport
+from meetings.bot_protocol.vocabulary import COMPLETION_REASONS, FAILURE_STAGES, REPORTABLE
 
 # Characters the serializer would change or refuse in a string: NUL (dropped), lone surrogates
 # (refused). Strings holding them take the DRF path.

@@ -16,13 +16,12 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from botmanager import openapi
-
-from .. import callbacks
-from ..errors import DomainError, NotFound
-from . import callback_body
-from .serializers import CallbackResponseSerializer, CallbackSerializer
-from .util import validated
+from common import openapi
+from meetings.api import callback_body
+from meetings.api.serializers import CallbackResponseSerializer, CallbackSerializer
+from meetings.api.util import validated
+from meetings.bot_protocol import callbacks
+from meetings.lifecycle.errors import DomainError, NotFound
 
 
 class CallbackView(APIView):

@@ -11,10 +11,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import hash_token
-from botmanager.openapi import error
-
-from .. import events
-from ..event_stream import EventStream
+from common.openapi import error
+from meetings.events import log as events
+from meetings.events.stream import EventStream
 
 
 def _position(request, value: str | None) -> int:

@@ -6,19 +6,13 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from botmanager.openapi import VALIDATION_ERROR, MessageSerializer, error
-
-from .. import bots
-from ..errors import MeetingDataTooLarge, MeetingNotFound
-from ..models import Meeting
-from .serializers import (
-    MeetingDataPatchSerializer,
-    MeetingDetailSerializer,
-    MeetingListQuerySerializer,
-    MeetingListSerializer,
-    MeetingSerializer,
-)
-from .util import MEETING_REF_PARAMETERS, validated, validated_meeting_ref
+from common.openapi import VALIDATION_ERROR, MessageSerializer, error
+from meetings import services as bots
+from meetings.api.serializers import (MeetingDataPatchSerializer, MeetingDetailSerializer,
+                                      MeetingListQuerySerializer, MeetingListSerializer, MeetingSerializer)
+from meetings.api.util import MEETING_REF_PARAMETERS, validated, validated_meeting_ref
+from meetings.lifecycle.errors import MeetingDataTooLarge, MeetingNotFound
+from meetings.models import Meeting
 
 
 class MeetingsView(APIView):

@@ -1,8 +1,7 @@
 """Request validation and response shapes of the user API and the bot callbacks."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
 from django.utils import timezone
@@ -10,15 +9,14 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
-from botmanager.strict_fields import MAX_OFFSET, QueryIntegerField, StrictCharField
+from common.strict_fields import MAX_OFFSET, QueryIntegerField, StrictCharField
+from meetings import platforms
+from meetings.api.util import validated_platform
+from meetings.events.payloads import meeting_response
+from meetings.lifecycle.statuses import CompletionReason, FailureStage, MeetingStatus, Platform
+from meetings.models import Meeting, MeetingTransition
+from meetings.running import SCHEDULED_NORMALIZED
 from orchestrators.base import NormalizedStatus
-
-from .. import platforms
-from ..models import Meeting, MeetingTransition
-from ..payloads import meeting_response
-from ..running import SCHEDULED_NORMALIZED
-from ..statuses import CompletionReason, FailureStage, MeetingStatus, Platform
-from .util import validated_platform
 
 
 @extend_schema_field({"type": "string", "format": "date-time", "nullable": True})
@@ -135,7 +133,7 @@ class MeetingDataPatchSerializer(serializers.Serializer):
         openapi_extra = {"additionalProperties": False}
         name = StrictCharField(required=False, allow_null=True, max_length=500)
         # Items capped (MEETING_DATA_MAX_ITEMS), the fields' JSON too (MEETING_DATA_MAX_BYTES, once
-        # merged: meetings.bots.update_meeting_data): every transition and webhook copies them.
+        # merged: meetings.services.update_meeting_data): every transition and webhook copies them.
         participants = CappedListField(child=StrictCharField(max_length=255), required=False,
                                        max_length=settings.MEETING_DATA_MAX_ITEMS)
         languages = CappedListField(child=StrictCharField(max_length=16), required=False,
@@ -156,7 +154,7 @@ class MeetingDataPatchSerializer(serializers.Serializer):
 
 
 class MeetingSerializer(serializers.Serializer):
-    """The MeetingResponse (meetings.payloads, shared with the webhook events). The fields describe
+    """The MeetingResponse (meetings.events.payloads, shared with the webhook events). The fields describe
     it in the OpenAPI schema; the representation is meeting_response's own."""
 
     id = serializers.IntegerField()
@@ -254,7 +252,7 @@ class RunningBotsSerializer(serializers.Serializer):
 class CallbackSerializer(serializers.Serializer):
     """A bot's report. Liberal in what it accepts (a refused report makes the Vexa bot give up): a
     status, completion reason or failure stage this manager does not define is mapped to the closest
-    defined outcome (meetings/bot_vocabulary.py) and kept as sent in the transition and in `data`."""
+    defined outcome (meetings/bot_protocol/vocabulary.py) and kept as sent in the transition and in `data`."""
 
     # validate()'s rules of each callback, for the OpenAPI schema (which has one path per callback).
     # status_change takes any status string (liberal: unknown ones are recorded, not refused).

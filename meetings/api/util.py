@@ -3,7 +3,7 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.exceptions import ValidationError
 
-from ..statuses import Platform
+from meetings.lifecycle.statuses import Platform
 
 # Meeting.native_meeting_id is a varchar(255).
 MAX_NATIVE_ID_LENGTH = 255

@@ -1,12 +1,13 @@
-"""The event log (meetings/events.py): each transition carries its user (backfilled from its
+"""The event log (meetings/events/log.py): each transition carries its user (backfilled from its
 meeting) and, from now on, its event body; a user's applied transitions are one index range.
 Transitions recorded before have no stored body: the log reads their webhook delivery's, or builds
 one from the meeting as it is."""
 
 import django.db.models.deletion
-import meetings.models
 from django.conf import settings
 from django.db import migrations, models
+
+import meetings.models
 
 
 class Migration(migrations.Migration):

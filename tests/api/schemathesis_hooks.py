@@ -9,7 +9,7 @@ import schemathesis
 
 @schemathesis.check
 def error_is_json_with_detail(ctx, response, case):
-    """Every error answer is JSON with a `detail` string (botmanager/errors.py)."""
+    """Every error answer is JSON with a `detail` string (common/errors.py)."""
     if response.status_code < 400:
         return None
     try:

@@ -13,7 +13,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.urls.resolvers import RoutePattern
 from drf_spectacular.validation import validate_schema
 
-from meetings.statuses import CALLBACK_NAMES
+from meetings.lifecycle.statuses import CALLBACK_NAMES
 
 # Routes that are not the API: the Django admin (an HTML console), the JSON 404 of unknown admin API
 # paths (a regex catch-all), and the schema and its UI themselves.

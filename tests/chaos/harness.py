@@ -9,7 +9,7 @@ whole process group) mid-run while countdown tasks are queued and starts a repla
 checks the product guarantee on what the database, the bot processes and the backend show:
 
 - every meeting is terminal, and every non-terminal status was left within its bound (below);
-- every applied transition is allowed by `meetings.statuses.TRANSITIONS` and starts where the
+- every applied transition is allowed by `meetings.lifecycle.statuses.TRANSITIONS` and starts where the
   previous applied one ended;
 - post-meeting work ran exactly once per meeting (counted by `tests.chaos.poststep`, inside the
   post-meeting transaction);
@@ -620,7 +620,7 @@ class ChaosRun:
         database already has clients, a private Redis server runs in the run directory."""
         import redis
 
-        from botmanager import devstack
+        from devstack import servers as devstack
 
         if self.config.redis_url:
             client = redis.Redis.from_url(self.config.redis_url)
@@ -661,7 +661,7 @@ class ChaosRun:
             self._kill_leftovers()
             self.restore()
             if self.private_redis:
-                from botmanager import devstack
+                from devstack import servers as devstack
 
                 devstack.stop_redis(self._private_redis_dir)
 
@@ -916,7 +916,7 @@ def _ts(value) -> float | None:
 
 def verify(data: RunData) -> tuple[list[MeetingResult], list[str]]:
     """Check every meeting; returns the per-meeting results and the run-wide failures."""
-    from meetings.statuses import TRANSITIONS
+    from meetings.lifecycle.statuses import TRANSITIONS
 
     t = data.timings
     results = []

@@ -1,5 +1,5 @@
 """A post-meeting step loaded into the chaos suite's Celery workers (`--include
-tests.chaos.poststep`). It records each run in a table inside `meetings.post_meeting.run`'s
+tests.chaos.poststep`). It records each run in a table inside `meetings.stopping.post_meeting.run`'s
 transaction, so a run counts if and only if it committed: the suite then checks that post-meeting
 work ran exactly once per meeting, whatever path ended it and whatever worker died."""
 from __future__ import annotations
@@ -8,8 +8,7 @@ import os
 
 from django.db import connection
 
-from meetings import post_meeting
-
+from meetings.stopping import post_meeting
 from tests.chaos.postcount import TABLE
 
 

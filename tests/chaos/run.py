@@ -43,7 +43,7 @@ def _parse(argv):
 
 def main(argv=None) -> int:
     args = _parse(argv)
-    from botmanager import devstack  # loads the settings
+    from devstack import servers as devstack  # loads the settings
 
     devstack.ensure_services()
     import dj_database_url

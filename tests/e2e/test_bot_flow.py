@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from meetings.redis_client import get_redis
+from common.redis_client import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from botmanager.metrics import LATENESS_KEY, REDIS_KEY
-from meetings.redis_client import get_redis
+from common.redis_client import get_redis
+from observability.metrics import LATENESS_KEY, REDIS_KEY
 
 
 @pytest.fixture

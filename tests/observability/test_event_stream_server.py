@@ -13,8 +13,8 @@ import pytest
 import requests
 from django.db import connection
 
-from meetings import lifecycle
-from meetings.statuses import MeetingStatus, TransitionSource
+from meetings.lifecycle import transitions as lifecycle
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_meeting, make_session, make_token, make_user
 from tests.observability.test_gunicorn import gunicorn_factory  # noqa: F401  (the fixture)
 from tests.support import wait_for

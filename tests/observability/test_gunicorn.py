@@ -123,7 +123,7 @@ def test_callback_latency_is_summed_over_every_gunicorn_worker(gunicorn_factory)
 
     server.stop()
     lines = server.json_lines()
-    moves = [e for e in lines if e.get("logger") == "meetings.lifecycle"]
+    moves = [e for e in lines if e.get("logger") == "meetings.lifecycle.transitions"]
     assert len(moves) == 40
     assert len({e["session_id"] for e in moves}) == 40
     # The uids (the bots' capabilities) appear in no log line, the access log's included.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from meetings.redis_client import get_redis
+from common.redis_client import get_redis
 from orchestrators import registry
 from orchestrators.base import OrchestratorError
 

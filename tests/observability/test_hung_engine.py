@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from meetings.statuses import MeetingStatus
+from meetings.lifecycle.statuses import MeetingStatus
 from tests.factories import make_meeting, make_session, make_token, make_user
 from tests.observability.test_gunicorn import gunicorn_factory  # noqa: F401  (the fixture)
 

@@ -9,9 +9,9 @@ import uuid
 import pytest
 from rest_framework.test import APIClient
 
-from botmanager.jsonlog import REDACTED, JsonFormatter, logging_config
-from meetings import tokens
+from meetings.bot_protocol import tokens
 from meetings.models import Meeting, MeetingSession
+from observability.jsonlog import REDACTED, JsonFormatter, logging_config
 from tests.factories import make_session, make_token, make_user
 
 pytestmark = pytest.mark.django_db
@@ -74,7 +74,7 @@ def test_a_whole_bot_flow_logs_every_transition_with_structured_fields_and_no_se
                    for line in caplog.text.splitlines()), "a session uid was logged"
     for entry in transitions:
         assert {"ts", "level", "logger", "message"} <= set(entry)
-        assert entry["logger"] == "meetings.lifecycle" and entry["level"] == "INFO"
+        assert entry["logger"] == "meetings.lifecycle.transitions" and entry["level"] == "INFO"
     assert "stale session" in transitions[3]["refusal"]
 
     everything = "\n".join(JsonFormatter().format(r) for r in caplog.records)

@@ -10,9 +10,11 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from meetings import lifecycle, reconcile, tasks
+from meetings import tasks
+from meetings.lifecycle import transitions as lifecycle
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from meetings.models import Meeting
-from meetings.statuses import MeetingStatus, TransitionSource
+from meetings.stopping import reconcile
 from orchestrators.base import LABEL_MEETING_ID, BotInfo, NormalizedStatus
 from tests.factories import make_meeting, make_session, make_user
 from tests.support import lose_queued_tasks, queued_tasks
@@ -213,7 +215,7 @@ def test_every_collector_reports_up(metrics_redis):
 
 
 def test_a_redis_outage_costs_only_the_redis_families(settings):
-    from meetings.redis_client import get_redis
+    from common.redis_client import get_redis
 
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     get_redis.cache_clear()
@@ -260,7 +262,7 @@ def test_queue_depth_and_the_age_of_the_oldest_waiting_task_come_from_the_broker
 def test_how_late_a_timed_task_started_is_counted_against_its_eta(metrics_redis):
     from types import SimpleNamespace
 
-    from botmanager import metrics
+    from observability import metrics
 
     late = SimpleNamespace(name="meetings.finalize_after_stop",
                            request=SimpleNamespace(eta=(timezone.now() - timedelta(seconds=3)).isoformat()))
@@ -280,6 +282,6 @@ def test_how_late_a_timed_task_started_is_counted_against_its_eta(metrics_redis)
 
 
 def test_every_sweep_counter_is_a_field_of_the_sweep_summary():
-    from botmanager.metrics import SWEEP_SUMMARY_COUNTERS
+    from observability.metrics import SWEEP_SUMMARY_COUNTERS
 
     assert set(SWEEP_SUMMARY_COUNTERS) <= set(reconcile.Summary().as_dict())

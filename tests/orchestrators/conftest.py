@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from .nomad_fake import NomadFake
+from tests.orchestrators.nomad_fake import NomadFake
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_BOT_IMAGE = "botmanager-test-bot:latest"
@@ -39,9 +39,10 @@ def _docker_host() -> str:
 @pytest.fixture(scope="session")
 def docker_client():
     """A client of the real engine, or a skip that says why there is none."""
-    import docker
     import docker.errors
     import requests.exceptions
+
+    import docker
 
     try:
         client = docker.DockerClient(base_url=_docker_host(), version="auto", timeout=30)

@@ -7,7 +7,6 @@ covered by the mapping tests only.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import socket
 import threading
@@ -18,20 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from orchestrators.base import (
-    LABEL_DEPLOYMENT,
-    LABEL_MANAGED,
-    LABEL_MEETING_ID,
-    LABEL_SESSION_UID,
-    LABEL_USER_ID,
-    NormalizedStatus,
-    NotOurBotError,
-    OrchestratorError,
-    session_digest,
-)
+from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_MEETING_ID, LABEL_SESSION_UID,
+                                LABEL_USER_ID, NormalizedStatus, NotOurBotError, OrchestratorError,
+                                session_digest)
 from orchestrators.docker import DockerOrchestrator, exit_code_from_status_text, normalize_status
-
-from .support import docker_settings, find, make_spec, wait_for
+from tests.orchestrators.support import docker_settings, find, make_spec, wait_for
 
 
 # --- status mapping (no engine) -------------------------------------------------------------------

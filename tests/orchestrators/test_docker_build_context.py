@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from tests.orchestrators.conftest import REPO
 
 # Where secrets land: the README's env file (and a backup of it), a dotenv, the embedded stack's
 # RUN_DIR secrets, an env file and a key in a package directory.

@@ -11,16 +11,15 @@ import urllib.error
 import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
-import docker
 import docker.errors
 import pytest
 
+import docker
 from orchestrators.base import LABEL_DEPLOYMENT, LABEL_MANAGED
 from orchestrators.docker import DockerOrchestrator
 from orchestrators.docker_readonly_proxy import Refused, make_server, route
-
-from .conftest import _docker_host
-from .support import docker_settings, find, make_spec
+from tests.orchestrators.conftest import _docker_host
+from tests.orchestrators.support import docker_settings, find, make_spec
 
 
 @pytest.fixture

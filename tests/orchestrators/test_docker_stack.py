@@ -1,5 +1,5 @@
 """`ORCHESTRATOR=docker make run`, as the README says and nothing more: the real
-`python -m botmanager.runstack` (embedded Redis of its own, the test database) with the Docker
+`python -m devstack.run` (embedded Redis of its own, the test database) with the Docker
 backend and its defaults (DOCKER_NETWORK unset: `host`, since PUBLIC_BASE_URL is a loopback URL),
 bots in containers of the simulated bot's image (Dockerfile.simbot, built by
 `make docker-build-check`, which CI runs first). A whole meeting: POST -> active -> PUT config (the

@@ -9,17 +9,11 @@ import socket
 import pytest
 import requests
 
-from orchestrators.base import (
-    LABEL_DEPLOYMENT,
-    LABEL_SESSION_UID,
-    NormalizedStatus,
-    OrchestratorError,
-    session_digest,
-)
+from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_SESSION_UID, NormalizedStatus, OrchestratorError,
+                                session_digest)
 from orchestrators.nomad import NomadOrchestrator, alloc_status, job_status_without_alloc
-
-from .conftest import NOMAD_BOT_JOB
-from .support import find, make_spec, nomad_settings
+from tests.orchestrators.conftest import NOMAD_BOT_JOB
+from tests.orchestrators.support import find, make_spec, nomad_settings
 
 
 # --- status mapping (no server) -------------------------------------------------------------------

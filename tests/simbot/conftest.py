@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from .receiver import CallbackReceiver
+from tests.simbot.receiver import CallbackReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "secret-meeting-token-" + uuid.uuid4().hex  # must never appear in the bot's log

@@ -7,7 +7,7 @@ import socket
 import time
 import uuid
 
-from .conftest import TOKEN
+from tests.simbot.conftest import TOKEN
 
 ENTRY = ["joining", "awaiting_admission", "started"]
 
@@ -316,9 +316,9 @@ def test_restart_new_session_listens_on_the_new_session_channel_only(launch, rec
 
 def test_a_restarted_session_its_credentials_refuse_to_hear_still_leaves_on_the_meeting_channel(
         launch, receiver, redis_conn, meeting_id):
-    # A launched bot's own Redis user (meetings/bot_credentials.py) hears the channels of the
+    # A launched bot's own Redis user (meetings/launching/bot_credentials.py) hears the channels of the
     # session it was launched as and of its meeting, not those of a session it starts later.
-    from meetings import bot_credentials
+    from meetings.launching import bot_credentials
 
     uid = str(uuid.uuid4())
     bot_credentials.create(meeting_id, uid)

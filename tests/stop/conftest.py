@@ -15,26 +15,18 @@ import threading
 import pytest
 from django.conf import settings as django_settings
 
-
-from meetings import launch, post_meeting
+from meetings.launching import launch
 from meetings.models import Meeting
+from meetings.stopping import post_meeting
 from orchestrators import process_state
 from orchestrators.base import LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_MEETING_ID, BotSpec
 from orchestrators.process import ProcessOrchestrator
 from orchestrators.registry import get_orchestrator
 from tests.e2e.conftest import stack  # noqa: F401  (the live stack, reused by test_seed_acceptance)
 from tests.factories import make_session
-from tests.support import (  # noqa: F401 (used by the tests of this folder)
-    all_queues,
-    broker_client,
-    close_other_connections,
-    lose_queued_tasks,
-    queued,
-    queued_tasks,
-    run_bot_stops,
-    run_queued,
-    wait_for,
-)
+from tests.support import (all_queues, broker_client,  # noqa: F401 (used by the tests of this folder)
+                           close_other_connections, lose_queued_tasks, queued, queued_tasks, run_bot_stops,
+                           run_queued, wait_for)
 
 # Stand-in bots: each prints "ready" once its signal handling is in place. None of them listens to
 # Redis, so a leave command never reaches them: only the orchestrator can end them.

@@ -10,10 +10,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from meetings import reconcile
-from meetings.commands import meeting_channel
+from meetings.bot_protocol.channels import meeting_channel
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from meetings.models import Meeting, MeetingTransition
-from meetings.statuses import MeetingStatus, TransitionSource
+from meetings.stopping import reconcile
 from tests.factories import make_meeting
 from tests.stop.conftest import admin_action, admin_finalize, run_bot_stops, snapshot
 

@@ -1,4 +1,4 @@
-"""Endings the manager makes itself explain themselves (meetings/endings.py): when the sweep, the
+"""Endings the manager makes itself explain themselves (meetings/lifecycle/endings.py): when the sweep, the
 stop flow's finalizer or the lost-instance policy ends a meeting whose bot said nothing,
 `data.last_error` (a failure) or `data.completion_detail` (a completion) says why, in words a
 client reads. Real sweeps against real bots of the process backend."""
@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from meetings import instances, operations, reconcile, stopping
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from meetings.models import Meeting
-from meetings.statuses import MeetingStatus, TransitionSource
+from meetings.stopping import flow as stopping, instances, operations, reconcile
 from orchestrators.registry import get_orchestrator
 from tests.factories import make_meeting
 from tests.stop.conftest import run_bot_stops

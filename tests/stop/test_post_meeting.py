@@ -12,9 +12,10 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from meetings import post_meeting, reconcile, tasks
+from meetings import tasks
+from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import Meeting
-from meetings.statuses import MeetingStatus
+from meetings.stopping import post_meeting, reconcile
 from tests.factories import make_meeting, make_session
 from tests.stop.conftest import admin_finalize, queued_tasks, run_task, wait_for, wait_worker_idle
 

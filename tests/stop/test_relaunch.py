@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from meetings import bots as bot_services
-from meetings import reconcile, tasks
+from meetings import services as bot_services, tasks
 from meetings.models import Meeting
+from meetings.stopping import reconcile
 from tests.factories import make_user
 from tests.stop.conftest import lose_queued_tasks, queued_tasks
 
@@ -59,7 +59,7 @@ def test_a_fresh_request_is_left_to_its_own_launch(settings):
 
 
 def test_a_relaunch_running_alongside_the_original_launch_starts_no_second_bot(settings, bots):
-    from meetings import launch
+    from meetings.launching import launch
 
     settings.ORPHAN_GRACE_SECONDS = 60
     meeting = lost_launch_request()

@@ -21,11 +21,11 @@ from datetime import datetime
 
 import pytest
 
-from meetings import reconcile
-from meetings.commands import status_channel
+from common.redis_client import get_redis
+from meetings.bot_protocol.channels import status_channel
+from meetings.lifecycle.statuses import TransitionSource
 from meetings.models import Meeting, MeetingSession, MeetingTransition
-from meetings.redis_client import get_redis
-from meetings.statuses import TransitionSource
+from meetings.stopping import reconcile
 from orchestrators import process_state
 from orchestrators.registry import get_orchestrator
 from tests.stop.conftest import wait_for

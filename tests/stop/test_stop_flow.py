@@ -10,9 +10,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from botmanager.workers import instance_queue
-from meetings import launch, stopping, tasks
+from meetings import tasks
+from meetings.launching import launch
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from meetings.models import Meeting, MeetingTransition
-from meetings.statuses import MeetingStatus, TransitionSource
+from meetings.stopping import flow as stopping
 from orchestrators.base import BotSpec
 from tests.factories import make_meeting, make_session
 from tests.stop.conftest import queued_tasks, run_bot_stops, run_task, snapshot, wait_for

@@ -16,9 +16,11 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from meetings import lifecycle, reconcile, stopping, tasks
+from meetings import tasks
+from meetings.lifecycle import transitions as lifecycle
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from meetings.models import Meeting, MeetingTransition
-from meetings.statuses import MeetingStatus, TransitionSource
+from meetings.stopping import flow as stopping, reconcile
 from orchestrators import registry
 from orchestrators.base import OrchestratorError
 from orchestrators.registry import get_orchestrator

@@ -8,10 +8,11 @@ import threading
 import pytest
 from django.db import connections, transaction
 
-from meetings import lifecycle, post_meeting
 from meetings.api.serializers import MeetingSerializer
+from meetings.lifecycle import transitions as lifecycle
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from meetings.models import Meeting, MeetingTransition
-from meetings.statuses import MeetingStatus, TransitionSource
+from meetings.stopping import post_meeting
 from tests.factories import make_user
 from tests.webhooks.conftest import delivery_queue, new_meeting, purge_broker
 from webhooks import outbox

@@ -12,16 +12,15 @@ from functools import partial
 import pytest
 from django.utils import timezone
 
-from meetings import lifecycle
 from meetings import tasks as meeting_tasks
-from meetings.statuses import MeetingStatus, TransitionSource
+from meetings.lifecycle import transitions as lifecycle
+from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from tests.support import wait_for
 from tests.webhooks.conftest import new_meeting, purge_broker, running_worker
 from tests.webhooks.receiver import Answer
 from tests.webhooks.test_delivery import readme_verify
 from webhooks import delivery, tasks
 from webhooks.models import WebhookAttempt, WebhookDelivery
-
 
 S = MeetingStatus
 # Deliveries with retries take longer than the default wait.

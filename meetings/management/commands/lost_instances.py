@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from meetings import instances
+from meetings.stopping import instances
 
 
 class Command(BaseCommand):

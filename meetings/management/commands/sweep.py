@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from meetings import reconcile
+from meetings.stopping import reconcile
 
 
 class Command(BaseCommand):

@@ -1,0 +1,1 @@
+"""Talking with bots: their callbacks, the Redis command channels, their vocabulary, their token."""
