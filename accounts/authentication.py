@@ -27,7 +27,11 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
 
 class HasAdminAPIKey(permissions.BasePermission):
     message = "Invalid or missing admin token (X-Admin-API-Key header)"
+    # The security scheme the OpenAPI schema shows for it (common.openapi.ADMIN_KEY): a string, as
+    # DRF imports this module while it loads, before drf-spectacular can be.
+    openapi_security_scheme = "adminApiKey"
 
     def has_permission(self, request, view) -> bool:
         given = request.headers.get("X-Admin-API-Key", "")
         return bool(given) and hmac.compare_digest(given.encode(), settings.ADMIN_API_TOKEN.encode())
+

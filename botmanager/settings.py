@@ -250,7 +250,8 @@ SPECTACULAR_SETTINGS = {
         "LivenessStatus": ["ok"],
     },
     "PREPROCESSING_HOOKS": [],
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "common.openapi.postprocess"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "meetings.api.schema.one_path_per_callback",
+                             "common.openapi.postprocess"],
 }
 
 # --- Users and bots -------------------------------------------------------------------------------

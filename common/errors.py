@@ -12,6 +12,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from common.domain_errors import DomainError
+
 log = logging.getLogger(__name__)
 
 
@@ -26,8 +28,6 @@ def _first_message(errors) -> str:
 
 
 def json_exception_handler(exc, context):
-    from meetings.lifecycle.errors import DomainError
-
     if isinstance(exc, DomainError):
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return Response({"detail": exc.detail}, status=exc.http_status, headers=headers)

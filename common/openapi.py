@@ -12,22 +12,19 @@ What drf-spectacular cannot see by itself is described here, once:
   the bot's optional `Authorization: Bearer <meeting token>` on callbacks;
 - the plain Django views (`/healthz`, `/readyz`, `/metrics`, the bot-callback fast path): they
   stay plain (no DRF on those paths) and are shown in the schema as the DRF view that documents
-  them (`document_as`); the one callback route as one path per callback (`postprocess`);
+  them (`document_as`; observability/schema.py); the one callback route as one path per callback
+  (meetings/api/schema.py);
 - what the request validators take beyond field types (`openapi_extra` on a serializer, the
   not-blank / no-NUL patterns of CharFields), so that input the schema calls valid is accepted:
   tests/api/test_fuzz.py holds the server to it.
 """
 from __future__ import annotations
 
-import copy
-
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema as _SpectacularAutoSchema
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 from rest_framework.views import APIView
 
-from accounts.authentication import MISSING_TOKEN, APIKeyAuthentication, HasAdminAPIKey
 from common.ratelimit import UserRateThrottle
 
 USER_KEY = "userApiKey"
@@ -82,16 +79,6 @@ RETRY_AFTER = {"schema": {"type": "integer", "minimum": 1},
                "description": "Whole seconds (at least 1) until the request would be served."}
 VALIDATION_ERROR = OpenApiResponse(ValidationErrorSerializer, description="Invalid input (422: the wire "
                                    "contract's status for validation errors, not 400).")
-
-
-class APIKeyScheme(OpenApiAuthenticationExtension):
-    target_class = APIKeyAuthentication
-    name = USER_KEY
-
-    def get_security_definition(self, auto_schema):
-        return {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                "description": f"The user's API token. Missing or unknown: 403 ({MISSING_TOKEN!r} / "
-                               "'Invalid API token'), as in the Vexa API."}
 
 
 class AutoSchema(_SpectacularAutoSchema):
@@ -175,10 +162,13 @@ class AutoSchema(_SpectacularAutoSchema):
         return super().get_auth()
 
     def _checks_user_key(self) -> bool:
-        return any(isinstance(a, APIKeyAuthentication) for a in self.view.get_authenticators())
+        # The user-key authenticator's extension (accounts.authentication.APIKeyScheme) names it.
+        return any(USER_KEY in requirement for requirement in super().get_auth())
 
     def _checks_admin_key(self) -> bool:
-        return any(isinstance(p, HasAdminAPIKey) for p in self.view.get_permissions())
+        # A permission class names the scheme it checks in `openapi_security_scheme` (the admin
+        # token is a permission, not an authenticator: drf-spectacular cannot see it by itself).
+        return any(getattr(p, "openapi_security_scheme", None) == ADMIN_KEY for p in self.view.get_permissions())
 
     def _is_rate_limited(self) -> bool:
         return any(isinstance(t, UserRateThrottle) for t in self.view.get_throttles())
@@ -193,90 +183,8 @@ def document_as(view_class: type[APIView], plain_view):
     return plain_view
 
 
-# --- The plain views, as the schema shows them -------------------------------------------------
-class _Unauthenticated(APIView):
-    authentication_classes: list = []
-    permission_classes: list = []
-    throttle_classes: list = []
-
-
-class LivenessSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=["ok"])
-
-
-class HealthzDoc(_Unauthenticated):
-    @extend_schema(operation_id="healthz", tags=["health"], summary="Liveness: the process serves requests",
-                   description="Touches no dependency: a database outage never gets a healthy web restarted.",
-                   responses={200: LivenessSerializer})
-    def get(self, request):
-        raise NotImplementedError  # served by observability.health.healthz
-
-
-class _Check(serializers.Serializer):
-    ok = serializers.BooleanField()
-    ms = serializers.FloatField()
-    error = serializers.CharField(required=False, help_text="`failed`, or `did not answer within N s`; the "
-                                                           "exception itself is in the service's log.")
-
-
-class ReadinessSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=["ok", "unavailable"])
-    checks = serializers.DictField(child=_Check(), help_text="database, redis, backend (the backend check "
-                                                             "adds its name and the number of bots).")
-    failed = serializers.ListField(child=serializers.CharField(), required=False,
-                                  help_text="The failed checks, when there are any.")
-    detail = serializers.CharField(required=False, help_text="With a 503: which checks failed.")
-
-
-class ReadyzDoc(_Unauthenticated):
-    @extend_schema(operation_id="readyz", tags=["health"], summary="Readiness: PostgreSQL, Redis and the bot backend answer",
-                   responses={200: ReadinessSerializer,
-                              503: OpenApiResponse(ReadinessSerializer, description="A dependency failed "
-                                                   "(named in `failed`).")})
-    def get(self, request):
-        raise NotImplementedError  # served by observability.health.readyz
-
-
-class MetricsDoc(_Unauthenticated):
-    @extend_schema(operation_id="metrics", tags=["health"], summary="Prometheus metrics (text format)",
-                   auth=[{METRICS_TOKEN: []}, {}],
-                   responses={(200, "text/plain"): OpenApiResponse(str, description="Prometheus text format."),
-                              403: error("METRICS_TOKEN is set and the request lacks it, or it is unset and "
-                                         "the request does not come directly from loopback.")})
-    def get(self, request):
-        raise NotImplementedError  # served by observability.metrics.metrics_view
-
-
-CALLBACK_PATH = "/bots/internal/callback/{name}"
-
-
 def postprocess(result, generator, request, public):
-    """drf-spectacular's postprocessing hook."""
+    """drf-spectacular's last postprocessing hook: the security schemes, the paths in order."""
     result.setdefault("components", {}).setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
-    if CALLBACK_PATH in result["paths"]:
-        _one_path_per_callback(result)
     result["paths"] = dict(sorted(result["paths"].items()))
     return result
-
-
-def _one_path_per_callback(result) -> None:
-    """The callbacks are one route and one view, but their bodies differ (exited needs exit_code,
-    status_change a status): the schema shows one path per callback, each with its own body."""
-    from meetings.api.serializers import CallbackSerializer
-    from meetings.lifecycle.statuses import CALLBACK_NAMES
-
-    template = result["paths"].pop(CALLBACK_PATH)["post"]
-    schemas = result["components"]["schemas"]
-    for name in CALLBACK_NAMES:
-        operation = copy.deepcopy(template)
-        operation["operationId"] = f"bot_callback_{name}"
-        operation["parameters"] = [p for p in operation.get("parameters", []) if p["name"] != "name"]
-        if not operation["parameters"]:
-            del operation["parameters"]
-        rules = CallbackSerializer.openapi_by_callback.get(name)
-        if rules:
-            component = "Callback" + "".join(word.title() for word in name.split("_")) + "Request"
-            schemas[component] = {"allOf": [{"$ref": "#/components/schemas/CallbackRequest"}, rules]}
-            operation["requestBody"]["content"]["application/json"]["schema"] = {
-                "$ref": f"#/components/schemas/{component}"}
-        result["paths"][f"/bots/internal/callback/{name}"] = {"post": operation}

@@ -99,7 +99,7 @@ class EventField(models.TextField):
     def pre_save(self, model_instance, add):
         value = getattr(model_instance, self.attname)
         if add and not value and model_instance.applied:
-            from meetings.events.payloads import serialized, status_change_event
+            from meetings.payloads import serialized, status_change_event
 
             value = serialized(status_change_event(model_instance.meeting, model_instance))
             setattr(model_instance, self.attname, value)

@@ -12,12 +12,12 @@ from redis.exceptions import RedisError
 
 from accounts.models import User
 from meetings.bot_protocol import channels
-from meetings.events.payloads import timestamp
-from meetings.lifecycle import endings, transitions as lifecycle
+from meetings.payloads import timestamp
+from meetings.launching import seats
+from meetings.lifecycle import transitions as lifecycle
 from meetings.lifecycle.errors import (BackendUnavailable, BotLimitReached, DuplicateMeeting, MeetingConflict,
                                        MeetingDataTooLarge, MeetingNotFound, ScheduledBotLimitReached)
-from meetings.lifecycle.statuses import (EXCLUSIVE, LIVE, TERMINAL, FailureStage, MeetingStatus,
-                                         TransitionSource)
+from meetings.lifecycle.statuses import EXCLUSIVE, TERMINAL, MeetingStatus, TransitionSource
 from meetings.models import Meeting
 from meetings.stopping import flow as stopping
 
@@ -52,15 +52,15 @@ def request_bot(user: User, req: BotRequest) -> Meeting:
         # Vexa fields); the `join_at` column is what the scheduler reads.
         data["join_at"] = timestamp(req.join_at)
     with transaction.atomic():
-        locked = lock_user(user.pk)
+        locked = seats.lock_user(user.pk)
         # The duplicate is reported before the limit (as Vexa does): at the limit, a repeated
         # request for a bot the user already has must say so, not "limit reached".
         if Meeting.objects.filter(user_id=user.pk, status__in=sorted(EXCLUSIVE), platform=req.platform,
                                   native_meeting_id=req.native_meeting_id).exists():
             raise _duplicate(req)
-        if req.join_at is None and seats_taken(locked):
+        if req.join_at is None and seats.seats_taken(locked):
             raise BotLimitReached(f"User has reached the maximum concurrent bot limit ({locked.max_concurrent_bots}).")
-        if req.join_at is not None and schedule_full(locked):
+        if req.join_at is not None and seats.schedule_full(locked):
             raise ScheduledBotLimitReached(
                 f"User has reached the maximum of scheduled bots ({settings.SCHEDULED_BOTS_PER_USER}): cancel one "
                 "(DELETE /bots/{platform}/{native_meeting_id}) or wait until one is launched.")
@@ -74,43 +74,10 @@ def request_bot(user: User, req: BotRequest) -> Meeting:
             raise _duplicate(req) from None
         meeting_id = meeting.id
         if req.join_at is None:
-            transaction.on_commit(lambda: enqueue_launch(meeting_id))
+            transaction.on_commit(lambda: seats.enqueue_launch(meeting_id))
     # The launch is enqueued on commit; if that failed, the meeting is already `failed`.
     meeting.refresh_from_db()
     return meeting
-
-
-def lock_user(user_id: int) -> User:
-    """Lock the user row: every seat count (a request, a scheduled launch) is taken under it."""
-    return User.objects.select_for_update().only("id", "max_concurrent_bots").get(pk=user_id)
-
-
-def seats_taken(locked: User) -> bool:
-    """Whether the user (row locked by `lock_user`) has no free seat for one more bot."""
-    limit = locked.max_concurrent_bots
-    return bool(limit) and Meeting.objects.filter(user_id=locked.pk, status__in=sorted(LIVE)).count() >= limit
-
-
-def schedule_full(locked: User) -> bool:
-    """Whether the user (row locked by `lock_user`) has SCHEDULED_BOTS_PER_USER bots waiting to be
-    launched: scheduled bots take no seat, and uncapped one user could store thousands."""
-    cap = settings.SCHEDULED_BOTS_PER_USER
-    return bool(cap) and Meeting.objects.filter(user_id=locked.pk, status=MeetingStatus.SCHEDULED).count() >= cap
-
-
-def enqueue_launch(meeting_id: int) -> None:
-    """Hand the launch to the worker. If the broker cannot take it, the meeting fails now with the
-    error in `data.last_error` (protocol.md) instead of the request answering 500 after its meeting
-    was committed, and the meeting waiting in `requested` for the sweep."""
-    from meetings import tasks
-
-    try:
-        tasks.launch_bot.delay(meeting_id)
-    except Exception as exc:  # noqa: BLE001 (kombu/redis errors: the broker is unreachable)
-        log.exception("meeting %s: could not enqueue the bot launch", meeting_id)
-        lifecycle.transition(meeting_id, MeetingStatus.FAILED, source=TransitionSource.LAUNCH,
-                             reason="bot launch could not be enqueued", failure_stage=FailureStage.REQUESTED,
-                             metadata={"error": endings.error_text(exc)}, data_updates=endings.launch_not_enqueued())
 
 
 def _duplicate(req: BotRequest) -> DuplicateMeeting:

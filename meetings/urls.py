@@ -1,6 +1,5 @@
 from django.urls import path
 
-from accounts.user_api import WebhookView
 from meetings.api import bots, callbacks, events, meetings
 
 urlpatterns = [
@@ -12,7 +11,6 @@ urlpatterns = [
     path("meetings", meetings.MeetingsView.as_view()),
     path("meetings/<int:meeting_id>", meetings.MeetingDetailView.as_view()),
     path("meetings/<str:platform>/<str:native_meeting_id>", meetings.MeetingByNativeIdView.as_view()),
-    path("user/webhook", WebhookView.as_view()),
     path("events", events.EventsView.as_view()),
     path("events/stream", events.EventStreamView.as_view()),
 ]

@@ -117,14 +117,14 @@ code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$PROXY_
 [[ $code == 403 ]] || fail "the read-only Docker proxy answered $code to a create"
 metrics=$(curl -fsS "http://127.0.0.1:$PORT/metrics") || fail "/metrics"
 grep -q '^botmanager_meetings{status="requested"} 0.0' <<<"$metrics" || fail "/metrics: no meetings family"
-docker exec "$NAME-web" python -m observability.healthcheck web || fail "web health probe"
+docker exec "$NAME-web" python -m botmanager.healthcheck web || fail "web health probe"
 # Read the logs whole first: `docker logs | head -n 1` gets SIGPIPE, which pipefail reports as failure.
 web_logs=$(docker logs "$NAME-web" 2>&1)
 printf '%s\n' "$web_logs" | "$PY" -c "import json, sys; json.loads(sys.stdin.readline())" \
     || fail "web logs are not JSON lines"
 ok=""
 for _ in $(seq 1 20); do  # the worker needs a few seconds to boot and join the broker
-    if docker exec "$NAME-worker" python -m observability.healthcheck worker orchestrator 2>/dev/null; then
+    if docker exec "$NAME-worker" python -m botmanager.healthcheck worker orchestrator 2>/dev/null; then
         ok=1
         break
     fi

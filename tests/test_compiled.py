@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from common import compiled
 from common.compiled import CompiledQuery
-from meetings.events.payloads import timestamp
+from meetings.payloads import timestamp
 from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from meetings.models import Meeting, MeetingTransition
 from tests.factories import make_meeting, make_session

@@ -11,7 +11,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from meetings.bot_protocol.channels import status_channel
-from meetings.events.payloads import timestamp
+from meetings.payloads import timestamp
 from meetings.lifecycle import deadlines
 from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import Meeting

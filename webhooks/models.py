@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from meetings.events.payloads import STATUS_CHANGE
+from meetings.payloads import STATUS_CHANGE
 
 
 class WebhookEvent(models.TextChoices):

@@ -1,8 +1,8 @@
 """The outbox: webhook events are rows written in the transaction that caused them.
 
-`record_status_change` is called by meetings.lifecycle.transitions for every applied transition, right after
-its record; `record_final` is a post-meeting step (registered in WebhooksConfig.ready). A rolled
-back transition leaves no row; a committed one always has its row, and the delivery task is
+`record_status_change` hears every applied transition in its transaction, right after its record
+(a lifecycle listener); `record_final` is a post-meeting step (both registered in
+WebhooksConfig.ready). A rolled back transition leaves no row; a committed one always has its row, and the delivery task is
 enqueued on commit (a lost enqueue is re-driven by `delivery.redrive`). Nothing is recorded for a
 user without a webhook URL.
 """
@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from meetings.events import log as events
-from meetings.events.payloads import meeting_response, serialized
+from meetings.payloads import meeting_response, serialized
 from webhooks.models import FINAL_EVENTS, WebhookDelivery, WebhookEvent
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from rest_framework.exceptions import ValidationError
 from common.strict_fields import MAX_OFFSET, QueryIntegerField, StrictCharField
 from meetings import platforms
 from meetings.api.util import validated_platform
-from meetings.events.payloads import meeting_response
+from meetings.payloads import meeting_response
 from meetings.lifecycle.statuses import CompletionReason, FailureStage, MeetingStatus, Platform
 from meetings.models import Meeting, MeetingTransition
 from meetings.running import SCHEDULED_NORMALIZED
@@ -154,7 +154,7 @@ class MeetingDataPatchSerializer(serializers.Serializer):
 
 
 class MeetingSerializer(serializers.Serializer):
-    """The MeetingResponse (meetings.events.payloads, shared with the webhook events). The fields describe
+    """The MeetingResponse (meetings.payloads, shared with the webhook events). The fields describe
     it in the OpenAPI schema; the representation is meeting_response's own."""
 
     id = serializers.IntegerField()

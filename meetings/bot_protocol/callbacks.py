@@ -17,8 +17,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from meetings.bot_protocol import channels as commands, tokens, vocabulary as bot_vocabulary
-from meetings.bot_protocol.vocabulary import COMPLETION_REASONS, FAILURE_STAGES, NEEDS_HUMAN_HELP, REPORTABLE
-from meetings.events.payloads import timestamp
+from meetings.bot_protocol.vocabulary import COMPLETION_REASONS, FAILURE_STAGES, REPORTABLE
+from meetings.lifecycle.statuses import NEEDS_HUMAN_HELP
+from meetings.payloads import timestamp
 from meetings.lifecycle import transitions as lifecycle
 from meetings.lifecycle.errors import UnknownSession
 from meetings.lifecycle.statuses import (CALLBACK_NAMES, TERMINAL, CompletionReason,  # noqa: F401

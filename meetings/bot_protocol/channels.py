@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from common.compiled import CompiledQuery
 from common.redis_client import get_redis
-from meetings.bot_protocol.vocabulary import NEEDS_HUMAN_HELP
-from meetings.events.payloads import deadline
+from meetings.lifecycle.statuses import NEEDS_HUMAN_HELP
+from meetings.payloads import deadline
 from meetings.models import Meeting, MeetingSession
 
 
@@ -88,8 +88,9 @@ def publish_reconfigure(meeting_id: int, language: str | None, task: str | None)
     return uid
 
 
-def publish_status(meeting: Meeting, redis=None) -> None:
-    """The meeting's status on its channel; `redis`: a pipeline to publish with."""
+def publish_status(meeting: Meeting, record, pipe) -> None:
+    """The meeting's status on its channel, after a transition (a lifecycle notifier: `pipe` is
+    the Redis pipeline every notifier of the transition shares)."""
     payload = {"status": meeting.status, **deadline(meeting)}
     help_needed = (meeting.data or {}).get(NEEDS_HUMAN_HELP)
     if help_needed:  # a condition of the live meeting its bot reported (meetings/bot_protocol/vocabulary.py)
@@ -100,4 +101,4 @@ def publish_status(meeting: Meeting, redis=None) -> None:
         "payload": payload,
         "ts": timezone.now().isoformat(),
     }
-    (redis or get_redis()).publish(status_channel(meeting.id), json.dumps(event))
+    pipe.publish(status_channel(meeting.id), json.dumps(event))

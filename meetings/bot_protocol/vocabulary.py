@@ -7,13 +7,7 @@ through unchanged (the callback fast path only ever sees those).
 """
 from __future__ import annotations
 
-from meetings.lifecycle.statuses import CompletionReason, FailureStage, MeetingStatus
-
-# A condition of a live meeting the Vexa bot reports as a status (it needs a person: a consent
-# prompt, a sign-in): kept in `data` and announced, never a status of ours.
-NEEDS_HUMAN_HELP = "needs_human_help"
-# `data` keys of the conditions a bot reported; each holds only until the meeting's status changes.
-CONDITION_KEYS = (NEEDS_HUMAN_HELP, "bot_reported_status")
+from meetings.lifecycle.statuses import NEEDS_HUMAN_HELP, CompletionReason, FailureStage, MeetingStatus
 
 # Statuses a bot may move a meeting to (it never reports requested or stopping).
 REPORTABLE = frozenset({MeetingStatus.JOINING, MeetingStatus.AWAITING_ADMISSION, MeetingStatus.ACTIVE,

@@ -1,1 +1,1 @@
-"""What users read of their meetings: the event log, its live stream, the meeting payload."""
+"""What users read of their meetings: the event log and its live stream."""

@@ -33,7 +33,7 @@ from django.conf import settings
 from django.core import signing
 from django.db import connection
 
-from meetings.events.payloads import STATUS_CHANGE, serialized, status_change_event
+from meetings.payloads import STATUS_CHANGE, serialized, status_change_event
 from meetings.models import MeetingTransition
 
 # uuid5 namespace of event ids (fixed: ids must not change between releases).
@@ -161,10 +161,10 @@ def _rebuilt(transition_ids: list[int]) -> dict[int, str]:
 _PREFIX, _MIDDLE = '{"position":', ',"event":'
 
 
-def publish(record: MeetingTransition, redis) -> None:
-    """The applied transition `record` on its user's channel (after commit; `redis` may be a
-    pipeline)."""
-    redis.publish(user_channel(record.user_id), f"{_PREFIX}{record.pk}{_MIDDLE}{record.event}}}")
+def publish(meeting, record: MeetingTransition, pipe) -> None:
+    """The applied transition `record` on its user's channel (a lifecycle notifier: after commit,
+    into the pipeline every notifier of the transition shares)."""
+    pipe.publish(user_channel(record.user_id), f"{_PREFIX}{record.pk}{_MIDDLE}{record.event}}}")
 
 
 def published(message: str) -> Event:

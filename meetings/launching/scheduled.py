@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from meetings import services as bots
+from meetings.launching import seats
 from meetings.lifecycle import transitions as lifecycle
 from meetings.lifecycle.statuses import LIVE, MeetingStatus, TransitionSource
 from meetings.models import Meeting
@@ -147,19 +147,19 @@ def claim(meeting_id: int, user_id: int, now: datetime) -> str:
     owner (`due` reads it with the meeting)."""
     with transaction.atomic():
         # User first, then the meeting: the order `request_bot` locks them in.
-        user = bots.lock_user(user_id)
+        user = seats.lock_user(user_id)
         try:
             meeting = lifecycle.lock(meeting_id)
         except Meeting.DoesNotExist:
             return Claim.NOT_DUE
         if meeting.status != MeetingStatus.SCHEDULED or meeting.deadline_at is None or meeting.deadline_at <= now:
             return Claim.NOT_DUE
-        if bots.seats_taken(user):
+        if seats.seats_taken(user):
             log.info("scheduler: meeting %s waits for a free seat (limit %s)", meeting_id, user.max_concurrent_bots)
             return Claim.NO_SEAT
         result = lifecycle.transition_locked(meeting, MeetingStatus.REQUESTED, source=TransitionSource.LAUNCH,
                                              reason="scheduled join_at reached", only_from={MeetingStatus.SCHEDULED})
         if not result.applied:
             return Claim.NOT_DUE
-        transaction.on_commit(lambda: bots.enqueue_launch(meeting_id))
+        transaction.on_commit(lambda: seats.enqueue_launch(meeting_id))
     return Claim.LAUNCHED

@@ -2,17 +2,7 @@
 with the HTTP status each one carries, so services stay free of HTTP and views stay thin."""
 from __future__ import annotations
 
-
-class DomainError(Exception):
-    http_status = 400
-    # Seconds, sent as Retry-After (every 429 carries one, as the rate limiter's do).
-    retry_after: int | None = None
-
-    def __init__(self, detail: str, retry_after: int | None = None):
-        super().__init__(detail)
-        self.detail = detail
-        if retry_after is not None:
-            self.retry_after = retry_after
+from common.domain_errors import DomainError
 
 
 class NotFound(DomainError):

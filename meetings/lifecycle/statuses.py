@@ -28,6 +28,12 @@ LIVE = frozenset({S.REQUESTED, S.JOINING, S.AWAITING_ADMISSION, S.ACTIVE})
 EXCLUSIVE = LIVE | {S.SCHEDULED}
 NON_TERMINAL = frozenset(set(S) - TERMINAL)
 
+# A condition of a live meeting the Vexa bot reports as a status (it needs a person: a consent
+# prompt, a sign-in): kept in `data` and announced, never a status of ours.
+NEEDS_HUMAN_HELP = "needs_human_help"
+# `data` keys of the conditions a bot reported; each holds only until the meeting's status changes.
+CONDITION_KEYS = (NEEDS_HUMAN_HELP, "bot_reported_status")
+
 TRANSITIONS: dict[str, frozenset[str]] = {
     # -> requested: the scheduler's claim at join_at; -> completed: cancelled (DELETE /bots) before
     # any bot existed; -> failed: not launched by its deadline (the sweep) or by an admin.

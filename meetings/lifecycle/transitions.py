@@ -23,13 +23,10 @@ from django.utils import timezone
 from common import compiled
 from common.compiled import CompiledQuery
 from common.redis_client import get_redis
-from meetings.bot_protocol import channels
-from meetings.bot_protocol.vocabulary import CONDITION_KEYS
-from meetings.events import log as events
-from meetings.lifecycle import deadlines
-from meetings.lifecycle.statuses import TERMINAL, CompletionReason, FailureStage, MeetingStatus, is_allowed
+from meetings.lifecycle import deadlines, listeners
+from meetings.lifecycle.statuses import (CONDITION_KEYS, TERMINAL, CompletionReason, FailureStage, MeetingStatus,
+                                         is_allowed)
 from meetings.models import Meeting, MeetingSession, MeetingTransition
-from webhooks import outbox
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +84,7 @@ def create_meeting(*, user, platform: str, native_meeting_id: str, data: dict, s
         )
         record = MeetingTransition.objects.create(meeting=meeting, user_id=meeting.user_id, from_status="",
                                                   to_status=status, source=source, reason=reason)
-        outbox.record_status_change(meeting, record)
-        transaction.on_commit(lambda: _after_commit(meeting, record), robust=True)
+        _announce(meeting, record)
     return meeting
 
 
@@ -211,10 +207,9 @@ def record_condition_from_session(
         meeting.data = data
         meeting.save(update_fields=["data", "updated_at"])
         compiled.insert(record)
-        outbox.record_status_change(meeting, record)
         log.info("meeting %s: %s reported while %s", meeting.id, key, status, extra={
             "meeting_id": meeting.id, "session_id": session.id, "source": str(source), "condition": key})
-        transaction.on_commit(lambda: _after_commit(meeting, record), robust=True)
+        _announce(meeting, record)
         return TransitionResult(Outcome.APPLIED, meeting, status, status, record, session=session)
 
 
@@ -259,15 +254,12 @@ def _transition_locked(meeting: Meeting, to_status: str, *, source, reason, comp
     record.failure_stage = meeting.failure_stage if to_status == MeetingStatus.FAILED else None
     # = meeting.save(update_fields=changed); record.save(): one round trip (the callback hot path).
     compiled.save_fields_and_insert(meeting, changed, record)
-    outbox.record_status_change(meeting, record)  # the webhook event, in this transaction
     log.info("meeting %s: %s -> %s by %s%s", meeting.id, from_status, to_status, source,
              f" ({reason})" if reason else "", extra={
                  "meeting_id": meeting.id, "session_id": session.id if session else None,
                  "source": str(source), "from_status": str(from_status), "to_status": str(to_status),
                  "applied": True, "reason": reason})
-    transaction.on_commit(lambda: _after_commit(meeting, record), robust=True)
-    if to_status in TERMINAL:
-        transaction.on_commit(lambda: _enqueue_post_meeting(meeting.id), robust=True)
+    _announce(meeting, record)
     return TransitionResult(Outcome.APPLIED, meeting, from_status, to_status, record, session=session)
 
 
@@ -325,19 +317,19 @@ def _apply(meeting: Meeting, from_status: str, to_status: str, now, completion_r
     return changed
 
 
-def _enqueue_post_meeting(meeting_id: int) -> None:
-    # A lost enqueue is retried by the sweep (post_meeting_done_at stays empty); a duplicate run
-    # does nothing (post_meeting claims the row under lock).
-    from meetings import tasks
+def _announce(meeting: Meeting, record: MeetingTransition) -> None:
+    """Tell the listeners (listeners.py) of an applied transition, each at its moment."""
+    for listener in listeners.IN_TRANSACTION:
+        listener(meeting, record)
+    transaction.on_commit(lambda: _notify(meeting, record), robust=True)
+    if record.to_status in TERMINAL:
+        for on_terminal in listeners.ON_TERMINAL:
+            transaction.on_commit(lambda on_terminal=on_terminal: on_terminal(meeting.id), robust=True)
 
-    tasks.post_meeting.delay(meeting_id)
 
-
-def _after_commit(meeting: Meeting, record: MeetingTransition) -> None:
-    # The status events are notifications; the database is the truth (a stream that missed one
-    # replays it from the log). A Redis outage is logged by Django's robust on_commit and never
-    # undoes or fails a committed transition. One round trip for both channels.
+def _notify(meeting: Meeting, record: MeetingTransition) -> None:
+    # One round trip for every notifier's messages.
     pipe = get_redis().pipeline(transaction=False)
-    channels.publish_status(meeting, pipe)
-    events.publish(record, pipe)
+    for notifier in listeners.NOTIFIERS:
+        notifier(meeting, record, pipe)
     pipe.execute()

@@ -24,6 +24,15 @@ Step = Callable[[Meeting], None]
 STEPS: list[Step] = []
 
 
+def enqueue(meeting_id: int) -> None:
+    """Hand an ended meeting to the post-meeting worker (a lifecycle listener, on terminal). A lost
+    enqueue is re-driven by the sweep (post_meeting_done_at stays empty); a duplicate run does
+    nothing (`run` claims the row under lock)."""
+    from meetings import tasks  # the tasks module imports this one
+
+    tasks.post_meeting.delay(meeting_id)
+
+
 def register(step: Step) -> Step:
     if step not in STEPS:
         STEPS.append(step)

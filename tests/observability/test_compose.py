@@ -61,7 +61,7 @@ def test_every_service_has_a_health_check(config):
     for name, service in config["services"].items():
         check = service.get("healthcheck")
         assert check and check.get("test") and not check.get("disable"), name
-    assert config["services"]["web"]["healthcheck"]["test"] == ["CMD", "python", "-m", "observability.healthcheck", "web"]
+    assert config["services"]["web"]["healthcheck"]["test"] == ["CMD", "python", "-m", "botmanager.healthcheck", "web"]
     assert "pg_isready" in " ".join(config["services"]["postgres"]["healthcheck"]["test"])
     assert config["services"]["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     for name in WORKERS:

@@ -1,4 +1,4 @@
-"""The container health probes (`python -m observability.healthcheck`, docker-compose.yml): a service
+"""The container health probes (`python -m botmanager.healthcheck`, docker-compose.yml): a service
 that cannot reach its broker or database is unhealthy, not "up"."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ NOWHERE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
 def probe(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "observability.healthcheck", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "botmanager.healthcheck", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=60, env=stack_env(tmp_path, **env))
 
 

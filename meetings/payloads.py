@@ -2,10 +2,9 @@
 events carry it; and the `meeting.status_change` event body, the same for webhooks and the event
 log (`GET /events`, `GET /events/stream`).
 
-A plain function of the Meeting row, so the webhook outbox (called inside lifecycle transitions)
-builds it without importing the API layer: meetings.api.serializers imports meetings.bot_protocol.callbacks,
-which imports lifecycle, which imports the outbox. The API serializer returns this same dict, so
-both stay byte-identical.
+Plain functions of the Meeting row, with no API framework: the webhook outbox builds its events
+inside a transition's transaction, and the API serializer returns this same dict, so both stay
+byte-identical.
 """
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import datetime
 import json
 
 from django.core.serializers.json import DjangoJSONEncoder
-from rest_framework.fields import DateTimeField
 
 from meetings import platforms
 from meetings.lifecycle import deadlines
@@ -24,11 +22,6 @@ STATUS_CHANGE = "meeting.status_change"
 # Never shown: the passcode travels only inside the meeting URL; the stop reason is internal
 # bookkeeping of the stop flow.
 HIDDEN_DATA_KEYS = frozenset({"passcode"})
-
-# DRF's rendering of datetimes (ISO 8601, "Z" for UTC), as every other API timestamp. Its zone
-# given (TIME_ZONE is always UTC): DRF would otherwise look the current zone up, through a
-# context-local, for each of the 5–7 timestamps of every callback's event (a fifth of their cost).
-_datetime = DateTimeField(default_timezone=datetime.timezone.utc).to_representation
 
 
 def meeting_response(meeting) -> dict:
@@ -91,6 +84,15 @@ def _text(value) -> str | None:
     return None if value is None else str(value)
 
 
-def timestamp(value) -> str | None:
-    """A datetime as the API shows it."""
-    return None if value is None else _datetime(value)
+def timestamp(value: datetime.datetime | None) -> str | None:
+    """A datetime as the API shows every timestamp: ISO 8601 in UTC with "Z", exactly as DRF's
+    DateTimeField renders it (TIME_ZONE is always UTC; the zone is not looked up per call, which
+    cost a fifth of a callback event's build)."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    else:
+        value = value.astimezone(datetime.timezone.utc)
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text

@@ -1,4 +1,4 @@
-"""Container health probes (docker-compose.yml): `python -m observability.healthcheck web|worker <kind>|beat`.
+"""Container health probes (docker-compose.yml): `python -m botmanager.healthcheck web|worker <kind>|beat`.
 Exit 0 = healthy; otherwise one line on stderr says why.
 
 - web: GET http://127.0.0.1:$PORT/healthz answers 200 (the process serves requests), and
@@ -74,7 +74,7 @@ PROBES = {"web": web, "worker": worker, "beat": beat}
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in PROBES or len(argv) > (2 if argv[0] == "worker" else 1):
-        print("usage: python -m observability.healthcheck web|worker <kind>|beat", file=sys.stderr)
+        print("usage: python -m botmanager.healthcheck web|worker <kind>|beat", file=sys.stderr)
         return 2
     import django
 
