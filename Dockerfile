@@ -30,7 +30,7 @@ RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home -
 WORKDIR /app
 COPY --chown=botmanager:botmanager . /app
 RUN mkdir -p "$RUN_DIR/beat" && chown -R botmanager:botmanager "$RUN_DIR" \
- && python -m compileall -q botmanager accounts meetings orchestrators $(test -d webhooks && echo webhooks)
+ && python -m compileall -q botmanager common patches observability devstack accounts meetings orchestrators webhooks
 USER botmanager
 
 EXPOSE 8000
