@@ -6,6 +6,9 @@ A different installed version is simulated by replacing the one version lookup t
 (test_broker_outage.py, test_task_connections.py, observability/test_gunicorn.py)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import psycopg2.extensions
@@ -16,6 +19,9 @@ from django.db import connections
 import patches
 from patches import broker_outage, greenlet_connections, task_connections, versions
 from patches.versions import PatchVersionError
+from tests.support import stack_env
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -95,6 +101,33 @@ def test_a_library_that_is_not_installed_is_refused(installed):
     installed(kombu=None)
     with pytest.raises(PatchVersionError, match="kombu is not installed"):
         broker_outage.check()
+
+
+def _run_with_installed(tmp_path, fake: dict, main: str, *argv: str) -> subprocess.CompletedProcess:
+    """Run a service's real entry point (`main`: "module:function") in a process whose guard sees
+    the `fake` versions; it is given 60 s to refuse, more than a refusal needs."""
+    code = ("import sys; from importlib import import_module; from patches import versions; "
+            f"real = versions.installed; fake = {fake!r}; "
+            "versions.installed = lambda name: fake[name] if name in fake else real(name); "
+            f"module, _, function = {main!r}.partition(':'); sys.argv = [module] + {list(argv)!r}; "
+            "sys.exit(getattr(import_module(module), function)())")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=stack_env(tmp_path), capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_a_celery_worker_refuses_to_start_on_another_kombu(tmp_path):
+    run = _run_with_installed(tmp_path, {"kombu": "5.8.0"}, "celery.__main__:main", "-A", "botmanager", "worker")
+    assert run.returncode != 0
+    assert "PatchVersionError" in run.stderr and "kombu 5.8.0 is installed" in run.stderr
+
+
+def test_the_gevent_web_refuses_to_start_on_another_gevent(tmp_path):
+    run = _run_with_installed(tmp_path, {"gevent": "26.10.0"}, "gunicorn.app.wsgiapp:run",
+                              "-c", "python:botmanager.gunicorn_conf", "botmanager.wsgi", "--workers", "1",
+                              "--worker-class", "gevent", "--bind", "127.0.0.1:0")
+    assert run.returncode != 0
+    output = run.stdout + run.stderr
+    assert "PatchVersionError" in output and "gevent 26.10.0 is installed" in output
 
 
 @pytest.mark.parametrize("version, expected, ok", [
