@@ -17,6 +17,7 @@ from patches import broker_outage, greenlet_connections, task_connections
 PATCHES = (broker_outage, task_connections, greenlet_connections)
 
 
+# Each entry runs every check before it patches anything: one refusal leaves the libraries untouched.
 def apply_celery(app):
     """Returns the Django fix-up, which Celery keeps (it holds its signal receivers)."""
     task_connections.check()

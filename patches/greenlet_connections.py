@@ -9,7 +9,8 @@ thread-local store, and one connection; and one new connection per client (bots 
 `Connection: close`) costs more than the callback it serves. A worker holds as many connections
 as its peak number of concurrent clients that used the database, never more.
 
-Context, consequences and removal condition: docs/decisions/0003-greenlet-connections.md.
+Remove it when Django's connections are greenlet-local under gevent on their own, or its own pool
+(psycopg 3) gives the same bound; context and consequences: docs/decisions/0003-greenlet-connections.md.
 """
 from __future__ import annotations
 

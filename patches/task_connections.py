@@ -7,7 +7,8 @@ and a SCRAM authentication per task cost more than the task. Here a connection i
 Django's own per-request rule (`close_old_connections`), and a kept one the database dropped is
 replaced before the next task. Everything else of Celery's fix-up stays.
 
-Context, consequences and removal condition: docs/decisions/0004-task-connections.md.
+Remove it when Celery's fix-up keeps connections by Django's rule on its own (tests/test_task_connections.py
+passes without it); context and consequences: docs/decisions/0004-task-connections.md.
 """
 from __future__ import annotations
 
