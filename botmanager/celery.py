@@ -6,8 +6,10 @@ from celery.signals import setup_logging, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
-# Celery's Django fix-up, but database connections are kept between tasks (patches/task_connections.py).
-app = Celery("botmanager", fixups=["patches.task_connections:fixup"])
+# Celery's Django fix-up and every patch of Celery's and kombu's internals, applied as the app is
+# created (patches/__init__.py): connections kept between tasks, a worker that survives a broker
+# outage; each refuses to start on a celery or kombu it was not written for.
+app = Celery("botmanager", fixups=["patches:apply_celery"])
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks(["meetings", "webhooks"])
 
@@ -15,12 +17,6 @@ app.autodiscover_tasks(["meetings", "webhooks"])
 from botmanager import checks as _checks  # noqa: E402
 
 _checks.connect_celery()
-
-# A worker must survive a Redis restart while it holds countdown tasks (celery 5.7.0 / kombu 5.7.0
-# crash there): see patches/broker_outage.py.
-from patches import broker_outage  # noqa: E402
-
-broker_outage.install(app)
 
 
 @worker_init.connect(weak=False)

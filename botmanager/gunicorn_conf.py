@@ -8,7 +8,8 @@
 - The master refuses to start with a missing or publicly known secret (botmanager/checks.py).
 - Worker class WEB_WORKER_CLASS (gevent by default): a connection is a greenlet, so clients that
   trickle or stall a request wait without holding a worker; psycopg2 is made cooperative
-  (psycogreen) in each worker, or one query would block every connection of that worker.
+  (psycogreen) in each worker, or one query would block every connection of that worker, and
+  Django's connections greenlet-local (patches.apply_gevent_worker).
   Event streams (GET /events/stream) are greenlets waiting on a Redis socket, with places of their
   own: EVENT_STREAMS_PER_WORKER on top of WEB_WORKER_CONNECTIONS.
 """
@@ -70,30 +71,11 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """gevent workers (after gunicorn's monkey-patching, before the first request)."""
+    """gevent workers (after gunicorn's monkey-patching, before the first request): Django's database
+    connections made greenlet-local and handed from one client to the next, psycopg2 cooperative
+    (patches/__init__.py)."""
     if "gevent" not in worker.cfg.worker_class_str:
         return
-    from django.db import connections
-    from psycogreen.gevent import patch_psycopg
+    import patches
 
-    from patches.greenlet_connections import GreenletConnections
-
-    # A query waits in the gevent hub, not in libpq: the worker's other connections go on.
-    patch_psycopg()
-    # django.db was imported by the master before gevent patched `threading`, so its store of
-    # database connections is a real thread-local, one for all the worker's greenlets (they would
-    # share one connection: "DatabaseWrapper objects created in a thread can only be used in that
-    # same thread"). The new store is greenlet-local, and a client connection that ends hands its
-    # database connection on to the next one (patches/greenlet_connections.py): bots send
-    # `Connection: close`, and a new PostgreSQL connection per callback cost more than the callback.
-    store = GreenletConnections(connections.thread_critical)
-    connections._connections = store
-    serve = worker.handle
-
-    def handle(listener, client, addr):
-        try:
-            serve(listener, client, addr)
-        finally:
-            store.release(connections.settings)
-
-    worker.handle = handle  # looked up when the worker starts serving, after this hook
+    patches.apply_gevent_worker(worker)

@@ -1,26 +1,17 @@
-"""Hot-path statements compiled once per database connection: the bot callbacks (issue 7:
-callback throughput), the meeting lock, and the API-key lookup of every API request.
-
-Building and compiling a queryset costs more Python than running it on the bot-callback path
-(≈ 0.2 ms for the meeting lock with its user; `Model.save()` another ≈ 0.15 ms per write). The
-statements here are the ones the ORM would send, built once per connection; each call only binds
-its values with the fields' own preparation (`get_prep_value` / `pre_save` / `get_db_prep_save`)
-and builds instances with Django's own row machinery (converters, `from_db`, select_related
-populators). The database runs the statement the ORM call would have sent (prepared: see below).
+"""Hot-path statements compiled once per database connection: the bot callbacks, the meeting lock
+and the API-key lookup of every API request, where building and compiling a queryset costs more
+than running it.
 
 - `CompiledQuery`: a one-parameter queryset (a lock by primary key, a lookup by a unique column).
 - `insert(instance)`: what `instance.save()` writes for a new instance with an auto primary key.
 - `save_fields_and_insert(instance, names, new)`: what `instance.save(update_fields=names)` and
   `new.save()` write, in one statement (one round trip).
 
-The writes skip the model signals only when nobody listens to them (otherwise they are plain
-`save()` calls), so a receiver added later is never bypassed.
-
-With DB_PREPARED_STATEMENTS (the default) each statement is also prepared on the server: PREPARE
-once per database session, EXECUTE after. PostgreSQL then skips parsing and planning, which cost
-more than running these one-row statements (the lock with its joins: ≈ 0.3 ms of server CPU
-unprepared, ≈ 0.1 ms prepared). Prepared statements outlive a rolled-back transaction and die
-with the session, so the registry of what is prepared is kept per DB-API connection.
+Each is the statement the ORM would send, bound with the fields' own preparation and read back
+with Django's own row machinery; with DB_PREPARED_STATEMENTS it is also prepared on the server
+once per session. The writes are plain `save()` calls when a model signal has a receiver. Why,
+what it costs (Django's compiler internals) and when to remove it:
+docs/decisions/0002-prepared-statements.md.
 """
 from __future__ import annotations
 

@@ -1,33 +1,17 @@
-"""Survive a Redis broker outage while the worker holds unacknowledged messages (celery 5.7.0 with
-kombu 5.7.0; both pinned exactly in requirements.txt because this patches their internals).
+"""Survive a Redis broker outage while the worker holds unacknowledged messages.
 
-The crash it prevents: when Redis goes away while a worker holds a countdown task (or a running
-acks_late task), the worker dies at once with
+Written for celery 5.7.0 with kombu 5.7.0 (both pinned exactly in requirements.txt). On them, a
+worker holding a countdown (or running acks_late) task when Redis goes away dies at once with
+`AttributeError("'NoneType' object has no attribute 'hostname'")`: a channel of an already detached
+transport is closed a second time. The patch, applied in every process that loads the Celery app:
+1. `Channel._connparams` on a detached transport raises Redis ConnectionError (which every cleanup
+   path swallows) instead of AttributeError: the worker goes on to reconnect;
+2. `QoS.restore_unacked` remembers the delivery tags it could not restore, and a consumer bootstep
+   re-queues them as soon as the consumer is connected again (not after the visibility timeout);
+3. celery's bootsteps tolerate the consumer's connection being None while it restarts.
 
-    CRITICAL Unrecoverable error: AttributeError("'NoneType' object has no attribute 'hostname'")
-
-Cause (celery 5.7.0, `Consumer.on_connection_error_after_connected`): it calls
-`connection.collect()`, which detaches the transport (`transport.client = None`) after the default
-channel's `close()` stopped half-way (kombu's `Channel.close` first drains the pending BRPOP, which
-raises on the dead socket; kombu PR #1733), then `connection.close()`, which closes that channel
-again; its `QoS.restore_unacked()` needs a new Redis pool, `Channel._connparams()` reads
-`transport.client.hostname` and raises AttributeError, which `ignore_errors()` does not swallow.
-celery 5.6.3 does not make the second close (it came with the fix of celery GH-9705, a hang on
-reconnect); the same `_connparams` AttributeError was kombu issue #582. No fixed release exists
-(celery 5.7.0 and kombu 5.7.0 are the newest on PyPI as of 2026-11-30).
-
-The patch, installed by botmanager/celery.py in every process that loads the app:
-1. `Channel._connparams` on a detached transport raises Redis ConnectionError (a connection error
-   every cleanup path swallows) instead of AttributeError: the worker goes on to reconnect.
-2. `QoS.restore_unacked`, when Redis is unreachable, remembers the delivery tags it could not
-   restore; a consumer bootstep re-queues them (`QoS.restore_by_tag`: atomic, a no-op for a tag
-   already restored or acknowledged) as soon as the consumer is connected again. So the countdown
-   tasks held before the outage are back at once, not after the visibility timeout (an hour
-   here), provided Redis kept its data (the embedded Redis runs with an append-only file).
-3. celery's bootsteps tolerate the consumer's connection being None while it restarts (celery
-   5.7.0 sets it to None first; closing Gossip then logged an AttributeError).
-
-Remove it once celery/kombu ship a fix (tests/test_broker_outage.py tells whether one is needed).
+Cause, alternatives and removal condition: docs/decisions/0001-broker-outage-patch.md. Remove it
+once celery/kombu ship a fix (tests/test_broker_outage.py, without the patch, tells).
 """
 from __future__ import annotations
 
@@ -36,6 +20,11 @@ import threading
 
 from celery import bootsteps
 from kombu.transport import redis as kredis
+
+from patches import versions
+
+WRITTEN_FOR = {"celery": ("5.7.0",), "kombu": ("5.7.0",)}
+RECORD = "docs/decisions/0001-broker-outage-patch.md"
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +120,15 @@ def _patch_celery_bootsteps():
     cb.ignore_errors = ignore_errors
 
 
-def install(app) -> None:
+def check() -> None:
+    versions.require("patches/broker_outage.py", RECORD, WRITTEN_FOR)
+
+
+def apply(app) -> None:
+    """Patch kombu's Redis transport and celery's bootsteps (once per process), and add the
+    re-queueing bootstep to `app`'s consumer."""
     global _installed
+    check()
     if _installed:
         return
     _installed = True

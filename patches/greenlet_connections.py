@@ -1,21 +1,51 @@
 """Database connections of a gevent web worker: one per greenlet while it serves a client, kept
 for the next client when that one goes.
 
-Each client connection is a greenlet, and Django's connections must be greenlet-local (two
-greenlets sharing one psycopg2 connection would interleave their queries). Opening one per
-client connection, though, costs a TCP connect and a SCRAM authentication per bot callback
-(bots send `Connection: close`): several times the callback's own work. So a greenlet that ends
-hands its connections to the worker's idle list, and the next greenlet that needs one takes it
-from there; only a connection that is unusable or past DB_CONN_MAX_AGE is closed
-(`close_if_unusable_or_obsolete`, the check Django runs around every request). The number of
-connections a worker holds is its peak number of concurrent clients that used the database,
-never more (before this, finished clients' connections piled up until the garbage collector ran).
+Written for Django 5.2 (it replaces `ConnectionHandler._connections` and sets a connection's
+`_thread_ident`), gunicorn 27.0 (it wraps `GeventWorker.handle`) and gevent 26.9 (whose monkey-
+patching makes `asgiref.local.Local` greenlet-local). django.db was imported by gunicorn's master
+before gevent patched `threading`, so all of a worker's greenlets would otherwise share one
+thread-local store, and one connection; and one new connection per client (bots send
+`Connection: close`) costs more than the callback it serves. A worker holds as many connections
+as its peak number of concurrent clients that used the database, never more.
+
+Remove it when Django's connections are greenlet-local under gevent on their own, or its own pool
+(psycopg 3) gives the same bound; context and consequences: docs/decisions/0003-greenlet-connections.md.
 """
 from __future__ import annotations
 
 import _thread
 
 from asgiref.local import Local
+
+from patches import versions
+
+WRITTEN_FOR = {"Django": ("5.2.*",), "gunicorn": ("27.0.*",), "gevent": ("26.9.*",)}
+RECORD = "docs/decisions/0003-greenlet-connections.md"
+
+
+def check() -> None:
+    versions.require("patches/greenlet_connections.py", RECORD, WRITTEN_FOR)
+
+
+def apply(worker) -> None:
+    """In a gevent worker, after gunicorn's monkey-patching and before its first client: Django's
+    connections become greenlet-local, and each client connection that ends hands its database
+    connections on to the next one."""
+    check()
+    from django.db import connections
+
+    store = GreenletConnections(connections.thread_critical)
+    connections._connections = store
+    serve = worker.handle
+
+    def handle(listener, client, addr):
+        try:
+            serve(listener, client, addr)
+        finally:
+            store.release(connections.settings)
+
+    worker.handle = handle  # looked up when the worker starts serving, after post_worker_init
 
 
 class GreenletConnections:

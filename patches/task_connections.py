@@ -1,22 +1,27 @@
 """Database connections of Celery workers: kept from one task to the next, as a web worker keeps
 them from one request to the next.
 
-Celery's Django fix-up (celery 5.7) closes every database connection before and after every task
-unless the undocumented `CELERY_DB_REUSE_MAX` is set, and then closes them every N tasks without
-asking whether they still work. Each task then paid a TCP connect and a SCRAM authentication
-before its first query: in a storm of 200 stops, more than half of the lifecycle pool's time went
-to `psycopg2.connect`, and the finalizers ran seconds late. Here the fix-up applies Django's own
-per-request rule around each task instead (`close_old_connections`: close a connection only when
-it is unusable, left in a transaction, or older than DB_CONN_MAX_AGE), and a kept connection is
-checked before each task, so a worker whose database restarted reconnects instead of failing one
-task per process or thread.
+Written for celery 5.7.0 (pinned exactly): it subclasses the internals of Celery's Django fix-up
+(`DjangoFixup`, `DjangoWorkerFixup`), which closes every connection around every task; a connect
+and a SCRAM authentication per task cost more than the task. Here a connection is closed only by
+Django's own per-request rule (`close_old_connections`), and a kept one the database dropped is
+replaced before the next task. Everything else of Celery's fix-up stays.
 
-Everything else of Celery's fix-up stays: `django.setup()` before tasks are imported, a forked
-pool child closes (without I/O) the connections it inherited from its parent.
+Remove it when Celery's fix-up keeps connections by Django's rule on its own (tests/test_task_connections.py
+passes without it); context and consequences: docs/decisions/0004-task-connections.md.
 """
 from __future__ import annotations
 
 from celery.fixups import django as celery_django
+
+from patches import versions
+
+WRITTEN_FOR = {"celery": ("5.7.0",)}
+RECORD = "docs/decisions/0004-task-connections.md"
+
+
+def check() -> None:
+    versions.require("patches/task_connections.py", RECORD, WRITTEN_FOR)
 
 
 class ReusingWorkerFixup(celery_django.DjangoWorkerFixup):
@@ -55,7 +60,8 @@ class ReusingDjangoFixup(celery_django.DjangoFixup):
         self._worker_fixup = value
 
 
-def fixup(app):
-    """`Celery(fixups=[...])` entry (botmanager/celery.py, which has set DJANGO_SETTINGS_MODULE):
-    Celery's Django fix-up with the reusing worker fix-up."""
+def apply(app):
+    """Celery's Django fix-up with the reusing worker fix-up, installed on `app` (the fix-up object
+    returned must be kept by the caller: Celery connects its methods with weak references)."""
+    check()
     return ReusingDjangoFixup(app).install()
