@@ -51,4 +51,10 @@ def declared_tasks(app=None) -> list[DeclaredTask]:
 
 @functools.cache
 def _discover(app) -> None:
+    from django.apps import apps
+
+    if not apps.ready:  # `celery call <name>`: the CLI sends before anything set Django up
+        import django
+
+        django.setup()
     app.autodiscover_tasks(force=True)  # no packages: those of the Django fixup, the installed apps

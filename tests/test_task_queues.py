@@ -63,6 +63,21 @@ def test_a_task_sent_by_name_from_a_process_that_never_loaded_it_still_reaches_i
     assert route("celery.backend_cleanup", (), {}, {}, task=None) is None
 
 
+def test_a_task_sent_by_name_before_django_is_set_up_reaches_its_queue():
+    """As `celery -A botmanager call meetings.sweep` does: the app's routes, nothing else loaded."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from botmanager.celery import app\n"
+            "print(app.amqp.router.route({}, 'meetings.sweep')['queue'].name)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DJANGO_SETTINGS_MODULE": "botmanager.settings"})
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["sweep"]
+
+
 def test_the_instance_queue_given_when_sending_wins_over_the_declared_queue(redis_conn):
     lose_queued_tasks()
     queue = queues.instance_queue(queues.ORCHESTRATOR, "process:host-b")
