@@ -207,7 +207,8 @@ def _deadline_decision(m: MeetingRow, now: datetime):
     return Finalize(m.id, m.status, deadline.to_status, deadline.reason,
                     completion_reason=deadline.completion_reason(m.stop_reason),
                     failure_stage=m.status if deadline.act == FAIL else None, stop_container=_container_of(m),
-                    metadata={"deadline_at": m.deadline_at.isoformat()}, data_updates=endings.deadline_passed(m.status))
+                    metadata={"deadline_at": m.deadline_at.isoformat()},
+                    data_updates=endings.deadline_passed(m.status))
 
 
 def _orphan_decision(m: MeetingRow, listings, by_container, now: datetime, grace: timedelta):
