@@ -6,7 +6,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 from django.conf import settings  # noqa: E402
 from kombu import Exchange, Queue  # noqa: E402
 
-from botmanager import workers  # noqa: E402
+from common import queues  # noqa: E402
 
 broker_url = settings.CELERY_BROKER_URL
 # Results are not used: tasks report through the database.
@@ -47,30 +47,16 @@ worker_enable_soft_shutdown_on_idle = True
 task_soft_time_limit = 60
 task_time_limit = 90
 
-# Queues by what their work waits on (botmanager/workers.py has the pools that serve them).
-# A worker started without `-Q` consumes all of them.
+# Queues by what their work waits on (common/queues.py; botmanager/workers.py has the pools that
+# serve them). A worker started without `-Q` consumes all of them.
 # Each queue has its own exchange and routing key: queues declared without them would all bind
 # to the default exchange with the default key, and every task would reach every queue.
-task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in workers.QUEUES]
-task_default_queue = workers.LIFECYCLE
-task_routes = {
-    # Calls to the orchestrator: they wait on the engine (a thread pool serves many at once).
-    "meetings.launch_bot": {"queue": workers.ORCHESTRATOR},
-    "meetings.terminate_bot": {"queue": workers.ORCHESTRATOR},
-    "meetings.kill_bot": {"queue": workers.ORCHESTRATOR},
-    # Deliveries wait on users' receivers.
-    "webhooks.deliver": {"queue": workers.WEBHOOKS},
-    # Post-meeting steps have no deadline: hundreds of them after a storm of stops must not sit in
-    # the lifecycle pool ahead of the finalizers that do (a worker holding countdown tasks widens
-    # its prefetch by as many, so a shared queue would reserve them first).
-    "meetings.post_meeting": {"queue": workers.POST_MEETING},
-    # The backstop: alone on its queue, so no storm of other work can delay or expire it.
-    # (meetings.sweep_instance and the bot stops are sent to an instance's own queue explicitly.)
-    "meetings.sweep": {"queue": workers.SWEEP},
-    # Everything else (delayed stop, finalizer, scheduled launches, webhook redrive) is short
-    # database work: the default queue, lifecycle.
-    **settings.CELERY_TASK_ROUTES,
-}
+task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in queues.QUEUES]
+task_default_queue = queues.LIFECYCLE
+# Each task declares its queue where it is defined (common/tasks.py); the operator's routes
+# (CELERY_TASK_ROUTES) come first, so they can move any task. Work on a bot and an instance's
+# sweep are sent to that instance's own queue explicitly (`instance_queue`), which wins over both.
+task_routes = (settings.CELERY_TASK_ROUTES, "common.tasks.route")
 
 # The orphan sweep is the backstop for every deadline. `expires` drops a run that waited longer
 # than one interval in its own queue (its worker was down): the next one is already due, and runs

@@ -435,7 +435,8 @@ WEB_KEEPALIVE_SECONDS = _int("WEB_KEEPALIVE_SECONDS", 5)
 CELERY_CONCURRENCY = _int("CELERY_CONCURRENCY", 2)
 CELERY_ORCHESTRATOR_CONCURRENCY = _int("CELERY_ORCHESTRATOR_CONCURRENCY", 32)
 CELERY_WEBHOOK_CONCURRENCY = _int("CELERY_WEBHOOK_CONCURRENCY", 16)
-# Extra task routes over celeryconfig's, as JSON: {"meetings.post_meeting": {"queue": "postmeeting"}}.
+# Extra task routes, consulted before the queues the tasks declare (common/tasks.py), as JSON:
+# {"meetings.post_meeting": {"queue": "postmeeting"}}.
 CELERY_TASK_ROUTES = json.loads(_str("CELERY_TASK_ROUTES", "") or "{}")
 
 # --- Bot credentials (issue 24, part A: meetings/launching/bot_credentials.py) ------------------------------

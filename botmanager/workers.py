@@ -1,7 +1,7 @@
 """The Celery workers the system runs: one per kind of waiting, each with its queues and pool.
 
 Work that waits on different things gets different queues and pools, so nothing slow can delay
-what the "no meeting stays stuck" guarantee needs (celeryconfig.py routes each task):
+what the "no meeting stays stuck" guarantee needs (each task declares its queue, common/queues.py):
 
 | kind         | queue        | pool                      | what it runs                                  |
 |--------------|--------------|---------------------------|-----------------------------------------------|
@@ -10,7 +10,7 @@ what the "no meeting stays stuck" guarantee needs (celeryconfig.py routes each t
 | webhooks     | webhooks, post_meeting | threads, CELERY_WEBHOOK_CONCURRENCY | webhook deliveries (wait on users' receivers) and post-meeting steps: work for users after the fact, with no deadline |
 | sweep        | sweep, sweep.<instance> | prefork, 1       | the orphan sweep (deadlines; the bots of this instance) only: nothing else can fill its queue |
 
-`<instance>` is this host's backend instance (`instance_queue`): work on a bot (stop, kill,
+`<instance>` is this host's backend instance (`common.queues.instance_queue`): work on a bot (stop, kill,
 remove; judging it in the sweep) goes to the queue of the instance that runs it, so it reaches the
 host that can see the bot, whichever host asked.
 
@@ -20,7 +20,6 @@ with no `-Q` still consumes every queue (a single-process setup for tests and sm
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -29,12 +28,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
 
 from django.conf import settings  # noqa: E402
 
-LIFECYCLE = "lifecycle"
-ORCHESTRATOR = "orchestrator"
-WEBHOOKS = "webhooks"
-POST_MEETING = "post_meeting"
-SWEEP = "sweep"
-QUEUES = (LIFECYCLE, ORCHESTRATOR, WEBHOOKS, POST_MEETING, SWEEP)
+from common.queues import (LIFECYCLE, ORCHESTRATOR, PER_INSTANCE, POST_MEETING, SWEEP,  # noqa: E402
+                           WEBHOOKS, instance_queue)
+
+# A kind is named after the first queue it consumes.
 KINDS = (LIFECYCLE, ORCHESTRATOR, WEBHOOKS, SWEEP)
 
 
@@ -53,15 +50,6 @@ class WorkerKind:
         return [os.path.join(bin_dir, "celery"), "-A", "botmanager", *quiet, "worker", "--loglevel", loglevel,
                 "--queues", ",".join(self.queues), "--pool", self.pool, "--concurrency", str(self.concurrency),
                 "--hostname", f"{self.name}@{hostname_suffix}", *extra]
-
-
-def instance_queue(kind: str, instance: str) -> str:
-    """The queue of the work that must run where a backend instance's bots are (stop, kill,
-    remove; its part of the sweep): `<kind>.<12 hex>`, one per instance, consumed only by the
-    workers of that instance. "" (a bot recorded before instances were) → the shared queue."""
-    if not instance:
-        return kind
-    return f"{kind}.{hashlib.sha256(instance.encode()).hexdigest()[:12]}"
 
 
 def local_instance() -> str:
@@ -89,7 +77,7 @@ def consume_instance_queues(worker) -> list[str]:
     from kombu import Exchange, Queue
 
     queues = worker.app.amqp.queues
-    kinds_here = [kind for kind in (ORCHESTRATOR, SWEEP) if kind in queues.consume_from]
+    kinds_here = [kind for kind in PER_INSTANCE if kind in queues.consume_from]
     if not kinds_here:
         return []
     instance = local_instance()  # raises when the engine cannot say: the worker must not start blind

@@ -10,21 +10,28 @@ from django.db.models import Q
 from meetings.lifecycle.statuses import (EXCLUSIVE, CompletionReason, FailureStage, MeetingStatus, Platform,
                                          TransitionSource)
 
+# The lengths of the identifiers the API and the bots send: checked there (a longer one is refused
+# with a clear error), never cut by the database.
+NATIVE_MEETING_ID_LENGTH = 255
+CONTAINER_ID_LENGTH = 255
+# A backend instance's id (Orchestrator.instance_id()), on a meeting, a session and a listing.
+INSTANCE_LENGTH = 255
+
 
 class Meeting(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="meetings")
     platform = models.CharField(max_length=32, choices=Platform.choices)
-    native_meeting_id = models.CharField(max_length=255)
+    native_meeting_id = models.CharField(max_length=NATIVE_MEETING_ID_LENGTH)
     # Written only by meetings.lifecycle.transitions.
     status = models.CharField(max_length=32, choices=MeetingStatus.choices, default=MeetingStatus.REQUESTED)
     completion_reason = models.CharField(max_length=64, choices=CompletionReason.choices, null=True, blank=True)
     failure_stage = models.CharField(max_length=32, choices=FailureStage.choices, null=True, blank=True)
-    bot_container_id = models.CharField(max_length=255, null=True, blank=True)
+    bot_container_id = models.CharField(max_length=CONTAINER_ID_LENGTH, null=True, blank=True)
     orchestrator = models.CharField(max_length=32, blank=True, default="")
     # The backend instance that runs the bot (Orchestrator.instance_id()): only a listing of that
     # instance may judge the bot gone, and work on the bot is sent to that instance's queue.
     # Empty for bots recorded before instances were: no listing judges those (deadlines still act).
-    bot_instance = models.CharField(max_length=255, blank=True, default="")
+    bot_instance = models.CharField(max_length=INSTANCE_LENGTH, blank=True, default="")
     # The bot session whose callbacks may move the meeting (mirrored in Redis for command routing).
     current_session = models.ForeignKey("MeetingSession", null=True, blank=True, on_delete=models.SET_NULL,
                                         related_name="+")
@@ -80,7 +87,7 @@ class MeetingSession(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     # Where the bot this session launched runs (the backend instance), once it is started.
-    instance = models.CharField(max_length=255, blank=True, default="")
+    instance = models.CharField(max_length=INSTANCE_LENGTH, blank=True, default="")
 
     class Meta:
         indexes = [models.Index(fields=["meeting", "-started_at"], name="session_meeting_newest")]
@@ -149,7 +156,7 @@ class BotInstance(models.Model):
     explicit lost-instance policy (meetings/stopping/instances.py), never judged gone by a sweep that could
     not see it."""
 
-    instance = models.CharField(max_length=255, primary_key=True)
+    instance = models.CharField(max_length=INSTANCE_LENGTH, primary_key=True)
     backend = models.CharField(max_length=32)
     last_listed_at = models.DateTimeField()
     listed_by = models.CharField(max_length=255, blank=True, default="")  # the host of the last listing

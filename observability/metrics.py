@@ -25,7 +25,7 @@ counter would show only what the scraped process saw. So:
 2. **Worker-side events that leave no row** (sweep runs, orphan containers stopped, stops the
    sweep requested, sweep errors and the duration of the last sweep) are counted in one Redis hash
    (`bm:metrics:worker`, HINCRBY: atomic across processes and hosts) by Celery's `task_postrun`
-   signal for the `meetings.sweep` task, and read on scrape. prometheus-client's multiprocess mode
+   signal for the sweep task (`meetings.tasks.sweep`), and read on scrape. prometheus-client's multiprocess mode
    would not do here: its files are per host, and in compose the worker is not the web container.
 3. **Web-side latency** (`botmanager_callback_duration_seconds{callback,code}`, a histogram timed
    by `CallbackLatencyMiddleware` around each bot callback) lives in the gunicorn processes that
@@ -39,8 +39,8 @@ counter would show only what the scraped process saw. So:
 4. **Queues** (`botmanager_queue_depth{queue}`, `botmanager_queue_oldest_task_age_seconds{queue}`)
    are read from the broker on scrape; every task message carries the time it was sent (a
    `before_task_publish` header). `botmanager_task_lateness_seconds{task}` is a histogram of how
-   late the timed tasks (stop-flow countdowns, kill escalation, sweep) started against their ETA
-   or send time, counted in Redis by the workers as in 2.
+   late the timed tasks (those declared `timed`, common/tasks.py: stop-flow countdowns, kill
+   escalation, sweep) started against their ETA or send time, counted in Redis by the workers as in 2.
 
 A collector that fails (database or Redis down) does not fail the scrape:
 `botmanager_metrics_collector_up{collector}` says which one is missing.
@@ -72,7 +72,6 @@ CALLBACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
 STOP_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 40, 45, 60, 90, 120, 300, 600, 1800)
 
 REDIS_KEY = "bm:metrics:worker"
-SWEEP_TASK = "meetings.sweep"
 
 # The in-process metrics (multiprocess-backed under gunicorn). Kept out of the global REGISTRY so
 # the /metrics view decides how to read them.
@@ -107,13 +106,20 @@ class CallbackLatencyMiddleware:
 _sweep_started: dict[str, float] = {}
 
 
+def _is_sweep(task) -> bool:
+    """The global sweep's task, whose summary is counted (a task of a worker: the tasks are loaded)."""
+    from meetings.tasks import sweep
+
+    return getattr(task, "name", None) == sweep.name
+
+
 def _on_task_prerun(sender=None, task_id=None, task=None, **kwargs):
-    if getattr(task, "name", None) == SWEEP_TASK and task_id:
+    if _is_sweep(task) and task_id:
         _sweep_started[task_id] = time.monotonic()
 
 
 def _on_task_postrun(sender=None, task_id=None, task=None, retval=None, state=None, **kwargs):
-    if getattr(task, "name", None) != SWEEP_TASK:
+    if not _is_sweep(task):
         return
     started = _sweep_started.pop(task_id, None)
     duration = time.monotonic() - started if started is not None else None
@@ -159,9 +165,14 @@ def record_sweep(summary: dict | None, duration: float | None) -> None:
 SENT_AT_HEADER = "botmanager_sent_at"
 LATENESS_KEY = "bm:metrics:lateness"
 LATENESS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
-# The tasks whose due time is a promise: the stop flow's countdowns, the kill escalation, and the
-# sweep (due when beat sends it).
-TIMED_TASKS = ("meetings.delayed_stop", "meetings.finalize_after_stop", "meetings.kill_bot", SWEEP_TASK)
+
+
+def timed_tasks() -> tuple[str, ...]:
+    """The names of the tasks whose due time is a promise (declared `timed` where they are defined:
+    the stop flow's countdowns, the kill escalation, and the sweep, due when beat sends it)."""
+    from common.tasks import declared_tasks
+
+    return tuple(t.name for t in declared_tasks() if t.timed)
 
 
 def _on_before_publish(sender=None, headers=None, **kwargs):
@@ -199,7 +210,7 @@ def record_lateness(task_name: str, seconds: float) -> None:
 
 def _on_task_started(sender=None, task_id=None, task=None, **kwargs):
     name = getattr(task, "name", None)
-    if name not in TIMED_TASKS:
+    if name not in timed_tasks():
         return
     due = due_time(getattr(task.request, "eta", None), getattr(task.request, SENT_AT_HEADER, None))
     if due is None:
@@ -228,7 +239,7 @@ class QueueCollector:
     def collect(self):
         import json
 
-        from botmanager.workers import QUEUES
+        from common.queues import QUEUES
         from common.redis_client import get_redis
 
         broker = _broker()
@@ -261,7 +272,7 @@ class QueueCollector:
         lateness = HistogramMetricFamily(
             "botmanager_task_lateness_seconds", "How late timed tasks started against their due time (the "
             "stop flow's countdowns, the kill escalation, the sweep).", labels=["task"])
-        for name in TIMED_TASKS:
+        for name in timed_tasks():
             buckets = [(str(float(b)), int(raw.get(f"{name}|{b}", 0))) for b in LATENESS_BUCKETS]
             buckets.append(("+Inf", int(raw.get(f"{name}|count", 0))))
             lateness.add_metric([name], buckets, sum_value=float(raw.get(f"{name}|sum", 0)))

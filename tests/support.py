@@ -9,7 +9,7 @@ from datetime import datetime
 
 import redis
 
-from botmanager.workers import QUEUES
+from common.queues import QUEUES
 
 # Per-user rate limits no test driver reaches (common/ratelimit.py): for servers one test user
 # drives as hard as it can (the fuzz run, the chaos suite). The limiter still runs on every request;
@@ -143,7 +143,7 @@ def broker_client() -> redis.Redis:
 
 def all_queues() -> list[str]:
     """Every queue of the broker: the fixed ones and the instance queues (`orchestrator.<hex>`,
-    `sweep.<hex>`, botmanager/workers.py)."""
+    `sweep.<hex>`, common/queues.py)."""
     dynamic = {key.decode() for pattern in ("orchestrator.*", "sweep.*") for key in broker_client().keys(pattern)}
     return [*QUEUES, *sorted(dynamic)]
 

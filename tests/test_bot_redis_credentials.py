@@ -18,7 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from redis.exceptions import NoPermissionError
 
-from botmanager import workers
+from common.queues import QUEUES
 from meetings.bot_protocol import channels
 from meetings.events.log import user_channel
 from meetings.launching import bot_credentials
@@ -140,7 +140,7 @@ def test_a_bot_cannot_listen_on_a_channel_pattern(bot, pattern):
         pubsub.get_message(timeout=2)
 
 
-@pytest.mark.parametrize("queue", workers.QUEUES)
+@pytest.mark.parametrize("queue", QUEUES)
 @pytest.mark.parametrize("push", ["lpush", "rpush"])
 def test_a_bot_cannot_push_a_celery_task(bot, redis_conn, queue, push):
     before = redis_conn.llen(queue)

@@ -20,7 +20,7 @@ import pytest
 from django.utils import timezone
 
 from bench.common import Service
-from botmanager import workers
+from common import queues
 from meetings import services as bot_services
 from meetings.models import Meeting, MeetingSession, MeetingTransition
 from orchestrators.process import ProcessOrchestrator
@@ -151,7 +151,7 @@ def test_worker_and_beat_killed_right_after_the_claim_launch_the_bot_once(proces
     """Claimed, not launched: the first worker takes no launch (no orchestrator queue), so the
     kill lands between the claim and the launch. The launch task is then left in the broker, or
     lost as a crash between the claim's commit and its enqueue loses it."""
-    processes.start(queues=(workers.LIFECYCLE, workers.SWEEP))
+    processes.start(queues=(queues.LIFECYCLE, queues.SWEEP))
     meeting = schedule_in(3)
 
     wait_for(lambda: status(meeting) != "scheduled", timeout=30, interval=0.01,

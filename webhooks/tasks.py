@@ -2,16 +2,17 @@
 early run finds nothing due and sends nothing)."""
 from __future__ import annotations
 
-from celery import shared_task
-
+from common.queues import LIFECYCLE, WEBHOOKS
+from common.tasks import task
 from webhooks import delivery
 
 
-@shared_task(name="webhooks.deliver")
+# Deliveries wait on users' receivers.
+@task(name="webhooks.deliver", queue=WEBHOOKS)
 def deliver_webhook(delivery_id: int) -> str | None:
     return delivery.attempt(delivery_id)
 
 
-@shared_task(name="webhooks.redrive")
+@task(name="webhooks.redrive", queue=LIFECYCLE)
 def redrive() -> int:
     return delivery.redrive()

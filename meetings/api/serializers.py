@@ -14,7 +14,7 @@ from meetings import platforms
 from meetings.api.util import validated_platform
 from meetings.payloads import meeting_response
 from meetings.lifecycle.statuses import CompletionReason, FailureStage, MeetingStatus, Platform
-from meetings.models import Meeting, MeetingTransition
+from meetings.models import CONTAINER_ID_LENGTH, NATIVE_MEETING_ID_LENGTH, Meeting, MeetingTransition
 from meetings.running import SCHEDULED_NORMALIZED
 from orchestrators.base import NormalizedStatus
 
@@ -71,7 +71,7 @@ class BotRequestSerializer(serializers.Serializer):
     openapi_extra = {"oneOf": [_platform_variant(p) for p in Platform]}
 
     platform = StrictCharField()
-    native_meeting_id = StrictCharField(max_length=255)
+    native_meeting_id = StrictCharField(max_length=NATIVE_MEETING_ID_LENGTH)
     bot_name = StrictCharField(required=False, allow_null=True, max_length=100)
     language = StrictCharField(required=False, allow_null=True, max_length=16)
     task = serializers.ChoiceField(choices=["transcribe", "translate"], required=False, allow_null=True)
@@ -262,7 +262,8 @@ class CallbackSerializer(serializers.Serializer):
     }
 
     connection_id = serializers.CharField(max_length=64, help_text="The bot session's uid (its capability).")
-    container_id = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=255,
+    container_id = serializers.CharField(required=False, allow_null=True, allow_blank=True,
+                                         max_length=CONTAINER_ID_LENGTH,
                                          help_text="The bot's container name or id, as it knows it.")
     status = serializers.CharField(
         required=False, allow_null=True, max_length=64,

@@ -4,9 +4,7 @@ from drf_spectacular.utils import OpenApiParameter
 from rest_framework.exceptions import ValidationError
 
 from meetings.lifecycle.statuses import Platform
-
-# Meeting.native_meeting_id is a varchar(255).
-MAX_NATIVE_ID_LENGTH = 255
+from meetings.models import NATIVE_MEETING_ID_LENGTH as MAX_NATIVE_ID_LENGTH
 
 
 # The path of /bots/{platform}/{native_meeting_id} and /meetings/{platform}/{native_meeting_id}, as

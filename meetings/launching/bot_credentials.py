@@ -27,7 +27,7 @@ import redis
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
-from botmanager import workers
+from common.queues import QUEUES
 from common.redis_client import get_redis
 from meetings.bot_protocol import channels
 
@@ -70,8 +70,8 @@ def _ours(target: str) -> str | None:
     """Why `target` (a grant's key or channel) could be one of ours, or None."""
     if target.startswith(("bm:", "bot_commands", "_kombu", "unacked", "celery")):
         return "our keys and channels (bm:*, bot_commands:*) and the Celery broker's (_kombu*, unacked*, celery*)"
-    if any(target == q or target.startswith((f"{q}.", f"{q}\x06")) for q in workers.QUEUES):
-        return f"the Celery queues ({', '.join(workers.QUEUES)} and their per-instance queues)"
+    if any(target == q or target.startswith((f"{q}.", f"{q}\x06")) for q in QUEUES):
+        return f"the Celery queues ({', '.join(QUEUES)} and their per-instance queues)"
     return None
 
 

@@ -6,47 +6,16 @@ completion (beside `completion_reason`). Each function returns the `data` update
 """
 from __future__ import annotations
 
-from django.conf import settings
-
+from meetings.lifecycle.deadlines import DEADLINES, FAIL
 from orchestrators.base import BotInfo
 
 
-def _seconds(value: float) -> str:
-    return f"{value:g} s"
-
-
-def no_callback() -> dict:
-    return {"last_error": f"No callback from the bot within {_seconds(settings.REQUESTED_TIMEOUT_SECONDS)} "
-                          "of the request; the manager failed the meeting."}
-
-
-def not_launched() -> dict:
-    """A scheduled bot's launch window passed (the sweep)."""
-    return {"last_error": f"The scheduled bot was not launched within {settings.SCHEDULED_LAUNCH_WINDOW_SECONDS:.0f}s "
-                          "after its join_at (the concurrent bot limit stayed reached, or the scheduler was not "
-                          "running)."}
-
-
-def stuck_joining() -> dict:
-    return {"last_error": f"The bot was still joining {_seconds(settings.JOINING_TIMEOUT_SECONDS)} after it began; "
-                          "it never reached the waiting room or the meeting, so the manager failed the meeting."}
-
-
-def not_admitted() -> dict:
-    return {"completion_detail": "Not admitted from the waiting room within "
-                                 f"{_seconds(settings.AWAITING_ADMISSION_TIMEOUT_SECONDS)}; the manager ended the wait."}
-
-
-def max_duration() -> dict:
-    return {"completion_detail": f"The maximum bot duration ({_seconds(settings.MAX_BOT_DURATION_SECONDS)}) was "
-                                 "reached; the manager stopped the bot."}
-
-
-def unreported_stop() -> dict:
-    """The stop's deadline passed (the grace finalizer, or the sweep when its countdown was lost)."""
-    return {"completion_detail": "The bot did not report after the stop; finalized after the grace period "
-                                 f"({_seconds(settings.BOT_STOP_DELAY_SECONDS + settings.BOT_STOP_GRACE_SECONDS)} "
-                                 "after the stop request)."}
+def deadline_passed(status: str) -> dict:
+    """The `data` of the ending the manager makes when `status`'s deadline passes (the sweep; the
+    stop flow's finalizer for `stopping`), in the words of its deadline (meetings/lifecycle/deadlines.py)."""
+    deadline = DEADLINES[status]
+    key = "last_error" if deadline.act == FAIL else "completion_detail"
+    return {key: deadline.ending.format(seconds=deadline.seconds())}
 
 
 def container_gone(status: str, bot: BotInfo | None) -> dict:

@@ -66,13 +66,10 @@ class CompletionReason(models.TextChoices):
     TIMEOUT = "timeout"
 
 
-class FailureStage(models.TextChoices):
-    SCHEDULED = "scheduled"
-    REQUESTED = "requested"
-    JOINING = "joining"
-    AWAITING_ADMISSION = "awaiting_admission"
-    ACTIVE = "active"
-    STOPPING = "stopping"
+# A meeting fails in the status it was in: any but the terminal ones (FailureStage.REQUESTED...).
+FailureStage = models.TextChoices(
+    "FailureStage", [(status.name, status.value) for status in MeetingStatus if status not in TERMINAL],
+    module=__name__)
 
 
 class TransitionSource(models.TextChoices):

@@ -23,6 +23,7 @@ import logging
 
 from django.conf import settings
 
+from common.queues import ORCHESTRATOR, instance_queue
 from orchestrators.base import NotOurBotError
 from orchestrators.registry import get_orchestrator
 
@@ -51,8 +52,6 @@ def kill_bot(backend: str, container_id: str, instance: str, *, remove: bool = F
 
 
 def _queue(instance: str) -> str:
-    from botmanager.workers import ORCHESTRATOR, instance_queue
-
     return instance_queue(ORCHESTRATOR, instance)
 
 

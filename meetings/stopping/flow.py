@@ -116,7 +116,7 @@ def finalize_after_stop(meeting_id: int) -> TransitionResult | None:
         reason="bot did not report its exit within the stop grace period",
         completion_reason=CompletionReason.STOPPED,  # lifecycle substitutes the stop's recorded reason
         metadata={"container_id": meeting.bot_container_id},
-        data_updates=endings.unreported_stop(),
+        data_updates=endings.deadline_passed(MeetingStatus.STOPPING),
     )
 
 

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
+from common.queues import SWEEP, instance_queue
 from meetings.lifecycle import endings, transitions as lifecycle
 from meetings.lifecycle.statuses import NON_TERMINAL, CompletionReason, MeetingStatus, TransitionSource
 from meetings.models import BotInstance, Meeting
@@ -83,7 +84,6 @@ def to_sweep(meetings: list, listed: set[str], known: dict[str, datetime], now: 
 def request_sweep(instance: str) -> None:
     """`meetings.sweep_instance` on the instance's own sweep queue; dropped if it waited longer than
     one interval (its host is down: the next sweep asks again, and the instance shows as unseen)."""
-    from botmanager.workers import SWEEP, instance_queue
     from meetings import tasks
 
     tasks.sweep_instance.apply_async((instance,), queue=instance_queue(SWEEP, instance),

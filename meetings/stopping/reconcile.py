@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from meetings.launching import bot_credentials
 from meetings.lifecycle import endings, transitions as lifecycle
+from meetings.lifecycle.deadlines import DEADLINES, FAIL, STOP
 from meetings.lifecycle.statuses import (NON_TERMINAL, TERMINAL, CompletionReason, MeetingStatus,
                                          TransitionSource)
 from meetings.models import Meeting, MeetingSession
@@ -197,34 +198,17 @@ def _container_of(m: MeetingRow) -> tuple[str, str, str] | None:
 
 
 def _deadline_decision(m: MeetingRow, now: datetime):
-    if m.deadline_at is None or m.deadline_at > now:
+    """What the status's deadline says to do once it passed (meetings/lifecycle/deadlines.py)."""
+    deadline = DEADLINES.get(m.status)
+    if deadline is None or m.deadline_at is None or m.deadline_at > now:
         return None
-    container = _container_of(m)
-    overdue = {"deadline_at": m.deadline_at.isoformat()}
-    if m.status == S.STOPPING:
-        return Finalize(m.id, m.status, S.COMPLETED, "stop deadline passed without the bot's exit",
-                        completion_reason=m.stop_reason or CompletionReason.STOPPED, stop_container=container,
-                        metadata=overdue, data_updates=endings.unreported_stop())
-    if m.status == S.SCHEDULED:
-        # Its deadline is join_at + SCHEDULED_LAUNCH_WINDOW_SECONDS: before that the scheduler
-        # launches it (or it waits for a seat); it has no bot, so nothing else judges it.
-        return Finalize(m.id, m.status, S.FAILED, "scheduled bot not launched within the launch window",
-                        failure_stage=S.SCHEDULED, metadata=overdue, data_updates=endings.not_launched())
-    if m.status == S.REQUESTED:
-        return Finalize(m.id, m.status, S.FAILED, "no bot callback before the requested timeout",
-                        failure_stage=S.REQUESTED, stop_container=container, metadata=overdue,
-                        data_updates=endings.no_callback())
-    if m.status == S.JOINING:
-        return Finalize(m.id, m.status, S.FAILED, "bot stayed in joining past the timeout",
-                        failure_stage=S.JOINING, stop_container=container, metadata=overdue,
-                        data_updates=endings.stuck_joining())
-    if m.status == S.AWAITING_ADMISSION:
-        return Finalize(m.id, m.status, S.COMPLETED, "not admitted before the waiting-room timeout",
-                        completion_reason=CompletionReason.AWAITING_ADMISSION_TIMEOUT, stop_container=container,
-                        metadata=overdue, data_updates=endings.not_admitted())
-    if m.status == S.ACTIVE:
-        return StartStop(m.id, CompletionReason.MAX_DURATION)
-    return None
+    if deadline.act == STOP:
+        return StartStop(m.id, deadline.completion_reason())
+    return Finalize(m.id, m.status, deadline.to_status, deadline.reason,
+                    completion_reason=deadline.completion_reason(m.stop_reason),
+                    failure_stage=m.status if deadline.act == FAIL else None, stop_container=_container_of(m),
+                    metadata={"deadline_at": m.deadline_at.isoformat()},
+                    data_updates=endings.deadline_passed(m.status))
 
 
 def _orphan_decision(m: MeetingRow, listings, by_container, now: datetime, grace: timedelta):
@@ -376,9 +360,9 @@ def apply(p: Plan) -> Summary:
     for s in p.start_stop:
         with _decision(summary, s.meeting_id):
             result = stopping.request_stop(s.meeting_id, source=TransitionSource.ORPHAN_SWEEP,
-                                           reason="maximum bot duration reached",
+                                           reason=DEADLINES[S.ACTIVE].reason,
                                            completion_reason=s.completion_reason, only_from={S.ACTIVE},
-                                           data_updates=endings.max_duration())
+                                           data_updates=endings.deadline_passed(S.ACTIVE))
             summary.stops_requested += int(result.applied)
     # Only now the bots: asked to stop on the orchestrator queue (SIGTERM, then SIGKILL after
     # BOT_STOP_TIMEOUT_SECONDS), never waited for here, so no bot can hold the sweep.

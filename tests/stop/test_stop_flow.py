@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from botmanager.workers import instance_queue
+from common.queues import instance_queue
 from meetings import tasks
 from meetings.launching import launch
 from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
