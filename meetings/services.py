@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from accounts.models import User
 from meetings.bot_protocol import channels
 from meetings.payloads import timestamp
-from meetings.launching import seats
+from meetings.launching import launch, seats
 from meetings.lifecycle import transitions as lifecycle
 from meetings.lifecycle.errors import (BackendUnavailable, BotLimitReached, DuplicateMeeting, MeetingConflict,
                                        MeetingDataTooLarge, MeetingNotFound, ScheduledBotLimitReached)
@@ -74,7 +74,7 @@ def request_bot(user: User, req: BotRequest) -> Meeting:
             raise _duplicate(req) from None
         meeting_id = meeting.id
         if req.join_at is None:
-            transaction.on_commit(lambda: seats.enqueue_launch(meeting_id))
+            transaction.on_commit(lambda: launch.enqueue_launch(meeting_id))
     # The launch is enqueued on commit; if that failed, the meeting is already `failed`.
     meeting.refresh_from_db()
     return meeting

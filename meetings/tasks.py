@@ -1,64 +1,15 @@
-"""Celery tasks: thin wrappers around services. Each re-reads the database (or asks the backend)
-and is idempotent, so redelivery (acks_late) and duplicates are harmless. Each declares its queue
-(common/queues.py: by what its work waits on), so lifecycle work never waits behind calls to an
-orchestrator or a webhook receiver; `timed`: its due time is a promise whose lateness is measured."""
+"""Every Celery task of meetings, each defined (with the queue it declares) beside the work it
+runs; Celery's autodiscovery imports this module. Each task re-reads the database (or asks the
+backend) and is idempotent, so redelivery (acks_late) and duplicates are harmless. The names on
+the wire (`meetings.*`) never change: queued messages and other hosts hold them."""
 from __future__ import annotations
 
-from common.queues import LIFECYCLE, ORCHESTRATOR, POST_MEETING, SWEEP
-from common.tasks import task
-from meetings.launching import launch, scheduled
-from meetings.stopping import bot_control, flow as stopping, post_meeting as post_meeting_module, reconcile
-from orchestrators.base import OrchestratorError
+from meetings.launching.launch import launch as launch_bot
+from meetings.launching.scheduled import launch_scheduled
+from meetings.stopping.bot_control import kill as kill_bot, terminate as terminate_bot
+from meetings.stopping.flow import delayed_stop, finalize_after_stop
+from meetings.stopping.post_meeting import run as post_meeting
+from meetings.stopping.reconcile import instance_sweep as sweep_instance, periodic_sweep as sweep
 
-# Transient backend errors are retried; the orphan sweep is the backstop if retries run out.
-_RETRY = {"autoretry_for": (OrchestratorError,), "retry_backoff": 2, "retry_backoff_max": 30,
-          "max_retries": 5}
-
-
-@task(name="meetings.launch_bot", queue=ORCHESTRATOR)
-def launch_bot(meeting_id: int) -> None:
-    launch.launch(meeting_id)
-
-
-@task(name="meetings.launch_scheduled", queue=LIFECYCLE)
-def launch_scheduled() -> dict:
-    return scheduled.launch_due().as_dict()
-
-
-@task(name="meetings.delayed_stop", queue=LIFECYCLE, timed=True)
-def delayed_stop(meeting_id: int) -> None:
-    stopping.delayed_stop(meeting_id)
-
-
-@task(name="meetings.finalize_after_stop", queue=LIFECYCLE, timed=True)
-def finalize_after_stop(meeting_id: int) -> None:
-    stopping.finalize_after_stop(meeting_id)
-
-
-# Sent to the queue of the bot's instance (bot_control), which only that instance's workers consume.
-@task(name="meetings.terminate_bot", queue=ORCHESTRATOR, **_RETRY)
-def terminate_bot(backend: str, container_id: str, remove: bool = False, instance: str = "") -> None:
-    bot_control.terminate(backend, container_id, remove, instance)
-
-
-@task(name="meetings.kill_bot", queue=ORCHESTRATOR, timed=True, **_RETRY)
-def kill_bot(backend: str, container_id: str, remove: bool = False, checks: int = 0, instance: str = "") -> None:
-    bot_control.kill(backend, container_id, remove, checks, instance)
-
-
-@task(name="meetings.post_meeting", queue=POST_MEETING)
-def post_meeting(meeting_id: int) -> None:
-    post_meeting_module.run(meeting_id)
-
-
-@task(name="meetings.sweep", queue=SWEEP, timed=True)
-def sweep() -> dict:
-    _plan, summary = reconcile.sweep()
-    return summary.as_dict()
-
-
-# Sent to the instance's own sweep queue (meetings/stopping/instances.py): only its host can list its bots.
-@task(name="meetings.sweep_instance", queue=SWEEP)
-def sweep_instance(instance: str) -> dict:
-    _plan, summary = reconcile.sweep_instance(instance)
-    return summary.as_dict()
+__all__ = ["launch_bot", "launch_scheduled", "delayed_stop", "finalize_after_stop", "terminate_bot", "kill_bot",
+           "post_meeting", "sweep", "sweep_instance"]

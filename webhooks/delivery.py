@@ -31,7 +31,9 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from accounts.webhook import is_private_address
-from webhooks import endpoints, outbox, policy, sender, signing
+from common.queues import LIFECYCLE, WEBHOOKS
+from common.tasks import task
+from webhooks import endpoints, policy, sender, signing
 from webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from webhooks.policy import Verdict
 
@@ -76,6 +78,17 @@ def lease_seconds() -> float:
     return settings.WEBHOOK_TIMEOUT_SECONDS + 30
 
 
+def enqueue(delivery_id: int, countdown: float | None = None) -> None:
+    """Hand a delivery to the worker. A failure here loses nothing: the row stays pending and
+    the redrive job finds it."""
+    if countdown:
+        attempt.apply_async((delivery_id,), countdown=countdown)
+    else:
+        attempt.delay(delivery_id)
+
+
+# Deliveries wait on users' receivers: a queue of their own.
+@task(name="webhooks.deliver", queue=WEBHOOKS)
 def attempt(delivery_id: int) -> str | None:
     """Make the due attempt of a pending delivery. Returns the attempt's verdict; "capped" or
     "deferred" when it must wait (see Held); None when there was nothing to do (unknown, not
@@ -86,7 +99,7 @@ def attempt(delivery_id: int) -> str | None:
     if isinstance(claim, Held):
         # Never dropped: the task comes back (a finished attempt of the user's may hand it a
         # slot sooner, and the redrive job is the backstop).
-        outbox.enqueue(delivery_id, countdown=claim.countdown)
+        enqueue(delivery_id, countdown=claim.countdown)
         return claim.outcome
     recovered = None
     if claim.problem:
@@ -229,7 +242,7 @@ def _record(claim: Claim, result: sender.Result, verdict: Verdict) -> Verdict:
         delivery.last_error = result.error
         delivery.save()
         if retry_in is not None:
-            transaction.on_commit(lambda: outbox.enqueue(delivery.pk, countdown=retry_in), robust=True)
+            transaction.on_commit(lambda: enqueue(delivery.pk, countdown=retry_in), robust=True)
     _log(claim, result, delivery, retry_in)
     return verdict
 
@@ -269,7 +282,7 @@ def _hand_off(user_id: int) -> None:
                         .filter(user_id=user_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
                         .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
                         .order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:free]):
-        outbox.enqueue(delivery_id)
+        enqueue(delivery_id)
 
 
 def _wake(endpoint_id: int) -> None:
@@ -293,11 +306,12 @@ def overdue(now: datetime | None = None, limit: int = 500) -> list[int]:
                 .order_by("next_attempt_at").values_list("pk", flat=True)[:limit])
 
 
+@task(name="webhooks.redrive", queue=LIFECYCLE)
 def redrive(now: datetime | None = None) -> int:
     """Enqueue the overdue deliveries again; a duplicate of a task that was only late is harmless."""
     ids = overdue(now)
     for delivery_id in ids:
-        outbox.enqueue(delivery_id)
+        enqueue(delivery_id)
     if ids:
         log.info("webhooks: re-enqueued %d overdue deliveries", len(ids))
     return len(ids)
@@ -320,6 +334,6 @@ def redeliver(delivery_ids: list[int]) -> tuple[int, int]:
             delivery.delivered_at = None
             delivery.held_by = None
             delivery.save()
-            transaction.on_commit(lambda pk=delivery.pk: outbox.enqueue(pk), robust=True)
+            transaction.on_commit(lambda pk=delivery.pk: enqueue(pk), robust=True)
             done += 1
     return done, skipped

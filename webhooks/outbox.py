@@ -2,9 +2,9 @@
 
 `record_status_change` hears every applied transition in its transaction, right after its record
 (a lifecycle listener); `record_final` is a post-meeting step (both registered in
-WebhooksConfig.ready). A rolled back transition leaves no row; a committed one always has its row, and the delivery task is
-enqueued on commit (a lost enqueue is re-driven by `delivery.redrive`). Nothing is recorded for a
-user without a webhook URL.
+WebhooksConfig.ready). A rolled back transition leaves no row; a committed one always has its row,
+and the delivery task is enqueued on commit (`delivery.enqueue`; a lost enqueue is re-driven by
+`delivery.redrive`). Nothing is recorded for a user without a webhook URL.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from meetings.events import log as events
 from meetings.payloads import meeting_response, serialized
+from webhooks import delivery as delivery_module
 from webhooks.models import FINAL_EVENTS, WebhookDelivery, WebhookEvent
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,5 @@ def _record(meeting, event: WebhookEvent, payload: str, transition=None, **field
         payload=payload,
         next_attempt_at=now, give_up_at=now + timedelta(seconds=settings.WEBHOOK_RETRY_WINDOW_SECONDS),
     )
-    transaction.on_commit(lambda: enqueue(delivery.pk), robust=True)
+    transaction.on_commit(lambda: delivery_module.enqueue(delivery.pk), robust=True)
     return delivery
-
-
-def enqueue(delivery_id: int, countdown: float | None = None) -> None:
-    """Hand a delivery to the worker. A failure here loses nothing: the row stays pending and
-    the redrive job finds it."""
-    from webhooks import tasks
-
-    if countdown:
-        tasks.deliver_webhook.apply_async((delivery_id,), countdown=countdown)
-    else:
-        tasks.deliver_webhook.delay(delivery_id)

@@ -1,18 +1,8 @@
-"""Celery tasks of the webhooks: thin wrappers around `delivery` (idempotent: a duplicate or
-early run finds nothing due and sends nothing)."""
+"""Every Celery task of the webhooks, defined (with its queue) beside the work it runs in
+`delivery`; Celery's autodiscovery imports this module. Idempotent: a duplicate or early run
+finds nothing due and sends nothing."""
 from __future__ import annotations
 
-from common.queues import LIFECYCLE, WEBHOOKS
-from common.tasks import task
-from webhooks import delivery
+from webhooks.delivery import attempt as deliver_webhook, redrive
 
-
-# Deliveries wait on users' receivers.
-@task(name="webhooks.deliver", queue=WEBHOOKS)
-def deliver_webhook(delivery_id: int) -> str | None:
-    return delivery.attempt(delivery_id)
-
-
-@task(name="webhooks.redrive", queue=LIFECYCLE)
-def redrive() -> int:
-    return delivery.redrive()
+__all__ = ["deliver_webhook", "redrive"]

@@ -15,6 +15,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from common.queues import ORCHESTRATOR
+from common.tasks import task
 from meetings import platforms
 from meetings.bot_protocol import channels, tokens
 from meetings.launching import bot_credentials
@@ -84,6 +86,7 @@ def _claim_session(meeting_id: int) -> tuple[Meeting, MeetingSession, bool] | No
         return meeting, session, False
 
 
+@task(name="meetings.launch_bot", queue=ORCHESTRATOR)
 def launch(meeting_id: int) -> str | None:
     """Start the meeting's bot; returns the container id (None when nothing was to be done)."""
     claimed = _claim_session(meeting_id)
@@ -139,3 +142,16 @@ def _record_container(meeting_id: int, session: MeetingSession, container_id: st
         elif meeting.status == MeetingStatus.STOPPING:
             stopping.bot_recorded_while_stopping(meeting)
     log.info("meeting %s: bot %s started on %s (%s)", meeting_id, container_id, backend.name, instance)
+
+
+def enqueue_launch(meeting_id: int) -> None:
+    """Hand the launch to the worker. If the broker cannot take it, the meeting fails now with the
+    error in `data.last_error` (protocol.md) instead of the request answering 500 after its meeting
+    was committed, and the meeting waiting in `requested` for the sweep."""
+    try:
+        launch.delay(meeting_id)
+    except Exception as exc:  # noqa: BLE001 (kombu/redis errors: the broker is unreachable)
+        log.exception("meeting %s: could not enqueue the bot launch", meeting_id)
+        lifecycle.transition(meeting_id, MeetingStatus.FAILED, source=TransitionSource.LAUNCH,
+                             reason="bot launch could not be enqueued", failure_stage=FailureStage.REQUESTED,
+                             metadata={"error": endings.error_text(exc)}, data_updates=endings.launch_not_enqueued())

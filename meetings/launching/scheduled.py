@@ -33,7 +33,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from meetings.launching import seats
+from meetings.launching import launch, seats
+from common.queues import LIFECYCLE
+from common.tasks import task
 from meetings.lifecycle import transitions as lifecycle
 from meetings.lifecycle.statuses import LIVE, MeetingStatus, TransitionSource
 from meetings.models import Meeting
@@ -120,6 +122,12 @@ def due(now: datetime) -> Due:
     return Due(picked, waiting)
 
 
+@task(name="meetings.launch_scheduled", queue=LIFECYCLE)
+def launch_scheduled() -> dict:
+    """Beat's periodic launch of the scheduled bots that are due."""
+    return launch_due().as_dict()
+
+
 def launch_due(now: datetime | None = None) -> Summary:
     """One pass of the scheduler (the beat's): claim and launch the due scheduled meetings that
     have a seat, fairly across users (see `due`)."""
@@ -161,5 +169,5 @@ def claim(meeting_id: int, user_id: int, now: datetime) -> str:
                                              reason="scheduled join_at reached", only_from={MeetingStatus.SCHEDULED})
         if not result.applied:
             return Claim.NOT_DUE
-        transaction.on_commit(lambda: seats.enqueue_launch(meeting_id))
+        transaction.on_commit(lambda: launch.enqueue_launch(meeting_id))
     return Claim.LAUNCHED

@@ -24,7 +24,8 @@ import logging
 from django.conf import settings
 
 from common.queues import ORCHESTRATOR, instance_queue
-from orchestrators.base import NotOurBotError
+from common.tasks import task
+from orchestrators.base import NotOurBotError, OrchestratorError
 from orchestrators.registry import get_orchestrator
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 # the sweep removes it.
 REMOVE_CHECK_SECONDS = 1.0
 REMOVE_CHECKS = 10
+# Transient backend errors are retried; the orphan sweep is the backstop if retries run out.
+_RETRY = {"autoretry_for": (OrchestratorError,), "retry_backoff": 2, "retry_backoff_max": 30,
+          "max_retries": 5}
 
 
 def stop_bot(backend: str, container_id: str, instance: str, *, remove: bool = False,
@@ -40,10 +44,7 @@ def stop_bot(backend: str, container_id: str, instance: str, *, remove: bool = F
     """Ask the bot to stop (in `countdown` seconds), and force it BOT_STOP_TIMEOUT_SECONDS later
     if it has not. Sent to the queue of the bot's instance: only a worker that sees the bot can
     signal it."""
-    from meetings import tasks
-
-    tasks.terminate_bot.apply_async((backend, container_id, remove, instance), queue=_queue(instance),
-                                    countdown=countdown)
+    terminate.apply_async((backend, container_id, remove, instance), queue=_queue(instance), countdown=countdown)
 
 
 def kill_bot(backend: str, container_id: str, instance: str, *, remove: bool = False) -> None:
@@ -57,13 +58,12 @@ def _queue(instance: str) -> str:
 
 def _send_kill(backend: str, container_id: str, remove: bool, instance: str, checks: int = 0,
                countdown: float | None = None) -> None:
-    from meetings import tasks
-
-    tasks.kill_bot.apply_async((backend, container_id, remove, checks, instance), queue=_queue(instance),
-                               countdown=countdown)
+    kill.apply_async((backend, container_id, remove, checks, instance), queue=_queue(instance), countdown=countdown)
 
 
-def terminate(backend: str, container_id: str, remove: bool, instance: str = "") -> None:
+# Sent to the queue of the bot's instance (`_queue`), which only that instance's workers consume.
+@task(name="meetings.terminate_bot", queue=ORCHESTRATOR, **_RETRY)
+def terminate(backend: str, container_id: str, remove: bool = False, instance: str = "") -> None:
     try:
         get_orchestrator(backend).terminate(container_id)
     except NotOurBotError as exc:
@@ -72,7 +72,8 @@ def terminate(backend: str, container_id: str, remove: bool, instance: str = "")
     _send_kill(backend, container_id, remove, instance, countdown=settings.BOT_STOP_TIMEOUT_SECONDS)
 
 
-def kill(backend: str, container_id: str, remove: bool, checks: int = 0, instance: str = "") -> None:
+@task(name="meetings.kill_bot", queue=ORCHESTRATOR, timed=True, **_RETRY)
+def kill(backend: str, container_id: str, remove: bool = False, checks: int = 0, instance: str = "") -> None:
     try:
         _kill(get_orchestrator(backend), backend, container_id, remove, checks, instance)
     except NotOurBotError as exc:

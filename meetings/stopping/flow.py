@@ -23,6 +23,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from common.queues import LIFECYCLE
+from common.tasks import task
 from meetings.bot_protocol import channels
 from meetings.lifecycle import endings, transitions as lifecycle
 from meetings.lifecycle.statuses import CompletionReason, MeetingStatus, TransitionSource
@@ -41,8 +43,6 @@ def request_stop(meeting_id: int, *, source: str, reason: str,
                  completion_reason: str = CompletionReason.STOPPED,
                  only_from: set[str] | None = None, data_updates: dict | None = None) -> TransitionResult:
     """`data_updates` (merged into `Meeting.data` with the stop) say why the manager stopped it."""
-    from meetings import tasks
-
     with transaction.atomic():
         meeting = lifecycle.lock(meeting_id)
         if not meeting.is_terminal and not bot_launched(meeting):
@@ -59,19 +59,19 @@ def request_stop(meeting_id: int, *, source: str, reason: str,
             # A repeated stop re-sends leave: the bot may have missed the first one.
             transaction.on_commit(lambda: channels.publish_leave(meeting_id), robust=True)
         if result.applied:
-            transaction.on_commit(lambda: tasks.delayed_stop.apply_async(
+            transaction.on_commit(lambda: delayed_stop.apply_async(
                 (meeting_id,), countdown=settings.BOT_STOP_DELAY_SECONDS), robust=True)
     return result
 
 
+# Its due time is a promise (`timed`): how late it starts is measured.
+@task(name="meetings.delayed_stop", queue=LIFECYCLE, timed=True)
 def delayed_stop(meeting_id: int) -> None:
-    from meetings import tasks
-
     meeting = Meeting.objects.filter(pk=meeting_id).first()
     if meeting is None:
         return
     if not meeting.is_terminal:
-        tasks.finalize_after_stop.apply_async((meeting_id,), countdown=finalize_countdown(meeting))
+        finalize_after_stop.apply_async((meeting_id,), countdown=finalize_countdown(meeting))
     if meeting.bot_container_id:
         # Also when the meeting already ended: a container that outlived its meeting must go
         # (stopping a gone container is a no-op). Asked on the orchestrator queue, never waited for.
@@ -99,6 +99,7 @@ def finalize_countdown(meeting: Meeting) -> float:
     return max(0.0, min(grace, (meeting.deadline_at - timezone.now()).total_seconds()))
 
 
+@task(name="meetings.finalize_after_stop", queue=LIFECYCLE, timed=True)
 def finalize_after_stop(meeting_id: int) -> TransitionResult | None:
     """Finalize a meeting whose bot did not report its exit by the stop deadline.
 

@@ -4,8 +4,9 @@ Several hosts may share one database: each runs its own workers, and each sees o
 its own backend instance (its Docker engine, its local processes; a Nomad cluster is one instance
 for all). A sweep judges only what it listed (meetings/stopping/reconcile.py), so:
 - every successful listing is recorded here (`BotInstance.last_listed_at`);
-- the beat's sweep asks every other instance with live bots to sweep its own (`request_sweep`:
-  `meetings.sweep_instance` on that instance's sweep queue, which only its host consumes);
+- the beat's sweep asks every other instance with live bots to sweep its own
+  (`reconcile.request_sweep`: `meetings.sweep_instance` on that instance's sweep queue, which only
+  its host consumes);
 - a live meeting whose instance nobody has listed for INSTANCE_UNSEEN_SECONDS is *unseen*: the
   sweep logs it, /metrics and the Django admin show it, and nothing judges its bot gone. Its
   deadlines still apply. An operator who knows the instance is gone for good ends its meetings
@@ -22,7 +23,6 @@ from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
-from common.queues import SWEEP, instance_queue
 from meetings.lifecycle import endings, transitions as lifecycle
 from meetings.lifecycle.statuses import NON_TERMINAL, CompletionReason, MeetingStatus, TransitionSource
 from meetings.models import BotInstance, Meeting
@@ -79,15 +79,6 @@ def to_sweep(meetings: list, listed: set[str], known: dict[str, datetime], now: 
     wanted = {m.bot_instance for m in meetings if m.bot_instance}
     wanted |= {instance for instance, at in known.items() if at >= now - RECENT}
     return sorted(wanted - listed)
-
-
-def request_sweep(instance: str) -> None:
-    """`meetings.sweep_instance` on the instance's own sweep queue; dropped if it waited longer than
-    one interval (its host is down: the next sweep asks again, and the instance shows as unseen)."""
-    from meetings import tasks
-
-    tasks.sweep_instance.apply_async((instance,), queue=instance_queue(SWEEP, instance),
-                                     expires=settings.ORPHAN_SWEEP_INTERVAL_SECONDS)
 
 
 def overview(now: datetime | None = None) -> list[dict]:

@@ -14,6 +14,8 @@ from typing import Callable
 from django.db import transaction
 from django.utils import timezone
 
+from common.queues import POST_MEETING
+from common.tasks import task
 from meetings.models import Meeting
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,7 @@ def enqueue(meeting_id: int) -> None:
     """Hand an ended meeting to the post-meeting worker (a lifecycle listener, on terminal). A lost
     enqueue is re-driven by the sweep (post_meeting_done_at stays empty); a duplicate run does
     nothing (`run` claims the row under lock)."""
-    from meetings import tasks  # the tasks module imports this one
-
-    tasks.post_meeting.delay(meeting_id)
+    run.delay(meeting_id)
 
 
 def register(step: Step) -> Step:
@@ -39,6 +39,7 @@ def register(step: Step) -> Step:
     return step
 
 
+@task(name="meetings.post_meeting", queue=POST_MEETING)
 def run(meeting_id: int) -> bool:
     """Run the steps for a terminal meeting once; True if this call ran them."""
     with transaction.atomic():

@@ -33,13 +33,15 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from meetings.launching import bot_credentials
+from common.queues import SWEEP, instance_queue
+from common.tasks import task
+from meetings.launching import bot_credentials, launch
 from meetings.lifecycle import endings, transitions as lifecycle
 from meetings.lifecycle.deadlines import DEADLINES, FAIL, STOP
 from meetings.lifecycle.statuses import (NON_TERMINAL, TERMINAL, CompletionReason, MeetingStatus,
                                          TransitionSource)
 from meetings.models import Meeting, MeetingSession
-from meetings.stopping import bot_control, flow as stopping, instances
+from meetings.stopping import bot_control, flow as stopping, instances, post_meeting
 from orchestrators.base import LABEL_SESSION_UID, BotInfo, OrchestratorError, labels_name_session
 from orchestrators.registry import get_orchestrator
 
@@ -335,8 +337,6 @@ class Summary:
 
 
 def apply(p: Plan) -> Summary:
-    from meetings import tasks
-
     summary = Summary(checked=p.checked)
     instances.record_listed(p.listed, timezone.now())
     summary.errors.extend(f"{name}: listing failed: {err}" for name, err in p.unknown_backends.items())
@@ -372,10 +372,10 @@ def apply(p: Plan) -> Summary:
         if _stop(summary, c.backend, c.container_id, c.instance, running=c.running, remove=True):
             summary.containers_stopped += int(c.running)
     for meeting_id in p.post_meeting:
-        tasks.post_meeting.delay(meeting_id)
+        post_meeting.run.delay(meeting_id)
         summary.post_meeting_enqueued += 1
     for meeting_id in p.relaunch:
-        tasks.launch_bot.delay(meeting_id)
+        launch.launch.delay(meeting_id)
         summary.relaunched += 1
     _credentials(summary, p)
     if p.unseen_instances:
@@ -384,7 +384,7 @@ def apply(p: Plan) -> Summary:
                     "policy): %s", settings.INSTANCE_UNSEEN_SECONDS, p.unseen_instances)
     for instance in p.delegate:
         try:
-            instances.request_sweep(instance)
+            request_sweep(instance)
         except Exception as exc:  # the broker is unreachable: reported; the next sweep asks again
             summary.errors.append(f"could not ask instance {instance} to sweep: {exc}")
             continue
@@ -487,6 +487,27 @@ def sweep_instance(instance: str, dry_run: bool = False) -> tuple[Plan, Summary]
     this instance's queue). One at a time per instance."""
     return _locked([SWEEP_LOCK_KEY, instances.lock_key(instance)],
                    lambda: make_plan(deadlines=False, instance=instance), dry_run)
+
+
+# The beat's sweep, alone on its queue: no storm of other work can delay or expire it.
+@task(name="meetings.sweep", queue=SWEEP, timed=True)
+def periodic_sweep() -> dict:
+    _plan, summary = sweep()
+    return summary.as_dict()
+
+
+# Sent to the instance's own sweep queue (`request_sweep`): only its host can list its bots.
+@task(name="meetings.sweep_instance", queue=SWEEP)
+def instance_sweep(instance: str) -> dict:
+    _plan, summary = sweep_instance(instance)
+    return summary.as_dict()
+
+
+def request_sweep(instance: str) -> None:
+    """`meetings.sweep_instance` on the instance's own sweep queue; dropped if it waited longer than
+    one interval (its host is down: the next sweep asks again, and the instance shows as unseen)."""
+    instance_sweep.apply_async((instance,), queue=instance_queue(SWEEP, instance),
+                               expires=settings.ORPHAN_SWEEP_INTERVAL_SECONDS)
 
 
 def _locked(key: list[int], make, dry_run: bool) -> tuple[Plan, Summary]:
