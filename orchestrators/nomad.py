@@ -268,7 +268,7 @@ class NomadOrchestrator:
             self._delete_config(var_path)
             raise OrchestratorError(
                 f"{self._where()} has no parameterized job {self.job!r} to dispatch: register the "
-                f"bot job (see README, Orchestrators) or set NOMAD_BOT_JOB. {exc}") from exc
+                f"bot job (see docs/orchestrators.md, nomad) or set NOMAD_BOT_JOB. {exc}") from exc
         except nomad.api.exceptions.BadRequestNomadException as exc:
             self._delete_config(var_path)
             raise OrchestratorError(
@@ -298,7 +298,7 @@ class NomadOrchestrator:
         """Create the bot's variable; only a retried start of the same bot (same name: same session)
         finds it already there, and updates it at the index it read (check-and-set)."""
         # A single-quoted value in the job's env template is taken literally; a quote inside a JSON
-        # string is escaped as \u0027 so the value can hold no single quote (README, nomad).
+        # string is escaped as \u0027 so the value can hold no single quote (docs/orchestrators.md, nomad).
         text = json.dumps(config).replace("'", "\\u0027")
         payload = {"Namespace": self.namespace or "default", "Path": path, "Items": {VAR_ITEM: text}}
         try:

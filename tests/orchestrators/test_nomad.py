@@ -130,7 +130,7 @@ def test_the_bots_config_reaches_the_task_through_its_variable(backend, nomad_fa
     job_id = backend.start(spec)
     variable = nomad_fake.variable(f"botmanager/bots/{deployment_name}/{spec.name}")
     assert json.loads(variable["Items"]["BOT_CONFIG"]) == spec.config
-    # The README's template puts the value in single quotes: it must hold none.
+    # The template of docs/orchestrators.md puts the value in single quotes: it must hold none.
     assert "'" not in variable["Items"]["BOT_CONFIG"]
     assert json.loads(nomad_fake.task_env(job_id)["BOT_CONFIG"]) == spec.config
 
