@@ -40,7 +40,7 @@ Status of a bot = its newest allocation (a rescheduled bot has several):
 | lost     | Failed   | Failed   |   (its node died; Nomad may place a replacement, then that one counts)
 | (other)  | Starting | Stopping |   (never reported as gone)
 
-As in the bot states reference (seeds/000) and the other backends: Exited = the bot ended and its
+As on the other backends (one vocabulary for `GET /bots/status` whatever runs the bots): Exited = the bot ended and its
 exit code (`exit_code`, 0 or not) is known; Failed = it never ran or was lost without one.
 
 A dispatched job with no allocation yet: job status `pending` → Requested, `running` → Starting,

@@ -1,8 +1,8 @@
-"""A bot's Redis credentials reach only its own command channels (issue 24, point 1).
+"""A bot's Redis credentials reach only its own command channels (decision 0007).
 
 Every attack runs under the credentials a real launch handed its bot: the `redisUrl` of the
-BOT_CONFIG a process-backend bot received, read back from the bot itself. On today's main that URL
-is the service's own (REDIS_URL), and every attack below succeeds.
+BOT_CONFIG a process-backend bot received, read back from the bot itself. Were that URL
+the service's own (REDIS_URL), every attack below would succeed.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_a_bot_is_given_its_own_redis_user_and_never_the_services_password(bot):
     assert bot.ping() is True
 
 
-# --- Point 1's attacks, each refused --------------------------------------------------------------
+# --- The attacks, each refused --------------------------------------------------------------------
 def test_a_bot_cannot_read_another_meetings_current_session_uid(bot, redis_conn):
     other = make_meeting()
     redis_conn.set(channels.current_uid_key(other.id), str(uuid.uuid4()))

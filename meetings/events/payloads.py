@@ -2,10 +2,9 @@
 events carry it; and the `meeting.status_change` event body, the same for webhooks and the event
 log (`GET /events`, `GET /events/stream`).
 
-A plain function of the Meeting row, so the webhook outbox (called inside lifecycle transitions)
-builds it without importing the API layer: meetings.api.serializers imports meetings.bot_protocol.callbacks,
-which imports lifecycle, which imports the outbox. The API serializer returns this same dict, so
-both stay byte-identical.
+A plain function of the Meeting row: the listeners of an applied transition (the webhook outbox,
+the event log) build it inside the transition's transaction, below the API layer, which they must
+not import. The API serializer returns this same dict, so both stay byte-identical.
 """
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ def test_start_dispatches_the_bot_job_with_its_config_variable_name_and_labels_i
     assert json.loads(meta["BOT_LABELS"]) == spec.labels
 
 
-# --- the bot's secret (issue 24, point 2) -----------------------------------------------------------
+# --- the bot's secret: in a Nomad Variable, never in the job --------------------------------------
 SECRET_CONFIG = {"redisUrl": "redis://bot-user:redis-password-1234@redis:6379/0",
                  "token": "meeting-token-eyJhbGciOi", "botName": "O'Brien's notes"}
 
