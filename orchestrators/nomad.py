@@ -45,6 +45,7 @@ exit code (`exit_code`, 0 or not) is known; Failed = it never ran or was lost wi
 
 A dispatched job with no allocation yet: job status `pending` → Requested, `running` → Starting,
 `dead` → Exited when it was stopped before being placed, else Failed.
+Decision record: docs/decisions/0006-bots-dispatched-from-one-nomad-job.md.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ its own meeting, and nothing else. The service's password never reaches a bot.
 - Redis 7 and later: each grant is a selector (its command on its key or channel only). Redis 6.2
   has no selectors: the user holds the union of the grants' commands, keys and channels (docs/security.md,
   "Bot credentials"). Redis before 6.2 (no channel permissions) is refused.
+Decision record: docs/decisions/0007-a-redis-acl-user-per-bot-session.md.
 """
 from __future__ import annotations
 

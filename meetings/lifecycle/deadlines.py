@@ -2,6 +2,7 @@
 
 PostgreSQL owns every deadline (`Meeting.deadline_at`); every applied transition resets it. Celery
 countdown tasks are the fast path, and the beat sweep finalizes whatever is past its deadline.
+Decision record: docs/decisions/0010-deadlines-in-postgresql-the-sweep-as-backstop.md.
 """
 from __future__ import annotations
 
