@@ -93,3 +93,15 @@ def test_the_readme_stays_a_front_door():
     # The rest belongs in docs/: the README says what botmanager is, the two commands, the curl
     # session, the map of the code and where to read on.
     assert len(README.read_text().splitlines()) <= 250
+
+
+def test_every_docs_page_the_code_names_exists():
+    # Docstrings, error messages and scripts send readers to docs/ pages: a moved page breaks them.
+    named = set()
+    for pattern in ("*.py", "*.sh", "*.yml", "Makefile"):
+        for source in REPO.rglob(pattern):
+            if not {".venv", ".run", ".git", "node_modules"} & set(source.relative_to(REPO).parts):
+                named |= {(str(source.relative_to(REPO)), page)
+                          for page in re.findall(r"\bdocs/[\w./-]*\w\.md", source.read_text(errors="replace"))}
+    missing = sorted((source, page) for source, page in named if not (REPO / page).exists())
+    assert named and not missing, f"pages named in the code that do not exist: {missing}"
