@@ -1,4 +1,4 @@
-"""What the per-user rate limiter costs (issue 24: at most 5 % of POST /bots latency): POST /bots
+"""What the per-user rate limiter costs (its budget: at most 5 % of POST /bots latency): POST /bots
 against two gunicorns at once, one with the limiter on (it runs on every request, never refusing)
 and one with it off, requests alternating between them (which goes first alternating too), so
 both see the same load on a shared machine; and the limiter's own call, in this process.

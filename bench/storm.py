@@ -3,7 +3,7 @@ receiver accepts connections and never answers, and a probe user requesting a bo
 through the whole system as `make run` runs it (gunicorn, the four Celery workers with their
 default pools, beat, the process backend and simbot) on real PostgreSQL and Redis.
 
-What it reports, against the bounds of the isolation issue (delay 3 s, grace 2 s, stop timeout
+What it reports, against the isolation bounds of docs/lifecycle.md (delay 3 s, grace 2 s, stop timeout
 10 s, sweep every 3 s):
 - stop -> terminal of every stubborn meeting (end_time - stop_requested_at): <= delay + grace + 1 s;
 - probe POST -> active during the storm: <= the quiet baseline (measured first) + 1 s;

@@ -152,7 +152,7 @@ AUTHENTICATION_BACKENDS = [
 # Django admin login throttling: after ADMIN_LOGIN_FAILURE_LIMIT failed logins for one account
 # from one client address, that pair is refused for ADMIN_LOGIN_COOLOFF_MINUTES (`manage.py
 # axes_reset` lifts it at once). By the pair, not by either alone: an attacker's wrong passwords
-# for "admin" lock out the attacker, not the real admin at their own address (issue 24).
+# for "admin" lock out the attacker, not the real admin at their own address.
 AXES_FAILURE_LIMIT = _int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = _float("ADMIN_LOGIN_COOLOFF_MINUTES", 15) / 60  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
@@ -309,7 +309,7 @@ NOMAD_TOKEN = _str("NOMAD_TOKEN", "")
 NOMAD_NAMESPACE = _str("NOMAD_NAMESPACE", "")
 NOMAD_BOT_JOB = _str("NOMAD_BOT_JOB", "botmanager-bot")
 
-# --- Bot isolation (issue 24, part B: orchestrators) ----------------------------------------------
+# --- Bot isolation (orchestrators/) ---------------------------------------------------------------
 # Most processes (threads count) one bot container may hold: a fork bomb in a bot stops there. A
 # headless Chromium in a meeting runs a few hundred threads; 1024 leaves headroom. 0: no limit.
 DOCKER_BOT_PIDS_LIMIT = _int("DOCKER_BOT_PIDS_LIMIT", 1024)
@@ -354,7 +354,7 @@ JOINING_TIMEOUT_SECONDS = _float("JOINING_TIMEOUT_SECONDS", 600)
 AWAITING_ADMISSION_TIMEOUT_SECONDS = _float("AWAITING_ADMISSION_TIMEOUT_SECONDS", 900)
 MAX_BOT_DURATION_SECONDS = _float("MAX_BOT_DURATION_SECONDS", 4 * 3600)
 
-# --- Scheduled bots (POST /bots with join_at; meetings/launching/scheduled.py) ------------------------------
+# --- Scheduled bots (POST /bots with join_at; meetings/launching/scheduled.py) --------------------
 # How far ahead a bot may be scheduled.
 SCHEDULED_MAX_AHEAD_DAYS = _float("SCHEDULED_MAX_AHEAD_DAYS", 30)
 # How often the beat asks the scheduler to launch the scheduled bots that are due.
@@ -365,7 +365,7 @@ SCHEDULED_LAUNCH_LEAD_SECONDS = _float("SCHEDULED_LAUNCH_LEAD_SECONDS", 30)
 # user is at the limit, or for the scheduler after an outage); past that the sweep fails it.
 SCHEDULED_LAUNCH_WINDOW_SECONDS = _float("SCHEDULED_LAUNCH_WINDOW_SECONDS", 600)
 
-# --- Fair share: per-user rate limits and caps (issue 24, part C) ---------------------------------
+# --- Fair share: per-user rate limits and caps (common/ratelimit.py) ------------------------------
 # Token buckets in Redis per user, shared by every web worker and host (common/ratelimit.py):
 # every user API request takes a token from a bucket refilled at API_RATE_LIMIT_PER_SECOND holding
 # at most API_RATE_LIMIT_BURST; an empty bucket answers 429 with Retry-After. 0 turns a limit off.
@@ -412,7 +412,7 @@ EVENT_STREAMS_PER_USER = _int("EVENT_STREAMS_PER_USER", 10)
 # away is noticed (the write fails) and its stream ends.
 EVENT_STREAM_HEARTBEAT_SECONDS = _float("EVENT_STREAM_HEARTBEAT_SECONDS", 15)
 
-# --- Fair share of event streams (issue 24, part D: meetings/events/stream.py) ---------------------
+# --- Fair share of event streams (meetings/events/stream.py) --------------------------------------
 # Streams held at once over all workers and hosts (Redis); one more answers 503. Default: the
 # places of this host's workers, WEB_CONCURRENCY x EVENT_STREAMS_PER_WORKER; with several hosts set
 # it to the sum of their workers' places.
@@ -439,7 +439,7 @@ CELERY_WEBHOOK_CONCURRENCY = _int("CELERY_WEBHOOK_CONCURRENCY", 16)
 # {"meetings.post_meeting": {"queue": "postmeeting"}}.
 CELERY_TASK_ROUTES = json.loads(_str("CELERY_TASK_ROUTES", "") or "{}")
 
-# --- Bot credentials (issue 24, part A: meetings/launching/bot_credentials.py) ------------------------------
+# --- Bot credentials (meetings/launching/bot_credentials.py) --------------------------------------
 # Each bot session gets its own Redis user that can subscribe to its command channels only. This
 # adds what the operator's transcription pipeline needs from a bot: comma-separated
 # `COMMAND target` pairs, each one command (PUBLISH on a channel; XADD, RPUSH, LTRIM, SET... on a
@@ -471,7 +471,7 @@ METRICS_TOKEN = _str("METRICS_TOKEN", "")
 # /readyz: how long each dependency check may take.
 READYZ_TIMEOUT_SECONDS = _float("READYZ_TIMEOUT_SECONDS", 3)
 
-# --- Operator surface (issue 24, part E) ----------------------------------------------------------
+# --- Operator surface -----------------------------------------------------------------------------
 # The reverse proxies whose X-Forwarded-For is believed (the admin login lockout's client address,
 # common/clientaddr.py): comma-separated addresses, networks (CIDR) or host names (resolved
 # again every 30 s; compose sets its `proxy` service). Empty: the header is never believed.

@@ -17,6 +17,7 @@ Redis unreachable (or slower than RATE_LIMIT_REDIS_TIMEOUT_SECONDS): the request
 and a warning logged (at most once a minute per process). Failing closed would turn a Redis outage
 into an outage of the whole API, reads from PostgreSQL included, for every tenant: the harm the
 limit exists to prevent. The paths that need Redis answer 503 by themselves meanwhile.
+Decision record: docs/decisions/0013-rate-limits-in-redis-failing-open.md.
 """
 from __future__ import annotations
 

@@ -48,6 +48,7 @@ A collector that fails (database or Redis down) does not fail the scrape:
 /metrics needs `Authorization: Bearer <METRICS_TOKEN>`; without METRICS_TOKEN it answers only a
 client on this host's loopback that came directly (`make run`): a request relayed by a proxy (it
 carries X-Forwarded-For) comes from wherever the proxy listens, so it is refused.
+Decision record: docs/decisions/0012-metrics-derived-on-scrape.md.
 """
 from __future__ import annotations
 

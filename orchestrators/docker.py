@@ -27,7 +27,7 @@ Status mapping (engine `State` → normalized status):
 | dead       | Failed   | the engine could not stop or remove it cleanly |
 | (other)    | Starting | an unknown state is never reported as gone |
 
-As in the bot states reference (seeds/000) and the other backends: Exited = the bot ended and its
+As on the other backends (one vocabulary for `GET /bots/status` whatever runs the bots): Exited = the bot ended and its
 exit code is known, whatever it is; Failed = it never ran, crashed without an exit code, or the
 engine lost it. The manager judges success from the callbacks and `exit_code`, not from this.
 """

@@ -20,6 +20,7 @@ Everything else (any other method or path: create, kill, exec, archive, images, 
 
 Run: `python -m orchestrators.docker_readonly_proxy --deployment NAME [--listen 0.0.0.0:2375]
 [--engine unix:///var/run/docker.sock]`. Standard library only; it imports nothing from Django.
+Decision record: docs/decisions/0011-a-read-only-docker-proxy-of-our-own.md.
 """
 from __future__ import annotations
 

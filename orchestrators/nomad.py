@@ -40,11 +40,12 @@ Status of a bot = its newest allocation (a rescheduled bot has several):
 | lost     | Failed   | Failed   |   (its node died; Nomad may place a replacement, then that one counts)
 | (other)  | Starting | Stopping |   (never reported as gone)
 
-As in the bot states reference (seeds/000) and the other backends: Exited = the bot ended and its
+As on the other backends (one vocabulary for `GET /bots/status` whatever runs the bots): Exited = the bot ended and its
 exit code (`exit_code`, 0 or not) is known; Failed = it never ran or was lost without one.
 
 A dispatched job with no allocation yet: job status `pending` → Requested, `running` → Starting,
 `dead` → Exited when it was stopped before being placed, else Failed.
+Decision record: docs/decisions/0006-bots-dispatched-from-one-nomad-job.md.
 """
 from __future__ import annotations
 
@@ -268,7 +269,7 @@ class NomadOrchestrator:
             self._delete_config(var_path)
             raise OrchestratorError(
                 f"{self._where()} has no parameterized job {self.job!r} to dispatch: register the "
-                f"bot job (see README, Orchestrators) or set NOMAD_BOT_JOB. {exc}") from exc
+                f"bot job (see docs/orchestrators.md, nomad) or set NOMAD_BOT_JOB. {exc}") from exc
         except nomad.api.exceptions.BadRequestNomadException as exc:
             self._delete_config(var_path)
             raise OrchestratorError(
@@ -298,7 +299,7 @@ class NomadOrchestrator:
         """Create the bot's variable; only a retried start of the same bot (same name: same session)
         finds it already there, and updates it at the index it read (check-and-set)."""
         # A single-quoted value in the job's env template is taken literally; a quote inside a JSON
-        # string is escaped as \u0027 so the value can hold no single quote (README, nomad).
+        # string is escaped as \u0027 so the value can hold no single quote (docs/orchestrators.md, nomad).
         text = json.dumps(config).replace("'", "\\u0027")
         payload = {"Namespace": self.namespace or "default", "Path": path, "Items": {VAR_ITEM: text}}
         try:

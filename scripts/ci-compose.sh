@@ -10,7 +10,7 @@ if ! command -v docker-compose >/dev/null 2>&1; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
 fi
-# The file requires its secrets (no defaults, issue 12): placeholders are enough to validate it.
+# The file requires its secrets (no defaults: a published default would sign things): placeholders are enough to validate it.
 SECRET_KEY=x BOT_TOKEN_SECRET=x ADMIN_API_TOKEN=x POSTGRES_PASSWORD=x REDIS_PASSWORD=x \
     docker-compose -f docker-compose.yml config -q
 # ... and with the offline stand-ins (docker-compose.offline.yml, which make compose-check runs).

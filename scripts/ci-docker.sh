@@ -56,7 +56,7 @@ else
     for attempt in "${attempts[@]}"; do
         say "starting dockerd $attempt (log: $log_file)"
         # shellcheck disable=SC2086  # the attempt and extra args are word lists on purpose
-        # --live-restore: bots (containers) keep running while dockerd restarts (README, docker).
+        # --live-restore: bots (containers) keep running while dockerd restarts (docs/orchestrators.md, docker).
         nohup dockerd "${host_args[@]}" --live-restore $attempt ${DOCKERD_EXTRA_ARGS:-} >>"$log_file" 2>&1 &
         pid=$!
         if wait_ready "$pid" 60; then

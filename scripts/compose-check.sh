@@ -12,7 +12,7 @@
 #    the container removed by the sweep), /readyz 200 with the docker backend, /metrics; every log
 #    line of web, workers and beat is JSON. Only worker-orchestrator and docker-proxy mount the
 #    engine socket, and from the web the read-only proxy refuses to signal the bot (403).
-# 4. down as the README says: a live bot, `manage.py remove_bots` (make compose-down), then
+# 4. down as docs/operations.md says: a live bot, `manage.py remove_bots` (make compose-down), then
 #    `down -v`; afterwards no container, network or volume of the project or its bots is left.
 #
 # COMPOSE: the compose command (default `docker compose` when Compose v2 answers, else
@@ -193,7 +193,7 @@ refusals=$(docker logs "$(dc ps -q docker-proxy)" 2>&1 | grep -c '"refused ' || 
 [[ $refusals == 1 ]] || fail "docker-proxy refused $refusals requests (1 expected): $(docker logs --tail 10 "$(dc ps -q docker-proxy)" 2>&1)"
 say "/readyz 200 (docker backend), /metrics, JSON logs of web, docker-proxy, workers and beat; docker-proxy refused only the kill"
 
-# Down, as the README says: first the bots (one still in a meeting), then the services and volumes.
+# Down, as docs/operations.md says: first the bots (one still in a meeting), then the services and volumes.
 body=$(api -X POST "$B/bots" -d '{"platform": "teams", "native_meeting_id": "1234567890"}')
 wait_meeting "$(field 'd["id"]' <<<"$body")" active 60
 down_at=$SECONDS

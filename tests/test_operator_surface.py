@@ -1,6 +1,6 @@
-"""Issue 24, the operator surface: each finding written as the attack, with the behaviour that now
-holds (admin login lockout, password hashes in the admin, error text reaching tenants, /readyz,
-/metrics, the webhook address guard)."""
+"""The operator surface (docs/security.md): each weakness written as the attack, with the behaviour
+that now holds (admin login lockout, password hashes in the admin, error text reaching tenants,
+/readyz, /metrics, the webhook address guard)."""
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,5 @@
-"""Issue 12, security hardening: each finding with the behaviour that now holds (the slow-client
-test is tests/observability/test_slow_clients.py, the embedded servers' tests are in
+"""Security hardening (docs/security.md): each weakness with the behaviour that now holds (the
+slow-client test is tests/observability/test_slow_clients.py, the embedded servers' tests are in
 tests/test_devstack.py, the compose file's in tests/observability/test_compose.py)."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""What one tenant may store or ask for at once (issue 24, point 3): scheduled bots per user, the
+"""What one tenant may store or ask for at once: scheduled bots per user, the
 items and bytes of a meeting's data, the size of a `GET /meetings` page. Each test is the attack
-that today's main let through."""
+that an uncapped tenant could make."""
 from __future__ import annotations
 
 import json

@@ -1,6 +1,6 @@
 """The webhook signature: HMAC-SHA256 of "{timestamp}.{body}" with the user's webhook secret.
 
-The README shows receivers the same recipe; tests verify deliveries with the README's snippet.
+docs/webhooks-and-events.md shows receivers the same recipe; tests verify deliveries with its snippet.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`/bots/internal/callback/<name>`: the bot protocol. No API key: the connection id is the
 capability, and a new session proves itself with the meeting token.
 
-The hot path (issue 7: throughput) is the plain Django view `callback_view`: a valid JSON body is
+The hot path (bots report often: throughput counts here) is the plain Django view `callback_view`: a valid JSON body is
 read by `callback_body.report` without DRF's request/serializer machinery. Anything else (another
 method, content type, malformed JSON, an invalid field, an unknown callback name) is answered by
 the DRF `CallbackView` with `CallbackSerializer`, so every error keeps its one shape and message.

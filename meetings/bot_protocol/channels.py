@@ -1,8 +1,8 @@
 """Redis side of the bot protocol: command channels, the current session, status events.
 
 The current session is the meeting row's `current_session`, else Redis `bm:meeting:{id}:current_uid`
-(its mirror), else the newest MeetingSession: the seed system fell back to the *oldest* one, so a
-bot that had restarted never received its leave command (the seed's H2).
+(its mirror), else the newest MeetingSession: never the *oldest* one, or a bot that had restarted
+(a new session) would never receive its leave command and its meeting would not stop.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ _CURRENT_SESSION = CompiledQuery(
 def current_session_uid(meeting_id: int) -> str | None:
     """The uid commands must reach. The meeting row's current session comes first: it is written
     under the row lock and mirrored to Redis only after commit, so the Redis key can lag (a Redis
-    blip while a restarted bot registered left it naming the dead session: the seed's H2 again).
+    blip while a restarted bot registered left it naming the dead session, whose bot no longer listens).
     Then the Redis key, then the newest session (never the oldest)."""
     found = _CURRENT_SESSION.fetch(meeting_id)
     if found and found[0].current_session is not None:

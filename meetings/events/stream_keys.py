@@ -17,6 +17,7 @@ PostgreSQL holds the truth whichever way it was written.
 
 A round that cannot ask the database marks every stream: it ends (nothing is lost, the client
 resumes from its last id once its key authenticates again).
+Decision record: docs/decisions/0014-event-stream-keys-checked-per-worker.md.
 """
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ its own meeting, and nothing else. The service's password never reaches a bot.
 - Usernames carry DEPLOYMENT_NAME (and REDIS_URL's database), so two deployments on one Redis
   never touch each other's users; the sweep lists them with one ACL USERS.
 - Redis 7 and later: each grant is a selector (its command on its key or channel only). Redis 6.2
-  has no selectors: the user holds the union of the grants' commands, keys and channels (README,
+  has no selectors: the user holds the union of the grants' commands, keys and channels (docs/security.md,
   "Bot credentials"). Redis before 6.2 (no channel permissions) is refused.
+Decision record: docs/decisions/0007-a-redis-acl-user-per-bot-session.md.
 """
 from __future__ import annotations
 
@@ -173,7 +174,7 @@ def _checked_version() -> tuple[int, ...]:
         shown = ".".join(map(str, version))
         raise CredentialsError(
             f"Redis {shown} cannot give bots their own credentials (ACL users with channel permissions "
-            f"need Redis 6.2 or later); upgrade the Redis at REDIS_URL (README, 'Bot credentials')")
+            f"need Redis 6.2 or later); upgrade the Redis at REDIS_URL (docs/security.md, 'Bot credentials')")
     return version
 
 
@@ -194,7 +195,7 @@ def create(meeting_id: int, session_uid) -> None:
                                     *rules(meeting_id, session_uid, version, grants))
     except redis.ResponseError as exc:
         raise CredentialsError(f"Redis refused to create the bot's user ({exc}): check BOT_REDIS_GRANTS, and "
-                               f"that REDIS_URL's user may run ACL (README, 'Bot credentials')") from None
+                               f"that REDIS_URL's user may run ACL (docs/security.md, 'Bot credentials')") from None
     # Redis unreachable: raised as it is. The launch task fails, the meeting stays requested and
     # the sweep relaunches it once ORPHAN_GRACE_SECONDS have passed (a blip fails no meeting).
 

@@ -22,6 +22,7 @@ Fair across users: a pass takes, per user, at most as many due meetings as they 
 (the rest stay `scheduled`, uncounted against anyone), and serves users in turns: every user's
 earliest due meeting, then every user's second, ... (within a turn, earliest join_at first). So
 neither one user's backlog nor their seat limit can push another user's due meeting out of a pass.
+Decision record: docs/decisions/0005-scheduled-is-a-status.md.
 """
 from __future__ import annotations
 

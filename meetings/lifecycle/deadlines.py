@@ -7,6 +7,8 @@ countdown tasks are the fast path, and the beat sweep finalizes whatever is past
 manager does when it passes (the sweep, meetings/stopping/reconcile.py, carries it out; the stop
 flow's finalizer is the fast path of `stopping`'s), what the API shows of it (`action_for`), and
 the words of the ending it makes (meetings/lifecycle/endings.py).
+
+Decision record: docs/decisions/0010-deadlines-in-postgresql-the-sweep-as-backstop.md.
 """
 from __future__ import annotations
 

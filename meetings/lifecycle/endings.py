@@ -43,7 +43,7 @@ def lost_instance(status: str, instance: str, by: str) -> dict:
 # --- Failures of our own machinery ----------------------------------------------------------------
 # The tenant reads a short cause it can act on; the full error (engine text with hosts, file paths,
 # image names, broker addresses) goes to the log and to the transition's `metadata.error`, which the
-# Django admin shows and the API does not (issue 24).
+# Django admin shows and the API does not: engine text tells a tenant about our hosts.
 def error_text(exc: BaseException) -> str:
     """The full error, for the log and the transition's metadata (capped like other free text)."""
     return f"{type(exc).__name__}: {exc}"[:4000]

@@ -19,6 +19,7 @@ carries the decisions out through the lifecycle function and the orchestrators. 
 - bots' Redis users (meetings/launching/bot_credentials.py) are judged by the global sweep from one ACL
   USERS listing of this deployment's users, taken before the database is read: those of no live
   session are removed, live sessions' users that Redis lost are set again.
+Decision record: docs/decisions/0010-deadlines-in-postgresql-the-sweep-as-backstop.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The API against its own schema (issue 14): schemathesis with every check it has, plus ours (an
+"""The API against its own schema: schemathesis with every check it has, plus ours (an
 error is JSON with a `detail`: tests/api/schemathesis_hooks.py), against a live gunicorn, once with
 a user's API key (the user API, the bot callbacks, health) and once with the admin token (the admin
 API). Deterministic (`--generation-deterministic`: the same cases on every run, no example

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 WORKERS = {"worker-lifecycle", "worker-orchestrator", "worker-webhooks", "worker-sweep"}
 LONG_RUNNING = {"postgres", "redis", "web", "proxy", "docker-proxy", "beat"} | WORKERS
-# compose refuses to start without these (no public defaults: issue 12).
+# compose refuses to start without these (no defaults: a published value would sign things).
 SECRETS = {"SECRET_KEY": "s" * 40, "BOT_TOKEN_SECRET": "b" * 40, "ADMIN_API_TOKEN": "a" * 40,
            "POSTGRES_PASSWORD": "p" * 40, "REDIS_PASSWORD": "r" * 40}
 APP = {"migrate", "web", "beat"} | WORKERS

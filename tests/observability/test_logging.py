@@ -66,7 +66,7 @@ def test_a_whole_bot_flow_logs_every_transition_with_structured_fields_and_no_se
         ("active", "stopping", "user", True),
         ("stopping", "completed", "bot_callback", True),
     ]
-    # The session row's id, never its uid: the uid is the bot's capability (issue 12).
+    # The session row's id, never its uid: the uid is the bot's capability (it ends its meeting).
     second = MeetingSession.objects.get(session_uid=second_uid)
     sessions = [e["session_id"] for e in transitions]
     assert sessions == [first.id] * 4 + [None, second.id]

@@ -1,4 +1,4 @@
-"""Slow clients cannot starve the web (issue 12, finding 4): gunicorn as `make run` and the compose
+"""Slow clients cannot starve the web: gunicorn as `make run` and the compose
 file start it (botmanager/gunicorn_conf.py, WEB_CONCURRENCY workers), 50 clients trickling request
 bodies a byte at a time, and a bot callback and /healthz still answer within 1 s each.
 

@@ -23,7 +23,7 @@ Job ids with a slash (`parent/dispatch-...`) work both raw and %2F-escaped, like
 What the fake simulates beyond storage (the scheduler and a client node): a dispatch places one
 allocation that is `running` at once (the client first renders the task's env template: with
 `BOT_CONFIG_VAR` in the job's Meta, `task_env(job_id)` is what `nomadVar` read from that variable
-at placement, as the README's job file does) (`pending` with `auto_run=False`, none with
+at placement, as the job file of docs/orchestrators.md does) (`pending` with `auto_run=False`, none with
 `auto_place=False`); `reschedule()` loses it and places a replacement; a deregistration kills
 the task gracefully (exit 0 unless `stop_exit_code` says otherwise), the allocation turns
 `complete`; `finish(job_id, code)` makes the task exit by itself. Faults: `fail_next()` answers an

@@ -417,7 +417,7 @@ def bystander(docker_client, bot_test_image):
 @pytest.mark.parametrize("verb", ["terminate", "kill", "stop", "remove"])
 def test_a_container_that_is_not_our_bot_survives_every_stop_order(backend, bystander, deployment_name,
                                                                    labels, verb):
-    # The attack of issue 24: a task pushed into the broker names any container on the engine,
+    # The attack: a task forged into the broker names any container on the engine,
     # by id or by name. Our backend refuses it and the container keeps running.
     labels = {k: deployment_name for k in labels}
     container = bystander(labels)
@@ -429,7 +429,7 @@ def test_a_container_that_is_not_our_bot_survives_every_stop_order(backend, byst
     assert container.status == "running"
 
 
-# --- least privilege (issue 24, point 2) ----------------------------------------------------------
+# --- least privilege: a bot holds nothing if it escapes its page ----------------------------------
 @pytest.mark.docker
 def test_a_bot_runs_without_capabilities_new_privileges_or_unbounded_pids_and_memory(
         backend, docker_client, deployment_name):

@@ -1,8 +1,9 @@
-"""The secrets file never enters an image: the README has users write `botmanager.env` in the
-repository, and the service image does `COPY . /app`. Built for real from the repository's own
-context and .dockerignore, with secrets planted where a user or the local stack puts them, by both
-ways this tree's images are built: the docker CLI (`docker build`, `make docker-build-check`) and
-the docker SDK (what docker-compose v1 builds with). `FROM scratch`: nothing to pull.
+"""The secrets file never enters an image: users write a `botmanager.env` (docs/operations.md says
+outside the repository; a copy inside happens), and the service image does `COPY . /app`. Built for
+real from the repository's own context and .dockerignore, with secrets planted where a user or the
+local stack puts them, by both ways this tree's images are built: the docker CLI (`docker build`,
+`make docker-build-check`) and the docker SDK (what docker-compose v1 builds with). `FROM scratch`:
+nothing to pull.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from tests.orchestrators.conftest import REPO
 
-# Where secrets land: the README's env file (and a backup of it), a dotenv, the embedded stack's
+# Where secrets land: the documented env file (and a backup of it), a dotenv, the embedded stack's
 # RUN_DIR secrets, an env file and a key in a package directory.
 PLANTED = ("botmanager.env", "botmanager.env.bak", ".env", ".run/secrets.json", "accounts/local.env",
            "botmanager/tls.key")

@@ -1,4 +1,4 @@
-"""`ORCHESTRATOR=docker make run`, as the README says and nothing more: the real
+"""`ORCHESTRATOR=docker make run`, as docs/orchestrators.md says and nothing more: the real
 `python -m devstack.run` (embedded Redis of its own, the test database) with the Docker
 backend and its defaults (DOCKER_NETWORK unset: `host`, since PUBLIC_BASE_URL is a loopback URL),
 bots in containers of the simulated bot's image (Dockerfile.simbot, built by
@@ -24,7 +24,7 @@ from tests.support import wait_for
 from tests.test_runstack import REPO, runstack  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
-SIMBOT_IMAGES = ("botmanager-simbot:check", "botmanager-simbot:latest")  # make docker-build-check, README
+SIMBOT_IMAGES = ("botmanager-simbot:check", "botmanager-simbot:latest")  # make docker-build-check, docs/orchestrators.md
 KNOBS = {"BOT_STOP_DELAY_SECONDS": "5", "BOT_STOP_GRACE_SECONDS": "2", "BOT_STOP_TIMEOUT_SECONDS": "2",
          "ORPHAN_SWEEP_INTERVAL_SECONDS": "2", "ORPHAN_GRACE_SECONDS": "2", "LOG_LEVEL": "INFO"}
 

@@ -93,7 +93,7 @@ def test_start_dispatches_the_bot_job_with_its_config_variable_name_and_labels_i
     assert json.loads(meta["BOT_LABELS"]) == spec.labels
 
 
-# --- the bot's secret (issue 24, point 2) -----------------------------------------------------------
+# --- the bot's secret: in a Nomad Variable, never in the job --------------------------------------
 SECRET_CONFIG = {"redisUrl": "redis://bot-user:redis-password-1234@redis:6379/0",
                  "token": "meeting-token-eyJhbGciOi", "botName": "O'Brien's notes"}
 
@@ -130,7 +130,7 @@ def test_the_bots_config_reaches_the_task_through_its_variable(backend, nomad_fa
     job_id = backend.start(spec)
     variable = nomad_fake.variable(f"botmanager/bots/{deployment_name}/{spec.name}")
     assert json.loads(variable["Items"]["BOT_CONFIG"]) == spec.config
-    # The README's template puts the value in single quotes: it must hold none.
+    # The template of docs/orchestrators.md puts the value in single quotes: it must hold none.
     assert "'" not in variable["Items"]["BOT_CONFIG"]
     assert json.loads(nomad_fake.task_env(job_id)["BOT_CONFIG"]) == spec.config
 

@@ -426,7 +426,7 @@ def test_the_default_command_runs_simbot_which_leaves_cleanly_on_stop(make_orche
         assert receiver.of("exited")[0].body["connection_id"] == connection_id
 
 
-# --- least privilege (issue 24, point 2) ----------------------------------------------------------
+# --- least privilege: a bot inherits none of the service's environment ----------------------------
 def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(entry.split("=", 1) for entry in raw.decode().split("\0") if "=" in entry)

@@ -1,4 +1,4 @@
-"""Fixtures of the stop-reliability tests (issue 5): the process backend in a temp RUN_DIR with
+"""Fixtures of the stop-reliability tests: the process backend in a temp RUN_DIR with
 tiny stand-in bots (real processes), an in-process Celery worker, a broker emptied around every
 test, a counting post-meeting step, and the live stack of the end-to-end tests (`stack`).
 

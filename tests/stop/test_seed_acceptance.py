@@ -1,6 +1,8 @@
-"""The seed's acceptance criteria ("Stop Bot reports processed but meeting stays active",
-../shared/seeds/001_1fbda994d01276f4.txt) and its hypotheses H1–H4, end to end: the web app on a
-live server, a Celery worker in this process, the process backend running the simulated bot
+"""The stop-reliability bug ("Stop Bot reports processed but meeting stays active"): its
+acceptance criteria AC1–AC4 and its suspected causes H1–H3, end to end (H1: the bot killed by the
+delayed stop never sends its exit callback; H2: `leave` published to the earliest session, which a
+restarted bot no longer listens on; H3: a leave command lost on the way). The web app on a live
+server, a Celery worker in this process, the process backend running the simulated bot
 (`simbot`) with fault knobs, real PostgreSQL and Redis.
 
 Acceptance criteria:

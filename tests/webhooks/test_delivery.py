@@ -1,5 +1,5 @@
 """One delivery attempt at a time, against a real HTTP receiver on localhost: the signature (with
-the README's recipe), the headers and body, the retry policy per answer, the retry window, claims
+the recipe of docs/webhooks-and-events.md), the headers and body, the retry policy per answer, the retry window, claims
 that keep a delivery from being sent twice, and secrets kept out of logs and rows."""
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ from webhooks.models import WebhookAttempt, WebhookDelivery
 pytestmark = pytest.mark.django_db
 
 
-def readme_verify():
-    """The `verify` function of the README's snippet, executed as written."""
-    readme = (Path(django_settings.BASE_DIR) / "README.md").read_text()
-    section = readme.split("\n## Webhooks\n", 1)[1].split("\n## ", 1)[0]
+def documented_verify():
+    """The `verify` function of the documented snippet (docs/webhooks-and-events.md), executed as written."""
+    page = (Path(django_settings.BASE_DIR) / "docs" / "webhooks-and-events.md").read_text()
+    section = page.split("\n## Webhooks\n", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert len([line for line in code.splitlines() if line.strip()]) <= 5
     namespace: dict = {}
@@ -56,7 +56,7 @@ def test_the_signature_verifies_with_the_readme_recipe(hook_user, receiver):
     assert delivery.attempt(d.pk) == "succeeded"
 
     [got] = receiver.posts()
-    verify = readme_verify()
+    verify = documented_verify()
     assert verify(hook_user.secret, got.headers, got.body) is True
     assert verify("another-secret", got.headers, got.body) is False
     assert verify(hook_user.secret, got.headers, got.body + b" ") is False
@@ -105,7 +105,7 @@ def test_a_500_is_retried_after_a_backoff_and_the_retry_sends_the_same_event(hoo
     assert first.body == second.body
     assert first.webhook_id == second.webhook_id == str(d.webhook_id)
     assert (first.headers["X-Webhook-Attempt"], second.headers["X-Webhook-Attempt"]) == ("1", "2")
-    verify = readme_verify()
+    verify = documented_verify()
     assert verify(hook_user.secret, first.headers, first.body) and verify(hook_user.secret, second.headers, second.body)
     log = list(WebhookAttempt.objects.filter(delivery=d).values_list("number", "response_code", "outcome"))
     assert log == [(1, 500, "retry"), (2, 200, "succeeded")]
@@ -281,7 +281,7 @@ def test_a_rotated_secret_signs_the_retries(hook_user, receiver):
     delivery.attempt(d.pk)
 
     first, second = receiver.posts()
-    verify = readme_verify()
+    verify = documented_verify()
     assert verify(hook_user.secret, first.headers, first.body)
     assert verify(new_secret, second.headers, second.body)
     assert not verify(hook_user.secret, second.headers, second.body)

@@ -1,4 +1,5 @@
-# The endpoint back-off keyed by (user, URL) instead of URL alone (issue 24, point 4).
+# The endpoint back-off keyed by (user, URL) instead of URL alone: a user who makes
+# another user's receiver fail must back off only their own deliveries.
 
 import django.db.models.deletion
 from django.conf import settings
