@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
+from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from common.domain_errors import DomainError
+from common.jsonbody import too_large_message
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +61,7 @@ def server_error(request):
 
 
 def bad_request(request, exception=None):
-    from django.core.exceptions import DisallowedHost, RequestDataTooBig
-
     if isinstance(exception, RequestDataTooBig):
-        from common.jsonbody import too_large_message
-
         return JsonResponse({"detail": too_large_message()}, status=413)
     if isinstance(exception, DisallowedHost):
         return JsonResponse({"detail": "Unknown Host header: this server answers only the names in its "
@@ -77,7 +76,6 @@ def csrf_failure(request, reason=""):
 
 def login_locked_out(request, credentials, *args, **kwargs):
     """django-axes: too many failed Django admin logins."""
-    from django.conf import settings
 
     minutes = round(settings.AXES_COOLOFF_TIME * 60)
     return JsonResponse({"detail": f"Too many failed login attempts; try again in {minutes} minutes "

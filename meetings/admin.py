@@ -1,8 +1,13 @@
+from datetime import timedelta
+
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.db.models import Count, OuterRef, Subquery
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.utils import timezone
 
 from common.admin_readonly import ReadOnlyInline, ReadOnlyModelAdmin
 from meetings.lifecycle.statuses import NON_TERMINAL, FailureStage, MeetingStatus
@@ -101,8 +106,6 @@ class BotInstanceAdmin(ReadOnlyModelAdmin):
     actions = ["end_meetings_of_lost_instances"]
 
     def get_queryset(self, request):
-        from django.db.models import Count, OuterRef, Subquery
-
         live = (Meeting.objects.filter(bot_instance=OuterRef("instance"), status__in=sorted(NON_TERMINAL))
                 .order_by().values("bot_instance").annotate(n=Count("id")).values("n"))
         return super().get_queryset(request).annotate(live=Subquery(live))
@@ -113,11 +116,6 @@ class BotInstanceAdmin(ReadOnlyModelAdmin):
 
     @admin.display(boolean=True, description="unseen")
     def unseen(self, obj) -> bool:
-        from datetime import timedelta
-
-        from django.conf import settings
-        from django.utils import timezone
-
         return bool(obj.live) and obj.last_listed_at < timezone.now() - timedelta(seconds=settings.INSTANCE_UNSEEN_SECONDS)
 
     def has_change_permission(self, request, obj=None) -> bool:

@@ -9,6 +9,7 @@ from django.db.models import Q
 
 from meetings.lifecycle.statuses import (EXCLUSIVE, CompletionReason, FailureStage, MeetingStatus, Platform,
                                          TransitionSource)
+from meetings.payloads import serialized, status_change_event
 
 # The lengths of the identifiers the API and the bots send: checked there (a longer one is refused
 # with a clear error), never cut by the database.
@@ -106,8 +107,6 @@ class EventField(models.TextField):
     def pre_save(self, model_instance, add):
         value = getattr(model_instance, self.attname)
         if add and not value and model_instance.applied:
-            from meetings.payloads import serialized, status_change_event
-
             value = serialized(status_change_event(model_instance.meeting, model_instance))
             setattr(model_instance, self.attname, value)
         return value

@@ -22,6 +22,8 @@ from django.db import connection, transaction
 from django.http import JsonResponse
 
 from common.plainviews import allow_methods
+from common.redis_client import get_redis
+from orchestrators import registry, request_listing
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,6 @@ def _check_database() -> dict:
 
 
 def _check_redis() -> dict:
-    from common.redis_client import get_redis
-
     if not get_redis().ping():
         raise RuntimeError("PING was not answered")
     return {}
@@ -51,10 +51,8 @@ def _check_backend() -> dict:
     """The backend lists its bots within READYZ_TIMEOUT_SECONDS; the listing is shared with
     concurrent requests and a failed engine is not asked again for a moment
     (orchestrators/request_listing.py), so probes of a hung engine hold nothing."""
-    from orchestrators import request_listing
-    from orchestrators.registry import get_orchestrator
 
-    backend = get_orchestrator()
+    backend = registry.get_orchestrator()
     return {"name": backend.name, "bots": len(request_listing.list_bots(backend, settings.READYZ_TIMEOUT_SECONDS))}
 
 

@@ -26,11 +26,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 from django.conf import settings
+from django.core import checks
+from django.db import transaction
 from django.utils.crypto import salted_hmac
 
 from common.queues import QUEUES
 from common.redis_client import get_redis
 from meetings.bot_protocol import channels
+from meetings.models import MeetingSession
 
 PREFIX = "bm-bot"
 MEETING_ID = "{meeting_id}"
@@ -242,9 +245,6 @@ def remove_after_meeting(meeting) -> None:
     """Post-meeting step (registered by meetings/apps.py): the ended meeting's bot users go once
     the post-meeting transaction commits. Exactly once with the step; if Redis is unreachable then,
     the sweep removes them."""
-    from django.db import transaction
-
-    from meetings.models import MeetingSession
 
     uids = [str(uid) for uid in MeetingSession.objects.filter(meeting_id=meeting.id)
             .values_list("session_uid", flat=True)]
@@ -255,6 +255,5 @@ def remove_after_meeting(meeting) -> None:
 
 def check_grants(app_configs=None, **kwargs):
     """System check: a BOT_REDIS_GRANTS that could reach one of our keys refuses the start."""
-    from django.core import checks
 
     return [checks.Error(problem, id="meetings.E001") for problem in grant_problems(settings.BOT_REDIS_GRANTS)]

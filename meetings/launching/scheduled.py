@@ -34,9 +34,10 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from meetings.launching import launch, seats
+from accounts.models import User
 from common.queues import LIFECYCLE
 from common.tasks import task
+from meetings.launching import launch, seats
 from meetings.lifecycle import transitions as lifecycle
 from meetings.lifecycle.statuses import LIVE, MeetingStatus, TransitionSource
 from meetings.models import Meeting
@@ -109,7 +110,6 @@ def due(now: datetime) -> Due:
 
     The seats counted here are a snapshot: `claim` counts again under the user's lock, so a seat
     taken meanwhile only turns a pick into NO_SEAT, never into a launch over the limit."""
-    from accounts.models import User
 
     horizon = now + timedelta(seconds=settings.SCHEDULED_LAUNCH_LEAD_SECONDS)
     sql = _DUE_SQL.format(meeting=connection.ops.quote_name(Meeting._meta.db_table),
