@@ -25,7 +25,8 @@ from meetings import services as bot_services
 from meetings.models import Meeting, MeetingSession, MeetingTransition
 from orchestrators.process import ProcessOrchestrator
 from tests.factories import make_user
-from tests.support import all_queues, broker_client, close_other_connections, stack_env, wait_for
+from tests.support import all_queues, broker_client, close_other_connections, stack_env
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

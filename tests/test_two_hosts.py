@@ -19,7 +19,8 @@ from meetings.models import Meeting
 from meetings.stopping import instances
 from orchestrators.process import ProcessOrchestrator
 from tests.factories import make_token, make_user
-from tests.support import close_other_connections, stack_env, wait_for
+from tests.support import close_other_connections, stack_env
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,7 +17,7 @@ from meetings.lifecycle import transitions as lifecycle
 from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_meeting, make_session, make_token, make_user
 from tests.observability.test_gunicorn import gunicorn_factory  # noqa: F401  (the fixture)
-from tests.support import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

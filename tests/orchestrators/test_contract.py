@@ -29,7 +29,8 @@ from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_MEETING_I
                                 LABEL_USER_ID, BotSpec, NormalizedStatus, NotOurBotError, Orchestrator,
                                 OrchestratorError, labels_name_session)
 from tests.orchestrators.conftest import NOMAD_BOT_JOB
-from tests.orchestrators.support import docker_settings, find, make_spec, nomad_settings, wait_for
+from tests.orchestrators.support import docker_settings, find, make_spec, nomad_settings
+from tests.waiting import wait_for
 
 # The process backend's bot: obeys SIGTERM, or exits at once with test_exit_code.
 PROCESS_BOT = (

@@ -21,7 +21,8 @@ from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_MEETING_I
                                 LABEL_USER_ID, NormalizedStatus, NotOurBotError, OrchestratorError,
                                 session_digest)
 from orchestrators.docker import DockerOrchestrator, exit_code_from_status_text, normalize_status
-from tests.orchestrators.support import docker_settings, find, make_spec, wait_for
+from tests.orchestrators.support import docker_settings, find, make_spec
+from tests.waiting import wait_for
 
 
 # --- status mapping (no engine) -------------------------------------------------------------------

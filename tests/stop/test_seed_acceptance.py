@@ -28,7 +28,7 @@ from meetings.models import Meeting, MeetingSession, MeetingTransition
 from meetings.stopping import reconcile
 from orchestrators import process_state
 from orchestrators.registry import get_orchestrator
-from tests.stop.conftest import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -25,7 +25,8 @@ from orchestrators import registry
 from orchestrators.base import OrchestratorError
 from orchestrators.registry import get_orchestrator
 from tests.factories import make_meeting
-from tests.stop.conftest import lose_queued_tasks, queued_tasks, run_bot_stops, run_task, snapshot, wait_for
+from tests.stop.conftest import lose_queued_tasks, queued_tasks, run_bot_stops, run_task, snapshot
+from tests.waiting import wait_for
 
 S = MeetingStatus
 pytestmark = pytest.mark.django_db
