@@ -31,3 +31,20 @@ def wait_worker_idle(timeout: float = 15.0) -> None:
     broker = broker_client()
     wait_for(lambda: sum(broker.llen(q) for q in all_queues()) == 0 and broker.hlen("unacked") == 0,
              timeout=timeout, what="the worker to run every queued task")
+
+
+def sweep_runs_completed() -> int:
+    """How many sweep runs every worker on the test Redis has completed so far (the counter
+    observability/metrics.py keeps for /metrics)."""
+    from common.redis_client import get_redis
+    from observability import metrics
+
+    return int(get_redis().hget(metrics.REDIS_KEY, "sweep_runs_completed") or 0)
+
+
+def wait_sweep_runs(count: int, *, timeout: float, what: str = "") -> None:
+    """Wait until `count` more sweep runs have completed (with whatever they enqueued enqueued):
+    the barrier before asserting that a sweep did nothing."""
+    start = sweep_runs_completed()
+    wait_for(lambda: sweep_runs_completed() >= start + count, timeout=timeout, interval=0.1,
+             what=f"{count} more completed sweep runs{what}")

@@ -168,6 +168,7 @@ def test_no_secret_in_the_logs_of_a_whole_run(worker, hook_user, receiver, caplo
 
     wait_until(lambda: WebhookDelivery.objects.filter(meeting=meeting).count() == 6 and all_settled(hook_user),
                what="every delivery")
+    wait_worker_idle()  # each task logs its outcome after committing it
 
     assert "meeting.completed: delivered" in caplog.text  # the worker's logs are captured
     assert "got 500; retry" in caplog.text
