@@ -129,9 +129,8 @@ def test_a_client_that_goes_away_frees_its_place(gunicorn_factory, opened):  # n
     assert refused.status == 429 and "EVENT_STREAMS_PER_USER" in refused.response.json()["detail"]
 
     first.close()
-    deadline = time.monotonic() + 5
-    while (again := SSE(server.url, key)).status == 429 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    again = wait_for(lambda: (stream := SSE(server.url, key)).status != 429 and stream, timeout=5, interval=0.2,
+                     what="the place the client left to be free")
     opened.append(again)
     assert again.status == 200
 
