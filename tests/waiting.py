@@ -1,5 +1,6 @@
-"""Waiting in tests: one poll (`wait_for`) and the positive barrier that a test asserting "nothing
-happens" waits on first (`wait_worker_idle`), so that no test stands a fixed sleep for either."""
+"""Waiting in tests: one poll (`wait_for`) and the positive barriers that a test asserting "nothing
+happens" waits on first (the worker idle: `wait_worker_idle`; sweeps that ran: `wait_sweep_runs`),
+so that no test stands a fixed sleep for either."""
 from __future__ import annotations
 
 import time
@@ -43,8 +44,8 @@ def sweep_runs_completed() -> int:
 
 
 def wait_sweep_runs(count: int, *, timeout: float, what: str = "") -> None:
-    """Wait until `count` more sweep runs have completed (with whatever they enqueued enqueued):
-    the barrier before asserting that a sweep did nothing."""
+    """Wait until `count` more sweep runs have completed (a run is counted after it returned, so
+    whatever it enqueued is in the broker): the barrier before asserting that a sweep did nothing."""
     start = sweep_runs_completed()
     wait_for(lambda: sweep_runs_completed() >= start + count, timeout=timeout, interval=0.1,
              what=f"{count} more completed sweep runs{what}")
