@@ -19,8 +19,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m devstack.run
 
+# Two pytest-xdist workers (PYTEST_WORKERS=0: one process): most of the suite's time is spent
+# waiting on real servers, workers and bots, which overlaps well on 2 cores. Each worker has its own
+# test database and Redis database (tests/conftest.py); a test file stays on one worker, so a
+# module's fixtures start once and its tests run in order.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

@@ -17,6 +17,7 @@ def pytest_configure(config):
     # Not durable (no fsync): a crash may lose test data only. A server `make run` or
     # `devstack start` already runs is reused as it is.
     _started = devstack.ensure_services(durable=False)
+    _isolate_parallel_worker()
     _isolate_redis()
     _export_secrets()
     _grant_simbot_recording()
@@ -48,6 +49,22 @@ def _grant_simbot_recording() -> None:
     if "simbot:received" not in settings.BOT_REDIS_GRANTS:
         settings.BOT_REDIS_GRANTS = f"{settings.BOT_REDIS_GRANTS}, {SIMBOT_GRANTS}".strip(", ")
     os.environ["BOT_REDIS_GRANTS"] = settings.BOT_REDIS_GRANTS
+
+
+def _isolate_parallel_worker() -> None:
+    """Under pytest-xdist (`-n 2`) each worker process is a session of its own on the shared
+    servers (the controller started them): pytest-django gives each its own test database
+    (test_<name>_gw<N>); here each also gets its own Redis database, so one worker's in-process
+    Celery worker never takes the other's tasks and neither purges the other's queues. Meeting and
+    user ids already differ per session (`django_db_setup`), which keeps pub/sub channels apart."""
+    import os
+
+    from django.conf import settings
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw"):
+        settings.TEST_REDIS_DB = settings.TEST_REDIS_DB + int(worker[2:])
+        os.environ["TEST_REDIS_DB"] = str(settings.TEST_REDIS_DB)
 
 
 def _isolate_redis() -> None:

@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests: polling, reading Redis pub/sub, and the Celery broker's
+"""Small helpers shared by the tests (waiting is tests/waiting.py): reading Redis pub/sub, and the Celery broker's
 queues (reading them, running their tasks here, losing them)."""
 from __future__ import annotations
 
@@ -16,18 +16,6 @@ from common.queues import QUEUES
 # tests/test_rate_limits.py is where it refuses.
 UNREACHED_RATE_LIMITS = {"API_RATE_LIMIT_PER_SECOND": "1000000", "API_RATE_LIMIT_BURST": "1000000",
                          "BOT_REQUEST_RATE_LIMIT_PER_MINUTE": "60000000", "BOT_REQUEST_RATE_LIMIT_BURST": "1000000"}
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
-    """Poll until `predicate()` is truthy; return its value, or fail saying what never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def concurrently(fn, n: int) -> list:

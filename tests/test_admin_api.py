@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 
 import pytest
 from django.conf import settings
@@ -13,6 +12,7 @@ from django.test import Client
 
 from accounts.models import APIToken, User
 from tests.factories import make_token, make_user
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.auth_urls")]
 
@@ -645,14 +645,16 @@ def _race_create_user(api, committed_email: str, posted_email: str):
     assert inserted.wait(10)
     caller = threading.Thread(target=api_call)
     caller.start()
-    deadline = time.monotonic() + 10
-    while caller.is_alive() and time.monotonic() < deadline:
+
+    def waiting_on_a_lock() -> bool:
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM pg_stat_activity "
                            "WHERE datname = current_database() AND wait_event_type = 'Lock'")
-            if cursor.fetchone()[0]:
-                break
-        time.sleep(0.02)
+            return bool(cursor.fetchone()[0])
+
+    # The API call blocks on the concurrent insert's row (or has already answered).
+    wait_for(lambda: not caller.is_alive() or waiting_on_a_lock(), timeout=10, interval=0.02,
+             what="the API call to wait on the concurrent insert")
     release.set()
     other.join(10)
     caller.join(10)

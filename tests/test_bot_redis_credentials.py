@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import uuid
 
 import pytest
@@ -29,6 +28,7 @@ from meetings.models import Meeting
 from meetings.stopping import post_meeting, reconcile
 from tests.factories import make_meeting, make_session, make_user
 from tests.support import subscribe
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -61,9 +61,7 @@ def launched(settings, tmp_path):
         out = tmp_path / f"config-{meeting.id}.json"
         container_id = launch(meeting.id)
         assert container_id, Meeting.objects.get(pk=meeting.id).data
-        deadline = time.monotonic() + 10
-        while not out.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(out.exists, timeout=10, interval=0.02, what=f"the bot to write {out.name}")
         config = json.loads(out.read_text())
         started.append((container_id, config))
         return config

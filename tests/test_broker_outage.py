@@ -22,7 +22,8 @@ from devstack import servers as devstack
 from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import Meeting
 from tests.factories import make_meeting
-from tests.support import close_other_connections, stack_env, wait_for
+from tests.support import close_other_connections, stack_env
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.support import wait_for
+from tests.waiting import wait_for
 from tests.test_runstack import runstack  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from devstack.supervisor import _start_time
-from tests.support import a_new_terminal, close_other_connections, stack_env, wait_for
+from tests.support import a_new_terminal, close_other_connections, stack_env
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 REPO = Path(__file__).resolve().parents[1]

@@ -13,19 +13,19 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
-from bench.common import Service
+from bench.common import Service, stop_all
 from common import queues
 from meetings import services as bot_services
 from meetings.models import Meeting, MeetingSession, MeetingTransition
 from orchestrators.process import ProcessOrchestrator
 from tests.factories import make_user
-from tests.support import all_queues, broker_client, close_other_connections, stack_env, wait_for
+from tests.support import all_queues, broker_client, close_other_connections, stack_env
+from tests.waiting import wait_for, wait_sweep_runs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,8 +79,7 @@ class Processes:
             service.proc.wait()
 
     def stop(self) -> None:
-        for service in self.started:
-            service.stop()
+        stop_all(self.started)
 
     def logs(self) -> str:
         return "\n".join(f"--- {s.log.name}\n{s.log.read_text()[-1500:]}" for s in self.started)
@@ -121,9 +120,17 @@ def status(meeting: Meeting) -> str:
 def assert_launched_exactly_once(processes: Processes, meeting: Meeting) -> None:
     wait_for(lambda: Meeting.objects.get(pk=meeting.pk).bot_container_id, timeout=ORPHAN_GRACE + 60, interval=0.2,
              what=f"the scheduled bot to be launched\n{processes.logs()}")
-    # Long enough for any second launch to happen: the sweep's relaunch (after the grace) and a
-    # few passes of the scheduler and the sweep.
-    time.sleep(ORPHAN_GRACE + 4 * INTERVAL)
+    # A second launch could only come from the sweep's relaunch, once the meeting's last change
+    # is older than the grace: wait for that, then for a few sweep runs past it (the scheduler
+    # runs as often), then for the worker to have taken whatever they enqueued. (Not "the worker
+    # idle": the killed worker's deliveries stay unacknowledged until the visibility timeout.)
+    meeting.refresh_from_db()
+    wait_for(lambda: timezone.now() - meeting.updated_at > timedelta(seconds=ORPHAN_GRACE), timeout=ORPHAN_GRACE + 1,
+             interval=0.1, what="the grace to pass")
+    wait_sweep_runs(3, timeout=60, what=f"\n{processes.logs()}")
+    broker = broker_client()
+    wait_for(lambda: not any(broker.llen(queue) for queue in all_queues()), timeout=30,
+             what="the worker to take every queued task")
     meeting.refresh_from_db()
     assert meeting.status == "requested"  # the stand-in bot never calls back
     assert bots_started_for(processes, meeting) == 1
@@ -136,9 +143,10 @@ def test_worker_and_beat_killed_before_join_at_launch_the_bot_once_when_back(pro
     processes.start()
     meeting = schedule_in(4)
 
-    time.sleep(1)
+    wait_sweep_runs(1, timeout=30, what=f" (the worker and beat at work)\n{processes.logs()}")
     processes.kill()
-    time.sleep(4)  # join_at passes while nothing runs
+    wait_for(lambda: timezone.now() > meeting.join_at, timeout=10, interval=0.1,
+             what="join_at to pass while nothing runs")
 
     assert status(meeting) == "scheduled"
     assert bots_started_for(processes, meeting) == 0

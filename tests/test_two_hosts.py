@@ -19,7 +19,8 @@ from meetings.models import Meeting
 from meetings.stopping import instances
 from orchestrators.process import ProcessOrchestrator
 from tests.factories import make_token, make_user
-from tests.support import close_other_connections, stack_env, wait_for
+from tests.support import close_other_connections, stack_env
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -105,13 +106,39 @@ def _launch_on_both(a, b, kinds: list[str]) -> dict[int, tuple[str, str]]:
     return made
 
 
+def sweep_passes_past_the_grace(hosts: list[Host], meeting_ids, passes: int) -> None:
+    """Wait until each host's sweep has listed its bots `passes` times since the meetings' last
+    change became older than the orphan grace (before that no sweep may judge them). A sweep
+    records its listing (the instance's `last_listed_at`) before it judges, so `passes` listings
+    mean `passes - 1` passes judged in full."""
+    from datetime import timedelta
+
+    from django.db.models import Max
+
+    judgeable_from = (Meeting.objects.filter(pk__in=list(meeting_ids)).aggregate(last=Max("updated_at"))["last"]
+                      + timedelta(seconds=ORPHAN_GRACE))
+    seen: dict[str, set] = {host.instance: set() for host in hosts}
+
+    def enough() -> bool:
+        for instance, listed_at in instances.last_listed().items():
+            if instance in seen and listed_at and listed_at > judgeable_from:
+                seen[instance].add(listed_at)
+        return all(len(listings) >= passes for listings in seen.values())
+
+    try:
+        wait_for(enough, timeout=ORPHAN_GRACE + passes * SWEEP + MARGIN, interval=0.1,
+                 what=f"{passes} sweep passes of each host past the grace")
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}; the listings seen: {seen}") from None
+
+
 def test_two_hosts_on_one_database_judge_only_their_own_bots(hosts):
     a, b = hosts
     made = _launch_on_both(a, b, ["simbot", "simbot:ignore_leave"])
     on = {i: Meeting.objects.get(pk=i) for i in made}
 
-    # Three sweep passes of each host later, nothing alive has been failed.
-    time.sleep(3 * SWEEP + ORPHAN_GRACE)
+    # Three sweep passes of each host that could judge them later, nothing alive has been failed.
+    sweep_passes_past_the_grace([a, b], made, passes=3)
     assert {i: _status(i) for i in made} == {i: "active" for i in made}
     assert {row["instance"] for row in instances.overview()} >= {a.instance, b.instance}
 
@@ -146,9 +173,7 @@ def test_when_host_b_is_gone_its_meetings_wait_for_the_explicit_lost_instance_po
     on_a = [i for i in made if i not in on_b]
 
     # Host B goes away: its services and its bots.
-    for service in b.web.services:
-        service.stop()
-    b.web.stop()
+    common.stop_all([*b.web.services, b.web])
     for bot in b.backend.list():
         b.backend.kill(bot.container_id)
 

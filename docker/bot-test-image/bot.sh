@@ -7,7 +7,7 @@
 # Redis commands (busybox has no Redis client): a leave reaches it as the SIGTERM of the stop.
 # Test hooks: "test_exit_code": N in BOT_CONFIG makes it exit with N right after starting;
 # "test_ignore_sigterm": true, or a botName with ignore_leave (simbot's knob), makes it ignore
-# SIGTERM (only SIGKILL ends it).
+# SIGTERM (only SIGKILL ends it), saying so on each one.
 
 json_str() {  # the string value of a top-level key of BOT_CONFIG (flat keys, no escapes: enough here)
     printf '%s' "$BOT_CONFIG" | sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p"
@@ -38,7 +38,7 @@ callback joining "{\"connection_id\": \"$connection_id\", \"container_id\": \"$H
 callback started "{\"connection_id\": \"$connection_id\", \"container_id\": \"$HOSTNAME\"}"
 
 case "$BOT_CONFIG" in
-    *'"test_ignore_sigterm": true'*|*'"botName": "simbot:ignore_leave'*) trap '' TERM; echo "test bot: ignoring SIGTERM" ;;
+    *'"test_ignore_sigterm": true'*|*'"botName": "simbot:ignore_leave'*) trap 'echo "test bot: SIGTERM ignored"' TERM; echo "test bot: ignoring SIGTERM" ;;
 esac
 
 code=$(printf '%s' "$BOT_CONFIG" | sed -n 's/.*"test_exit_code": *\(-\{0,1\}[0-9][0-9]*\).*/\1/p')

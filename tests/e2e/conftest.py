@@ -2,13 +2,12 @@
 process backend with the simulated bot, real PostgreSQL and Redis. No mocks."""
 from __future__ import annotations
 
-import time
-
 import pytest
 import requests
 
 from orchestrators.registry import get_orchestrator
 from tests.support import close_other_connections
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -54,14 +53,8 @@ class Stack:
 
     def wait_status(self, meeting_id: int, wanted: set[str] | str, timeout: float = 30) -> dict:
         wanted = {wanted} if isinstance(wanted, str) else wanted
-        deadline = time.monotonic() + timeout
-        while True:
-            meeting = self.meeting(meeting_id)
-            if meeting["status"] in wanted:
-                return meeting
-            if time.monotonic() > deadline:
-                raise AssertionError(f"meeting {meeting_id} is {meeting['status']}, wanted {wanted}: {meeting}")
-            time.sleep(0.1)
+        return wait_for(lambda: (meeting := self.meeting(meeting_id))["status"] in wanted and meeting,
+                        timeout=timeout, interval=0.1, what=f"meeting {meeting_id} to be {' or '.join(sorted(wanted))}")
 
     def stop_all_bots(self) -> None:
         backend = get_orchestrator()

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from common.redis_client import get_redis
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -16,13 +16,8 @@ def received(meeting_id: int) -> list[dict]:
 
 
 def wait_received(meeting_id: int, action: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for command in received(meeting_id):
-            if command.get("action") == action:
-                return command
-        time.sleep(0.1)
-    raise AssertionError(f"bot of meeting {meeting_id} never received {action}: {received(meeting_id)}")
+    return wait_for(lambda: next((c for c in received(meeting_id) if c.get("action") == action), None),
+                    timeout=timeout, what=f"the bot of meeting {meeting_id} to receive {action}")
 
 
 def test_request_reconfigure_and_stop_a_cooperative_bot(stack):

@@ -17,7 +17,7 @@ from meetings.lifecycle import transitions as lifecycle
 from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from tests.factories import make_meeting, make_session, make_token, make_user
 from tests.observability.test_gunicorn import gunicorn_factory  # noqa: F401  (the fixture)
-from tests.support import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -129,9 +129,8 @@ def test_a_client_that_goes_away_frees_its_place(gunicorn_factory, opened):  # n
     assert refused.status == 429 and "EVENT_STREAMS_PER_USER" in refused.response.json()["detail"]
 
     first.close()
-    deadline = time.monotonic() + 5
-    while (again := SSE(server.url, key)).status == 429 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    again = wait_for(lambda: (stream := SSE(server.url, key)).status != 429 and stream, timeout=5, interval=0.2,
+                     what="the place the client left to be free")
     opened.append(again)
     assert again.status == 200
 

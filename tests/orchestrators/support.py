@@ -66,17 +66,5 @@ def nomad_settings(address: str, deployment: str, **overrides) -> SimpleNamespac
     return SimpleNamespace(**values)
 
 
-def wait_for(probe, *, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
-    """Polls `probe()` until it returns something truthy, which is returned."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
-
-
 def find(bots, container_id: str):
     return next((b for b in bots if b.container_id == container_id), None)

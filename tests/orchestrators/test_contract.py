@@ -9,7 +9,8 @@
 
 Every bot follows one convention: it runs until SIGTERM and then exits 0; with "test_exit_code": N
 in its BOT_CONFIG it exits with N right after starting; with "test_ignore_sigterm": true (process
-and docker) only SIGKILL ends it.
+and docker) only SIGKILL ends it, and it prints SIGTERM_IGNORED on each SIGTERM (the positive
+signal that a SIGTERM reached it).
 """
 from __future__ import annotations
 
@@ -29,14 +30,17 @@ from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_MEETING_I
                                 LABEL_USER_ID, BotSpec, NormalizedStatus, NotOurBotError, Orchestrator,
                                 OrchestratorError, labels_name_session)
 from tests.orchestrators.conftest import NOMAD_BOT_JOB
-from tests.orchestrators.support import docker_settings, find, make_spec, nomad_settings, wait_for
+from tests.orchestrators.support import docker_settings, find, make_spec, nomad_settings
+from tests.waiting import wait_for
 
+# What both test bots print on each SIGTERM they ignore (docker/bot-test-image/bot.sh too).
+SIGTERM_IGNORED = "SIGTERM ignored"
 # The process backend's bot: obeys SIGTERM, or exits at once with test_exit_code.
 PROCESS_BOT = (
-    "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
+    f"import signal, sys; IGNORED = {SIGTERM_IGNORED!r}; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
     "import json, os, time; "
     "config = json.loads(os.environ['BOT_CONFIG']); "
-    "config.get('test_ignore_sigterm') and signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "config.get('test_ignore_sigterm') and signal.signal(signal.SIGTERM, lambda *_: print(IGNORED, flush=True)); "
     "'test_exit_code' in config and sys.exit(config['test_exit_code']); "
     "[time.sleep(0.2) for _ in iter(int, 1)]"
 )
@@ -52,6 +56,7 @@ class Harness:
     build: Callable[[str], Orchestrator]
     unknown_id: str
     after_start: Callable[[str, BotSpec], None] = lambda container_id, spec: None
+    logs: Callable[[Orchestrator, str], str] | None = None  # what a bot printed (backends whose bots we signal)
     backends: list[Orchestrator] = field(default_factory=list)
 
     def backend(self, deployment: str | None = None) -> Orchestrator:
@@ -71,14 +76,20 @@ class Harness:
                 backend.remove(bot.container_id)
 
 
+def _read(path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 def _process_harness(request, tmp_path, deployment):
     if importlib.util.find_spec("orchestrators.process") is None:
         pytest.skip("process backend not present")
+    from orchestrators import process_state
     from orchestrators.process import ProcessOrchestrator
 
     command = f"{shlex.quote(sys.executable)} -c {shlex.quote(PROCESS_BOT)}"
     return Harness(
         kind="process", deployment=deployment, unknown_id="proc-000000000000",
+        logs=lambda backend, container_id: _read(process_state.log_path(backend.bots_dir, container_id)),
         build=lambda name: ProcessOrchestrator.from_settings(SimpleNamespace(
             PROCESS_BOT_COMMAND=command, RUN_DIR=tmp_path / "run", DEPLOYMENT_NAME=name,
             PROCESS_BOT_ENV_PASS=[], PROCESS_BOT_USER="")),
@@ -94,7 +105,9 @@ def _docker_harness(request, tmp_path, deployment):
         deployments.append(name)  # the engine is shared: leave nothing behind, whatever happens
         return DockerOrchestrator.from_settings(docker_settings(name, image))
 
-    return Harness(kind="docker", deployment=deployment, build=build, unknown_id="f" * 64)
+    client = request.getfixturevalue("docker_client")
+    return Harness(kind="docker", deployment=deployment, build=build, unknown_id="f" * 64,
+                   logs=lambda backend, container_id: client.containers.get(container_id).logs().decode())
 
 
 def _nomad_harness(request, tmp_path, deployment):
@@ -218,14 +231,22 @@ def test_a_bot_of_another_deployment_is_refused_and_survives(harness, verb):
     # or removed, and the refusal is an error of its own (callers log it and never retry).
     other = harness.deployment + "-other"
     ours, theirs = harness.backend(), harness.backend(other)
-    their_bot = harness.start(theirs, make_spec(other))
+    their_bot = harness.start(theirs, make_spec(other, test_ignore_sigterm=True))
     _up_and_listening(theirs, their_bot)
     order = (lambda: ours.stop(their_bot, timeout=1)) if verb == "stop" else (
         lambda: getattr(ours, verb)(their_bot))
     with pytest.raises(NotOurBotError, match="Refusing"):
         order()
-    time.sleep(0.5)  # a signal, had one gone out, lands well within this
-    assert find(theirs.list(), their_bot).status is NormalizedStatus.UP
+    assert find(theirs.list(), their_bot).status is NormalizedStatus.UP  # (the Nomad fake obeys before it answers)
+    if harness.logs is not None:
+        # A real bot may get a signal after the call returned. Its owner's SIGTERM, sent now,
+        # reaches it after any the refused order sent: once the bot says it got one, a SIGTERM of
+        # ours would show as a second, and a SIGKILL or a removal would have left no bot to get it.
+        theirs.terminate(their_bot)
+        wait_for(lambda: SIGTERM_IGNORED in harness.logs(theirs, their_bot),
+                 what="the bot to get its owner's SIGTERM")
+        assert harness.logs(theirs, their_bot).count(SIGTERM_IGNORED) == 1
+    theirs.stop(their_bot, timeout=0)  # at once: it ignores SIGTERM (the cleanup would wait out a timeout)
 
 
 # --- endings --------------------------------------------------------------------------------------
@@ -277,7 +298,7 @@ def signal_harness(request, tmp_path, deployment_name):
 
 def test_terminate_returns_at_once_even_when_the_bot_ignores_sigterm(signal_harness):
     backend, container_id = _signalled(signal_harness, "terminate", test_ignore_sigterm=True)
-    time.sleep(1.0)
+    wait_for(lambda: SIGTERM_IGNORED in signal_harness.logs(backend, container_id), what="the bot to get the SIGTERM")
     assert find(backend.list(), container_id).status.is_running  # it ignored the request
 
 

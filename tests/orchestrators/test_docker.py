@@ -21,7 +21,8 @@ from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_MEETING_I
                                 LABEL_USER_ID, NormalizedStatus, NotOurBotError, OrchestratorError,
                                 session_digest)
 from orchestrators.docker import DockerOrchestrator, exit_code_from_status_text, normalize_status
-from tests.orchestrators.support import docker_settings, find, make_spec, wait_for
+from tests.orchestrators.support import docker_settings, find, make_spec
+from tests.waiting import wait_for
 
 
 # --- status mapping (no engine) -------------------------------------------------------------------
@@ -391,17 +392,23 @@ def test_test_bot_speaks_the_callback_protocol(backend, docker_client, deploymen
     ]
 
 
+SIGTERM_IGNORED = "SIGTERM ignored"
+
+
 @pytest.fixture
 def bystander(docker_client, bot_test_image):
     """A running container that is not a bot of ours: any other workload on the engine."""
     made = []
 
     def make(labels: dict | None = None):
+        # It says so on each SIGTERM it gets (and ignores): the positive signal that one reached it.
         container = docker_client.containers.create(
-            bot_test_image, command=["sh", "-c", "while :; do sleep 1; done"], labels=labels or {},
-            name=f"bm-bystander-{uuid.uuid4().hex[:8]}")
+            bot_test_image, command=["sh", "-c", f"trap 'echo {SIGTERM_IGNORED}' TERM; echo ready; "
+                                                 "while :; do sleep 1 & wait $!; done"],
+            labels=labels or {}, name=f"bm-bystander-{uuid.uuid4().hex[:8]}")
         made.append(container)
         container.start()
+        wait_for(lambda: b"ready" in container.logs(), what="the bystander to be ready")
         return container
 
     yield make
@@ -415,8 +422,8 @@ def bystander(docker_client, bot_test_image):
     {LABEL_DEPLOYMENT: "to-be-replaced"},  # claims our deployment but not to be managed by us
 ], ids=["plain", "unmanaged"])
 @pytest.mark.parametrize("verb", ["terminate", "kill", "stop", "remove"])
-def test_a_container_that_is_not_our_bot_survives_every_stop_order(backend, bystander, deployment_name,
-                                                                   labels, verb):
+def test_a_container_that_is_not_our_bot_survives_every_stop_order(backend, bystander, docker_client,
+                                                                   deployment_name, labels, verb):
     # The attack: a task forged into the broker names any container on the engine,
     # by id or by name. Our backend refuses it and the container keeps running.
     labels = {k: deployment_name for k in labels}
@@ -424,7 +431,12 @@ def test_a_container_that_is_not_our_bot_survives_every_stop_order(backend, byst
     for target in (container.id, container.name):
         with pytest.raises(NotOurBotError):
             backend.stop(target, timeout=1) if verb == "stop" else getattr(backend, verb)(target)
-    time.sleep(0.5)
+    # Its owner's SIGTERM, sent now, reaches it after any signal the refused orders sent: once it
+    # says it got one, a SIGTERM of ours would show as another, and a SIGKILL or a removal would
+    # have left no container to get it.
+    docker_client.api.kill(container.id, signal="SIGTERM")
+    wait_for(lambda: SIGTERM_IGNORED.encode() in container.logs(), what="the bystander to get its owner's SIGTERM")
+    assert container.logs().count(SIGTERM_IGNORED.encode()) == 1
     container.reload()
     assert container.status == "running"
 

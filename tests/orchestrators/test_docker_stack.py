@@ -20,7 +20,7 @@ import pytest
 import requests
 from django.conf import settings
 
-from tests.support import wait_for
+from tests.waiting import wait_for
 from tests.test_runstack import REPO, runstack  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]

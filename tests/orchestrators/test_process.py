@@ -20,7 +20,7 @@ from orchestrators import process_state
 from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_MEETING_ID, BotSpec,
                                 NormalizedStatus, NotOurBotError, Orchestrator, OrchestratorError)
 from orchestrators.process import ProcessOrchestrator
-from tests.support import wait_for
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_BOT = Path(__file__).with_name("process_fake_bot.py")
@@ -420,7 +420,7 @@ def test_the_default_command_runs_simbot_which_leaves_cleanly_on_stop(make_orche
         container_id = orch.start(BotSpec(name="simbot", labels={}, config={
             "meeting_id": 42, "connectionId": connection_id, "redisUrl": settings.REDIS_URL,
             "botManagerCallbackUrl": receiver.exited_url, "container_name": "simbot", "token": "t"}))
-        receiver.wait_for("started", timeout=15)
+        receiver.wait_calls("started", timeout=15)
         orch.stop(container_id, timeout=10)
         assert orch.inspect(container_id).exit_code == 0
         assert receiver.of("exited")[0].body["connection_id"] == connection_id

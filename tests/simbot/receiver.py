@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -75,14 +74,15 @@ class CallbackReceiver:
         with self._lock:
             return [c for c in self.calls if c.name == name]
 
-    def wait_for(self, name: str, count: int = 1, timeout: float = 10.0) -> list[Call]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            calls = self.of(name)
-            if len(calls) >= count:
-                return calls
-            time.sleep(0.02)
-        raise AssertionError(f"expected {count} {name!r} callback(s) within {timeout}s; got {self.names()}")
+    def wait_calls(self, name: str, count: int = 1, timeout: float = 10.0) -> list[Call]:
+        """The calls of callback `name` once there are at least `count`."""
+        from tests.waiting import wait_for
+
+        try:
+            return wait_for(lambda: calls if len(calls := self.of(name)) >= count else None, timeout=timeout,
+                            interval=0.02, what=f"{count} {name!r} callback(s)")
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}; the callbacks received: {self.names()}") from None
 
     def __enter__(self):
         self.thread.start()

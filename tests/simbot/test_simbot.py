@@ -8,6 +8,7 @@ import time
 import uuid
 
 from tests.simbot.conftest import TOKEN
+from tests.waiting import wait_for
 
 ENTRY = ["joining", "awaiting_admission", "started"]
 
@@ -29,13 +30,8 @@ def received(redis_conn, meeting_id: int) -> list[dict]:
 
 
 def wait_received(redis_conn, meeting_id: int, count: int, timeout: float = 5.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        commands = received(redis_conn, meeting_id)
-        if len(commands) >= count:
-            return commands
-        time.sleep(0.02)
-    raise AssertionError(f"simbot recorded {received(redis_conn, meeting_id)}, expected {count} command(s)")
+    return wait_for(lambda: commands if len(commands := received(redis_conn, meeting_id)) >= count else None,
+                    timeout=timeout, interval=0.02, what=f"simbot to record {count} command(s)")
 
 
 def assert_stays(bot, seconds: float) -> None:
@@ -48,7 +44,7 @@ def assert_stays(bot, seconds: float) -> None:
 # --- the normal path ------------------------------------------------------------------------------
 def test_reports_joining_then_awaiting_admission_then_started(launch, receiver):
     bot = launch()
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     assert receiver.names() == ENTRY
     for call in receiver.calls:
         assert call.path == f"/bots/internal/callback/{call.name}"
@@ -59,14 +55,14 @@ def test_reports_joining_then_awaiting_admission_then_started(launch, receiver):
 
 def test_stays_in_the_meeting_until_told_to_leave(launch, receiver):
     bot = launch()
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     assert_stays(bot, 0.5)
     assert receiver.names() == ENTRY
 
 
 def test_leave_on_the_meeting_channel_sends_exited_and_exits_0(launch, receiver, redis_conn):
     bot = launch()
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     leave(redis_conn, bot)
     assert bot.wait() == 0
     [exited] = receiver.of("exited")
@@ -76,7 +72,7 @@ def test_leave_on_the_meeting_channel_sends_exited_and_exits_0(launch, receiver,
 
 def test_leave_on_the_session_channel_sends_exited_and_exits_0(launch, receiver, redis_conn):
     bot = launch()
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     leave(redis_conn, bot, channel=f"bot_commands:{bot.connection_id}")
     assert bot.wait() == 0
     assert receiver.names() == ENTRY + ["exited"]
@@ -84,7 +80,7 @@ def test_leave_on_the_session_channel_sends_exited_and_exits_0(launch, receiver,
 
 def test_leave_is_honoured_before_the_bot_is_active(launch, receiver, redis_conn):
     bot = launch(env={"SIMBOT_STEP_SECONDS": "5"})
-    receiver.wait_for("joining")
+    receiver.wait_calls("joining")
     leave(redis_conn, bot)
     assert bot.wait() == 0
     assert receiver.names() == ["joining", "exited"]
@@ -92,7 +88,7 @@ def test_leave_is_honoured_before_the_bot_is_active(launch, receiver, redis_conn
 
 def test_handled_commands_are_recorded_in_the_redis_list(launch, receiver, redis_conn):
     bot = launch()
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     command = leave(redis_conn, bot)
     assert bot.wait() == 0
     assert received(redis_conn, bot.meeting_id) == [command]
@@ -100,7 +96,7 @@ def test_handled_commands_are_recorded_in_the_redis_list(launch, receiver, redis
 
 def test_a_command_published_on_both_channels_is_handled_once(launch, receiver, redis_conn):
     bot = launch()
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     command = {"action": "reconfigure", "meeting_id": bot.meeting_id, "uid": bot.connection_id,
                "language": "de", "task": "translate", "command_id": str(uuid.uuid4())}
     for channel in (f"bot_commands:meeting:{bot.meeting_id}", f"bot_commands:{bot.connection_id}"):
@@ -115,7 +111,7 @@ def test_a_command_published_on_both_channels_is_handled_once(launch, receiver, 
 
 def test_reconfigure_applies_language_and_task_and_stays(launch, receiver, redis_conn):
     bot = launch()
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     command = publish(redis_conn, f"bot_commands:meeting:{bot.meeting_id}",
                       {"action": "reconfigure", "meeting_id": bot.meeting_id, "uid": bot.connection_id,
                        "language": "fr", "task": "translate"})
@@ -126,7 +122,7 @@ def test_reconfigure_applies_language_and_task_and_stays(launch, receiver, redis
 
 def test_reconfigure_with_only_a_language_keeps_the_task(launch, receiver, redis_conn):
     bot = launch()
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     publish(redis_conn, f"bot_commands:{bot.connection_id}",
             {"action": "reconfigure", "meeting_id": bot.meeting_id, "uid": bot.connection_id,
              "language": "es", "task": None})
@@ -137,7 +133,7 @@ def test_reconfigure_with_only_a_language_keeps_the_task(launch, receiver, redis
 
 def test_sigterm_sends_exited_and_exits_0(launch, receiver):
     bot = launch()
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     bot.signal(signal.SIGTERM)
     assert bot.wait() == 0
     [exited] = receiver.of("exited")
@@ -155,7 +151,7 @@ def test_leave_true_in_a_callback_answer_makes_the_bot_leave(launch, receiver):
 def test_callback_is_retried_after_a_5xx(launch, receiver):
     receiver.script("joining", (500, {"detail": "boom"}), (503, {"detail": "busy"}))
     launch()
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     assert receiver.names() == ["joining", "joining", "joining", "awaiting_admission", "started"]
 
 
@@ -164,22 +160,21 @@ def test_callback_is_retried_while_the_manager_is_unreachable(launch):
         placeholder.bind(("127.0.0.1", 0))
         dead_url = f"http://127.0.0.1:{placeholder.getsockname()[1]}/bots/internal/callback/exited"
     bot = launch(config={"botManagerCallbackUrl": dead_url}, env={"SIMBOT_CALLBACK_RETRY_SECONDS": "0.5"})
-    time.sleep(1.0)
+    wait_for(lambda: "callback joining gave up" in bot.log(), timeout=5, what="the bot to give up its retry budget")
     assert bot.log().count("callback joining attempt") >= 2
-    assert "callback joining gave up" in bot.log()
 
 
 def test_callback_404_is_not_retried(launch, receiver):
     receiver.script("joining", (404, {"detail": "unknown connection_id"}))
     launch()
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     assert receiver.names() == ENTRY
 
 
 def test_callback_gives_up_after_the_retry_budget_and_goes_on(launch, receiver):
     receiver.script("joining", *[(500, {"detail": "down"})] * 1000)
     bot = launch(env={"SIMBOT_CALLBACK_RETRY_SECONDS": "0.4"})
-    receiver.wait_for("started", timeout=5)
+    receiver.wait_calls("started", timeout=5)
     assert 2 <= receiver.names().count("joining") < 20
     assert "callback joining gave up" in bot.log()
 
@@ -187,7 +182,7 @@ def test_callback_gives_up_after_the_retry_budget_and_goes_on(launch, receiver):
 # --- config and logging ---------------------------------------------------------------------------
 def test_the_meeting_token_is_never_logged(launch, receiver, redis_conn):
     bot = launch(faults="restart_new_session")
-    receiver.wait_for("started", count=2)
+    receiver.wait_calls("started", count=2)
     leave(redis_conn, bot)
     bot.wait()
     assert TOKEN not in bot.log()
@@ -209,13 +204,13 @@ def test_unknown_fault_knob_exits_2(launch, receiver):
 
 def test_faults_come_from_the_bot_name_prefix(launch, receiver):
     launch(bot_name="simbot:reorder_callbacks,duplicate_callbacks")
-    receiver.wait_for("started", count=2)
+    receiver.wait_calls("started", count=2)
     assert receiver.names() == ["awaiting_admission"] * 2 + ["joining"] * 2 + ["started"] * 2
 
 
 def test_faults_from_env_and_bot_name_combine(launch, receiver, redis_conn):
     bot = launch(bot_name="simbot:no_exit_callback", faults="reorder_callbacks")
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     leave(redis_conn, bot)
     assert bot.wait() == 0
     assert receiver.names() == ["awaiting_admission", "joining", "started"]
@@ -224,7 +219,7 @@ def test_faults_from_env_and_bot_name_combine(launch, receiver, redis_conn):
 # --- fault knobs ----------------------------------------------------------------------------------
 def test_ignore_leave_ignores_the_leave_command(launch, receiver, redis_conn):
     bot = launch(faults="ignore_leave")
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     leave(redis_conn, bot)
     wait_received(redis_conn, bot.meeting_id, 1)
     assert_stays(bot, 0.5)
@@ -233,7 +228,7 @@ def test_ignore_leave_ignores_the_leave_command(launch, receiver, redis_conn):
 
 def test_ignore_leave_ignores_sigterm_and_only_sigkill_ends_it(launch, receiver):
     bot = launch(faults="ignore_leave")
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     bot.signal(signal.SIGTERM)
     assert_stays(bot, 0.5)
     bot.signal(signal.SIGKILL)
@@ -244,14 +239,14 @@ def test_ignore_leave_ignores_sigterm_and_only_sigkill_ends_it(launch, receiver)
 def test_ignore_leave_ignores_leave_true_in_a_callback_answer(launch, receiver):
     receiver.script("joining", (200, {"status": "ok", "meeting_id": 1, "leave": True}))
     bot = launch(faults="ignore_leave")
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     assert_stays(bot, 0.3)
     assert receiver.names() == ENTRY
 
 
 def test_no_exit_callback_leaves_on_command_without_exited(launch, receiver, redis_conn):
     bot = launch(faults="no_exit_callback")
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     leave(redis_conn, bot)
     assert bot.wait() == 0
     assert receiver.names() == ENTRY
@@ -259,7 +254,7 @@ def test_no_exit_callback_leaves_on_command_without_exited(launch, receiver, red
 
 def test_no_exit_callback_exits_on_sigterm_without_exited(launch, receiver):
     bot = launch(faults="no_exit_callback")
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     bot.signal(signal.SIGTERM)
     assert bot.wait() == 0
     assert receiver.names() == ENTRY
@@ -267,7 +262,7 @@ def test_no_exit_callback_exits_on_sigterm_without_exited(launch, receiver):
 
 def test_die_active_exits_3_silently_after_the_delay(launch, receiver):
     bot = launch(faults="die_active", env={"SIMBOT_DIE_AFTER_SECONDS": "0.5"})
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     active_at = time.monotonic()
     assert bot.wait() == 3
     assert time.monotonic() - active_at >= 0.4
@@ -276,7 +271,7 @@ def test_die_active_exits_3_silently_after_the_delay(launch, receiver):
 
 def test_duplicate_callbacks_sends_every_callback_twice(launch, receiver, redis_conn):
     bot = launch(faults="duplicate_callbacks")
-    receiver.wait_for("started", count=2)
+    receiver.wait_calls("started", count=2)
     leave(redis_conn, bot)
     assert bot.wait() == 0
     assert receiver.names() == [name for name in ENTRY + ["exited"] for _ in range(2)]
@@ -284,13 +279,13 @@ def test_duplicate_callbacks_sends_every_callback_twice(launch, receiver, redis_
 
 def test_reorder_callbacks_sends_awaiting_admission_before_joining(launch, receiver):
     launch(faults="reorder_callbacks")
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     assert receiver.names() == ["awaiting_admission", "joining", "started"]
 
 
 def test_restart_new_session_registers_a_new_connection_id_with_the_token(launch, receiver):
     bot = launch(faults="restart_new_session")
-    receiver.wait_for("started", count=2)
+    receiver.wait_calls("started", count=2)
     assert receiver.names() == ENTRY + ["joining", "started"]
     first_joining, second_joining = receiver.of("joining")
     new_id = second_joining.body["connection_id"]
@@ -304,7 +299,7 @@ def test_restart_new_session_registers_a_new_connection_id_with_the_token(launch
 
 def test_restart_new_session_listens_on_the_new_session_channel_only(launch, receiver, redis_conn):
     bot = launch(faults="restart_new_session")
-    receiver.wait_for("started", count=2)
+    receiver.wait_calls("started", count=2)
     new_id = receiver.of("started")[1].body["connection_id"]
     leave(redis_conn, bot, channel=f"bot_commands:{bot.connection_id}")  # the old session's
     assert_stays(bot, 0.3)
@@ -325,7 +320,7 @@ def test_a_restarted_session_its_credentials_refuse_to_hear_still_leaves_on_the_
     try:
         bot = launch(faults="restart_new_session",
                      config={"connectionId": uid, "redisUrl": bot_credentials.bot_redis_url(meeting_id, uid)})
-        receiver.wait_for("started", count=2)
+        receiver.wait_calls("started", count=2)
         assert "not allowed to listen on" in bot.log()
         leave(redis_conn, bot)  # on the meeting channel
         assert bot.wait() == 0
@@ -336,7 +331,7 @@ def test_a_restarted_session_its_credentials_refuse_to_hear_still_leaves_on_the_
 
 def test_stuck_joining_never_gets_past_joining_but_leaves(launch, receiver, redis_conn):
     bot = launch(faults="stuck_joining")
-    receiver.wait_for("joining")
+    receiver.wait_calls("joining")
     assert_stays(bot, 0.5)  # ten steps' worth
     assert receiver.names() == ["joining"]
     leave(redis_conn, bot)
@@ -346,7 +341,7 @@ def test_stuck_joining_never_gets_past_joining_but_leaves(launch, receiver, redi
 
 def test_stuck_waiting_room_never_gets_admitted_but_leaves(launch, receiver, redis_conn):
     bot = launch(faults="stuck_waiting_room")
-    receiver.wait_for("awaiting_admission")
+    receiver.wait_calls("awaiting_admission")
     assert_stays(bot, 0.5)
     assert receiver.names() == ["joining", "awaiting_admission"]
     leave(redis_conn, bot)
@@ -365,7 +360,7 @@ def test_fail_joining_reports_a_failed_exit_and_exits_1(launch, receiver):
 
 def test_steps_are_paced_by_simbot_step_seconds(launch, receiver):
     launch(env={"SIMBOT_STEP_SECONDS": "0.4"})
-    receiver.wait_for("joining")
+    receiver.wait_calls("joining")
     joined_at = time.monotonic()
-    receiver.wait_for("started")
+    receiver.wait_calls("started")
     assert time.monotonic() - joined_at >= 0.7  # two steps of 0.4 s, minus polling slack

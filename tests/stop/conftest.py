@@ -26,7 +26,8 @@ from tests.e2e.conftest import stack  # noqa: F401  (the live stack, reused by t
 from tests.factories import make_session
 from tests.support import (all_queues, broker_client,  # noqa: F401 (used by the tests of this folder)
                            close_other_connections, lose_queued_tasks, queued, queued_tasks, run_bot_stops,
-                           run_queued, wait_for)
+                           run_queued)
+from tests.waiting import wait_for
 
 # Stand-in bots: each prints "ready" once its signal handling is in place. None of them listens to
 # Redis, so a leave command never reaches them: only the orchestrator can end them.
@@ -61,14 +62,6 @@ def snapshot(meeting_id: int) -> dict:
 
 
 # --- Broker ----------------------------------------------------------------------------------------
-def wait_worker_idle(timeout: float = 15.0) -> None:
-    """Wait until every queued task has run: nothing waits in the queue and nothing delivered is
-    unacknowledged (tasks are acknowledged after they ran: acks_late)."""
-    broker = broker_client()
-    wait_for(lambda: sum(broker.llen(q) for q in all_queues()) == 0 and broker.hlen("unacked") == 0, timeout=timeout,
-             what="the worker to run every queued task")
-
-
 @pytest.fixture(autouse=True)
 def clean_broker():
     """Tasks left by one test (enqueued without a worker, or handed back by a stopping worker)

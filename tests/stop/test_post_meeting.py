@@ -17,7 +17,8 @@ from meetings.lifecycle.statuses import MeetingStatus
 from meetings.models import Meeting
 from meetings.stopping import post_meeting, reconcile
 from tests.factories import make_meeting, make_session
-from tests.stop.conftest import admin_finalize, queued_tasks, run_task, wait_for, wait_worker_idle
+from tests.stop.conftest import admin_finalize, queued_tasks, run_task
+from tests.waiting import wait_for, wait_worker_idle
 
 S = MeetingStatus
 

@@ -17,7 +17,8 @@ from meetings.models import Meeting, MeetingTransition
 from meetings.stopping import flow as stopping
 from orchestrators.base import BotSpec
 from tests.factories import make_meeting, make_session
-from tests.stop.conftest import queued_tasks, run_bot_stops, run_task, snapshot, wait_for
+from tests.stop.conftest import queued_tasks, run_bot_stops, run_task, snapshot
+from tests.waiting import wait_for
 
 S = MeetingStatus
 MEET_ID = "abc-defg-hij"

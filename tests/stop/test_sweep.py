@@ -25,7 +25,8 @@ from orchestrators import registry
 from orchestrators.base import OrchestratorError
 from orchestrators.registry import get_orchestrator
 from tests.factories import make_meeting
-from tests.stop.conftest import lose_queued_tasks, queued_tasks, run_bot_stops, run_task, snapshot, wait_for
+from tests.stop.conftest import lose_queued_tasks, queued_tasks, run_bot_stops, run_task, snapshot
+from tests.waiting import wait_for
 
 S = MeetingStatus
 pytestmark = pytest.mark.django_db
@@ -69,7 +70,7 @@ def test_a_meeting_past_its_deadline_is_ended_for_its_status_and_its_bot_stopped
     last = last_applied(meeting.id)
     assert (last.from_status, last.source) == (status, TransitionSource.ORPHAN_SWEEP)
     assert "deadline_at" in last.metadata
-    assert not bots.running(container)
+    wait_for(lambda: not bots.running(container), what="the bot to be gone")  # its supervisor reaps it
     assert summary.finalized == 1
 
 

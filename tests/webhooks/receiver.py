@@ -144,13 +144,12 @@ class Receiver:
         with self._lock:
             return [r for r in self.requests if r.path == path]
 
-    def wait_for(self, count: int, timeout: float = 20, path: str = "/hook") -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while len(self.posts(path)) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the receiver got {len(self.posts(path))} requests, expected {count}")
-            time.sleep(0.05)
-        return self.posts(path)
+    def wait_posts(self, count: int, timeout: float = 20, path: str = "/hook") -> list[Received]:
+        """The requests to `path` once there are at least `count`."""
+        from tests.waiting import wait_for
+
+        return wait_for(lambda: posts if len(posts := self.posts(path)) >= count else None, timeout=timeout,
+                        what=f"{count} requests to {path}")
 
 
 class Blackhole:

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from accounts import webhook
 from tests.factories import make_user
-from tests.support import wait_for
+from tests.waiting import wait_for
 from tests.webhooks.conftest import new_meeting, purge_broker, running_worker
 from tests.webhooks.receiver import Answer, Receiver
 from webhooks import delivery, endpoints
@@ -62,7 +62,7 @@ def test_a_receiver_that_never_answers_does_not_delay_another_users_deliveries(r
 
         started = time.monotonic()
         meeting = new_meeting(b)
-        [got] = other_receiver.wait_for(1, timeout=10)
+        [got] = other_receiver.wait_posts(1, timeout=10)
 
         assert got.at - started < 1.5  # not after A's 5 s timeouts
         assert wait_until(lambda: fresh(WebhookDelivery.objects.get(meeting=meeting)).status == "succeeded",
@@ -247,7 +247,7 @@ def test_one_probe_at_a_time_and_its_success_resets_the_endpoint_and_wakes_what_
 
     thread = threading.Thread(target=run_probe)
     thread.start()
-    receiver.wait_for(1)
+    receiver.wait_posts(1)
     assert delivery.attempt(waiting.pk) == "deferred"  # while the probe runs
     thread.join()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from datetime import timedelta
 from functools import partial
 
@@ -15,7 +14,7 @@ from django.utils import timezone
 from meetings import tasks as meeting_tasks
 from meetings.lifecycle import transitions as lifecycle
 from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
-from tests.support import wait_for
+from tests.waiting import wait_for, wait_worker_idle
 from tests.webhooks.conftest import new_meeting, purge_broker, running_worker
 from tests.webhooks.receiver import Answer
 from tests.webhooks.test_delivery import readme_verify
@@ -43,7 +42,7 @@ def test_retries_on_500_then_succeed(worker, hook_user, receiver):
 
     meeting = new_meeting(hook_user)
 
-    got = receiver.wait_for(3)
+    got = receiver.wait_posts(3)
     d = wait_until(lambda: WebhookDelivery.objects.filter(meeting=meeting, status="succeeded").first(),
                    what="the delivery to succeed")
     assert d.attempts == 3
@@ -55,7 +54,7 @@ def test_retries_on_500_then_succeed(worker, hook_user, receiver):
     # The retries waited for their backoff (base 0.2 s: at least 0.1 s, then 0.2 s).
     assert got[1].at - got[0].at >= 0.1 and got[2].at - got[1].at >= 0.2
     assert list(WebhookAttempt.objects.filter(delivery=d).values_list("response_code", flat=True)) == [500, 503, 200]
-    time.sleep(1)
+    wait_worker_idle()
     assert len(receiver.posts()) == 3
 
 
@@ -98,7 +97,7 @@ def test_duplicate_tasks_send_nothing_twice(worker, hook_user, receiver):
     wait_until(lambda: all_settled(hook_user), what="the delivery")
     for _ in range(3):  # and duplicates after the success
         tasks.deliver_webhook.delay(d.pk)
-    time.sleep(1.5)
+    wait_worker_idle()
 
     assert len(receiver.posts()) == 1
     d.refresh_from_db()
@@ -113,7 +112,7 @@ def test_exactly_one_final_event_even_when_post_meeting_runs_again(worker, hook_
 
     wait_until(lambda: [json.loads(g.body)["event"] for g in receiver.posts()].count("meeting.failed") == 1,
                what="meeting.failed")
-    time.sleep(1)
+    wait_worker_idle()
     events = [json.loads(g.body)["event"] for g in receiver.posts()]
     assert sorted(events) == ["meeting.failed", "meeting.status_change", "meeting.status_change"]
 
@@ -126,12 +125,12 @@ def test_the_redrive_job_re_enqueues_a_delivery_whose_task_was_lost(hook_user, r
     assert delivery.redrive() == 0  # not overdue yet: its task may still be on its way
 
     with running_worker():
-        time.sleep(1)
+        wait_worker_idle()
         assert receiver.posts() == []  # nothing would ever send it
         WebhookDelivery.objects.filter(pk=d.pk).update(next_attempt_at=timezone.now() - timedelta(minutes=1))
         tasks.redrive.delay()  # what beat runs
 
-        receiver.wait_for(1)
+        receiver.wait_posts(1)
         wait_until(lambda: WebhookDelivery.objects.get(pk=d.pk).status == "succeeded", what="the delivery")
     assert receiver.posts()[0].webhook_id == str(d.webhook_id)
 
@@ -169,6 +168,7 @@ def test_no_secret_in_the_logs_of_a_whole_run(worker, hook_user, receiver, caplo
 
     wait_until(lambda: WebhookDelivery.objects.filter(meeting=meeting).count() == 6 and all_settled(hook_user),
                what="every delivery")
+    wait_worker_idle()  # each task logs its outcome after committing it
 
     assert "meeting.completed: delivered" in caplog.text  # the worker's logs are captured
     assert "got 500; retry" in caplog.text
