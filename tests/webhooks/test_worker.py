@@ -17,7 +17,7 @@ from meetings.lifecycle.statuses import MeetingStatus, TransitionSource
 from tests.waiting import wait_for, wait_worker_idle
 from tests.webhooks.conftest import new_meeting, purge_broker, running_worker
 from tests.webhooks.receiver import Answer
-from tests.webhooks.test_delivery import readme_verify
+from tests.webhooks.test_delivery import documented_verify
 from webhooks import delivery, tasks
 from webhooks.models import WebhookAttempt, WebhookDelivery
 
@@ -49,7 +49,7 @@ def test_retries_on_500_then_succeed(worker, hook_user, receiver):
     assert [g.headers["X-Webhook-Attempt"] for g in got] == ["1", "2", "3"]
     assert {g.webhook_id for g in got} == {str(d.webhook_id)}
     assert {g.body for g in got} == {d.payload.encode()}
-    verify = readme_verify()
+    verify = documented_verify()
     assert all(verify(hook_user.secret, g.headers, g.body) for g in got)
     # The retries waited for their backoff (base 0.2 s: at least 0.1 s, then 0.2 s).
     assert got[1].at - got[0].at >= 0.1 and got[2].at - got[1].at >= 0.2
@@ -82,7 +82,7 @@ def test_a_receiver_down_for_a_while_still_gets_every_event(worker, hook_user, r
     assert [to for _ts, to in changes] == ["requested", "joining", "active", "stopping", "completed"]
     [final] = [b for b in bodies if b["event"] != "meeting.status_change"]
     assert final["event"] == "meeting.completed" and final["meeting"]["status"] == "completed"
-    assert all(verify(hook_user.secret, g.headers, g.body) for verify in [readme_verify()] for g in got)
+    assert all(verify(hook_user.secret, g.headers, g.body) for verify in [documented_verify()] for g in got)
     assert all("connection refused" in a.error.lower() for a in WebhookAttempt.objects.filter(
         delivery__meeting=meeting, response_code__isnull=True))
 
