@@ -379,6 +379,9 @@ def _check_redis_login(port: int) -> None:
         raise ServerError(_foreign_server("Redis", port, exc)) from None
 
 
+REDIS_STOP_WAIT_SECONDS = 30
+
+
 def stop_redis(run_dir: Path) -> None:
     pidfile = run_dir / "redis" / "redis.pid"
     if not pidfile.exists():
@@ -388,7 +391,10 @@ def stop_redis(run_dir: Path) -> None:
         os.kill(pid, 15)
     except (ValueError, ProcessLookupError):
         return
-    for _ in range(100):
+    # Redis writes its append-only file before it exits: on a busy disk that takes seconds. Like
+    # `pg_ctl stop -w`, return once it is gone (up to REDIS_STOP_WAIT_SECONDS), not while it still serves.
+    deadline = time.monotonic() + REDIS_STOP_WAIT_SECONDS
+    while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
