@@ -41,7 +41,7 @@ say "images built in $((SECONDS - started)) s; smoke-testing $SERVICE_TAG"
 eval "$("$PY" - <<'EOF'
 import os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
-from botmanager import devstack
+from devstack import servers as devstack
 from django.conf import settings
 started = devstack.ensure_services()
 import psycopg2
@@ -79,7 +79,7 @@ cleanup() {
     "$PY" - <<EOF || true
 import os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botmanager.settings")
-from botmanager import devstack
+from devstack import servers as devstack
 from django.conf import settings
 import psycopg2
 db = settings.DATABASES["default"]
