@@ -63,6 +63,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from common.clientaddr import forwarded
 from common.plainviews import allow_methods
 from meetings.lifecycle.statuses import CALLBACK_NAMES as _CALLBACK_NAMES
+from observability import retention_metrics
 
 log = logging.getLogger(__name__)
 
@@ -470,7 +471,7 @@ def build_registry() -> CollectorRegistry:
     else:
         registry.register(LOCAL_REGISTRY)
     registry.register(_Guarded({**DatabaseCollector().parts(), "redis": RedisCountersCollector().collect,
-                                "queues": QueueCollector().collect}))
+                                "queues": QueueCollector().collect, "retention": retention_metrics.collect}))
     return registry
 
 

@@ -1,0 +1,100 @@
+"""Retention: what piles up (old transitions, finished deliveries, idempotency records) is deleted
+by purgers the apps register here, run by one beat job in bounded batches.
+
+Each purger deletes at most `batch_size` rows per call, chosen by primary key through an index,
+in one short transaction (`delete_rows`): never one `DELETE ... WHERE created < x` over millions of
+rows, which would hold its locks and bloat the WAL for as long as it runs. A run takes one batch
+of each purger in turn until none has work left or RETENTION_TIME_BUDGET_SECONDS has passed; the
+next run (RETENTION_INTERVAL_SECONDS later) goes on where it stopped.
+
+The figures of the last run and the rows deleted so far are kept in one Redis hash
+(`bm:metrics:retention`), read by observability/retention_metrics.py: the job runs in a worker,
+and /metrics is scraped from the web.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from django.conf import settings
+from django.db import transaction
+
+from common import queues
+from common.redis_client import get_redis
+from common.tasks import task
+
+log = logging.getLogger(__name__)
+
+Purger = Callable[[int], int]  # (batch_size) -> rows deleted
+
+PURGERS: dict[str, Purger] = {}
+
+METRICS_KEY = "bm:metrics:retention"
+
+
+def register(name: str, purge_batch: Purger) -> Purger:
+    """Add a purger under `name` (the `kind` label of its metrics). Registering the same name again
+    replaces it (an AppConfig.ready() that runs twice in tests)."""
+    PURGERS[name] = purge_batch
+    return purge_batch
+
+
+def delete_rows(queryset, batch_size: int, before: Callable[[list], object] | None = None) -> int:
+    """Delete up to `batch_size` rows of `queryset` (lowest primary keys first) in one short
+    transaction; returns how many. `before(pks)` runs in that transaction before they go (to note
+    what the deletion takes away). The ids are read first, so the DELETE names its rows by key."""
+    model = queryset.model
+    with transaction.atomic():
+        pks = list(queryset.order_by("pk").values_list("pk", flat=True)[:batch_size])
+        if not pks:
+            return 0
+        if before is not None:
+            before(pks)
+        # Only the keys are loaded: Django's collector needs the rows for the relations it sets
+        # to null or cascades, not their (large) bodies.
+        model._base_manager.filter(pk__in=pks).only("pk").delete()
+    return len(pks)
+
+
+def run(*, batch_size: int | None = None, budget_seconds: float | None = None) -> dict[str, int]:
+    """One retention run: rows deleted per purger."""
+    batch_size = batch_size or settings.RETENTION_BATCH_SIZE
+    budget = settings.RETENTION_TIME_BUDGET_SECONDS if budget_seconds is None else budget_seconds
+    started = time.monotonic()
+    deleted = {name: 0 for name in PURGERS}
+    busy = list(PURGERS)
+    batches = 0
+    while busy and time.monotonic() - started < budget:
+        for name in list(busy):
+            if time.monotonic() - started >= budget:
+                break
+            count = PURGERS[name](batch_size)
+            batches += 1
+            deleted[name] += count
+            if count == 0:
+                busy.remove(name)
+    duration = time.monotonic() - started
+    _record(deleted, duration, batches, finished=not busy)
+    log.info("retention: deleted %s in %.2f s (%d batches%s)", deleted, duration, batches,
+             "" if not busy else "; time budget reached, the next run goes on")
+    return deleted
+
+
+def _record(deleted: dict[str, int], duration: float, batches: int, *, finished: bool) -> None:
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        for name, count in deleted.items():
+            pipe.hincrby(METRICS_KEY, f"deleted:{name}", count)
+            pipe.hset(METRICS_KEY, f"last_deleted:{name}", count)
+        pipe.hset(METRICS_KEY, mapping={"last_run_ts": f"{time.time():.3f}", "last_duration_seconds": f"{duration:.6f}",
+                                        "last_batches": batches, "last_finished": int(finished)})
+        pipe.execute()
+    except Exception:
+        # The figures are a report, not the work: the rows are deleted either way.
+        log.warning("retention: could not record the run's figures in Redis", exc_info=True)
+
+
+@task(name="common.retention_purge", queue=queues.POST_MEETING)
+def purge() -> dict[str, int]:
+    return run()
