@@ -41,12 +41,14 @@ def register(name: str, purge_batch: Purger) -> Purger:
 
 
 def delete_rows(queryset, batch_size: int, before: Callable[[list], object] | None = None) -> int:
-    """Delete up to `batch_size` rows of `queryset` (lowest primary keys first) in one short
-    transaction; returns how many. `before(pks)` runs in that transaction before they go (to note
-    what the deletion takes away). The ids are read first, so the DELETE names its rows by key."""
+    """Delete up to `batch_size` rows of `queryset` in one short transaction; returns how many.
+    `before(pks)` runs in that transaction before they go (to note what the deletion takes away).
+    The ids are read first, so the DELETE names its rows by key. No order is imposed unless the
+    queryset has one: sorting by key would make each batch walk again, in the key's index, past the
+    entries of the rows the batches before it deleted (dead until vacuumed)."""
     model = queryset.model
     with transaction.atomic():
-        pks = list(queryset.order_by("pk").values_list("pk", flat=True)[:batch_size])
+        pks = list(queryset.values_list("pk", flat=True)[:batch_size])
         if not pks:
             return 0
         if before is not None:

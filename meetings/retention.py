@@ -104,8 +104,9 @@ def purge_transitions(batch_size: int) -> int:
                            .order_by("end_time").values_list("pk", flat=True)[:batch_size])
         if not meeting_ids:
             return 0
-        deleted = retention.delete_rows(MeetingTransition.objects.filter(meeting_id__in=meeting_ids), batch_size,
-                                        before=_raise_horizons)
+        # Unordered: read through the (meeting, id) index, meeting by meeting (common.retention.delete_rows).
+        deleted = retention.delete_rows(MeetingTransition.objects.filter(meeting_id__in=meeting_ids).order_by(),
+                                        batch_size, before=_raise_horizons)
         # The meetings whose last transition this batch took are done: the next batch starts after them.
         (Meeting.objects.filter(pk__in=meeting_ids)
          .exclude(Exists(MeetingTransition.objects.filter(meeting_id=OuterRef("pk"))))

@@ -18,8 +18,8 @@ counter would show only what the scraped process saw. So:
    - `botmanager_webhook_deliveries{status}` (pending / succeeded / failed; a gauge, a delivery
      moves from pending to an outcome) and `botmanager_webhook_attempts_total{outcome}` (every
      HTTP attempt: succeeded / retry / failed), when the `webhooks` app is installed.
-   These are counters derived from rows, so deleting meetings (DELETE /meetings/...) deletes their
-   history and lowers them; Prometheus reads a decrease as a counter reset, which `rate()`
+   These are counters derived from rows, so the retention job deleting old transitions
+   (common/retention.py) lowers them (DELETE /meetings/... keeps the rows it anonymizes); Prometheus reads a decrease as a counter reset, which `rate()`
    tolerates. Each scrape costs one aggregate query per family (scans of the meetings and
    transitions tables: milliseconds at 10^5 rows; see docs/benchmarks.md).
 2. **Worker-side events that leave no row** (sweep runs, orphan containers stopped, stops the
