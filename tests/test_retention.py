@@ -5,10 +5,12 @@ meeting's personal data and hides it, keeping what the counts need."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection, connections, transaction
 from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
@@ -99,6 +101,38 @@ def test_a_batch_deletes_at_most_the_batch_size(settings):
     assert meetings_retention.purge_transitions(3) == 2
     assert meetings_retention.purge_transitions(3) == 0
     assert not Meeting.objects.filter(pk__in=[first.pk, second.pk], history_purged_at__isnull=True).exists()
+
+
+def test_an_open_purge_batch_holds_no_lock_a_live_meetings_transition_needs(settings):
+    settings.RETENTION_TRANSITIONS_DAYS = 90
+    user = make_user()
+    ended_meeting(user, days=100)
+    live = make_meeting(user)
+    inside, release = threading.Event(), threading.Event()
+
+    def purge_and_hold():
+        try:
+            with transaction.atomic():  # the batch's transaction, kept open
+                meetings_retention.purge_transitions(100)
+                inside.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=purge_and_hold)
+    holder.start()
+    try:
+        assert inside.wait(30)
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '5s'")  # a lock the batch held would fail this, not wait
+        lifecycle.transition(live.pk, S.JOINING, source=TransitionSource.BOT_CALLBACK)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+        release.set()
+        holder.join()
+
+    assert Meeting.objects.get(pk=live.pk).status == S.JOINING
 
 
 def test_a_run_goes_through_every_registered_purger_until_none_has_work(settings):
