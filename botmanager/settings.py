@@ -126,6 +126,7 @@ INSTALLED_APPS = [
     "axes",
     "botmanager",  # its AppConfig registers the start-up checks (botmanager/checks.py)
     "accounts",
+    "idempotency",
     "meetings",
     "webhooks",
 ]
@@ -390,6 +391,14 @@ MEETINGS_PAGE_DEFAULT = _int("MEETINGS_PAGE_DEFAULT", 100)
 MEETINGS_PAGE_MAX = _int("MEETINGS_PAGE_MAX", 500)
 # GET /events: a page stops before its event bodies would pass this many bytes (one event at least).
 EVENTS_PAGE_MAX_BYTES = _int("EVENTS_PAGE_MAX_BYTES", 1024 * 1024)
+
+# --- Idempotency keys (idempotency/) --------------------------------------------------------------
+# POST /bots, DELETE /bots/... and PUT .../config with an `Idempotency-Key` header: the first answer
+# is kept this long and given again to the same key with the same request (a day, as hosted APIs do).
+IDEMPOTENCY_KEY_TTL_SECONDS = _int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)
+# A request holding its key longer than this is taken for crashed: the key may be used again. Longer
+# than any of those requests takes (milliseconds; a PUT .../config waits on Redis a few seconds at most).
+IDEMPOTENCY_LEASE_SECONDS = _int("IDEMPOTENCY_LEASE_SECONDS", 60)
 
 # --- Celery ---------------------------------------------------------------------------------------
 CELERY_BROKER_URL = _str("CELERY_BROKER_URL", REDIS_URL)
