@@ -24,8 +24,9 @@ from idempotency import services
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
-# Printable ASCII: what every HTTP stack carries unchanged in a header.
-KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"
+# Printable ASCII, what every HTTP stack carries unchanged in a header; no space at either end, which
+# HTTP servers strip from a header's value (a key of spaces would arrive empty).
+KEY_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$"
 _KEY = re.compile(KEY_PATTERN)
 
 
@@ -39,8 +40,9 @@ PARAMETER = OpenApiParameter(
     description="Makes a retry safe: the same key with the same request within IDEMPOTENCY_KEY_TTL_SECONDS "
                 "(default a day) answers the first answer again (with `Idempotent-Replayed: true`) without "
                 "doing the work again; 409 with Retry-After while the first request is still running; 422 when "
-                "the key was used for another request. Per user; 1 to 255 printable ASCII characters.")
-INVALID_KEY = "The Idempotency-Key header is not 1 to 255 printable ASCII characters."
+                "the key was used for another request. Per user; 1 to 255 printable ASCII characters, no space "
+                "at either end.")
+INVALID_KEY = "The Idempotency-Key header must be 1 to 255 printable ASCII characters, no space at either end."
 STILL_RUNNING = "A request with this Idempotency-Key is still being processed: retry after `Retry-After` seconds."
 
 
@@ -64,7 +66,7 @@ def idempotent(handler):
         if HEADER not in request.headers:
             return handler(view, request, *args, **kwargs)
         key = request.headers[HEADER]
-        if not _KEY.match(key):
+        if not _KEY.fullmatch(key):
             raise InvalidKey(INVALID_KEY)
         body_hash = services.request_hash(_plain(request.data))  # a malformed body answers here, nothing kept
         try:
