@@ -2,9 +2,10 @@
 client that retries (after a timeout, a dropped connection) gets that answer again instead of a
 second bot. No web framework here: idempotency/http.py is the views' side.
 
-A key is claimed in a short transaction of its own (insert-or-lock on the unique (user, key)), so
-that of two requests with one key exactly one does the work, whichever web worker or host each
-reaches; the work then runs in its own transactions, as without a key. While the first request
+A key is claimed by one insert on the unique (user, key) (ON CONFLICT DO NOTHING), a key already
+there read in a short transaction that locks its record: of two requests with one key exactly one
+does the work, whichever web worker or host each reaches. The work then runs in its own
+transactions, as without a key. While the first request
 runs, the same key answers 409 (we do not hold a worker waiting for it); a holder that crashed
 lets the key go when its lease (IDEMPOTENCY_LEASE_SECONDS) runs out.
 Decision record: docs/decisions/0018-idempotency-keys-per-user-409-while-running.md.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from common.domain_errors import DomainError
@@ -70,15 +71,13 @@ def claim(user_id: int, key: str, endpoint: str, body_hash: str) -> Claim | Repl
                  "lease_until": now + timedelta(seconds=settings.IDEMPOTENCY_LEASE_SECONDS),
                  "response_status": None, "response_body": "", "created_at": now,
                  "expires_at": now + timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL_SECONDS)}
+        record_id = _insert_new(user_id, key, fresh)
+        if record_id is not None:
+            return Claim(record_id, token)
         with transaction.atomic():
             record = IdempotencyRecord.objects.select_for_update().filter(user_id=user_id, key=key).first()
             if record is None:
-                try:
-                    with transaction.atomic():
-                        record = IdempotencyRecord.objects.create(user_id=user_id, key=key, **fresh)
-                except IntegrityError:
-                    continue  # inserted by a concurrent request since: look at its record
-                return Claim(record.pk, token)
+                continue  # freed since the insert met it: insert again
             if record.expires_at <= now or (record.state == State.RUNNING and record.lease_until <= now):
                 # Expired (not purged yet), or its holder crashed: the key is free again.
                 for field, value in fresh.items():
@@ -97,6 +96,22 @@ def claim(user_id: int, key: str, endpoint: str, body_hash: str) -> Claim | Repl
     # Three rounds of insert-then-gone: the concurrent requests keep freeing the key. The client may retry.
     raise KeyStillRunning("A request with this Idempotency-Key is being processed; retry after the Retry-After "
                           "seconds.")
+
+
+def _insert_new(user_id: int, key: str, fresh: dict) -> int | None:
+    """The new record's id, or None when the user has a record under this key (committed, or
+    committed by a concurrent insert this one waited for). One statement, no transaction of its
+    own: the common case (a first request) costs one round trip."""
+    values = {"user_id": user_id, "key": key, **fresh, "lease_token": str(fresh["lease_token"])}
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(IdempotencyRecord._meta.db_table)} ({', '.join(map(quote, values))}) "
+            f"VALUES ({', '.join(['%s'] * len(values))}) "
+            f"ON CONFLICT ({quote('user_id')}, {quote('key')}) DO NOTHING RETURNING {quote('id')}",
+            list(values.values()))
+        row = cursor.fetchone()
+    return None if row is None else row[0]
 
 
 def keeps(status: int) -> bool:
