@@ -87,3 +87,21 @@ def test_concurrent_stops_with_one_key_stop_once():
     assert {r.json()["message"] for r in responses if r.status_code == 202} == {
         "Stop request accepted and is being processed."}
     assert MeetingTransition.objects.filter(meeting=meeting, to_status=MeetingStatus.STOPPING).count() == 1
+
+
+def test_concurrent_requests_with_one_key_and_different_bodies_create_one_bot():
+    user = make_user(max_concurrent_bots=0)
+    ids = iter(f"5551234{n:03d}" for n in range(8))
+    lock = threading.Lock()
+
+    def send(client):
+        with lock:
+            native_id = next(ids)
+        return client.post("/bots", {"platform": "zoom", "native_meeting_id": native_id}, format="json",
+                           HTTP_IDEMPOTENCY_KEY="contested")
+
+    responses = race(make_token(user), 8, send)
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(201) == 1 and set(statuses) <= {201, 409, 422}, statuses
+    assert Meeting.objects.filter(user=user).count() == 1
