@@ -42,8 +42,22 @@ PARAMETER = OpenApiParameter(
                 "doing the work again; 409 with Retry-After while the first request is still running; 422 when "
                 "the key was used for another request. Per user; 1 to 255 printable ASCII characters, no space "
                 "at either end.")
+# The answers a replay can be (the kept ones, idempotency.services.keeps) carry this header.
+REPLAYED = OpenApiParameter(
+    REPLAYED_HEADER, {"type": "string", "enum": ["true"]}, OpenApiParameter.HEADER,
+    response=[200, 201, 202, 400, 403, 404, 409],
+    description="`true` on an answer given again for an Idempotency-Key (the first answer, kept); absent "
+                "on an answer to a request served now.")
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After", {"type": "integer", "minimum": 1}, OpenApiParameter.HEADER, response=[409],
+    description="On the 409 of a key whose first request is still running: seconds until asking again.")
 INVALID_KEY = "The Idempotency-Key header must be 1 to 255 printable ASCII characters, no space at either end."
 STILL_RUNNING = "A request with this Idempotency-Key is still being processed: retry after `Retry-After` seconds."
+
+
+def schema_parameters(*parameters) -> list:
+    """An idempotent operation's parameters: its own, the key, and the headers of the key's answers."""
+    return [*parameters, PARAMETER, REPLAYED, RETRY_AFTER]
 
 
 def schema_responses(responses: dict) -> dict:

@@ -278,11 +278,13 @@ def test_purge_expired_batch_deletes_at_most_a_batch_of_expired_records_and_says
 
 
 # --- The schema -----------------------------------------------------------------------------------
-def test_the_three_operations_document_the_header_and_its_answers(client):
-    schema = client.get("/openapi.json").json()
+@pytest.mark.parametrize("path,method,success", [
+    ("/bots", "post", "201"), ("/bots/{platform}/{native_meeting_id}", "delete", "202"),
+    ("/bots/{platform}/{native_meeting_id}/config", "put", "202")])
+def test_the_three_operations_document_the_header_and_its_answers(client, path, method, success):
+    operation = client.get("/openapi.json").json()["paths"][path][method]
 
-    for path, method in [("/bots", "post"), ("/bots/{platform}/{native_meeting_id}", "delete"),
-                         ("/bots/{platform}/{native_meeting_id}/config", "put")]:
-        operation = schema["paths"][path][method]
-        assert "Idempotency-Key" in [p["name"] for p in operation["parameters"] if p["in"] == "header"]
-        assert {"400", "409", "422"} <= set(operation["responses"])
+    assert "Idempotency-Key" in [p["name"] for p in operation["parameters"] if p["in"] == "header"]
+    assert {"400", "409", "422"} <= set(operation["responses"])
+    assert "Idempotent-Replayed" in operation["responses"][success]["headers"]
+    assert "Retry-After" in operation["responses"]["409"]["headers"]

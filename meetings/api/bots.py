@@ -20,7 +20,7 @@ class BotsView(APIView):
     launches_bots = True  # POST takes from the bot-request bucket too (common/ratelimit.py)
 
     @extend_schema(operation_id="request_bot", tags=["bots"], request=BotRequestSerializer,
-                   parameters=[idempotency.PARAMETER],
+                   parameters=idempotency.schema_parameters(),
                    summary="Request a bot for a meeting",
                    description="Creates the meeting in `requested`; the bot is launched once the request "
                                "commits (a launch failure ends the meeting `failed`).",
@@ -38,7 +38,7 @@ class BotsView(APIView):
 
 
 class BotDetailView(APIView):
-    @extend_schema(operation_id="stop_bot", parameters=[*MEETING_REF_PARAMETERS, idempotency.PARAMETER],
+    @extend_schema(operation_id="stop_bot", parameters=idempotency.schema_parameters(*MEETING_REF_PARAMETERS),
                    tags=["bots"], summary="Stop the bot(s) of a meeting",
                    description="Stops every live meeting of the user for this platform and id; idempotent "
                                "(202 'Meeting already <status>.' when all have ended).",
@@ -50,7 +50,7 @@ class BotDetailView(APIView):
 
 
 class BotConfigView(APIView):
-    @extend_schema(operation_id="reconfigure_bot", parameters=[*MEETING_REF_PARAMETERS, idempotency.PARAMETER],
+    @extend_schema(operation_id="reconfigure_bot", parameters=idempotency.schema_parameters(*MEETING_REF_PARAMETERS),
                    tags=["bots"], request=BotConfigSerializer,
                    summary="Change the language or task of an active bot",
                    responses=idempotency.schema_responses({202: MessageSerializer,
