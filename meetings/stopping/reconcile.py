@@ -386,7 +386,8 @@ def describe_sweep(summary: Summary) -> str:
     ) if n]
     sentence = f"Checked {summary.checked} live meeting(s): " + ("; ".join(done) if done else "nothing to do") + "."
     if summary.unseen_instances:
-        unseen = ", ".join(f"{instance} ({n} live meeting(s))" for instance, n in sorted(summary.unseen_instances.items()))
+        unseen = ", ".join(f"{instance} ({n} live meeting(s))"
+                           for instance, n in sorted(summary.unseen_instances.items()))
         sentence += (f" Not listed for {settings.INSTANCE_UNSEEN_SECONDS:g} s, left to the lost-instance action: "
                      f"{unseen}.")
     if summary.errors:

@@ -144,7 +144,8 @@ def test_run_orphan_sweep_without_a_selection_runs_the_sweep_and_reports_its_sum
 
     assert response.status_code == 200
     [message] = messages_of(response)
-    assert message == "Orphan sweep: Checked 2 live meeting(s): ended 1 meeting(s) past their deadline or whose bot was gone."
+    assert message == ("Orphan sweep: Checked 2 live meeting(s): ended 1 meeting(s) past their deadline or whose "
+                       "bot was gone.")
     assert Meeting.objects.get(pk=overdue.id).status == S.COMPLETED
 
 
