@@ -24,6 +24,13 @@ S = MeetingStatus
 DURATION = "botmanager_meeting_status_duration_seconds"
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_tasks():
+    """The sweeps here ask for bot stops on the test broker: none is left for the next test."""
+    yield
+    lose_queued_tasks()
+
+
 @pytest.fixture
 def settled(settings):
     """Transitions are counted as soon as they are written (no settle time)."""
@@ -187,3 +194,19 @@ def test_a_dry_run_counts_no_decision(metrics_redis, monkeypatch):
     reconcile.sweep(dry_run=True)
 
     assert value(scrape(), "botmanager_sweep_decisions_total", decision="deadline_requested") == 0
+
+
+def test_a_sweep_that_cannot_count_its_decisions_still_carries_them_out(settings, monkeypatch):
+    from common.redis_client import get_redis
+
+    overdue = make_meeting(deadline_at=timezone.now() - timedelta(seconds=5))
+    monkeypatch.setattr(reconcile, "get_orchestrator", lambda name=None: FakeBackend(0))
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    get_redis.cache_clear()
+    try:
+        _plan, summary = reconcile.sweep()
+    finally:
+        get_redis.cache_clear()
+
+    assert summary.decisions["deadline_requested"] == 1
+    assert Meeting.objects.get(pk=overdue.pk).status == S.FAILED
