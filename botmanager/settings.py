@@ -479,6 +479,14 @@ PROMETHEUS_MULTIPROC_DIR = _str("PROMETHEUS_MULTIPROC_DIR", "")
 METRICS_TOKEN = _str("METRICS_TOKEN", "")
 # /readyz: how long each dependency check may take.
 READYZ_TIMEOUT_SECONDS = _float("READYZ_TIMEOUT_SECONDS", 3)
+# The status-duration histogram reads new transitions on scrape, at most this many per scrape (a
+# first scrape over a long history catches up over several), and only those older than the settle
+# time (an id is taken before its transaction commits; a younger, still invisible one would be
+# passed over for good once a later id is counted).
+METRICS_STATUS_TIME_BATCH = _int("METRICS_STATUS_TIME_BATCH", 100_000)
+METRICS_STATUS_TIME_SETTLE_SECONDS = _float("METRICS_STATUS_TIME_SETTLE_SECONDS", 10)
+# The operations console shows times to the second (a whole meeting can happen within a minute).
+FORMAT_MODULE_PATH = "botmanager.formats"
 
 # --- Operator surface -----------------------------------------------------------------------------
 # The reverse proxies whose X-Forwarded-For is believed (the admin login lockout's client address,
