@@ -162,8 +162,10 @@ def test_a_run_stops_starting_batches_when_its_time_budget_is_spent(monkeypatch)
     deleted = retention.run(batch_size=10, budget_seconds=0.3)
 
     assert len(calls) > 1 and deleted == {"endless": 10 * len(calls)}
-    assert calls[-1] - calls[0] < 0.3  # no batch started after the budget
-    assert time.monotonic() - started < 0.3 + 1  # and the run ended with its last batch
+    # No batch started after the budget (give or take the scheduler: a call is timed just after the
+    # check, and a loaded machine may pause the process in between).
+    assert calls[-1] - calls[0] < 0.3 + 0.2
+    assert time.monotonic() - started < 0.3 + 2  # and the run ended with its last batch
 
 
 def test_a_run_records_its_figures_for_the_metrics(monkeypatch, redis_conn):
@@ -406,3 +408,25 @@ def test_deleting_a_meeting_stubs_its_delivery_payloads_and_gives_up_pending_one
         assert WebhookAttempt.objects.get(delivery=made).response_body == ""
     assert sent.status == DeliveryStatus.SUCCEEDED
     assert waiting.status == DeliveryStatus.FAILED and "deleted" in waiting.last_error
+
+
+# --- Idempotency records ----------------------------------------------------------------------
+def test_the_retention_run_deletes_expired_idempotency_records():
+    import uuid
+
+    from idempotency.models import IdempotencyRecord
+
+    user = make_user()
+    now = timezone.now()
+
+    def record(key: str, expires_at) -> IdempotencyRecord:
+        return IdempotencyRecord.objects.create(user=user, key=key, endpoint="POST /bots", request_hash="0" * 64,
+                                                state="done", lease_token=uuid.uuid4(), lease_until=now,
+                                                response_status=201, response_body="{}", created_at=now,
+                                                expires_at=expires_at)
+
+    record("expired", now - timedelta(seconds=1))
+    kept = record("kept", now + timedelta(hours=1))
+
+    assert retention.run(budget_seconds=60)["idempotency"] == 1
+    assert list(IdempotencyRecord.objects.values_list("pk", flat=True)) == [kept.pk]
