@@ -19,7 +19,6 @@ from typing import Callable
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, Max, OuterRef
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -93,6 +92,11 @@ def redacted_payload(event: dict) -> dict:
     return event
 
 
+# Meetings read per batch: a meeting has a handful of transitions, so this many fill a batch
+# without sending the database a thousand meeting ids each time.
+MEETINGS_PER_BATCH_DIVISOR = 4
+
+
 def purge_transitions(batch_size: int) -> int:
     """Delete up to `batch_size` transitions of meetings ended more than RETENTION_TRANSITIONS_DAYS
     ago, oldest ends first; returns how many."""
@@ -101,30 +105,28 @@ def purge_transitions(batch_size: int) -> int:
         # The partial index meeting_history_kept: ended meetings whose history is still kept.
         meeting_ids = list(Meeting.objects.filter(status__in=sorted(TERMINAL), history_purged_at__isnull=True,
                                                   end_time__lt=cutoff)
-                           .order_by("end_time").values_list("pk", flat=True)[:batch_size])
+                           .order_by("end_time").values_list("pk", flat=True)
+                           [:max(1, batch_size // MEETINGS_PER_BATCH_DIVISOR)])
         if not meeting_ids:
             return 0
         # Unordered: read through the (meeting, id) index, meeting by meeting (common.retention.delete_rows).
         deleted = retention.delete_rows(MeetingTransition.objects.filter(meeting_id__in=meeting_ids).order_by(),
                                         batch_size, before=_raise_horizons)
         # The meetings whose last transition this batch took are done: the next batch starts after them.
-        (Meeting.objects.filter(pk__in=meeting_ids)
-         .exclude(Exists(MeetingTransition.objects.filter(meeting_id=OuterRef("pk"))))
-         .update(history_purged_at=timezone.now()))
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {Meeting._meta.db_table} m SET history_purged_at = now() WHERE m.id = ANY(%s) "
+                           f"AND NOT EXISTS (SELECT 1 FROM {MeetingTransition._meta.db_table} t "
+                           "WHERE t.meeting_id = m.id)", [meeting_ids])
     return deleted
 
 
 def _raise_horizons(transition_ids: list[int]) -> None:
     """Each user's log horizon up to the newest of their events this batch deletes (one upsert:
     raised, never lowered, whatever runs at the same time)."""
-    newest = list(MeetingTransition.objects.filter(pk__in=transition_ids, applied=True, user_id__isnull=False)
-                  .values("user_id").annotate(position=Max("id")).values_list("user_id", "position"))
-    if not newest:
-        return
     table = EventLogHorizon._meta.db_table
-    rows = ", ".join(["(%s, %s, now())"] * len(newest))
     with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {table} (user_id, position, updated_at) VALUES {rows} "
+        cursor.execute(f"INSERT INTO {table} (user_id, position, updated_at) "
+                       f"SELECT user_id, max(id), now() FROM {MeetingTransition._meta.db_table} "
+                       "WHERE id = ANY(%s) AND applied AND user_id IS NOT NULL GROUP BY user_id "
                        f"ON CONFLICT (user_id) DO UPDATE SET position = GREATEST({table}.position, "
-                       "EXCLUDED.position), updated_at = EXCLUDED.updated_at",
-                       [value for row in newest for value in row])
+                       "EXCLUDED.position), updated_at = EXCLUDED.updated_at", [transition_ids])
