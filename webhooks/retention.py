@@ -28,12 +28,13 @@ def purge_deliveries(batch_size: int) -> int:
 
 def redact_deliveries(meeting) -> None:
     """The meeting's deliveries keep their ids and states but lose the meeting's data (the payload
-    is stubbed as its event is) and the receivers' answers; a pending one is given up, not sent."""
+    is stubbed as its event is) and the receivers' answers; one not finished yet (pending, or held
+    for a disabled endpoint) is given up, not sent."""
     now = timezone.now()
     for delivery in WebhookDelivery.objects.select_for_update().filter(meeting=meeting):
         delivery.payload = serialized(redacted_payload(json.loads(delivery.payload)))
         delivery.last_response_body = ""
-        if delivery.status == DeliveryStatus.PENDING:
+        if delivery.status not in FINISHED:
             delivery.status = DeliveryStatus.FAILED
             delivery.next_attempt_at = None
             delivery.held_by = None
