@@ -60,8 +60,10 @@ def _delete(model, pks: list) -> None:
     """What Django's `delete()` does for these rows (the relations' on_delete, then the rows), as one
     statement per table with the keys as one array. Django's collector builds its statements 100
     keys at a time, in Python: most of a batch's time, on the same cores as the callbacks."""
-    if model._meta.many_to_many or any(r.many_to_many for r in model._meta.related_objects):
-        model._base_manager.filter(pk__in=pks).delete()  # link tables: Django's collector knows them
+    if model._meta.many_to_many or any(r.many_to_many or r.field.target_field != model._meta.pk
+                                       for r in model._meta.related_objects):
+        # Link tables, or a key other than the primary one referenced: Django's collector knows them.
+        model._base_manager.filter(pk__in=pks).delete()
         return
     with connection.cursor() as cursor:
         for relation in model._meta.related_objects:
