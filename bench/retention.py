@@ -10,7 +10,12 @@ function (in process: the transaction, the row lock, the transition insert into 
 purged, the after-commit Redis publish) and times each call; the same is timed first with nothing
 else running.
 
-    python -m bench.retention [--transitions 1000000] [--per-meeting 10] [--batch 1000]
+    python -m bench.retention [--transitions 1000000] [--per-meeting 10] [--batch 1000] [--callbacks]
+
+--callbacks: instead of in-process lifecycle calls, bot status callbacks against gunicorn, idle and
+then while the purge runs: the latency a bot sees. Sent at a steady --rate per second (open loop, a
+new connection each, as bots send them), not as fast as the server answers: at saturation every
+callback waits behind the others, and the figure would measure the queue, not the purge.
 """
 from __future__ import annotations
 
@@ -111,12 +116,101 @@ def summary(latencies: list[float]) -> str:
             f"p99 {common.percentile(latencies, 99):.2f} ms, max {max(latencies):.2f} ms")
 
 
+def paced_phase(port: int, name: str, uids: list[str], rate: float) -> list[float]:
+    """POST one callback per uid, a new one every 1/rate s whatever the answers (open loop);
+    latency in ms from connect to the response read. Non-200 answers raise."""
+    import selectors
+    import socket
+
+    from bench.callbacks import _requests
+
+    requests = _requests(port, name, uids, keep_alive=False)
+    selector = selectors.DefaultSelector()
+    latencies: list[float] = []
+    started = time.perf_counter()
+    sent = 0
+    while requests or selector.get_map():
+        due = started + sent / rate
+        if requests and time.perf_counter() >= due:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            selector.register(sock, selectors.EVENT_WRITE,
+                              {"request": requests.pop(), "response": bytearray(), "started": time.perf_counter()})
+            sent += 1
+            continue
+        timeout = max(0.0, due - time.perf_counter()) if requests else 60
+        for key, events in selector.select(timeout=timeout):
+            sock, state = key.fileobj, key.data
+            if events & selectors.EVENT_WRITE:
+                sock.sendall(state["request"])
+                selector.modify(sock, selectors.EVENT_READ, state)
+                continue
+            chunk = sock.recv(65536)
+            if chunk:
+                state["response"] += chunk
+                continue
+            selector.unregister(sock)
+            sock.close()
+            if not state["response"].startswith(b"HTTP/1.1 200 "):
+                raise RuntimeError(f"a callback failed: {bytes(state['response'][:200])!r}")
+            latencies.append((time.perf_counter() - state["started"]) * 1000)
+    return latencies
+
+
+def callbacks_while_purging(env: dict, batch: int, meetings: int, rate: float) -> dict:
+    """Callback latency under gunicorn (p50/p99 as the client sees it): idle, then while the purge
+    runs in a second process. Each round walks fresh meetings requested → joining → awaiting_admission
+    → active, 3 callbacks each."""
+    from bench.callbacks import PHASES
+    from django.conf import settings
+
+    from meetings.models import MeetingSession
+
+    def uids(prefix: str) -> list[str]:
+        ids = common.bulk_meetings(meetings, "requested", prefix=prefix, with_sessions=True)
+        return [str(u) for u in MeetingSession.objects.filter(meeting_id__in=ids).values_list("session_uid", flat=True)]
+
+    def walk_callbacks(port: int, round_uids: list[str]) -> list[float]:
+        latencies = []
+        for name in PHASES:
+            latencies += paced_phase(port, name, round_uids, rate)
+        return latencies
+
+    rounds = [uids(f"cb-{n}") for n in range(16)]
+    with common.gunicorn(env, settings.WEB_CONCURRENCY) as web:
+        port = int(web.url.rsplit(":", 1)[1])
+        walk_callbacks(port, uids("cb-warm")[:300])
+        idle = walk_callbacks(port, rounds.pop()) + walk_callbacks(port, rounds.pop())
+        print(f"callbacks idle: {summary(idle)}", flush=True)
+        child = subprocess.Popen([sys.executable, "-m", "bench.retention", "--purge-child", "--batch", str(batch)],
+                                 env={**env, "LOG_LEVEL": "WARNING"}, cwd=common.REPO, stdout=subprocess.PIPE,
+                                 text=True)
+        busy: list[float] = []
+        while child.poll() is None and rounds:
+            busy += walk_callbacks(port, rounds.pop())
+        ran_out = child.poll() is None
+        out, _ = child.communicate(timeout=3600)
+    purge = json.loads(out.strip().splitlines()[-1])
+    print(f"purge: {sum(purge['deleted'].values()):,} rows in {purge['seconds']:.1f} s, "
+          f"{len(purge['batches_ms'])} batches", flush=True)
+    print(f"callbacks while purging: {summary(busy)}", flush=True)
+    if ran_out:
+        print("(the callback rounds ran out before the purge ended: the figure covers its first part)")
+    return {"rate_per_second": rate, "callbacks_idle_ms": {p: round(common.percentile(idle, p), 1) for p in (50, 99)},
+            "callbacks_purging_ms": {p: round(common.percentile(busy, p), 1) for p in (50, 99)},
+            "callbacks_purging": len(busy), "purge_seconds": round(purge["seconds"], 1)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transitions", type=int, default=1_000_000)
     parser.add_argument("--per-meeting", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--live", type=int, default=4000, help="live meetings walked during the purge (3 calls each)")
+    parser.add_argument("--callbacks", action="store_true",
+                        help="bot callbacks against gunicorn instead of in-process lifecycle calls")
+    parser.add_argument("--rate", type=float, default=100, help="callbacks per second with --callbacks")
     parser.add_argument("--purge-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.purge_child:
@@ -124,6 +218,11 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     env = common.setup()
     load_seconds = load(args.transitions, args.per_meeting)
+    if args.callbacks:
+        figures = {"load_seconds": round(load_seconds, 1),
+                   **callbacks_while_purging(env, args.batch, meetings=500, rate=args.rate)}
+        common.save("retention_callbacks", figures)
+        return figures
 
     idle = walk(common.bulk_meetings(1000, "requested", prefix="idle"))
     print(f"lifecycle idle: {summary(idle)}", flush=True)

@@ -5,7 +5,9 @@ Each purger deletes at most `batch_size` rows per call, chosen by primary key th
 in one short transaction (`delete_rows`): never one `DELETE ... WHERE created < x` over millions of
 rows, which would hold its locks and bloat the WAL for as long as it runs. A run takes one batch
 of each purger in turn until none has work left or RETENTION_TIME_BUDGET_SECONDS has passed; the
-next run (RETENTION_INTERVAL_SECONDS later) goes on where it stopped.
+next run (RETENTION_INTERVAL_SECONDS later) goes on where it stopped. Between batches it rests
+(RETENTION_DUTY_CYCLE): a backlog's purge takes CPU that callbacks on the same cores need, and
+nothing is lost by clearing it more slowly.
 
 The figures of the last run and the rows deleted so far are kept in one Redis hash
 (`bm:metrics:retention`), read by observability/retention_metrics.py: the job runs in a worker,
@@ -88,10 +90,12 @@ def _delete(model, pks: list) -> None:
                        f"WHERE {connection.ops.quote_name(model._meta.pk.column)} = ANY(%s)", [pks])
 
 
-def run(*, batch_size: int | None = None, budget_seconds: float | None = None) -> dict[str, int]:
+def run(*, batch_size: int | None = None, budget_seconds: float | None = None,
+        duty_cycle: float | None = None) -> dict[str, int]:
     """One retention run: rows deleted per purger."""
     batch_size = batch_size or settings.RETENTION_BATCH_SIZE
     budget = settings.RETENTION_TIME_BUDGET_SECONDS if budget_seconds is None else budget_seconds
+    duty = settings.RETENTION_DUTY_CYCLE if duty_cycle is None else duty_cycle
     started = time.monotonic()
     deleted = {name: 0 for name in PURGERS}
     busy = list(PURGERS)
@@ -100,11 +104,15 @@ def run(*, batch_size: int | None = None, budget_seconds: float | None = None) -
         for name in list(busy):
             if time.monotonic() - started >= budget:
                 break
+            batch_started = time.monotonic()
             count = PURGERS[name](batch_size)
             batches += 1
             deleted[name] += count
             if count == 0:
                 busy.remove(name)
+            elif duty < 1:
+                rest = (time.monotonic() - batch_started) * (1 / duty - 1)
+                time.sleep(min(rest, max(0.0, budget - (time.monotonic() - started))))
     duration = time.monotonic() - started
     _record(deleted, duration, batches, finished=not busy)
     log.info("retention: deleted %s in %.2f s (%d batches%s)", deleted, duration, batches,

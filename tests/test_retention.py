@@ -169,6 +169,33 @@ def test_a_run_stops_starting_batches_when_its_time_budget_is_spent(monkeypatch)
     assert time.monotonic() - started < 0.3 + 2  # and the run ended with its last batch
 
 
+def test_a_run_rests_after_each_batch_so_that_deleting_takes_at_most_its_duty_cycle(monkeypatch):
+    worked = []
+
+    def slow(batch_size: int) -> int:  # three batches of 50 ms of work, then nothing left
+        started = time.monotonic()
+        time.sleep(0.05)
+        worked.append(time.monotonic() - started)
+        return batch_size if len(worked) < 4 else 0
+
+    monkeypatch.setattr(retention, "PURGERS", {"slow": slow})
+    started = time.monotonic()
+
+    retention.run(batch_size=10, budget_seconds=60, duty_cycle=0.25)
+
+    # Deleting took at most a quarter of the run: three rests of three times each batch.
+    assert time.monotonic() - started >= 4 * sum(worked[:3]) + worked[3]
+
+
+def test_a_runs_rest_never_outlasts_its_time_budget(monkeypatch):
+    monkeypatch.setattr(retention, "PURGERS", {"slow": lambda n: time.sleep(0.2) or n})
+    started = time.monotonic()
+
+    retention.run(batch_size=10, budget_seconds=0.3, duty_cycle=0.05)  # would rest 3.8 s per batch
+
+    assert time.monotonic() - started < 0.3 + 0.2 + 1.5
+
+
 def test_a_run_records_its_figures_for_the_metrics(monkeypatch, redis_conn):
     redis_conn.delete(retention.METRICS_KEY)
     monkeypatch.setattr(retention, "PURGERS", {"some": lambda n: 0})
