@@ -61,13 +61,14 @@ class Claim:
 @dataclass(frozen=True)
 class Held:
     """No attempt now, and none counted: the user's cap is full ("capped"), or the endpoint backs
-    off ("deferred"). The delivery stays pending; its task comes back after `countdown`."""
+    off ("deferred"). The delivery stays pending; its task comes back after `countdown`. Or the
+    endpoint is disabled ("held"): the delivery is held, and no task comes back."""
 
     outcome: str
     countdown: float
 
 
-CAPPED, DEFERRED = "capped", "deferred"
+CAPPED, DEFERRED, HELD = "capped", "deferred", "held"
 # The key space of the per-user advisory lock ("whku"), apart from the sweep's.
 USER_LOCK_CLASS = 0x77686B75
 
@@ -91,11 +92,13 @@ def enqueue(delivery_id: int, countdown: float | None = None) -> None:
 @task(name="webhooks.deliver", queue=WEBHOOKS)
 def attempt(delivery_id: int) -> str | None:
     """Make the due attempt of a pending delivery. Returns the attempt's verdict; "capped" or
-    "deferred" when it must wait (see Held); None when there was nothing to do (unknown, not
+    "deferred" when it must wait (see Held); "held" when its endpoint is disabled; None when there was nothing to do (unknown, not
     pending, not due, or another attempt is running)."""
     claim = _claim(delivery_id)
     if claim is None:
         return None
+    if isinstance(claim, Held) and claim.outcome == HELD:
+        return HELD  # the endpoint is disabled: the delivery waits for PUT /user/webhook
     if isinstance(claim, Held):
         # Never dropped: the task comes back (a finished attempt of the user's may hand it a
         # slot sooner, and the redrive job is the backstop).
@@ -131,6 +134,13 @@ def _claim(delivery_id: int) -> Claim | Held | None:
             if slot_frees_at is not None:
                 return Held(CAPPED, _capped_countdown(slot_frees_at, now))
             gate = endpoints.admit(delivery.user_id, url, now, lease_seconds())
+            if gate.disabled:
+                # Kept, not sent and not given up: re-enabling the endpoint releases it.
+                delivery.status = DeliveryStatus.HELD
+                delivery.next_attempt_at = None
+                delivery.held_by_id = gate.endpoint_id
+                delivery.save(update_fields=["status", "next_attempt_at", "held_by", "updated_at"])
+                return Held(HELD, 0)
             if gate.defer_until is not None:
                 delivery.next_attempt_at = gate.defer_until
                 delivery.held_by_id = gate.endpoint_id
@@ -293,6 +303,12 @@ def _wake(endpoint_id: int) -> None:
     held.update(held_by=None, next_attempt_at=now, updated_at=now)
     for user_id in users:
         _hand_off(user_id)
+
+
+def send_due(user_id: int) -> None:
+    """Start the user's due deliveries, as many as their cap allows now; each finished attempt
+    starts the next ones (redelivery and re-enabling an endpoint make many due at once)."""
+    _hand_off(user_id)
 
 
 # --- Redrive and redelivery ------------------------------------------------------------------------
