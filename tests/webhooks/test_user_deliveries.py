@@ -388,19 +388,23 @@ def test_put_webhook_re_enables_the_endpoint_and_releases_the_held_deliveries(cl
 
 
 def test_put_webhook_sends_the_held_deliveries_through_the_worker(worker, hook_user, receiver, settings):
+    # Disabled at the first failure: the worker holds everything after it.
+    settings.WEBHOOK_ENDPOINT_DISABLE_AFTER_SECONDS = 0
+    receiver.default = Answer(500)
     client = client_of(hook_user)
-    failing = disable_after_failing(hook_user, receiver, settings)
-    held = [new_delivery(hook_user) for _ in range(3)]
-    for d in held:
-        delivery.attempt(d.pk)
+    meetings = [new_meeting(hook_user) for _ in range(4)]
+    wait_until(lambda: WebhookDelivery.objects.filter(user=hook_user, status="held").count() == 4,
+               what="every delivery held")
     receiver.default = Answer(200)
+    sent_while_enabled = len(receiver.posts())
 
     answer(client.put("/user/webhook", {"webhook_url": receiver.url}, format="json"), 200)
 
-    wait_until(lambda: not WebhookDelivery.objects.filter(user=hook_user).exclude(status="succeeded").exists(),
-               what="every held delivery delivered")
-    answered = {g.webhook_id for g in receiver.posts()}
-    assert {str(d.webhook_id) for d in [failing, *held]} <= answered
+    wait_until(lambda: WebhookDelivery.objects.filter(user=hook_user, status="succeeded").count() == 4,
+               what="the held deliveries delivered")
+    # Before: the failures that disabled the endpoint (attempts already running then end too).
+    assert sorted(g.webhook_id for g in receiver.posts()[sent_while_enabled:]) == sorted(
+        str(d.webhook_id) for d in WebhookDelivery.objects.filter(meeting__in=meetings))
 
 
 def test_a_replayed_range_goes_through_the_worker_under_the_per_user_cap(worker, hook_user, receiver, settings):
@@ -417,3 +421,27 @@ def test_a_replayed_range_goes_through_the_worker_under_the_per_user_cap(worker,
     assert sorted(g.webhook_id for g in again) == sorted(
         str(d.webhook_id) for d in WebhookDelivery.objects.filter(meeting__in=meetings))
     assert receiver.max_in_flight <= 2
+
+
+# --- Metrics ---------------------------------------------------------------------------------------
+def scraped() -> dict[str, float]:
+    from django.test import Client
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = Client().get("/metrics")
+    assert response.status_code == 200, response.content
+    return {s.name: s.value for family in text_string_to_metric_families(response.content.decode())
+            for s in family.samples if not s.labels}
+
+
+def test_given_up_held_and_disabled_are_gauges_alerts_can_use(hook_user, receiver, settings):
+    receiver.answer(400)
+    assert delivery.attempt(new_delivery(hook_user).pk) == "failed"
+    disable_after_failing(hook_user, receiver, settings)
+    assert delivery.attempt(new_delivery(hook_user).pk) == "held"
+
+    samples = scraped()
+
+    assert samples["botmanager_webhook_deliveries_given_up"] == 1
+    assert samples["botmanager_webhook_deliveries_held"] == 1
+    assert samples["botmanager_webhook_endpoints_disabled"] == 1
