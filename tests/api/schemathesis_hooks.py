@@ -26,6 +26,7 @@ def map_case(ctx, case):
     """A `join_at` the schema allows (any date-time) is valid only in the next 30 days, which a
     schema cannot say: a generated date-time is moved to tomorrow, other values (the negative
     cases) are sent as generated. tests/test_scheduled_bots.py covers join_at's own rules."""
+    _valid_cursors(case)
     body = case.body
     if case.operation.path == "/bots" and case.method.upper() == "POST" and isinstance(body, dict) \
             and isinstance(body.get("join_at"), str):
@@ -36,3 +37,18 @@ def map_case(ctx, case):
         if parsed.tzinfo is not None:
             body["join_at"] = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
     return case
+
+
+def _valid_cursors(case) -> None:
+    """A cursor the schema allows (any string) is almost never a valid signed one, which a schema
+    cannot say: a generated `after` of the deliveries listing is dropped, and a redelivery range
+    starts from the first event (`after: ""`, no `until`); a value of another type (the negative
+    cases) is sent as generated. tests/webhooks/test_user_deliveries.py covers the cursors."""
+    if case.operation.path == "/user/webhook/deliveries" and isinstance(case.query, dict):
+        case.query.pop("after", None)
+    body = case.body
+    if case.operation.path == "/user/webhook/redeliver" and isinstance(body, dict):
+        if isinstance(body.get("after"), str):
+            body["after"] = ""
+        if isinstance(body.get("until"), str):
+            del body["until"]
