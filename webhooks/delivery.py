@@ -20,6 +20,7 @@ user's deliveries only (webhooks.endpoints).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -283,15 +284,22 @@ def _log(claim: Claim, result: sender.Result, delivery: WebhookDelivery, retry_i
 def _hand_off(user_id: int) -> None:
     """An attempt of the user's finished: enqueue their next due deliveries, as many as they have
     free slots, so a delivery refused by the cap goes as soon as a slot frees (not only when its
-    own task comes back). A delivery that already has a task gets a duplicate: harmless."""
+    own task comes back). A delivery that already has a task gets a duplicate: harmless.
+
+    The deliveries handed on are drawn from the first few due ones, not always the very first:
+    attempts finishing at the same moment each picked the same first row, all but one of their
+    tasks found it claimed, and a user's backlog (a replay) went about one attempt at a time
+    instead of their cap's worth. Every due row stays due, so any later hand-off can pick it."""
     now = timezone.now()
     free = settings.WEBHOOK_MAX_IN_FLIGHT_PER_USER - _in_flight(user_id, now)
     if free <= 0:
         return
-    for delivery_id in (WebhookDelivery.objects
-                        .filter(user_id=user_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
-                        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
-                        .order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:free]):
+    window = free + settings.WEBHOOK_MAX_IN_FLIGHT_PER_USER
+    due = list(WebhookDelivery.objects
+               .filter(user_id=user_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
+               .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
+               .order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:window])
+    for delivery_id in sorted(random.sample(due, min(free, len(due)))):
         enqueue(delivery_id)
 
 
