@@ -129,7 +129,8 @@ def attempt(a: WebhookAttempt) -> dict:
     }
 
 
-_EXCEPTION = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:Error|Exception|Refused|Reset|Timeout))\b")
+# sender._describe: "<exception class>: <message>".
+_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*): ")
 
 
 def error_class(error: str) -> str | None:
