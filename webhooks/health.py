@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Max
+from django.db.models import F
 from django.utils import timezone
 
 from webhooks import delivery, endpoints
@@ -37,10 +37,10 @@ def is_disabled(user) -> bool:
 def status(user) -> dict:
     """What GET /user/webhook shows: never the secret."""
     endpoint = current_endpoint(user)
-    # A healthy endpoint has no row (a success on it writes nothing): its last success is its
-    # newest delivered delivery.
+    # A healthy endpoint has no row (a success on it writes nothing): its last success is that of
+    # the newest delivered delivery (read along the user's newest-first index, not all their rows).
     delivered = (WebhookDelivery.objects.filter(user_id=user.pk, status=DeliveryStatus.SUCCEEDED)
-                 .aggregate(last=Max("delivered_at"))["last"])
+                 .order_by("-pk").values_list("delivered_at", flat=True).first())
     last_success = _latest(endpoint.last_success_at if endpoint else None, delivered)
     return {
         "webhook_url": user.webhook_url or None,
