@@ -126,6 +126,7 @@ INSTALLED_APPS = [
     "axes",
     "botmanager",  # its AppConfig registers the start-up checks (botmanager/checks.py)
     "accounts",
+    "idempotency",
     "meetings",
     "webhooks",
 ]
@@ -396,6 +397,14 @@ MEETINGS_PAGE_MAX = _int("MEETINGS_PAGE_MAX", 500)
 # GET /events: a page stops before its event bodies would pass this many bytes (one event at least).
 EVENTS_PAGE_MAX_BYTES = _int("EVENTS_PAGE_MAX_BYTES", 1024 * 1024)
 
+# --- Idempotency keys (idempotency/) --------------------------------------------------------------
+# POST /bots, DELETE /bots/... and PUT .../config with an `Idempotency-Key` header: the first answer
+# is kept this long and given again to the same key with the same request (a day, as hosted APIs do).
+IDEMPOTENCY_KEY_TTL_SECONDS = _int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)
+# A request holding its key longer than this is taken for crashed: the key may be used again. Longer
+# than any of those requests takes (milliseconds; a PUT .../config waits on Redis a few seconds at most).
+IDEMPOTENCY_LEASE_SECONDS = _int("IDEMPOTENCY_LEASE_SECONDS", 60)
+
 # --- Celery ---------------------------------------------------------------------------------------
 CELERY_BROKER_URL = _str("CELERY_BROKER_URL", REDIS_URL)
 WEB_CONCURRENCY = _int("WEB_CONCURRENCY", 2)
@@ -475,6 +484,14 @@ PROMETHEUS_MULTIPROC_DIR = _str("PROMETHEUS_MULTIPROC_DIR", "")
 METRICS_TOKEN = _str("METRICS_TOKEN", "")
 # /readyz: how long each dependency check may take.
 READYZ_TIMEOUT_SECONDS = _float("READYZ_TIMEOUT_SECONDS", 3)
+# The status-duration histogram reads new transitions on scrape, at most this many per scrape (a
+# first scrape over a long history catches up over several), and only those older than the settle
+# time (an id is taken before its transaction commits; a younger, still invisible one would be
+# passed over for good once a later id is counted).
+METRICS_STATUS_TIME_BATCH = _int("METRICS_STATUS_TIME_BATCH", 100_000)
+METRICS_STATUS_TIME_SETTLE_SECONDS = _float("METRICS_STATUS_TIME_SETTLE_SECONDS", 10)
+# The operations console shows times to the second (a whole meeting can happen within a minute).
+FORMAT_MODULE_PATH = "botmanager.formats"
 
 # --- Operator surface -----------------------------------------------------------------------------
 # The reverse proxies whose X-Forwarded-For is believed (the admin login lockout's client address,

@@ -13,6 +13,7 @@ from common.admin_readonly import ReadOnlyInline, ReadOnlyModelAdmin
 from meetings.lifecycle.statuses import NON_TERMINAL, FailureStage, MeetingStatus
 from meetings.models import BotInstance, Meeting, MeetingSession, MeetingTransition
 from meetings.stopping import instances, operations, reconcile
+from meetings.stopping.reconcile import describe_sweep
 
 
 class FinalizeForm(forms.Form):
@@ -47,13 +48,23 @@ class MeetingAdmin(admin.ModelAdmin):
     search_fields = ["native_meeting_id", "user__email", "bot_container_id"]
     date_hierarchy = "created_at"
     list_select_related = ["user"]
-    # Status and its companions change only through meetings.lifecycle.transitions (and the admin actions).
-    readonly_fields = ["status", "completion_reason", "failure_stage", "start_time", "end_time",
-                       "join_at", "stop_requested_at", "deadline_at", "current_session", "bot_container_id",
-                       "orchestrator", "post_meeting_done_at",
-                       "created_at", "updated_at", "user", "platform", "native_meeting_id"]
     inlines = [SessionInline, TransitionInline]
     actions = ["finalize_selected", "run_orphan_sweep"]
+    readonly_fields = ["created_at", "updated_at"]  # not model-form fields: shown only when named
+    # A meeting is shown, never edited here: its status, data and stop reason change only through
+    # meetings.lifecycle.transitions (the actions, the API, the bot), which record and announce the
+    # change. Meetings are created by POST /bots and removed by DELETE /meetings/...
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # The actions change meetings (through the lifecycle): offered to whoever may change them;
+        # a meeting's own page is view-only.
+        return obj is None and super().has_change_permission(request)
 
     @admin.action(description="Finalize selected meetings", permissions=["change"])
     def finalize_selected(self, request, queryset):
@@ -86,7 +97,7 @@ class MeetingAdmin(admin.ModelAdmin):
     def run_orphan_sweep(self, request, queryset):
         _plan, summary = reconcile.sweep()
         level = messages.WARNING if summary.errors or summary.skipped else messages.SUCCESS
-        self.message_user(request, f"Orphan sweep: {summary.as_dict()}", level)
+        self.message_user(request, f"Orphan sweep: {describe_sweep(summary)}", level)
 
 
 @admin.register(MeetingTransition)
@@ -131,7 +142,8 @@ class BotInstanceAdmin(ReadOnlyModelAdmin):
 
 
 @admin.register(MeetingSession)
-class MeetingSessionAdmin(admin.ModelAdmin):
+class MeetingSessionAdmin(ReadOnlyModelAdmin):
+    """Sessions are the bots' credentials and history, written by the launch and the callbacks."""
+
     list_display = ["id", "meeting", "session_uid", "started_at", "ended_at", "exit_code"]
     search_fields = ["session_uid", "meeting__native_meeting_id"]
-    readonly_fields = ["meeting", "session_uid", "started_at"]

@@ -15,11 +15,21 @@ counter would show only what the scraped process saw. So:
      (applied transitions by source `orphan_sweep` into a terminal status);
    - `botmanager_stop_to_terminal_seconds`: histogram of `end_time - stop_requested_at` over the
      meetings that went through `stopping` (DELETE → terminal);
+   - `botmanager_meetings_past_deadline{status}`: live meetings whose deadline passed more than one
+     sweep interval ago (the sweep should have acted: it must stay 0);
    - `botmanager_webhook_deliveries{status}` (pending / succeeded / failed / held; a gauge, a
      delivery moves from pending to an outcome), `botmanager_webhook_deliveries_given_up`,
      `botmanager_webhook_deliveries_held`, `botmanager_webhook_endpoints_disabled` (gauges) and
      `botmanager_webhook_attempts_total{outcome}` (every HTTP attempt: succeeded / retry /
      failed), when the `webhooks` app is installed.
+   - `botmanager_meeting_status_duration_seconds{status}`: histogram of the time meetings spent in
+     each status, one observation per applied transition out of it. Recounting the whole table on
+     every scrape would grow with history, so this one is incremental: a Redis hash
+     (`bm:metrics:status_time`) holds the buckets and the id of the last transition counted, and a
+     scrape reads only the transitions after it (at most METRICS_STATUS_TIME_BATCH, older than
+     METRICS_STATUS_TIME_SETTLE_SECONDS), added with a compare-and-set on that id so that two
+     concurrent scrapes never count a transition twice. If Redis loses the hash, it is rebuilt from
+     the table over the next scrapes (Prometheus sees a counter reset).
    These are counters derived from rows, so deleting meetings (DELETE /meetings/...) deletes their
    history and lowers them; Prometheus reads a decrease as a counter reset, which `rate()`
    tolerates. Each scrape costs one aggregate query per family (scans of the meetings and
@@ -29,6 +39,8 @@ counter would show only what the scraped process saw. So:
    (`bm:metrics:worker`, HINCRBY: atomic across processes and hosts) by Celery's `task_postrun`
    signal for the sweep task (`meetings.tasks.sweep`), and read on scrape. prometheus-client's multiprocess mode
    would not do here: its files are per host, and in compose the worker is not the web container.
+   Every sweep pass (the beat's, an instance's, the admin's) counts its decisions by kind itself
+   (`bm:metrics:sweep_decisions`, meetings/stopping/reconcile.py): `botmanager_sweep_decisions_total{decision}`.
 3. **Web-side latency** (`botmanager_callback_duration_seconds{callback,code}`, a histogram timed
    by `CallbackLatencyMiddleware` around each bot callback) lives in the gunicorn processes that
    served the callbacks: prometheus-client's **multiprocess mode** (PROMETHEUS_MULTIPROC_DIR, which
@@ -73,6 +85,9 @@ CALLBACK_PREFIX = "/bots/internal/callback/"
 CALLBACK_NAMES = frozenset(_CALLBACK_NAMES)
 CALLBACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STOP_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 40, 45, 60, 90, 120, 300, 600, 1800)
+# From a callback's seconds in `joining` to hours `active`.
+STATUS_TIME_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
+STATUS_TIME_KEY = "bm:metrics:status_time"
 
 REDIS_KEY = "bm:metrics:worker"
 
@@ -306,7 +321,7 @@ class DatabaseCollector:
         from django.apps import apps
 
         parts = {"meetings": self._meetings, "transitions": self._transitions, "stops": self._stop_histogram,
-                 "instances": self._instances}
+                 "instances": self._instances, "deadlines": self._past_deadline, "status_time": status_time}
         if apps.is_installed("webhooks"):
             parts["webhooks"] = self._webhooks
         return parts
@@ -349,6 +364,29 @@ class DatabaseCollector:
         for status, n in swept.items():
             finalized.add_metric([status], n)
         yield finalized
+
+    @staticmethod
+    def _past_deadline():
+        from datetime import timedelta
+
+        from django.conf import settings
+        from django.db.models import Count
+        from django.utils import timezone
+
+        from meetings.lifecycle.statuses import NON_TERMINAL, MeetingStatus
+        from meetings.models import Meeting
+
+        cutoff = timezone.now() - timedelta(seconds=settings.ORPHAN_SWEEP_INTERVAL_SECONDS)
+        counts = dict(Meeting.objects.filter(status__in=sorted(NON_TERMINAL), deadline_at__lt=cutoff).order_by()
+                      .values_list("status").annotate(n=Count("id")))
+        late = GaugeMetricFamily(
+            "botmanager_meetings_past_deadline", "Live meetings whose deadline passed more than one sweep interval "
+            "ago: the sweep should have acted on them (anything but 0 means it is not running or not keeping up).",
+            labels=["status"])
+        for status in MeetingStatus.values:
+            if status in NON_TERMINAL:
+                late.add_metric([status], counts.get(status, 0))
+        yield late
 
     @staticmethod
     def _instances():
@@ -421,6 +459,94 @@ class DatabaseCollector:
         yield attempts
 
 
+# Adds one batch to the hash only if nobody counted past `last_id` meanwhile (ARGV: the id read, the
+# new last id, then field/increment pairs).
+_STATUS_TIME_ADD = """
+local current = redis.call('HGET', KEYS[1], 'last_id') or '0'
+if current ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'last_id', ARGV[2])
+for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
+def status_time_batch(after_id: int, limit: int, settled_before) -> tuple[int | None, dict]:
+    """The transitions after `after_id` (applied, created before `settled_before`; at most `limit`):
+    the last id among them (None: none) and, per status left, the cumulative bucket counts, the
+    count and the sum of the seconds spent in it (since the meeting's previous applied transition)."""
+    from django.db import connection
+
+    from meetings.models import Meeting, MeetingTransition
+
+    t = connection.ops.quote_name(MeetingTransition._meta.db_table)
+    m = connection.ops.quote_name(Meeting._meta.db_table)
+    buckets = ", ".join(f"count(*) FILTER (WHERE d <= {float(b)})" for b in STATUS_TIME_BUCKETS)
+    sql = f"""
+        WITH batch AS (
+            SELECT id, meeting_id, from_status, created_at FROM {t}
+            WHERE id > %s AND applied AND created_at < %s ORDER BY id LIMIT %s),
+        spent AS (
+            SELECT b.from_status,
+                   greatest(0, extract(epoch FROM b.created_at - coalesce(prev.created_at, mt.created_at)))::float8 AS d
+            FROM batch b JOIN {m} mt ON mt.id = b.meeting_id
+            LEFT JOIN LATERAL (SELECT p.created_at FROM {t} p WHERE p.meeting_id = b.meeting_id AND p.applied
+                               AND p.id < b.id ORDER BY p.id DESC LIMIT 1) prev ON true
+            WHERE b.from_status <> '')
+        SELECT last.id, g.* FROM (SELECT max(id) AS id FROM batch) last LEFT JOIN (
+            SELECT from_status, {buckets}, count(*), sum(d) FROM spent GROUP BY from_status) g ON true"""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [after_id, settled_before, limit])
+        rows = cursor.fetchall()
+    last_id = rows[0][0] if rows else None
+    by_status = {}
+    for row in rows:
+        if row[1] is not None:
+            by_status[row[1]] = {"buckets": row[2:2 + len(STATUS_TIME_BUCKETS)],
+                                 "count": row[-2], "sum": float(row[-1] or 0)}
+    return last_id, by_status
+
+
+def count_status_time() -> dict:
+    """Adds the next batch of transitions to the Redis hash (see the module docstring) and returns
+    the hash."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from common.redis_client import get_redis
+
+    r = get_redis()
+    after = int(r.hget(STATUS_TIME_KEY, "last_id") or 0)
+    settled = timezone.now() - timedelta(seconds=settings.METRICS_STATUS_TIME_SETTLE_SECONDS)
+    last_id, by_status = status_time_batch(after, settings.METRICS_STATUS_TIME_BATCH, settled)
+    if last_id is not None:
+        increments = []
+        for status, h in by_status.items():
+            for bound, n in zip(STATUS_TIME_BUCKETS, h["buckets"]):
+                increments += [f"{status}|{bound}", n]
+            increments += [f"{status}|count", h["count"], f"{status}|sum", repr(h["sum"])]
+        # Refused when a concurrent scrape counted first: its counts are the ones read below.
+        r.eval(_STATUS_TIME_ADD, 1, STATUS_TIME_KEY, after, last_id, *increments)
+    return r.hgetall(STATUS_TIME_KEY)
+
+
+def status_time():
+    from meetings.lifecycle.statuses import NON_TERMINAL, MeetingStatus
+
+    raw = count_status_time()
+    family = HistogramMetricFamily(
+        "botmanager_meeting_status_duration_seconds", "Time meetings spent in each status, observed when they "
+        "left it (applied transitions).", labels=["status"])
+    for status in MeetingStatus.values:
+        if status not in NON_TERMINAL:
+            continue
+        buckets = [(str(float(b)), int(float(raw.get(f"{status}|{b}", 0)))) for b in STATUS_TIME_BUCKETS]
+        buckets.append(("+Inf", int(float(raw.get(f"{status}|count", 0)))))
+        family.add_metric([status], buckets, sum_value=float(raw.get(f"{status}|sum", 0)))
+    yield family
+
+
 class RedisCountersCollector:
     """The worker-side event counters kept in Redis by `record_sweep`."""
 
@@ -439,6 +565,17 @@ class RedisCountersCollector:
         for outcome in ("completed", "skipped", "failed"):
             runs.add_metric([outcome], int(raw.get(f"sweep_runs_{outcome}", 0)))
         yield runs
+        from meetings.stopping.reconcile import DECISION_KINDS, DECISIONS_KEY
+
+        counted = get_redis().hgetall(DECISIONS_KEY)
+        decisions = CounterMetricFamily(
+            "botmanager_sweep_decisions", "Decisions the sweeps carried out, by kind: deadline_<status> (the "
+            "status's deadline passed), bot_gone_<status> (its bot was gone or exited), bots stopped, adopted, "
+            "relaunches, post-meeting work re-enqueued, bot Redis users, other instances asked to sweep.",
+            labels=["decision"])
+        for kind in sorted({*DECISION_KINDS, *counted}):
+            decisions.add_metric([kind], int(counted.get(kind, 0)))
+        yield decisions
         for key, (name, doc) in self.COUNTERS.items():
             if key != "sweep_runs":
                 yield CounterMetricFamily(name, doc, value=int(raw.get(key, 0)))

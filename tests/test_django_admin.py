@@ -5,6 +5,7 @@ import re
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from accounts.models import APIToken
 from accounts.services import user_for_token
@@ -209,25 +210,71 @@ def test_the_meeting_status_is_read_only_in_the_change_form(console):
     assert "active" in response.content.decode()
 
 
-def test_posting_a_status_in_the_change_form_does_not_change_it(console):
+def test_posting_the_change_form_of_a_meeting_is_refused_and_changes_nothing(console):
     meeting = make_meeting(status=MeetingStatus.ACTIVE, data={"notes": "old"})
-    form_page = console.get(f"/admin/meetings/meeting/{meeting.id}/change/")
-    post = {"data": '{"notes": "new"}', "status": "completed", "completion_reason": "stopped"}
-    for formset in form_page.context["inline_admin_formsets"]:
-        management = formset.formset.management_form
-        for name, field in management.fields.items():
-            post[management.add_prefix(name)] = management.initial.get(name, field.initial)
-        for index, form in enumerate(formset.formset.forms):
-            post[f"{formset.formset.prefix}-{index}-id"] = form.instance.pk
-            post[f"{formset.formset.prefix}-{index}-meeting"] = meeting.pk
 
-    response = console.post(f"/admin/meetings/meeting/{meeting.id}/change/", post)
+    response = console.post(f"/admin/meetings/meeting/{meeting.id}/change/",
+                            {"data": '{"notes": "new"}', "status": "completed", "stop_reason": "stopped"})
 
-    assert response.status_code == 302, response.context["errors"] if response.context else response
+    assert response.status_code == 403
     meeting.refresh_from_db()
-    assert meeting.data == {"notes": "new"}
+    assert meeting.data == {"notes": "old"}
     assert meeting.status == MeetingStatus.ACTIVE
-    assert meeting.completion_reason is None
+    assert meeting.stop_reason is None
+
+
+def test_the_meeting_page_shows_data_and_stop_reason_but_offers_no_field_and_no_save(console):
+    meeting = make_meeting(status=MeetingStatus.STOPPING, data={"notes": "kept"}, stop_reason="max_duration")
+
+    response = console.get(f"/admin/meetings/meeting/{meeting.id}/change/")
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert response.context["adminform"].form.fields == {}
+    assert "kept" in html and "Max Duration" in html
+    assert not re.search(r'name="(data|stop_reason|status|_save|_continue)"', html)
+
+
+def test_meetings_cannot_be_added_or_deleted_in_the_admin(console):
+    meeting = make_meeting()
+
+    add = console.get("/admin/meetings/meeting/add/")
+    delete = console.post(f"/admin/meetings/meeting/{meeting.id}/delete/", {"post": "yes"})
+    bulk = console.post("/admin/meetings/meeting/", {"action": "delete_selected", "_selected_action": [meeting.id],
+                                                     "post": "yes"})
+
+    assert add.status_code == 403
+    assert delete.status_code == 403
+    assert bulk.status_code == 302  # the action is not offered: "no action selected", back to the list
+    assert Meeting.objects.filter(pk=meeting.pk).exists()
+
+
+def test_sessions_are_read_only_in_the_admin(console):
+    session = make_session(make_meeting())
+
+    add = console.get("/admin/meetings/meetingsession/add/")
+    change = console.post(f"/admin/meetings/meetingsession/{session.id}/change/", {"exit_code": "3"})
+    delete = console.post(f"/admin/meetings/meetingsession/{session.id}/delete/", {"post": "yes"})
+
+    assert (add.status_code, change.status_code, delete.status_code) == (403, 403, 403)
+    session.refresh_from_db()
+    assert session.exit_code is None
+
+
+def test_transition_and_meeting_times_show_seconds(console):
+    meeting = make_meeting()
+    at = timezone.now().replace(hour=9, minute=41, second=7, microsecond=0)
+    Meeting.objects.filter(pk=meeting.pk).update(created_at=at)
+    meeting.transitions.update(created_at=at)
+
+    transitions = console.get("/admin/meetings/meetingtransition/").content.decode()
+    meetings = console.get("/admin/meetings/meeting/").content.decode()
+    page = console.get(f"/admin/meetings/meeting/{meeting.id}/change/").content.decode()
+
+    shown = at.strftime("%Y-%m-%d 09:41:07")
+    assert shown in transitions
+    assert shown in meetings
+    assert page.count(shown) >= 2  # the meeting's creation and its transition inline
 
 
 def test_transitions_cannot_be_added_changed_or_deleted_in_the_admin(console):

@@ -24,6 +24,7 @@ Decision record: docs/decisions/0010-deadlines-in-postgresql-the-sweep-as-backst
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,6 +36,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from common.queues import SWEEP, instance_queue
+from common.redis_client import get_redis
 from common.tasks import task
 from meetings.launching import bot_credentials, launch
 from meetings.lifecycle import endings, transitions as lifecycle
@@ -94,6 +96,8 @@ class Finalize:
     # Why, for the user (meetings/lifecycle/endings.py): data.last_error of a failure, data.completion_detail
     # of a completion.
     data_updates: dict = field(default_factory=dict)
+    # What kind of decision it is, as counted (`DECISIONS_KEY`): a bounded label, not the reason text.
+    decision: str = ""
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,7 @@ def _deadline_decision(m: MeetingRow, now: datetime):
                     completion_reason=deadline.completion_reason(m.stop_reason),
                     failure_stage=m.status if deadline.act == FAIL else None, stop_container=_container_of(m),
                     metadata={"deadline_at": m.deadline_at.isoformat()},
-                    data_updates=endings.deadline_passed(m.status))
+                    data_updates=endings.deadline_passed(m.status), decision=f"deadline_{m.status}")
 
 
 def _orphan_decision(m: MeetingRow, listings, by_container, now: datetime, grace: timedelta):
@@ -230,9 +234,10 @@ def _orphan_decision(m: MeetingRow, listings, by_container, now: datetime, grace
     if m.status == S.STOPPING:
         return Finalize(m.id, m.status, S.COMPLETED, "bot container is gone; its exit was never reported",
                         completion_reason=m.stop_reason or CompletionReason.STOPPED, metadata=seen,
-                        data_updates=endings.container_gone(m.status, bot))
+                        data_updates=endings.container_gone(m.status, bot), decision=f"bot_gone_{m.status}")
     return Finalize(m.id, m.status, S.FAILED, f"bot container is gone while {m.status}",
-                    failure_stage=m.status, metadata=seen, data_updates=endings.container_gone(m.status, bot))
+                    failure_stage=m.status, metadata=seen, data_updates=endings.container_gone(m.status, bot),
+                    decision=f"bot_gone_{m.status}")
 
 
 # --- Snapshot reading -----------------------------------------------------------------------------
@@ -332,9 +337,62 @@ class Summary:
     unseen_instances: dict[str, int] = field(default_factory=dict)
     skipped: bool = False
     errors: list[str] = field(default_factory=list)
+    # Decisions carried out, by kind (`DECISION_KINDS`); counted in Redis for the metrics.
+    decisions: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "decisions": dict(self.decisions)}
+
+
+# The kinds of decision a sweep counts (`botmanager_sweep_decisions_total{decision}`): a bounded set,
+# so that each has its series from the first scrape on.
+DECISION_KINDS = (
+    *(f"deadline_{status}" for status in DEADLINES),  # the status's deadline passed (active: the stop flow)
+    *(f"bot_gone_{status}" for status in sorted(NON_TERMINAL - {S.SCHEDULED})),  # its bot is gone or exited
+    "adopt_bot", "stop_orphan_bot", "remove_exited_bot", "relaunch", "post_meeting",
+    "credentials_removed", "credentials_restored", "ask_instance",
+)
+DECISIONS_KEY = "bm:metrics:sweep_decisions"
+
+
+def record_decisions(decisions: Counter) -> None:
+    """Add a pass's decisions to the Redis hash the metrics read (HINCRBY: every host's sweep adds
+    to the same counters). Never fails the sweep."""
+    if not decisions:
+        return
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        for kind, n in decisions.items():
+            pipe.hincrby(DECISIONS_KEY, kind, n)
+        pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("sweep: could not count its decisions: %s", exc)
+
+
+def describe_sweep(summary: Summary) -> str:
+    """The pass in words, for the operator (the admin action)."""
+    if summary.skipped:
+        return "Another sweep was running, so this one did nothing; try again in a moment."
+    done = [text.format(n=n) for n, text in (
+        (summary.finalized, "ended {n} meeting(s) past their deadline or whose bot was gone"),
+        (summary.stops_requested, "started the stop of {n} meeting(s) past the maximum duration"),
+        (summary.adopted, "recorded {n} bot(s) their launch had not recorded"),
+        (summary.containers_stopped, "stopped {n} bot(s) of ended or unknown meetings"),
+        (summary.relaunched, "relaunched {n} lost launch(es)"),
+        (summary.post_meeting_enqueued, "re-enqueued the post-meeting work of {n} meeting(s)"),
+        (summary.credentials_removed, "removed {n} leftover bot Redis user(s)"),
+        (summary.credentials_restored, "restored {n} bot Redis user(s)"),
+        (summary.instances_asked, "asked {n} other backend instance(s) to sweep their bots"),
+    ) if n]
+    sentence = f"Checked {summary.checked} live meeting(s): " + ("; ".join(done) if done else "nothing to do") + "."
+    if summary.unseen_instances:
+        unseen = ", ".join(f"{instance} ({n} live meeting(s))"
+                           for instance, n in sorted(summary.unseen_instances.items()))
+        sentence += (f" Not listed for {settings.INSTANCE_UNSEEN_SECONDS:g} s, left to the lost-instance action: "
+                     f"{unseen}.")
+    if summary.errors:
+        sentence += f" {len(summary.errors)} error(s): " + "; ".join(summary.errors) + "."
+    return sentence
 
 
 def apply(p: Plan) -> Summary:
@@ -343,7 +401,9 @@ def apply(p: Plan) -> Summary:
     summary.errors.extend(f"{name}: listing failed: {err}" for name, err in p.unknown_backends.items())
     for a in p.adopt:
         with _decision(summary, a.meeting_id):
-            summary.adopted += int(_adopt(a))
+            adopted = _adopt(a)
+            summary.adopted += int(adopted)
+            summary.decisions["adopt_bot"] += int(adopted)
     bots_of_ended: list[tuple[str, str]] = []
     for f in p.finalize:
         with _decision(summary, f.meeting_id):
@@ -352,6 +412,7 @@ def apply(p: Plan) -> Summary:
                 completion_reason=f.completion_reason, failure_stage=f.failure_stage, metadata=f.metadata,
                 only_from={f.from_status}, data_updates=f.data_updates or None)
             summary.finalized += int(result.applied)
+            summary.decisions[f.decision or "finalize"] += int(result.applied)
             # The decision is recorded before the bot is stopped: stopped first, a cooperative bot
             # reports its own clean exit (completed/stopped) and that replaces the timeout outcome
             # (failed/joining, awaiting_admission_timeout, ...); and a meeting that moved on since
@@ -365,6 +426,7 @@ def apply(p: Plan) -> Summary:
                                            completion_reason=s.completion_reason, only_from={S.ACTIVE},
                                            data_updates=endings.deadline_passed(S.ACTIVE))
             summary.stops_requested += int(result.applied)
+            summary.decisions[f"deadline_{S.ACTIVE}"] += int(result.applied)
     # Only now the bots: asked to stop on the orchestrator queue (SIGTERM, then SIGKILL after
     # BOT_STOP_TIMEOUT_SECONDS), never waited for here, so no bot can hold the sweep.
     for backend, container_id, instance in bots_of_ended:
@@ -372,13 +434,18 @@ def apply(p: Plan) -> Summary:
     for c in p.containers:
         if _stop(summary, c.backend, c.container_id, c.instance, running=c.running, remove=True):
             summary.containers_stopped += int(c.running)
+            summary.decisions["stop_orphan_bot" if c.running else "remove_exited_bot"] += 1
     for meeting_id in p.post_meeting:
         post_meeting.run.delay(meeting_id)
         summary.post_meeting_enqueued += 1
+        summary.decisions["post_meeting"] += 1
     for meeting_id in p.relaunch:
         launch.launch.delay(meeting_id)
         summary.relaunched += 1
+        summary.decisions["relaunch"] += 1
     _credentials(summary, p)
+    summary.decisions["credentials_removed"] += summary.credentials_removed
+    summary.decisions["credentials_restored"] += summary.credentials_restored
     if p.unseen_instances:
         summary.unseen_instances = dict(p.unseen_instances)
         log.warning("sweep: live meetings on backend instances nobody has listed for %ss (left to the lost-instance "
@@ -390,6 +457,8 @@ def apply(p: Plan) -> Summary:
             summary.errors.append(f"could not ask instance {instance} to sweep: {exc}")
             continue
         summary.instances_asked += 1
+    summary.decisions["ask_instance"] += summary.instances_asked
+    summary.decisions = +summary.decisions  # only the kinds that happened
     return summary
 
 
@@ -521,6 +590,8 @@ def _locked(key: list[int], make, dry_run: bool) -> tuple[Plan, Summary]:
     try:
         p = make()
         summary = Summary(checked=p.checked) if dry_run else apply(p)
+        if not dry_run:
+            record_decisions(summary.decisions)
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT pg_advisory_unlock({placeholders})", key)

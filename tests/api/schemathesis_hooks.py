@@ -2,6 +2,8 @@
 check on every response, beside schemathesis' `all`."""
 from __future__ import annotations
 
+import re
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import schemathesis
@@ -21,11 +23,23 @@ def error_is_json_with_detail(ctx, response, case):
     return None
 
 
+# idempotency/http.py's KEY_PATTERN (the fuzzed server is another process: the hooks import none of it).
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$")
+
+
 @schemathesis.hook
 def map_case(ctx, case):
     """A `join_at` the schema allows (any date-time) is valid only in the next 30 days, which a
     schema cannot say: a generated date-time is moved to tomorrow, other values (the negative
-    cases) are sent as generated. tests/test_scheduled_bots.py covers join_at's own rules."""
+    cases) are sent as generated. tests/test_scheduled_bots.py covers join_at's own rules.
+
+    A valid `Idempotency-Key` is made unique per case: generated keys repeat ("0", "00"), and a
+    repeated key with another body is a 422 (or with the same one a replay) instead of the request
+    the case means to send. Invalid keys (the negative cases) are sent as generated.
+    tests/test_idempotency.py covers the key's own rules."""
+    headers = case.headers or {}
+    if isinstance(headers.get("Idempotency-Key"), str) and IDEMPOTENCY_KEY.fullmatch(headers["Idempotency-Key"]):
+        headers["Idempotency-Key"] = f"fuzz-{uuid.uuid4()}"
     _valid_cursors(case)
     body = case.body
     if case.operation.path == "/bots" and case.method.upper() == "POST" and isinstance(body, dict) \

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from common.redis_client import get_redis
-from observability.metrics import LATENESS_KEY, REDIS_KEY
+from meetings.stopping.reconcile import DECISIONS_KEY
+from observability.metrics import LATENESS_KEY, REDIS_KEY, STATUS_TIME_KEY
 
 
 @pytest.fixture
@@ -14,7 +15,7 @@ def metrics_redis(settings):
     base, _, _db = settings.REDIS_URL.rpartition("/")
     settings.REDIS_URL = f"{base}/{settings.TEST_REDIS_DB}"
     get_redis.cache_clear()
-    get_redis().delete(REDIS_KEY, LATENESS_KEY)
+    get_redis().delete(REDIS_KEY, LATENESS_KEY, STATUS_TIME_KEY, DECISIONS_KEY)
     yield get_redis()
-    get_redis().delete(REDIS_KEY, LATENESS_KEY)
+    get_redis().delete(REDIS_KEY, LATENESS_KEY, STATUS_TIME_KEY, DECISIONS_KEY)
     get_redis.cache_clear()

@@ -144,9 +144,30 @@ def test_run_orphan_sweep_without_a_selection_runs_the_sweep_and_reports_its_sum
 
     assert response.status_code == 200
     [message] = messages_of(response)
-    assert message.startswith("Orphan sweep: ")
-    assert "'checked': 2" in message and "'finalized': 1" in message
+    assert message == ("Orphan sweep: Checked 2 live meeting(s): ended 1 meeting(s) past their deadline or whose "
+                       "bot was gone.")
     assert Meeting.objects.get(pk=overdue.id).status == S.COMPLETED
+
+
+def test_run_orphan_sweep_reports_nothing_to_do_in_words(console, bots):
+    make_meeting(status=S.ACTIVE, deadline_at=timezone.now() + timedelta(hours=1))
+
+    response = admin_action(console, "run_orphan_sweep")
+
+    [message] = response.context["messages"]
+    assert message.level_tag == "success"
+    assert message.message == "Orphan sweep: Checked 1 live meeting(s): nothing to do."
+
+
+def test_the_sweep_is_described_in_words_with_what_it_did_its_unseen_instances_and_errors(settings):
+    settings.INSTANCE_UNSEEN_SECONDS = 300
+    summary = reconcile.Summary(checked=7, finalized=2, containers_stopped=1, unseen_instances={"docker:a": 3},
+                                errors=["docker: listing failed: timeout"])
+
+    assert reconcile.describe_sweep(summary) == (
+        "Checked 7 live meeting(s): ended 2 meeting(s) past their deadline or whose bot was gone; stopped 1 bot(s) "
+        "of ended or unknown meetings. Not listed for 300 s, left to the lost-instance action: docker:a (3 live "
+        "meeting(s)). 1 error(s): docker: listing failed: timeout.")
 
 
 def test_run_orphan_sweep_runs_even_when_there_is_no_meeting_at_all(console, bots):
@@ -156,8 +177,7 @@ def test_run_orphan_sweep_runs_even_when_there_is_no_meeting_at_all(console, bot
     response = admin_action(console, "run_orphan_sweep")
 
     [message] = messages_of(response)
-    assert message.startswith("Orphan sweep: ")
-    assert "'containers_stopped': 1" in message
+    assert message == "Orphan sweep: Checked 0 live meeting(s): stopped 1 bot(s) of ended or unknown meetings."
     run_bot_stops()
     assert bots.info(leftover) is None
 
@@ -175,7 +195,7 @@ def test_run_orphan_sweep_reports_a_sweep_that_is_already_running(console, bots)
 
     [message] = response.context["messages"]
     assert message.level_tag == "warning"
-    assert "'skipped': True" in message.message
+    assert message.message == "Orphan sweep: Another sweep was running, so this one did nothing; try again in a moment."
     assert Meeting.objects.get(pk=overdue.id).status == S.STOPPING
 
 
