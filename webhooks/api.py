@@ -78,8 +78,7 @@ class WebhookView(APIView):
             url, secret = webhook.set_webhook(request.user, body["webhook_url"], rotate_secret=body["rotate_secret"])
         except webhook.InvalidWebhookURL as exc:
             raise ValidationError({"webhook_url": [str(exc)]}) from None
-        # Setting the webhook is how the user says the receiver works again.
-        health.reenable(request.user.pk)
+        # Setting it re-enabled a disabled endpoint (webhooks.health.reenable, an accounts listener).
         request.user.refresh_from_db()
         # The secret is returned here, where the user set it up, and nowhere else.
         return Response({**UserSerializer(request.user).data, "webhook_url": url, "webhook_secret": secret})

@@ -8,10 +8,13 @@ class WebhooksConfig(AppConfig):
     def ready(self) -> None:
         # The final event is a post-meeting step: written once per ended meeting, in the
         # post-meeting transaction (meetings.stopping.post_meeting runs its registry in order).
+        from accounts import webhook
         from meetings.lifecycle import listeners
         from meetings.stopping import post_meeting
-        from webhooks import outbox
+        from webhooks import health, outbox
 
         post_meeting.register(outbox.record_final)
         # Every applied transition's event, written in the transition's own transaction.
         listeners.in_transaction(outbox.record_status_change)
+        # A user who sets their webhook again (fixed receiver, new URL) re-enables their endpoint.
+        webhook.on_webhook_set(health.reenable)

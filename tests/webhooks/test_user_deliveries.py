@@ -387,6 +387,20 @@ def test_put_webhook_re_enables_the_endpoint_and_releases_the_held_deliveries(cl
     assert delivery.attempt(held.pk) == "succeeded"
 
 
+def test_an_operator_setting_the_webhook_through_the_admin_api_re_enables_it_too(hook_user, receiver, settings):
+    failing = disable_after_failing(hook_user, receiver, settings)
+    due_now(failing)
+    assert delivery.attempt(failing.pk) == "held"
+    admin = APIClient()
+    admin.credentials(HTTP_X_ADMIN_API_KEY=settings.ADMIN_API_TOKEN)
+
+    answer(admin.patch(f"/admin/users/{hook_user.pk}", {"data": {"webhook_url": receiver.url + "?v=2"}},
+                       format="json"), 200)
+
+    assert answer(client_of(hook_user).get("/user/webhook"), 200)["state"] == "enabled"
+    assert fresh(failing).status == "pending"
+
+
 def test_put_webhook_sends_the_held_deliveries_through_the_worker(worker, hook_user, receiver, settings):
     # Disabled at the first failure: the worker holds everything after it.
     settings.WEBHOOK_ENDPOINT_DISABLE_AFTER_SECONDS = 0
