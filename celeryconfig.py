@@ -80,4 +80,10 @@ beat_schedule = {
         "schedule": settings.WEBHOOK_REDRIVE_INTERVAL_SECONDS,
         "options": {"expires": settings.WEBHOOK_REDRIVE_INTERVAL_SECONDS},
     },
+    # Old transitions and finished deliveries are deleted in bounded batches (common/retention.py).
+    "retention-purge": {
+        "task": "common.retention_purge",
+        "schedule": settings.RETENTION_INTERVAL_SECONDS,
+        "options": {"expires": settings.RETENTION_INTERVAL_SECONDS},
+    },
 }

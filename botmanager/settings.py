@@ -295,6 +295,18 @@ WEBHOOK_ENDPOINT_DISABLE_AFTER_SECONDS = _float("WEBHOOK_ENDPOINT_DISABLE_AFTER_
 # POST /user/webhook/redeliver: at most this many deliveries per request.
 WEBHOOK_REDELIVER_MAX = _int("WEBHOOK_REDELIVER_MAX", 1000)
 
+# --- Retention ------------------------------------------------------------------------------------
+# How long what piles up is kept (common/retention.py runs the purgers in bounded batches): the
+# transitions, with their event bodies, of meetings that ended this many days ago, and finished
+# webhook deliveries with their attempts. A purged meeting keeps its row (the counts need it).
+RETENTION_TRANSITIONS_DAYS = _float("RETENTION_TRANSITIONS_DAYS", 90)
+RETENTION_DELIVERIES_DAYS = _float("RETENTION_DELIVERIES_DAYS", 30)
+# Rows per delete: each batch is one short transaction, so no lock is held for long.
+RETENTION_BATCH_SIZE = _int("RETENTION_BATCH_SIZE", 1000)
+RETENTION_INTERVAL_SECONDS = _float("RETENTION_INTERVAL_SECONDS", 3600)
+# A run stops starting batches after this long; the next run goes on where it stopped.
+RETENTION_TIME_BUDGET_SECONDS = _float("RETENTION_TIME_BUDGET_SECONDS", 30)
+
 # --- Orchestrators --------------------------------------------------------------------------------
 ORCHESTRATOR = _str("ORCHESTRATOR", "process")
 # Two deployments on one engine never touch each other's bots: every bot carries this label.

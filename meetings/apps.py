@@ -8,6 +8,8 @@ class MeetingsConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
+        from common import retention as common_retention
+        from meetings import retention
         from meetings.bot_protocol import channels
         from meetings.events import log
         from meetings.launching import bot_credentials
@@ -21,5 +23,7 @@ class MeetingsConfig(AppConfig):
         listeners.on_terminal(post_meeting.enqueue)
         # An ended meeting's bots lose their Redis users (the sweep is the backstop).
         post_meeting.register(bot_credentials.remove_after_meeting)
+        # Old ended meetings' transitions, with their event bodies, go after RETENTION_TRANSITIONS_DAYS.
+        common_retention.register("transitions", retention.purge_transitions)
         # Tagged "security": a grant that could reach our keys must not start at all.
         checks.register(bot_credentials.check_grants, checks.Tags.security)

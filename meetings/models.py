@@ -51,6 +51,11 @@ class Meeting(models.Model):
     # Set (under the row lock) when post-meeting work ran: it runs once whatever path ended the
     # meeting, and the sweep re-enqueues it for terminal meetings where it is still empty.
     post_meeting_done_at = models.DateTimeField(null=True, blank=True)
+    # Set when the user deleted the meeting (DELETE /meetings/...): its personal data is gone and
+    # it is hidden from them; the row stays for the counts (meetings/retention.py).
+    redacted_at = models.DateTimeField(null=True, blank=True)
+    # Set when the retention job deleted its transitions (RETENTION_TRANSITIONS_DAYS after its end).
+    history_purged_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -69,6 +74,9 @@ class Meeting(models.Model):
                          condition=Q(post_meeting_done_at__isnull=True, status__in=["completed", "failed"])),
             # The scheduler's query: scheduled meetings by join_at (a few among many ended ones).
             models.Index(fields=["join_at"], name="meeting_scheduled_join_at", condition=Q(status="scheduled")),
+            # The retention job's query: ended meetings whose history is still kept, oldest end first.
+            models.Index(fields=["end_time"], name="meeting_history_kept",
+                         condition=Q(history_purged_at__isnull=True, status__in=["completed", "failed"])),
         ]
 
     def __str__(self) -> str:
@@ -162,3 +170,17 @@ class BotInstance(models.Model):
 
     def __str__(self) -> str:
         return self.instance
+
+
+class EventLogHorizon(models.Model):
+    """How far a user's event log has been purged: every event at or before `position` (a
+    transition id) may be gone, so a cursor before it answers 410 and the log is served from it
+    (meetings/events/log.py). Raised, never lowered, in the purge's own transaction."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE,
+                                related_name="+")
+    position = models.BigIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"event log of user {self.user_id} served after {self.position}"

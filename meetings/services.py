@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from redis.exceptions import RedisError
 
 from accounts.models import User
+from meetings import retention
 from meetings.bot_protocol import channels
 from meetings.payloads import timestamp
 from meetings.launching import launch, seats
@@ -135,7 +136,7 @@ def reconfigure_bot(user: User, platform: str, native_meeting_id: str, *, langua
 def list_meetings(user: User, *, limit: int, offset: int = 0, status: str | None = None,
                   platform: str | None = None):
     """The user's meetings, newest first, optionally filtered, a page of `limit` (GET /meetings)."""
-    meetings = Meeting.objects.filter(user=user)
+    meetings = Meeting.objects.filter(user=user, redacted_at__isnull=True)
     if status is not None:
         meetings = meetings.filter(status=status)
     if platform is not None:
@@ -174,15 +175,23 @@ def _check_user_data_size(merged: dict, written) -> None:
 
 
 def delete_meetings(user: User, platform: str, native_meeting_id: str) -> int:
-    """Delete a user's ended meetings for this platform/id (with their history)."""
+    """Remove the personal data of a user's ended meetings for this platform/id (meetings/retention.py:
+    the rows stay for the counts, hidden from the user); returns how many. Idempotent: once done,
+    a repeated call finds them redacted and does nothing."""
     with transaction.atomic():
-        meetings = list(_user_meetings(user, platform, native_meeting_id).select_for_update())
+        meetings = list(_user_meetings(user, platform, native_meeting_id).select_for_update().order_by("id"))
         if not meetings:
+            gone = Meeting.objects.filter(
+                user=user, platform=platform,
+                native_meeting_id=retention.redacted_id(user.pk, platform, native_meeting_id)).exists()
+            if gone:
+                return 0
             raise MeetingNotFound(f"No meeting found for {platform}/{native_meeting_id}.")
         live = [m for m in meetings if m.status not in TERMINAL]
         if live:
             raise MeetingConflict(
                 f"Meeting is still {live[0].status}; stop it first (DELETE /bots/{platform}/{native_meeting_id})."
             )
-        Meeting.objects.filter(pk__in=[m.pk for m in meetings]).delete()
+        for meeting in meetings:
+            retention.redact(meeting)
     return len(meetings)

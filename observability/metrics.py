@@ -30,8 +30,9 @@ counter would show only what the scraped process saw. So:
      METRICS_STATUS_TIME_SETTLE_SECONDS), added with a compare-and-set on that id so that two
      concurrent scrapes never count a transition twice. If Redis loses the hash, it is rebuilt from
      the table over the next scrapes (Prometheus sees a counter reset).
-   These are counters derived from rows, so deleting meetings (DELETE /meetings/...) deletes their
-   history and lowers them; Prometheus reads a decrease as a counter reset, which `rate()`
+   These are counters derived from rows, so the retention job deleting old transitions
+   (common/retention.py) lowers them (DELETE /meetings/... keeps the rows it anonymizes);
+   Prometheus reads a decrease as a counter reset, which `rate()`
    tolerates. Each scrape costs one aggregate query per family (scans of the meetings and
    transitions tables: milliseconds at 10^5 rows; see docs/benchmarks.md).
 2. **Worker-side events that leave no row** (sweep runs, orphan containers stopped, stops the
@@ -77,6 +78,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from common.clientaddr import forwarded
 from common.plainviews import allow_methods
 from meetings.lifecycle.statuses import CALLBACK_NAMES as _CALLBACK_NAMES
+from observability import retention_metrics
 
 log = logging.getLogger(__name__)
 
@@ -622,7 +624,7 @@ def build_registry() -> CollectorRegistry:
     else:
         registry.register(LOCAL_REGISTRY)
     registry.register(_Guarded({**DatabaseCollector().parts(), "redis": RedisCountersCollector().collect,
-                                "queues": QueueCollector().collect}))
+                                "queues": QueueCollector().collect, "retention": retention_metrics.collect}))
     return registry
 
 

@@ -131,8 +131,10 @@ def _parent(proc_dir: Path) -> int | None:
 
 def _waiting_on_a_lock() -> bool:
     with connection.cursor() as cursor:
+        # Not '%FOR UPDATE': pg_stat_activity keeps the first track_activity_query_size (1 kB) of a
+        # query, and the meeting's SELECT of every column is longer than that.
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                       "AND query LIKE '%%meetings_meeting%%FOR UPDATE%%' AND pid <> pg_backend_pid()")
+                       "AND query LIKE 'SELECT %%meetings_meeting%%' AND pid <> pg_backend_pid()")
         return cursor.fetchone()[0] > 0
 
 

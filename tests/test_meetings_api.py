@@ -307,8 +307,9 @@ def test_delete_of_another_users_meeting_answers_404_and_keeps_it(api_client):
     assert Meeting.objects.filter(pk=theirs.pk).exists()
 
 
-def test_delete_of_ended_meetings_answers_200_and_removes_them_with_their_history(api_client, api_user):
-    completed = make_meeting(api_user, status=MeetingStatus.COMPLETED, native_meeting_id=MEET_ID)
+def test_delete_of_ended_meetings_answers_200_and_hides_them_keeping_only_what_the_counts_need(api_client, api_user):
+    completed = make_meeting(api_user, status=MeetingStatus.COMPLETED, native_meeting_id=MEET_ID,
+                             data={"name": "Board meeting"})
     failed = make_meeting(api_user, status=MeetingStatus.FAILED, native_meeting_id=MEET_ID)
     make_session(failed)
     kept = make_meeting(api_user, status=MeetingStatus.COMPLETED, native_meeting_id="xyz-abcd-efg")
@@ -317,17 +318,21 @@ def test_delete_of_ended_meetings_answers_200_and_removes_them_with_their_histor
 
     assert set(body) == {"message"}
     assert "2" in body["message"]
-    assert not Meeting.objects.filter(pk__in=[completed.pk, failed.pk]).exists()
-    assert not MeetingTransition.objects.filter(meeting_id__in=[completed.pk, failed.pk]).exists()
-    assert Meeting.objects.filter(pk=kept.pk).exists()
-    assert answer(api_client.get("/meetings"), 200)["meetings"][0]["id"] == kept.id
+    assert [m["id"] for m in answer(api_client.get("/meetings"), 200)["meetings"]] == [kept.id]
+    redacted = Meeting.objects.get(pk=completed.pk)
+    assert (redacted.status, redacted.platform, redacted.data) == (MeetingStatus.COMPLETED, "google_meet",
+                                                                   {"redacted": True})
+    assert MEET_ID not in redacted.native_meeting_id
+    assert MeetingTransition.objects.filter(meeting_id__in=[completed.pk, failed.pk]).exists()
 
 
-def test_delete_twice_answers_404_the_second_time(api_client, api_user):
+def test_delete_twice_answers_200_the_second_time_too(api_client, api_user):
     make_meeting(api_user, status=MeetingStatus.COMPLETED, native_meeting_id=MEET_ID)
     answer(api_client.delete(f"/meetings/google_meet/{MEET_ID}"), 200)
 
-    answer(api_client.delete(f"/meetings/google_meet/{MEET_ID}"), 404)
+    body = answer(api_client.delete(f"/meetings/google_meet/{MEET_ID}"), 200)
+
+    assert "already deleted" in body["message"]
 
 
 @pytest.mark.parametrize("path,field", [("/meetings/webex/abc-defg-hij", "platform"),

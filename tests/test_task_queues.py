@@ -25,6 +25,7 @@ WIRE = {
     "meetings.finalize_after_stop": "lifecycle",
     "meetings.launch_scheduled": "lifecycle",
     "webhooks.redrive": "lifecycle",
+    "common.retention_purge": "post_meeting",
 }
 
 
@@ -33,7 +34,7 @@ def test_every_task_keeps_its_name_and_declares_the_queue_its_work_waits_on():
 
 
 def test_every_task_of_the_apps_declares_its_queue():
-    ours = {name for name in app.tasks if name.split(".")[0] in {"meetings", "webhooks"}}
+    ours = {name for name in app.tasks if name.split(".")[0] in {"meetings", "webhooks", "common"}}
     assert ours == {t.name for t in declared_tasks()}
 
 
@@ -45,7 +46,7 @@ def test_a_task_cannot_declare_a_queue_no_worker_consumes():
 
 
 ARGS = {"meetings.terminate_bot": ("process", "proc-1"), "meetings.kill_bot": ("process", "proc-1"),
-        "meetings.sweep": (), "meetings.launch_scheduled": (), "webhooks.redrive": (),
+        "meetings.sweep": (), "meetings.launch_scheduled": (), "webhooks.redrive": (), "common.retention_purge": (),
         "meetings.sweep_instance": ("process:host-b",)}
 
 

@@ -11,16 +11,25 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import hash_token
-from common.openapi import error
+from common.openapi import ErrorSerializer, error
 from meetings.events import log as events
 from meetings.events.stream import EventStream
 
 
 def _position(request, value: str | None) -> int:
+    """The position to read after; CursorExpired for a cursor older than what is still served."""
     try:
-        return events.position(request.user.pk, value)
+        after = events.position(request.user.pk, value)
     except events.InvalidCursor as exc:
         raise ValidationError({"after": [str(exc)]}) from exc
+    return events.served_after(request.user.pk, after, given=bool(value))
+
+
+def _expired(request, exc: events.CursorExpired) -> Response:
+    return Response({"detail": "This cursor is older than the events still kept (RETENTION_TRANSITIONS_DAYS): "
+                               "the events after it were deleted. Resume from `oldest_cursor`; earlier "
+                               "events cannot be replayed.",
+                     "oldest_cursor": events.cursor(request.user.pk, exc.oldest)}, status=410)
 
 
 def _limit(value: str | None) -> int:
@@ -39,6 +48,14 @@ class EventSerializer(serializers.Serializer):
     payload = serializers.DictField(help_text="The event body, exactly as the webhook sends it.")
 
 
+class CursorGoneSerializer(ErrorSerializer):
+    oldest_cursor = serializers.CharField(help_text="The oldest cursor still served: resume after it.")
+
+
+GONE = OpenApiResponse(CursorGoneSerializer, description="The cursor is older than the events still kept "
+                       "(retention deleted the events after it): resume from `oldest_cursor`.")
+
+
 class EventPageSerializer(serializers.Serializer):
     events = EventSerializer(many=True, help_text="Oldest first.")
     next_cursor = serializers.CharField(help_text="Where the next page starts (also when this one is empty).")
@@ -55,9 +72,12 @@ class EventsView(APIView):
                                                                     "at most EVENTS_PAGE_MAX); a page also stops "
                                                                     "before its event bodies pass "
                                                                     "EVENTS_PAGE_MAX_BYTES (one event at least).")],
-                   responses={200: EventPageSerializer})
+                   responses={200: EventPageSerializer, 410: GONE})
     def get(self, request):
-        after = _position(request, request.query_params.get("after"))
+        try:
+            after = _position(request, request.query_params.get("after"))
+        except events.CursorExpired as exc:
+            return _expired(request, exc)
         page = events.within_bytes(events.page(request.user.pk, after, _limit(request.query_params.get("limit"))),
                                    settings.EVENTS_PAGE_MAX_BYTES)
         # Where to go on from: the last event listed, else where this page started.
@@ -82,11 +102,15 @@ class EventStreamView(APIView):
                               429: error("The user holds EVENT_STREAMS_PER_USER streams, or one stream while "
                                          "only the EVENT_STREAMS_RESERVED places are left, or the user's request "
                                          "rate limit is reached (Retry-After)."),
+                              410: GONE,
                               503: error("No stream place on this worker or in all (EVENT_STREAMS_TOTAL), or "
                                          "Redis unavailable.")})
     def get(self, request):
         # A reconnecting EventSource sends the last id it saw; it wins over the URL's `after`.
-        after = _position(request, request.headers.get("Last-Event-ID") or request.query_params.get("after"))
+        try:
+            after = _position(request, request.headers.get("Last-Event-ID") or request.query_params.get("after"))
+        except events.CursorExpired as exc:
+            return _expired(request, exc)
         # Authenticated by X-API-Key (accounts.authentication): the stream re-checks that key.
         key_hash = hash_token(request.headers["X-API-Key"])
         response = StreamingHttpResponse(EventStream(request.user.pk, after, key_hash), content_type="text/event-stream")

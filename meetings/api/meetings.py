@@ -30,7 +30,7 @@ class MeetingDetailView(APIView):
     @extend_schema(operation_id="get_meeting", tags=["meetings"], summary="A meeting with its transition history",
                    responses={200: MeetingDetailSerializer})
     def get(self, request, meeting_id: int):
-        meeting = (Meeting.objects.filter(user=request.user, pk=meeting_id)
+        meeting = (Meeting.objects.filter(user=request.user, pk=meeting_id, redacted_at__isnull=True)
                    .prefetch_related("transitions").first())
         if meeting is None:
             raise MeetingNotFound(f"Meeting {meeting_id} not found.")
@@ -51,9 +51,14 @@ class MeetingByNativeIdView(APIView):
         return Response(MeetingSerializer(meeting).data)
 
     @extend_schema(operation_id="delete_meetings", parameters=MEETING_REF_PARAMETERS, tags=["meetings"],
-                   summary="Delete the user's ended meetings for this platform and id, with their history",
+                   summary="Delete the personal data of the user's ended meetings for this platform and id",
+                   description="Each ended meeting for this platform and id loses its data, identifiers and the "
+                               "bodies of its transitions (its events); it keeps its status, times and platform "
+                               "for the counts, and is no longer listed. Repeating the request is harmless.",
                    responses={200: MessageSerializer, 422: VALIDATION_ERROR,
                               409: error("A meeting for this platform and id has not ended; stop it first.")})
     def delete(self, request, platform: str, native_meeting_id: str):
         count = bots.delete_meetings(request.user, *validated_meeting_ref(platform, native_meeting_id))
-        return Response({"message": f"Deleted {count} meeting(s) for {platform}/{native_meeting_id}."})
+        if count == 0:
+            return Response({"message": f"The meetings for {platform}/{native_meeting_id} were already deleted."})
+        return Response({"message": f"Deleted the data of {count} meeting(s) for {platform}/{native_meeting_id}."})

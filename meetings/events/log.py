@@ -16,6 +16,10 @@ event webhooks deliver (the same id, the same body), in transition order, after 
   ids up to S. That takes one commit's time, unless some writing transaction of the PostgreSQL
   cluster runs long: then the page waits up to EVENTS_SETTLE_WAIT_SECONDS and comes back empty
   (ask again with the same cursor).
+- Horizon (`served_after`): the retention job deletes old meetings' transitions
+  (meetings/retention.py) and raises the user's horizon past them. The log is served after the
+  horizon: no cursor means from there, and a cursor before it is refused (`CursorExpired`, 410 with
+  the oldest cursor served) rather than silently skipping what was deleted.
 - Live (`publish`): after commit, each applied transition is published on the user's channel
   with its event; `GET /events/stream` (meetings/api/events.py) subscribes, replays the log
   (`replay`: every committed row, settled or not), then passes the published ones, skipping what
@@ -34,7 +38,7 @@ from django.core import signing
 from django.db import connection
 
 from meetings.payloads import STATUS_CHANGE, serialized, status_change_event
-from meetings.models import MeetingTransition
+from meetings.models import EventLogHorizon, MeetingTransition
 
 # uuid5 namespace of event ids (fixed: ids must not change between releases).
 EVENT_NAMESPACE = uuid.UUID("6f1c2a44-3c5e-4a57-9d0e-5b8f3b7a2e11")
@@ -42,6 +46,14 @@ START = 0  # the position before every event
 
 class InvalidCursor(ValueError):
     pass
+
+
+class CursorExpired(Exception):
+    """A cursor from before the user's horizon: events after it were deleted by retention."""
+
+    def __init__(self, oldest: int):
+        super().__init__(f"cursor before the horizon {oldest}")
+        self.oldest = oldest
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,23 @@ def position(user_id: int, value: str | None) -> int:
     if number < START:
         raise InvalidCursor("Invalid cursor: use a cursor this API returned to you.")
     return number
+
+
+def horizon(user_id: int) -> int:
+    """The position after which the user's log is whole (START until retention deleted some)."""
+    found = EventLogHorizon.objects.filter(user_id=user_id).values_list("position", flat=True).first()
+    return START if found is None else found
+
+
+def served_after(user_id: int, after: int, *, given: bool) -> int:
+    """Where to read the log from for a request starting after `after` (`given`: a cursor was
+    sent; none means from the oldest event served). CursorExpired for a cursor before the horizon."""
+    floor = horizon(user_id)
+    if after >= floor:
+        return after
+    if not given:
+        return floor
+    raise CursorExpired(floor)
 
 
 def page(user_id: int, after: int, limit: int, *, settled: bool = True) -> list[Event]:

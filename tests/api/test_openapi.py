@@ -103,7 +103,8 @@ def test_every_error_response_is_a_json_detail(schema):
     for path, method, code, response in errors:
         ref = response["content"]["application/json"]["schema"]["$ref"]
         assert ref in ("#/components/schemas/Error", "#/components/schemas/ValidationError",
-                       "#/components/schemas/Readiness"), (path, method, code, ref)
+                       "#/components/schemas/Readiness", "#/components/schemas/CursorGone"), (path, method, code, ref)
+    assert schema["components"]["schemas"]["CursorGone"]["required"] == ["detail", "oldest_cursor"]
     assert schema["components"]["schemas"]["Error"]["required"] == ["detail"]
 
 

@@ -210,7 +210,8 @@ def test_every_collector_reports_up(metrics_redis):
     samples = scrape()
     collectors = {dict(labels)["collector"]: v for (n, labels), v in samples.items()
                   if n == "botmanager_metrics_collector_up"}
-    expected = {"meetings", "transitions", "stops", "instances", "deadlines", "status_time", "redis", "queues"} \
+    expected = {"meetings", "transitions", "stops", "instances", "deadlines", "status_time", "redis", "queues",
+                "retention"} \
         | ({"webhooks"} if apps.is_installed("webhooks") else set())
     assert collectors == {name: 1 for name in expected}
 
