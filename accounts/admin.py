@@ -3,6 +3,8 @@ import json
 from django import forms
 from django.contrib import admin
 from django.db import models
+from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html
 
 from accounts.models import APIToken, User
 
@@ -28,7 +30,7 @@ class UserAdmin(admin.ModelAdmin):
     # here; the secret is never shown.
     # The password hash is never shown (an offline guessing target for whoever sees the page):
     # only whether a usable password is set.
-    readonly_fields = ["created_at", "last_login", "password_state", "settings", "webhook_url"]
+    readonly_fields = ["created_at", "last_login", "password_state", "settings", "webhook_url", "webhook_health"]
     exclude = ["user_permissions", "groups", "data", "webhook_secret", "password"]
     inlines = [APITokenInline]
 
@@ -37,6 +39,17 @@ class UserAdmin(admin.ModelAdmin):
         if user.has_usable_password():
             return "Set (not shown). Change it with: manage.py changepassword <email>"
         return "No usable password (cannot log in to this console)."
+
+    @admin.display(description="webhook deliveries")
+    def webhook_health(self, user: User) -> str:
+        # By URL name: the webhooks app sits above accounts and is not imported here.
+        try:
+            deliveries = reverse("admin:webhooks_webhookdelivery_changelist")
+            endpoints = reverse("admin:webhooks_endpoint_changelist")
+        except NoReverseMatch:
+            return "-"
+        return format_html('<a href="{}?user__id__exact={}">deliveries</a> · '
+                           '<a href="{}?user__id__exact={}">endpoint health</a>', deliveries, user.pk, endpoints, user.pk)
 
     @admin.display(description="data")
     def settings(self, user: User) -> str:

@@ -67,6 +67,8 @@ def update_user(user_id: int, changes: dict) -> User:
             setattr(user, name, value)
         if changed:
             user.save(update_fields=changed)
+        if url:
+            webhook.webhook_was_set(user.pk)
     return user
 
 

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from accounts import api, user_api
+from accounts import api
 
 urlpatterns = [
     path("admin/users", api.UsersView.as_view()),
@@ -9,5 +9,4 @@ urlpatterns = [
     path("admin/users/<int:user_id>/tokens", api.UserTokensView.as_view()),
     path("admin/tokens/<int:token_id>", api.TokenDetailView.as_view()),
     re_path(r"^admin/(?:users|tokens)(?P<rest>/.*)?$", api.unknown_admin_path),
-    path("user/webhook", user_api.WebhookView.as_view()),
 ]

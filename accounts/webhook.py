@@ -5,6 +5,7 @@ import ipaddress
 import re
 import secrets
 import socket
+from typing import Callable
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -101,6 +102,22 @@ def _refused(ip) -> bool:
     return not ip.is_global or ip.is_multicast or ip.is_unspecified or ip.is_reserved or site_local
 
 
+# Told the id of a user whose webhook URL was just set (PUT /user/webhook, the admin API), in the
+# transaction that set it: the webhooks app, a layer above, registers here (WebhooksConfig.ready)
+# to re-enable the user's endpoint and send what it held.
+_set_listeners: list[Callable[[int], None]] = []
+
+
+def on_webhook_set(listener: Callable[[int], None]) -> None:
+    if listener not in _set_listeners:
+        _set_listeners.append(listener)
+
+
+def webhook_was_set(user_id: int) -> None:
+    for listener in _set_listeners:
+        listener(user_id)
+
+
 def set_webhook(user: User, url: str, *, rotate_secret: bool = False) -> tuple[str, str]:
     """Set the webhook URL; the secret is generated once (or rotated on request). Returns both."""
     validate_webhook_url(url)
@@ -110,6 +127,7 @@ def set_webhook(user: User, url: str, *, rotate_secret: bool = False) -> tuple[s
         if rotate_secret or not locked.webhook_secret:
             locked.webhook_secret = secrets.token_hex(32)
         locked.save(update_fields=["webhook_url", "webhook_secret"])
+        webhook_was_set(locked.pk)
     return url, locked.webhook_secret
 
 

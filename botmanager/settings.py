@@ -289,6 +289,11 @@ WEBHOOK_ENDPOINT_FAILURE_THRESHOLD = _int("WEBHOOK_ENDPOINT_FAILURE_THRESHOLD", 
 WEBHOOK_ENDPOINT_BACKOFF_SECONDS = _float("WEBHOOK_ENDPOINT_BACKOFF_SECONDS", 30)
 # Period of the job that re-enqueues pending deliveries whose task was lost.
 WEBHOOK_REDRIVE_INTERVAL_SECONDS = _float("WEBHOOK_REDRIVE_INTERVAL_SECONDS", 30)
+# An endpoint whose every attempt has failed for this long is disabled: its deliveries are held
+# (recorded, not sent) until the user re-enables it with PUT /user/webhook.
+WEBHOOK_ENDPOINT_DISABLE_AFTER_SECONDS = _float("WEBHOOK_ENDPOINT_DISABLE_AFTER_SECONDS", 3 * 24 * 3600)
+# POST /user/webhook/redeliver: at most this many deliveries per request.
+WEBHOOK_REDELIVER_MAX = _int("WEBHOOK_REDELIVER_MAX", 1000)
 
 # --- Retention ------------------------------------------------------------------------------------
 # How long what piles up is kept (common/retention.py runs the purgers in bounded batches): the

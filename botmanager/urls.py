@@ -14,6 +14,7 @@ urlpatterns = [
     # The admin API (/admin/users, /admin/tokens) is matched before the Django admin (/admin/).
     path("", include("accounts.urls")),
     path("", include("meetings.urls")),
+    path("", include("webhooks.urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -152,7 +152,8 @@ class AutoSchema(_SpectacularAutoSchema):
     def _get_request_body(self, direction="request"):
         body = super()._get_request_body(direction)
         # No required field, but a rule across fields (one of two): an empty body is refused too.
-        if body is not None and "anyOf" in getattr(self.get_request_serializer(), OPENAPI_EXTRA, {}):
+        extra = getattr(self.get_request_serializer(), OPENAPI_EXTRA, {}) if body is not None else {}
+        if "anyOf" in extra or "oneOf" in extra:
             body["required"] = True
         return body
 

@@ -17,9 +17,11 @@ counter would show only what the scraped process saw. So:
      meetings that went through `stopping` (DELETE → terminal);
    - `botmanager_meetings_past_deadline{status}`: live meetings whose deadline passed more than one
      sweep interval ago (the sweep should have acted: it must stay 0);
-   - `botmanager_webhook_deliveries{status}` (pending / succeeded / failed; a gauge, a delivery
-     moves from pending to an outcome) and `botmanager_webhook_attempts_total{outcome}` (every
-     HTTP attempt: succeeded / retry / failed), when the `webhooks` app is installed.
+   - `botmanager_webhook_deliveries{status}` (pending / succeeded / failed / held; a gauge, a
+     delivery moves from pending to an outcome), `botmanager_webhook_deliveries_given_up`,
+     `botmanager_webhook_deliveries_held`, `botmanager_webhook_endpoints_disabled` (gauges) and
+     `botmanager_webhook_attempts_total{outcome}` (every HTTP attempt: succeeded / retry /
+     failed), when the `webhooks` app is installed.
    - `botmanager_meeting_status_duration_seconds{status}`: histogram of the time meetings spent in
      each status, one observation per applied transition out of it. Recounting the whole table on
      every scrape would grow with history, so this one is incremental: a Redis hash
@@ -431,9 +433,22 @@ class DatabaseCollector:
             "pending (being retried), succeeded, failed (gave up).", labels=["status"])
         model = apps.get_model("webhooks", "WebhookDelivery")
         counts = dict(model.objects.order_by().values_list("status").annotate(n=Count("id")))
-        for status in sorted({"pending", "succeeded", "failed", *counts}):
+        for status in sorted({"pending", "succeeded", "failed", "held", *counts}):
             deliveries.add_metric([str(status)], counts.get(status, 0))
         yield deliveries
+        # Alerting rules name these: a given-up delivery is an event a receiver never got, a held
+        # one waits for its user to re-enable their endpoint.
+        yield GaugeMetricFamily("botmanager_webhook_deliveries_given_up",
+                                "Webhook deliveries given up (kept as rows; a user may redeliver them).",
+                                value=counts.get("failed", 0))
+        yield GaugeMetricFamily("botmanager_webhook_deliveries_held",
+                                "Webhook deliveries held, not sent, while their endpoint is disabled.",
+                                value=counts.get("held", 0))
+        endpoint_model = apps.get_model("webhooks", "Endpoint")
+        yield GaugeMetricFamily("botmanager_webhook_endpoints_disabled",
+                                "Users' webhook endpoints disabled after failing for "
+                                "WEBHOOK_ENDPOINT_DISABLE_AFTER_SECONDS (re-enabled by PUT /user/webhook).",
+                                value=endpoint_model.objects.filter(disabled_at__isnull=False).count())
         try:
             attempt_model = apps.get_model("webhooks", "WebhookAttempt")
         except LookupError:

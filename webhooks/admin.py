@@ -2,6 +2,7 @@ import json
 
 from django.contrib import admin, messages
 from django.utils import timezone
+from django.urls import reverse
 from django.utils.html import format_html
 
 from common.admin_readonly import ReadOnlyInline, ReadOnlyModelAdmin
@@ -59,17 +60,32 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
 @admin.register(Endpoint)
 class EndpointAdmin(ReadOnlyModelAdmin):
-    """The back-off state of each user's receiver URL (webhooks.endpoints): read only, kept by the workers."""
+    """Each user's receiver URL as the workers see it (webhooks.endpoints, webhooks.health): its
+    back-off, how long it has been failing, whether it is disabled; read only, kept by the workers
+    (the user re-enables it with PUT /user/webhook)."""
 
-    list_display = ["url", "user", "consecutive_failures", "backing_off", "open_until", "last_error",
-                    "last_failure_at", "last_success_at"]
-    list_filter = ["last_failure_at"]
+    list_display = ["url", "user", "state", "consecutive_failures", "backing_off", "failing_since", "last_error",
+                    "last_failure_at", "last_success_at", "deliveries"]
+    list_filter = [("disabled_at", admin.EmptyFieldListFilter), "last_failure_at"]
     search_fields = ["url", "user__email"]
     list_select_related = ["user"]
     ordering = ["-consecutive_failures", "-last_failure_at"]
-    readonly_fields = ["url", "user", "url_hash", "consecutive_failures", "open_until", "last_error", "last_failure_at",
-                       "last_success_at", "updated_at"]
+    readonly_fields = ["url", "user", "url_hash", "state", "disabled_at", "failing_since", "consecutive_failures",
+                       "open_until", "last_error", "last_failure_at", "last_success_at", "updated_at", "deliveries"]
 
     @admin.display(boolean=True, description="backing off")
     def backing_off(self, obj: Endpoint) -> bool:
         return obj.open_until is not None and obj.open_until > timezone.now()
+
+    @admin.display(description="state", ordering="disabled_at")
+    def state(self, obj: Endpoint) -> str:
+        return f"disabled since {obj.disabled_at:%Y-%m-%d %H:%M:%S}" if obj.disabled_at else "enabled"
+
+    @admin.display(description="deliveries")
+    def deliveries(self, obj: Endpoint):
+        return user_deliveries_link(obj.user_id)
+
+
+def user_deliveries_link(user_id: int):
+    url = reverse("admin:webhooks_webhookdelivery_changelist")
+    return format_html('<a href="{}?user__id__exact={}">deliveries of this user</a>', url, user_id)

@@ -20,6 +20,7 @@ user's deliveries only (webhooks.endpoints).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -61,13 +62,14 @@ class Claim:
 @dataclass(frozen=True)
 class Held:
     """No attempt now, and none counted: the user's cap is full ("capped"), or the endpoint backs
-    off ("deferred"). The delivery stays pending; its task comes back after `countdown`."""
+    off ("deferred"). The delivery stays pending; its task comes back after `countdown`. Or the
+    endpoint is disabled ("held"): the delivery is held, and no task comes back."""
 
     outcome: str
     countdown: float
 
 
-CAPPED, DEFERRED = "capped", "deferred"
+CAPPED, DEFERRED, HELD = "capped", "deferred", "held"
 # The key space of the per-user advisory lock ("whku"), apart from the sweep's.
 USER_LOCK_CLASS = 0x77686B75
 
@@ -91,11 +93,13 @@ def enqueue(delivery_id: int, countdown: float | None = None) -> None:
 @task(name="webhooks.deliver", queue=WEBHOOKS)
 def attempt(delivery_id: int) -> str | None:
     """Make the due attempt of a pending delivery. Returns the attempt's verdict; "capped" or
-    "deferred" when it must wait (see Held); None when there was nothing to do (unknown, not
+    "deferred" when it must wait (see Held); "held" when its endpoint is disabled; None when there was nothing to do (unknown, not
     pending, not due, or another attempt is running)."""
     claim = _claim(delivery_id)
     if claim is None:
         return None
+    if isinstance(claim, Held) and claim.outcome == HELD:
+        return HELD  # the endpoint is disabled: the delivery waits for PUT /user/webhook
     if isinstance(claim, Held):
         # Never dropped: the task comes back (a finished attempt of the user's may hand it a
         # slot sooner, and the redrive job is the backstop).
@@ -131,6 +135,13 @@ def _claim(delivery_id: int) -> Claim | Held | None:
             if slot_frees_at is not None:
                 return Held(CAPPED, _capped_countdown(slot_frees_at, now))
             gate = endpoints.admit(delivery.user_id, url, now, lease_seconds())
+            if gate.disabled:
+                # Kept, not sent and not given up: re-enabling the endpoint releases it.
+                delivery.status = DeliveryStatus.HELD
+                delivery.next_attempt_at = None
+                delivery.held_by_id = gate.endpoint_id
+                delivery.save(update_fields=["status", "next_attempt_at", "held_by", "updated_at"])
+                return Held(HELD, 0)
             if gate.defer_until is not None:
                 delivery.next_attempt_at = gate.defer_until
                 delivery.held_by_id = gate.endpoint_id
@@ -273,15 +284,22 @@ def _log(claim: Claim, result: sender.Result, delivery: WebhookDelivery, retry_i
 def _hand_off(user_id: int) -> None:
     """An attempt of the user's finished: enqueue their next due deliveries, as many as they have
     free slots, so a delivery refused by the cap goes as soon as a slot frees (not only when its
-    own task comes back). A delivery that already has a task gets a duplicate: harmless."""
+    own task comes back). A delivery that already has a task gets a duplicate: harmless.
+
+    The deliveries handed on are drawn from the first few due ones, not always the very first:
+    attempts finishing at the same moment each picked the same first row, all but one of their
+    tasks found it claimed, and a user's backlog (a replay) went about one attempt at a time
+    instead of their cap's worth. Every due row stays due, so any later hand-off can pick it."""
     now = timezone.now()
     free = settings.WEBHOOK_MAX_IN_FLIGHT_PER_USER - _in_flight(user_id, now)
     if free <= 0:
         return
-    for delivery_id in (WebhookDelivery.objects
-                        .filter(user_id=user_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
-                        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
-                        .order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:free]):
+    window = free + settings.WEBHOOK_MAX_IN_FLIGHT_PER_USER
+    due = list(WebhookDelivery.objects
+               .filter(user_id=user_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
+               .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
+               .order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:window])
+    for delivery_id in sorted(random.sample(due, min(free, len(due)))):
         enqueue(delivery_id)
 
 
@@ -293,6 +311,12 @@ def _wake(endpoint_id: int) -> None:
     held.update(held_by=None, next_attempt_at=now, updated_at=now)
     for user_id in users:
         _hand_off(user_id)
+
+
+def send_due(user_id: int) -> None:
+    """Start the user's due deliveries, as many as their cap allows now; each finished attempt
+    starts the next ones (redelivery and re-enabling an endpoint make many due at once)."""
+    _hand_off(user_id)
 
 
 # --- Redrive and redelivery ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ per back-off period each), which the per-user cap on attempts in flight already 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -34,6 +35,8 @@ from webhooks.models import Endpoint
 from webhooks.policy import Verdict
 from webhooks.sender import Result
 
+log = logging.getLogger(__name__)
+
 
 def url_hash(url: str) -> str:
     return hashlib.sha256(url.encode("utf-8")).hexdigest()
@@ -44,6 +47,7 @@ class Gate:
     endpoint_id: int | None = None
     defer_until: datetime | None = None  # set: the endpoint backs off; no attempt now
     probe: bool = False  # the attempt allowed through after a back-off
+    disabled: bool = False  # no attempt until the user re-enables the endpoint
 
 
 def _of(user_id: int, url: str):
@@ -56,9 +60,11 @@ def admit(user_id: int, url: str, now: datetime, probe_lease: float) -> Gate:
     goes with it."""
     threshold = settings.WEBHOOK_ENDPOINT_FAILURE_THRESHOLD
     # The common case, a healthy endpoint, costs one indexed read and takes no lock.
-    if not _of(user_id, url).filter(consecutive_failures__gte=threshold).exists():
+    if not _of(user_id, url).filter(Q(consecutive_failures__gte=threshold) | Q(disabled_at__isnull=False)).exists():
         return Gate()
     state = _of(user_id, url).select_for_update().first()
+    if state is not None and state.disabled_at is not None:
+        return Gate(state.pk, disabled=True)
     if state is None or state.consecutive_failures < threshold:
         return Gate()  # reset meanwhile
     if state.open_until is not None and state.open_until > now:
@@ -72,11 +78,15 @@ def record(user_id: int, url: str, result: Result, *, probe: bool) -> int | None
     """Count the outcome of an attempt of `user_id`'s delivery for its endpoint. Returns the id
     of an endpoint this answer reset (its deferred deliveries are due again), else None."""
     now = timezone.now()
-    if policy.classify(result.code, permanent_error=result.permanent) is Verdict.RETRY:
+    verdict = policy.classify(result.code, permanent_error=result.permanent)
+    if verdict is Verdict.RETRY:
         _failed(user_id, url, result, now)
         return None
+    if verdict is Verdict.FAILED and result.code is not None:
+        # An answer, so no back-off; but not a success: it counts towards disabling.
+        _failed(user_id, url, result, now, backs_off=False)
     if result.code is not None:
-        return _answered(user_id, url, now)
+        return _answered(user_id, url, now, success=verdict is Verdict.SUCCEEDED)
     if probe:
         # The probe sent nothing (a refused address): the next attempt may probe at once.
         _of(user_id, url).update(open_until=now)
@@ -89,26 +99,37 @@ def backoff_seconds(failures: int) -> float:
     return min(settings.WEBHOOK_ENDPOINT_BACKOFF_SECONDS * 2 ** beyond, settings.WEBHOOK_BACKOFF_MAX_SECONDS)
 
 
-def _failed(user_id: int, url: str, result: Result, now: datetime) -> None:
+def _failed(user_id: int, url: str, result: Result, now: datetime, *, backs_off: bool = True) -> None:
     with transaction.atomic():
         Endpoint.objects.bulk_create([Endpoint(user_id=user_id, url_hash=url_hash(url), url=url)],
                                      ignore_conflicts=True)
         state = _of(user_id, url).select_for_update().get()
-        state.consecutive_failures += 1
+        if backs_off:
+            state.consecutive_failures += 1
+            if state.consecutive_failures >= settings.WEBHOOK_ENDPOINT_FAILURE_THRESHOLD:
+                state.open_until = now + timedelta(seconds=backoff_seconds(state.consecutive_failures))
         state.last_failure_at = now
         state.last_error = result.error or f"HTTP {result.code}"
-        if state.consecutive_failures >= settings.WEBHOOK_ENDPOINT_FAILURE_THRESHOLD:
-            state.open_until = now + timedelta(seconds=backoff_seconds(state.consecutive_failures))
+        state.failing_since = state.failing_since or now
+        if state.disabled_at is None and (now - state.failing_since).total_seconds() >= \
+                settings.WEBHOOK_ENDPOINT_DISABLE_AFTER_SECONDS:
+            state.disabled_at = now
+            log.warning("webhook endpoint %s of user %s disabled: every attempt failed since %s (last: %s)",
+                        state.pk, user_id, state.failing_since.isoformat(), state.last_error[:200])
         state.save()
 
 
-def _answered(user_id: int, url: str, now: datetime) -> int | None:
+def _answered(user_id: int, url: str, now: datetime, *, success: bool = True) -> int | None:
     # Only an endpoint with something to reset is written: a success on a healthy endpoint (the
     # common case) costs one indexed read.
-    state = (_of(user_id, url)
-             .filter(Q(consecutive_failures__gt=0) | Q(open_until__isnull=False)).first())
+    something = Q(consecutive_failures__gt=0) | Q(open_until__isnull=False)
+    if success:
+        something |= Q(failing_since__isnull=False)
+    state = _of(user_id, url).filter(something).first()
     if state is None:
         return None
-    Endpoint.objects.filter(pk=state.pk).update(consecutive_failures=0, open_until=None, last_success_at=now,
-                                                updated_at=now)
+    changes = {"consecutive_failures": 0, "open_until": None, "updated_at": now}
+    if success:
+        changes.update(last_success_at=now, failing_since=None)
+    Endpoint.objects.filter(pk=state.pk).update(**changes)
     return state.pk

@@ -23,7 +23,9 @@ FINAL_EVENTS = (WebhookEvent.COMPLETED, WebhookEvent.FAILED)
 class DeliveryStatus(models.TextChoices):
     PENDING = "pending"
     SUCCEEDED = "succeeded"
-    FAILED = "failed"
+    FAILED = "failed"  # given up: the row stays, as the dead letter a user can redeliver
+    # Recorded while the user's endpoint is disabled, not sent: PUT /user/webhook releases them.
+    HELD = "held"
 
 
 class Endpoint(models.Model):
@@ -45,6 +47,11 @@ class Endpoint(models.Model):
     last_error = models.TextField(blank=True, default="")
     last_failure_at = models.DateTimeField(null=True, blank=True)
     last_success_at = models.DateTimeField(null=True, blank=True)
+    # The first failure since the last success (any answer but a 2xx, or no answer): the endpoint
+    # is disabled once this is WEBHOOK_ENDPOINT_DISABLE_AFTER_SECONDS old.
+    failing_since = models.DateTimeField(null=True, blank=True)
+    # Set: no attempt is made to this endpoint; its deliveries are held until PUT /user/webhook.
+    disabled_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -111,6 +118,8 @@ class WebhookDelivery(models.Model):
                          condition=Q(claimed_until__isnull=False)),
             models.Index(fields=["user", "next_attempt_at"], name="webhook_user_pending_due",
                          condition=Q(status="pending")),
+            # GET /user/webhook/deliveries: a user's newest first, a page after a cursor.
+            models.Index(fields=["user", "-id"], name="webhook_user_newest"),
         ]
 
     def __str__(self) -> str:

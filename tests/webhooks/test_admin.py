@@ -8,6 +8,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from accounts import webhook
 from tests.factories import make_user
 from tests.webhooks.conftest import new_meeting
 from webhooks import delivery
@@ -123,3 +124,29 @@ def test_the_endpoints_are_listed_read_only(console, hook_user, receiver, settin
     assert console.get(f"{endpoints}add/").status_code == 403
     assert console.post(f"{endpoints}{state.pk}/delete/", {"post": "yes"}).status_code == 403
     assert Endpoint.objects.get(pk=state.pk).consecutive_failures == 2
+
+
+def test_a_users_page_links_to_their_deliveries_and_endpoint_health(console, hook_user, receiver):
+    mine = WebhookDelivery.objects.get(meeting=new_meeting(hook_user))
+    other = make_user()
+    webhook.set_webhook(other, receiver.url)
+    other.refresh_from_db()
+    new_meeting(other)
+
+    page = console.get(f"/admin/accounts/user/{hook_user.pk}/change/").content.decode()
+    link = f"{LIST}?user__id__exact={hook_user.pk}"
+
+    assert link in page
+    assert listed(console.get(link)) == {mine.pk}
+    assert f"/admin/webhooks/endpoint/?user__id__exact={hook_user.pk}" in page
+
+
+def test_the_endpoint_list_shows_a_disabled_endpoint_and_links_its_deliveries(console, hook_user, receiver, settings):
+    settings.WEBHOOK_ENDPOINT_DISABLE_AFTER_SECONDS = 0
+    receiver.answer(500)
+    assert delivery.attempt(WebhookDelivery.objects.get(meeting=new_meeting(hook_user)).pk) == "retry"
+
+    page = console.get("/admin/webhooks/endpoint/?disabled_at__isnull=False").content.decode()
+
+    assert "disabled since" in page
+    assert f"{LIST}?user__id__exact={hook_user.pk}" in page
