@@ -76,11 +76,13 @@ def migrate_to(target: list[tuple[str, str]]):
     return executor.loader.project_state(target).apps
 
 
-def latest_migrations(app: str) -> list[tuple[str, str]]:
+def latest_migrations(app: str | None = None) -> list[tuple[str, str]]:
+    """The latest migration of every app, whatever `app` says: going back in one app also unapplies
+    the other apps' migrations that depend on it, and the way back must apply them again."""
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
-    return MigrationExecutor(connection).loader.graph.leaf_nodes(app)
+    return MigrationExecutor(connection).loader.graph.leaf_nodes()
 
 
 # --- Subprocess stacks -------------------------------------------------------------------------------
