@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -388,17 +389,37 @@ def stop_redis(run_dir: Path) -> None:
         return
     try:
         pid = int(pidfile.read_text().strip())
-        os.kill(pid, 15)
+        os.kill(pid, signal.SIGTERM)
     except (ValueError, ProcessLookupError):
         return
     # Redis writes its append-only file before it exits: on a busy disk that takes seconds. Like
-    # `pg_ctl stop -w`, return once it is gone (up to REDIS_STOP_WAIT_SECONDS), not while it still serves.
+    # `pg_ctl stop -w`, return once it is gone (up to REDIS_STOP_WAIT_SECONDS), not while it still
+    # serves. Gone: the process has exited, or its listening socket is closed (the last step of its
+    # shutdown; an exited daemon may stay a zombie where nothing reaps orphans).
+    port = settings.EMBEDDED_REDIS_PORT
     deadline = time.monotonic() + REDIS_STOP_WAIT_SECONDS
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return
+        if not _port_open(port):
+            return
+        time.sleep(0.05)
+    # Still serving: it refused to shut down (a failed save on shutdown keeps Redis running).
+    # Say so, and end it: a stop that leaves the server up would leave the next start a stranger.
+    print(f"devstack: Redis (pid {pid}) did not exit within {REDIS_STOP_WAIT_SECONDS} s of SIGTERM; "
+          f"killing it (its log: {run_dir / 'redis.log'})", file=sys.stderr)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    _wait_closed(port, 10)
+
+
+def _wait_closed(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _port_open(port) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
