@@ -129,8 +129,18 @@ def assert_launched_exactly_once(processes: Processes, meeting: Meeting) -> None
              interval=0.1, what="the grace to pass")
     wait_sweep_runs(3, timeout=60, what=f"\n{processes.logs()}")
     broker = broker_client()
-    wait_for(lambda: not any(broker.llen(queue) for queue in all_queues()), timeout=30,
-             what="the worker to take every queued task")
+    # A barrier, not a speed check: on a loaded machine the threads worker may trail beat's
+    # one-second entries for a while. If it never drains, what is still queued and the logs say why.
+    queued_now: dict[str, int] = {}
+
+    def drained() -> bool:
+        queued_now.update({queue: broker.llen(queue) for queue in all_queues()})
+        return not any(queued_now.values())
+
+    try:
+        wait_for(drained, timeout=90, what="the worker to take every queued task")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; still queued: {queued_now}\n{processes.logs()}") from None
     meeting.refresh_from_db()
     assert meeting.status == "requested"  # the stand-in bot never calls back
     assert bots_started_for(processes, meeting) == 1
