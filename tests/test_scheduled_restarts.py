@@ -87,6 +87,9 @@ class Processes:
 
 @pytest.fixture
 def processes(tmp_path):
+    # An empty broker to start with: an earlier test file of this test process may have left tasks
+    # in another instance's queue (a Docker engine's), which this worker never takes.
+    broker_client().delete(*all_queues(), "unacked", "unacked_index")
     made = Processes(tmp_path)
     try:
         yield made
