@@ -348,6 +348,20 @@ PROCESS_BOT_USER = _str("PROCESS_BOT_USER", "")
 # Nomad: each bot's BOT_CONFIG is a Nomad Variable at <prefix>/<DEPLOYMENT_NAME>/<bot name>, never in
 # the dispatched job (whose Meta any job-read token sees); the bot job's template reads it.
 NOMAD_BOT_VAR_PREFIX = _str("NOMAD_BOT_VAR_PREFIX", "botmanager/bots")
+# Kubernetes (orchestrators/kubernetes.py): one pod per bot in this namespace.
+KUBERNETES_NAMESPACE = _str("KUBERNETES_NAMESPACE", "botmanager-bots")
+# The operator's Pod manifest (YAML) the bot pods are made from; empty: one container `bot` of BOT_IMAGE.
+KUBERNETES_POD_TEMPLATE = _str("KUBERNETES_POD_TEMPLATE", "")
+# Empty: the pod's service account when running in a cluster, else the default kubeconfig.
+KUBERNETES_KUBECONFIG = _str("KUBERNETES_KUBECONFIG", "")
+KUBERNETES_CONTEXT = _str("KUBERNETES_CONTEXT", "")
+# Names the cluster in the instance id instead of the kube-system namespace's UID (whose read needs
+# a cluster-scoped grant).
+KUBERNETES_CLUSTER_ID = _str("KUBERNETES_CLUSTER_ID", "")
+# A bot pod still waiting for its image (or its container config) this long after creation is Failed.
+KUBERNETES_IMAGE_PULL_TIMEOUT_SECONDS = _float("KUBERNETES_IMAGE_PULL_TIMEOUT_SECONDS", 300)
+# Set by the kubelet in every pod: the service runs in a cluster (not an operator setting).
+KUBERNETES_IN_CLUSTER = bool(_env.get("KUBERNETES_SERVICE_HOST"))
 # Engine endpoint of the docker backend; empty: the local socket (unix:///var/run/docker.sock).
 DOCKER_HOST = _str("DOCKER_HOST", "")
 # Timeout of one call to the Docker engine or the Nomad API that starts or removes a bot.

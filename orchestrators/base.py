@@ -65,6 +65,10 @@ class BotSpec:
     name: str
     config: dict
     labels: dict[str, str] = field(default_factory=dict)
+    # The longest this bot may run, every deadline of its meeting included: a backend that can have
+    # the engine itself end it (kubernetes: activeDeadlineSeconds) does, so a bot that outlived all
+    # of them ends even while the control plane is down. None: no such bound.
+    deadline_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ BACKENDS = {
     "process": "orchestrators.process.ProcessOrchestrator",
     "docker": "orchestrators.docker.DockerOrchestrator",
     "nomad": "orchestrators.nomad.NomadOrchestrator",
+    "kubernetes": "orchestrators.kubernetes.KubernetesOrchestrator",
 }
 
 

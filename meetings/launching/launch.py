@@ -20,7 +20,7 @@ from common.tasks import task
 from meetings import platforms
 from meetings.bot_protocol import channels, tokens
 from meetings.launching import bot_credentials
-from meetings.lifecycle import endings, transitions as lifecycle
+from meetings.lifecycle import deadlines, endings, transitions as lifecycle
 from meetings.lifecycle.statuses import FailureStage, MeetingStatus, TransitionSource
 from meetings.models import Meeting, MeetingSession
 from meetings.stopping import bot_control, flow as stopping
@@ -102,7 +102,7 @@ def launch(meeting_id: int) -> str | None:
             # Before the bot starts: it subscribes with these credentials as soon as it runs.
             bot_credentials.create(meeting.id, session.session_uid)
             spec = BotSpec(name=name, config=build_bot_config(meeting, session, name),
-                           labels=bot_labels(meeting, session))
+                           labels=bot_labels(meeting, session), deadline_seconds=deadlines.bot_lifetime_bound())
             container_id = backend.start(spec)
     except (OrchestratorError, bot_credentials.CredentialsError, OSError, ValueError) as exc:
         log.warning("meeting %s: bot launch failed: %s", meeting.id, exc)

@@ -100,6 +100,16 @@ def seconds_for(status: str) -> float | None:
     return None if deadline is None or deadline.from_join_at else deadline.seconds()
 
 
+def bot_lifetime_bound() -> float:
+    """The longest a launched bot can legitimately run: every deadline it can pass through once
+    (requested to stopping), plus the stop's grace and a sweep interval per deadline (the sweep
+    acts at its own pace). A backend that can have the engine end a bot itself uses it
+    (`BotSpec.deadline_seconds`), so a bot outliving all of them ends even with no manager up."""
+    launched = (S.REQUESTED, S.JOINING, S.AWAITING_ADMISSION, S.ACTIVE, S.STOPPING)
+    return (sum(DEADLINES[status].seconds() for status in launched) + settings.BOT_STOP_TIMEOUT_SECONDS
+            + len(launched) * settings.ORPHAN_SWEEP_INTERVAL_SECONDS)
+
+
 def scheduled_deadline(join_at: datetime) -> datetime:
     """The deadline of a `scheduled` meeting: the last moment it may still be launched."""
     return join_at + timedelta(seconds=DEADLINES[S.SCHEDULED].seconds())

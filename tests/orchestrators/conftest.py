@@ -1,4 +1,5 @@
-"""Fixtures of the orchestrator tests: a real Docker engine, the test bot image, the Nomad fake.
+"""Fixtures of the orchestrator tests: a real Docker engine, the test bot image, the Nomad and
+Kubernetes fakes.
 
 Docker tests carry the `docker` marker. Without an engine they skip with the reason, on a
 developer's machine; under CI (setting CI, from the CI environment variable) such a skip is turned
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from tests.orchestrators.kubernetes_fake import KubernetesFake
 from tests.orchestrators.nomad_fake import NomadFake
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,5 +87,20 @@ def nomad_fake():
     fake = NomadFake()
     fake.start()
     fake.register_parameterized_job(NOMAD_BOT_JOB)
+    yield fake
+    fake.close()
+
+
+KUBERNETES_NAMESPACE = "botmanager-bots"
+
+
+@pytest.fixture
+def kubernetes_fake(tmp_path):
+    """The Kubernetes fake with the bots' namespace, and `kubeconfig_path`: a kubeconfig naming it."""
+    fake = KubernetesFake()
+    fake.start()
+    fake.add_namespace(KUBERNETES_NAMESPACE)
+    fake.kubeconfig_path = tmp_path / "kubeconfig"
+    fake.kubeconfig_path.write_text(fake.kubeconfig())
     yield fake
     fake.close()

@@ -68,3 +68,22 @@ def nomad_settings(address: str, deployment: str, **overrides) -> SimpleNamespac
 
 def find(bots, container_id: str):
     return next((b for b in bots if b.container_id == container_id), None)
+
+
+def kubernetes_settings(kubeconfig, deployment: str, **overrides) -> SimpleNamespace:
+    values = {
+        "KUBERNETES_KUBECONFIG": str(kubeconfig),
+        "KUBERNETES_CONTEXT": "",
+        "KUBERNETES_IN_CLUSTER": False,
+        "KUBERNETES_NAMESPACE": "botmanager-bots",
+        "KUBERNETES_POD_TEMPLATE": "",
+        "KUBERNETES_CLUSTER_ID": "",
+        "KUBERNETES_IMAGE_PULL_TIMEOUT_SECONDS": 300,
+        "BOT_IMAGE": "botmanager-simbot:latest",
+        "BOT_STOP_TIMEOUT_SECONDS": 10,
+        "DEPLOYMENT_NAME": deployment,
+        "ORCHESTRATOR_TIMEOUT_SECONDS": 5,
+        "ORCHESTRATOR_QUERY_TIMEOUT_SECONDS": 5,
+    }
+    values.update(overrides)
+    return SimpleNamespace(**values)

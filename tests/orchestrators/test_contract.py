@@ -6,6 +6,9 @@
 - nomad: python-nomad over HTTP against the Nomad fake (tests/orchestrators/nomad_fake.py). The fake
   plays Nomad's client too: a stop ends the task with exit code 0 (a bot that obeys SIGTERM), and
   the harness makes the task exit by itself when the spec asks for it.
+- kubernetes: the official client over HTTP against the Kubernetes fake
+  (tests/orchestrators/kubernetes_fake.py), which plays the scheduler, a kubelet and the garbage
+  collector as the Nomad fake plays Nomad's client.
 
 Every bot follows one convention: it runs until SIGTERM and then exits 0; with "test_exit_code": N
 in its BOT_CONFIG it exits with N right after starting; with "test_ignore_sigterm": true (process
@@ -29,8 +32,8 @@ import pytest
 from orchestrators.base import (LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_MEETING_ID, LABEL_SESSION_UID,
                                 LABEL_USER_ID, BotSpec, NormalizedStatus, NotOurBotError, Orchestrator,
                                 OrchestratorError, labels_name_session)
-from tests.orchestrators.conftest import NOMAD_BOT_JOB
-from tests.orchestrators.support import docker_settings, find, make_spec, nomad_settings
+from tests.orchestrators.conftest import KUBERNETES_NAMESPACE, NOMAD_BOT_JOB
+from tests.orchestrators.support import docker_settings, find, kubernetes_settings, make_spec, nomad_settings
 from tests.waiting import wait_for
 
 # What both test bots print on each SIGTERM they ignore (docker/bot-test-image/bot.sh too).
@@ -125,13 +128,30 @@ def _nomad_harness(request, tmp_path, deployment):
     )
 
 
-HARNESSES = {"process": _process_harness, "docker": _docker_harness, "nomad": _nomad_harness}
+def _kubernetes_harness(request, tmp_path, deployment):
+    fake = request.getfixturevalue("kubernetes_fake")
+    from orchestrators.kubernetes import KubernetesOrchestrator
+
+    def after_start(container_id, spec):
+        if "test_exit_code" in spec.config:
+            fake.finish(container_id, KUBERNETES_NAMESPACE, spec.config["test_exit_code"])
+
+    return Harness(
+        kind="kubernetes", deployment=deployment, after_start=after_start,
+        unknown_id="botmanager-bot-1-deadbeef",
+        build=lambda name: KubernetesOrchestrator.from_settings(kubernetes_settings(fake.kubeconfig_path, name)),
+    )
+
+
+HARNESSES = {"process": _process_harness, "docker": _docker_harness, "nomad": _nomad_harness,
+             "kubernetes": _kubernetes_harness}
 
 
 @pytest.fixture(params=[
     "process",
     pytest.param("docker", marks=pytest.mark.docker),
     "nomad",
+    "kubernetes",
 ])
 def harness(request, tmp_path, deployment_name):
     built = HARNESSES[request.param](request, tmp_path, deployment_name)
@@ -373,9 +393,22 @@ def _unreachable_nomad(tmp_path):
     return NomadOrchestrator.from_settings(nomad_settings(f"http://127.0.0.1:{_closed_port()}", "test-unreachable"))
 
 
-@pytest.fixture(params=["docker", "nomad"])
+def _unreachable_kubernetes(tmp_path):
+    from orchestrators.kubernetes import KubernetesOrchestrator
+    from tests.orchestrators.kubernetes_fake import KubernetesFake
+
+    kubeconfig = tmp_path / "unreachable-kubeconfig"
+    fake = KubernetesFake()
+    fake.start()
+    kubeconfig.write_text(fake.kubeconfig().replace(fake.url, f"http://127.0.0.1:{_closed_port()}"))
+    fake.close()
+    return KubernetesOrchestrator.from_settings(kubernetes_settings(kubeconfig, "test-unreachable"))
+
+
+@pytest.fixture(params=["docker", "nomad", "kubernetes"])
 def unreachable_backend(request, tmp_path):
-    return {"docker": _unreachable_docker, "nomad": _unreachable_nomad}[request.param](tmp_path)
+    return {"docker": _unreachable_docker, "nomad": _unreachable_nomad,
+            "kubernetes": _unreachable_kubernetes}[request.param](tmp_path)
 
 
 def test_list_raises_rather_than_answering_empty_when_the_engine_is_unreachable(unreachable_backend):
@@ -390,4 +423,5 @@ def test_start_raises_when_the_engine_is_unreachable(unreachable_backend):
 
 def test_inspect_raises_rather_than_answering_none_when_the_engine_is_unreachable(unreachable_backend):
     with pytest.raises(OrchestratorError):
-        unreachable_backend.inspect(f"{NOMAD_BOT_JOB}/dispatch-1700000000-deadbeef")
+        unreachable_backend.inspect(f"{NOMAD_BOT_JOB}/dispatch-1700000000-deadbeef"
+                                    if unreachable_backend.name == "nomad" else "botmanager-bot-1-deadbeef")
