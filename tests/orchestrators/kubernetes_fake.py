@@ -242,6 +242,9 @@ class KubernetesFake:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body are two writes: with Nagle's algorithm each answer waits for the
+            # client's delayed ACK (40 ms).
+            disable_nagle_algorithm = True
 
             def do_GET(self):
                 fake._handle(self, "GET")
@@ -319,7 +322,9 @@ class KubernetesFake:
             self._sync(namespace, name)
 
     def unschedulable(self, name: str, namespace: str, message: str = "0/3 nodes are available: 3 Insufficient memory.") -> None:
-        self._drive(name, namespace, scheduled=False, unschedulable_message=message)
+        """As if the scheduler never found a node for it (a pod once placed never goes back)."""
+        self._drive(name, namespace, scheduled=False, container="creating", started_at=None,
+                    unschedulable_message=message)
 
     def image_pull_error(self, name: str, namespace: str, reason: str = "ImagePullBackOff",
                          message: str = 'Back-off pulling image "bot:missing"') -> None:
@@ -416,6 +421,7 @@ class KubernetesFake:
                                   "lastProbeTime": None, "lastTransitionTime": created}]}
         if not node.scheduled:
             status["conditions"][0].update(reason="Unschedulable", message=node.unschedulable_message)
+            spec.pop("nodeName", None)
             pod["status"] = status
             return
         spec["nodeName"] = "node-1"
