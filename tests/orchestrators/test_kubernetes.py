@@ -3,6 +3,7 @@ official client over HTTP against tests/orchestrators/kubernetes_fake.py."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -481,3 +482,36 @@ def test_every_call_over_a_bots_whole_life_is_declared_in_api_calls(fake, backen
 
 def test_the_backend_is_registered():
     assert registry.BACKENDS["kubernetes"] == "orchestrators.kubernetes.KubernetesOrchestrator"
+
+
+# --- the launcher, end to end -------------------------------------------------------------------------
+@pytest.fixture
+def kubernetes_selected(fake, settings):
+    """ORCHESTRATOR=kubernetes, reaching the fake through its kubeconfig."""
+    settings.ORCHESTRATOR = "kubernetes"
+    settings.KUBERNETES_KUBECONFIG = str(fake.kubeconfig_path)
+    settings.KUBERNETES_NAMESPACE = NS
+    settings.KUBERNETES_POD_TEMPLATE = ""
+    settings.KUBERNETES_CLUSTER_ID = ""
+    registry.get_orchestrator.cache_clear()
+    yield registry.get_orchestrator()
+    registry.get_orchestrator.cache_clear()
+
+
+@pytest.mark.django_db
+def test_a_launched_meeting_runs_as_a_pod_that_the_cluster_ends_after_every_deadline(fake, kubernetes_selected):
+    from meetings.launching import bot_credentials
+    from meetings.launching.launch import launch
+    from meetings.lifecycle import deadlines
+    from tests.factories import make_meeting
+
+    meeting = make_meeting()
+    name = launch(meeting.id)
+    meeting.refresh_from_db()
+    try:
+        assert meeting.bot_container_id == name
+        assert _pod(fake, name)["spec"]["activeDeadlineSeconds"] == math.ceil(deadlines.bot_lifetime_bound())
+        config = fake.secret_config(f"{name}-config", NS)
+        assert (config["meeting_id"], config["container_name"]) == (meeting.id, name)
+    finally:
+        bot_credentials.remove_for(meeting.id, [meeting.current_session.session_uid])
