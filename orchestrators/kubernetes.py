@@ -132,6 +132,11 @@ def pod_status(pod, now: datetime, stuck_after: float) -> tuple[NormalizedStatus
     if phase == "Unknown" or reason == "NodeLost":
         return NormalizedStatus.FAILED, said(phase, reason or "NodeLost", message), None
     if pod.metadata.deletion_timestamp is not None:
+        if terminated is not None and exit_code is not None:
+            # Kept by our finalizer; a kubelet may leave a deleted pod's phase as it was, and
+            # only the container says that the bot ended.
+            ended = NormalizedStatus.FAILED if terminated.reason == "OOMKilled" else NormalizedStatus.EXITED
+            return ended, said(phase, terminated.reason or f"exit {exit_code}"), exit_code
         return NormalizedStatus.STOPPING, said(phase, "Terminating"), None
     if phase == "Running":
         return NormalizedStatus.UP, "Running", None

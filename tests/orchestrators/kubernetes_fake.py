@@ -227,6 +227,8 @@ class KubernetesFake:
         self.calls: list[Call] = []
         self.auto_schedule = True
         self.auto_run = True
+        # False: as kubelets that leave a deleted pod's phase as it was once its containers ended.
+        self.terminal_phase_on_delete = True
         self.delay = 0.0
         self._faults: list[Fault] = []
         self._expire_tokens = 0
@@ -434,6 +436,8 @@ class KubernetesFake:
                                     "startedAt": _stamp(node.started_at or _now()), "finishedAt": _stamp(_now()),
                                     "containerID": f"containerd://{meta['uid'].replace('-', '')}"}}
             status["phase"] = "Succeeded" if node.exit_code == 0 else "Failed"
+            if meta.get("deletionTimestamp") and not self.terminal_phase_on_delete and node.started_at:
+                status["phase"] = "Running"
         elif node.container == "never-ran":
             # What a kubelet reports for a container deleted before it ever ran.
             state, status["phase"] = {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",

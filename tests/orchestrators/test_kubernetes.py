@@ -284,6 +284,14 @@ def test_a_stopped_bot_keeps_its_exit_code_until_removed(fake, backend, deployme
     assert backend.inspect(name) is None
 
 
+def test_a_deleted_pod_whose_phase_stayed_running_is_exited_once_its_container_ended(fake, backend, deployment_name):
+    fake.terminal_phase_on_delete = False
+    name = backend.start(make_spec(deployment_name))
+    backend.terminate(name)
+    info = backend.inspect(name)
+    assert (info.status, info.raw_status, info.exit_code) == (NormalizedStatus.EXITED, "Running/Completed", 0)
+
+
 def test_remove_takes_off_only_our_finalizer(fake, backend, deployment_name):
     name = backend.start(make_spec(deployment_name))
     fake.pods[(NS, name)]["metadata"]["finalizers"] = ["example.com/audit", FINALIZER]
