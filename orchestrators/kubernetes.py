@@ -81,6 +81,10 @@ STUCK_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
+# A connection or a timeout (urllib3), or an answer the client could not turn into its models
+# (pydantic's ValidationError is a ValueError).
+_TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError, ValueError)
+
 DEFAULT_POD_TEMPLATE = {
     "apiVersion": "v1",
     "kind": "Pod",
@@ -206,6 +210,12 @@ def _rfc3339(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+class _Expired(Exception):
+    def __init__(self, exc: ApiException):
+        super().__init__(str(exc))
+        self.exc = exc
+
+
 class KubernetesOrchestrator:
     name = "kubernetes"
 
@@ -273,8 +283,7 @@ class KubernetesOrchestrator:
             if missing_ok and exc.status == 404:
                 return None
             raise self._failed(what, exc) from exc
-        except (urllib3.exceptions.HTTPError, OSError, ValueError, TypeError) as exc:
-            # TypeError/ValueError: an answer the client could not turn into objects.
+        except _TRANSPORT_ERRORS as exc:
             raise self._failed(what, exc) from exc
 
     def instance_id(self) -> str:
@@ -353,10 +362,25 @@ class KubernetesOrchestrator:
             if exc.status != 409:
                 raise self._failed(f"create pod {spec.name}", exc) from exc
             pod = self._adopt_same_session(spec, exc)
-        except (urllib3.exceptions.HTTPError, OSError, ValueError, TypeError) as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise self._failed(f"create pod {spec.name}", exc) from exc
-        self._create_secret(spec, pod, labels)
+        try:
+            self._create_secret(spec, pod, labels)
+        except OrchestratorError:
+            # The launch fails; a pod left waiting for its config would only wait out the pull bound.
+            self._discard(pod)
+            raise
         return pod.metadata.name
+
+    def _discard(self, pod) -> None:
+        """Best effort: delete a pod that never started and release it from our finalizer."""
+        name = pod.metadata.name
+        try:
+            self._delete_pod(pod, 0, "discard")
+            self._release(pod)
+        except OrchestratorError as exc:
+            log.warning("kubernetes: could not discard pod %s, whose config secret could not be created "
+                        "(the sweep removes it): %s", name, exc)
 
     def _adopt_same_session(self, spec: BotSpec, conflict: ApiException):
         """A 409 on create: a retried start of this very bot finds its own pod; anything else by
@@ -391,7 +415,7 @@ class KubernetesOrchestrator:
             except ApiException as exc:
                 if exc.status != 409 or attempt == 2:
                     raise self._failed(f"create the config secret {name} of pod {spec.name}", exc) from exc
-            except (urllib3.exceptions.HTTPError, OSError, ValueError, TypeError) as exc:
+            except _TRANSPORT_ERRORS as exc:
                 raise self._failed(f"create the config secret {name} of pod {spec.name}", exc) from exc
             existing = self._call(f"read secret {name}", self.core.read_namespaced_secret, name, self.namespace,
                                   timeout=self.query_timeout, missing_ok=True)
@@ -428,7 +452,7 @@ class KubernetesOrchestrator:
             if exc.status in (404, 409):  # gone, or replaced since we read it: not ours to touch
                 return
             raise self._failed(f"{verb} pod {name}", exc) from exc
-        except (urllib3.exceptions.HTTPError, OSError, ValueError, TypeError) as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise self._failed(f"{verb} pod {name}", exc) from exc
 
     def terminate(self, container_id: str) -> None:
@@ -456,20 +480,27 @@ class KubernetesOrchestrator:
             return
         if pod.metadata.deletion_timestamp is None:
             self._delete_pod(pod, self.stop_timeout, "remove")
+        self._release(pod)
+        self._delete_secret(container_id)
+
+    def _release(self, pod) -> None:
+        """Take our finalizer off: a deleted pod then goes once its containers ended."""
+        container_id = pod.metadata.name
         finalizers = pod.metadata.finalizers or []
         if FINALIZER in finalizers:
             index = finalizers.index(FINALIZER)
-            # A JSON patch with a test: only our finalizer goes, and only if it is still where we saw it.
-            patch = [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
+            # JSON patch tests: only our finalizer goes, only of the pod we judged ours (not one that
+            # replaced it under the same name), and only if it is still where we saw it.
+            patch = [{"op": "test", "path": "/metadata/uid", "value": pod.metadata.uid},
+                     {"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
                      {"op": "remove", "path": f"/metadata/finalizers/{index}"}]
             try:
                 self.core.patch_namespaced_pod(container_id, self.namespace, patch, _request_timeout=self.timeout)
             except ApiException as exc:
                 if exc.status != 404:
                     raise self._failed(f"release pod {container_id} (remove its finalizer {FINALIZER})", exc) from exc
-            except (urllib3.exceptions.HTTPError, OSError, ValueError, TypeError) as exc:
+            except _TRANSPORT_ERRORS as exc:
                 raise self._failed(f"release pod {container_id}", exc) from exc
-        self._delete_secret(container_id)
 
     def _delete_secret(self, pod_name: str) -> None:
         # The GC would delete it with the pod; deleting it now keeps no credentials around a moment longer.
@@ -478,30 +509,37 @@ class KubernetesOrchestrator:
 
     # --- list, inspect --------------------------------------------------------------------------------
     def list(self) -> list[BotInfo]:
-        selector = f"{LABEL_MANAGED}=true,{LABEL_DEPLOYMENT}={self.deployment}"
-        for attempt in (1, 2):
-            pods, token = [], None
+        try:
+            pods = self._list_pages()
+        except _Expired:
+            # The continue token expired mid-listing (etcd compacted past it): one fresh listing.
+            log.info("kubernetes: the pod listing's continue token expired; listing again")
             try:
-                while True:
-                    page = self.core.list_namespaced_pod(
-                        self.namespace, label_selector=selector, limit=LIST_PAGE_SIZE,
-                        **({"_continue": token} if token else {}), _request_timeout=self.query_timeout)
-                    pods.extend(page.items or [])
-                    token = page.metadata._continue if page.metadata else None
-                    if not token:
-                        break
+                pods = self._list_pages()
+            except _Expired as again:
+                raise self._failed("list pods (its continue token expired twice)", again.exc) from again.exc
+        now = datetime.now(timezone.utc)
+        return [self._info(pod, now) for pod in pods if self._is_ours(pod)]
+
+    def _list_pages(self) -> list:
+        """Every pod of ours, page by page; _Expired when a continue token expired."""
+        selector = f"{LABEL_MANAGED}=true,{LABEL_DEPLOYMENT}={self.deployment}"
+        pods, token = [], None
+        while True:
+            try:
+                page = self.core.list_namespaced_pod(
+                    self.namespace, label_selector=selector, limit=LIST_PAGE_SIZE,
+                    **({"_continue": token} if token else {}), _request_timeout=self.query_timeout)
             except ApiException as exc:
-                if exc.status == 410 and token and attempt == 1:
-                    # The continue token expired (etcd compacted past it): one fresh listing.
-                    log.info("kubernetes: the pod listing's continue token expired; listing again")
-                    continue
-                raise self._failed("list pods" + (" (its continue token expired twice)" if exc.status == 410 else ""),
-                                   exc) from exc
-            except (urllib3.exceptions.HTTPError, OSError, ValueError, TypeError) as exc:
+                if exc.status == 410 and token:
+                    raise _Expired(exc) from exc
                 raise self._failed("list pods", exc) from exc
-            now = datetime.now(timezone.utc)
-            return [self._info(pod, now) for pod in pods if self._is_ours(pod)]
-        raise AssertionError("unreachable")
+            except _TRANSPORT_ERRORS as exc:
+                raise self._failed("list pods", exc) from exc
+            pods.extend(page.items or [])
+            token = page.metadata._continue if page.metadata else None
+            if not token:
+                return pods
 
     def inspect(self, container_id: str) -> BotInfo | None:
         if not _DNS_LABEL.match(container_id or ""):

@@ -98,11 +98,18 @@ def test_a_retried_start_finds_its_own_pod(fake, backend, deployment_name):
     assert len(fake.pods) == 1
 
 
-def test_a_start_whose_secret_failed_is_completed_by_its_retry(fake, backend, deployment_name):
+def test_a_start_whose_secret_cannot_be_created_fails_and_leaves_no_pod(fake, backend, deployment_name):
     spec = make_spec(deployment_name)
     fake.fail_next(503, "ServiceUnavailable", "etcd leader changed", method="POST", resource="secrets")
     with pytest.raises(OrchestratorError, match="etcd leader changed"):
         backend.start(spec)
+    assert (NS, spec.name) not in fake.pods
+
+
+def test_a_start_retried_after_a_crash_before_its_secret_creates_the_secret(fake, backend, deployment_name):
+    spec = make_spec(deployment_name)
+    with fake._lock:  # the worker died between the two calls: the pod exists, its secret does not
+        fake._pods_create(NS, None, {}, backend.pod_manifest(spec), "application/json")
     assert backend.start(spec) == spec.name
     assert fake.secret_config(f"{spec.name}-config", NS) == spec.config
 
@@ -388,10 +395,9 @@ def test_status_table(fake, backend, deployment_name, how, status, raw, exit_cod
 
 
 def test_a_pod_waiting_for_its_secret_is_starting(fake, backend, deployment_name):
-    fake.fail_next(500, method="POST", resource="secrets")
     spec = make_spec(deployment_name)
-    with pytest.raises(OrchestratorError):
-        backend.start(spec)
+    with fake._lock:
+        fake._pods_create(NS, None, {}, backend.pod_manifest(spec), "application/json")
     info = backend.inspect(spec.name)
     assert (info.status, info.raw_status) == (NormalizedStatus.STARTING, "Pending/CreateContainerConfigError")
 
