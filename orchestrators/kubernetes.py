@@ -27,7 +27,8 @@ tracking finalizer does). A pod whose containers ended but that carries a deleti
 therefore Exited, not Stopping.
 
 Calls (all in `API_CALLS`; deploy/kubernetes/'s Role grants exactly these): start = create pod, create
-secret (on 409: get pod / get secret, delete a stale secret); terminate, kill, stop = get pod then
+secret (on 409: get pod / get secret, delete a stale secret; a secret that cannot be created:
+delete and patch the pod, which never ran, away); terminate, kill, stop = get pod then
 delete pod with `gracePeriodSeconds`; remove = get pod, delete pod, patch pod (a JSON patch removing
 our finalizer), delete secret; list = list pods by label selector, paginated; inspect = get pod;
 instance_id = get namespace kube-system (unless KUBERNETES_CLUSTER_ID is set). No call retries or
