@@ -1,4 +1,5 @@
-"""Start-up checks: the service refuses to start with a secret anyone could know.
+"""Start-up checks: the service refuses to start with a secret anyone could know, or with a bot
+backend configuration it could only fail on later (a Kubernetes pod template that is no pod).
 
 `secret_problems(settings)` is a plain function: the Django system check (registered by
 botmanager/apps.py, so `manage.py check`, `migrate` and `runserver` fail), gunicorn's master
@@ -47,6 +48,24 @@ def secret_problems(settings) -> list[str]:
     return problems
 
 
+def orchestrator_problems(settings) -> list[str]:
+    """What is wrong with the backend's own files, found now rather than as a failed launch later."""
+    if getattr(settings, "ORCHESTRATOR", "") == "kubernetes":
+        from orchestrators.kubernetes import load_pod_template
+
+        try:
+            load_pod_template(settings.KUBERNETES_POD_TEMPLATE)
+        except ValueError as exc:
+            return [str(exc)]
+    return []
+
+
+def check_orchestrator(app_configs=None, **kwargs):
+    from django.conf import settings
+
+    return [checks.Error(problem, id="botmanager.E002") for problem in orchestrator_problems(settings)]
+
+
 def check_secrets(app_configs=None, **kwargs):
     from django.conf import settings
 
@@ -59,7 +78,7 @@ def refuse_to_start(what: str) -> None:
 
     from django.conf import settings
 
-    problems = secret_problems(settings)
+    problems = secret_problems(settings) + orchestrator_problems(settings)
     if problems:
         print(f"{what} refuses to start:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr, flush=True)
         raise SystemExit(78)  # EX_CONFIG

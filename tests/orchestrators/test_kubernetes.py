@@ -242,6 +242,17 @@ def test_a_bad_template_is_refused_at_start_up_with_the_reason(build, tmp_path, 
         build(KUBERNETES_POD_TEMPLATE=_template_file(tmp_path, text))
 
 
+def test_the_service_refuses_to_start_with_a_bad_template(tmp_path):
+    from types import SimpleNamespace
+
+    from botmanager import checks
+
+    path = _template_file(tmp_path, "- not a pod")
+    assert checks.orchestrator_problems(SimpleNamespace(ORCHESTRATOR="kubernetes", KUBERNETES_POD_TEMPLATE=path)) == [
+        f"KUBERNETES_POD_TEMPLATE {path!r} must be one Pod manifest (a mapping), not list."]
+    assert checks.orchestrator_problems(SimpleNamespace(ORCHESTRATOR="docker", KUBERNETES_POD_TEMPLATE=path)) == []
+
+
 def test_a_missing_template_file_is_refused_at_start_up(build, tmp_path):
     with pytest.raises(ValueError, match="cannot be read"):
         build(KUBERNETES_POD_TEMPLATE=str(tmp_path / "nowhere.yaml"))
