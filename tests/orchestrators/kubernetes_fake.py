@@ -11,7 +11,8 @@ kubernetes-api/: Pod, Secret, Namespace, ListMeta, DeleteOptions, Status) and th
   Invalid for a bad name, label value, container or restartPolicy; 404 for an unknown namespace);
   list with `labelSelector` (=, ==, !=, in, notin, exists, !exists), `limit`, `continue`
 - `GET|DELETE|PATCH /api/v1/namespaces/<ns>/pods/<name>`  read; delete with `gracePeriodSeconds`
-  (query or DeleteOptions body), `preconditions.uid` (409 Conflict), `propagationPolicy`; JSON patch
+  (query or DeleteOptions body), `preconditions.uid` (409 Conflict), `propagationPolicy` (Orphan
+  keeps the pod's dependents, dropping their reference); JSON patch
   (test, add, remove, replace) or merge patch
 - `POST /api/v1/namespaces/<ns>/secrets`, `GET|DELETE .../secrets/<name>`   (`stringData` folded
   into `data`, as the API server does)
@@ -232,6 +233,7 @@ class KubernetesFake:
         self.delay = 0.0
         self._faults: list[Fault] = []
         self._expire_tokens = 0
+        self._orphaned: set[str] = set()  # uids of pods deleted with propagationPolicy=Orphan
         self._rv = 1000
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -460,10 +462,15 @@ class KubernetesFake:
         pod = self.pods.pop((namespace, name))
         self.kubelets.pop((namespace, name), None)
         uid = pod["metadata"]["uid"]
-        # The garbage collector: a dependent whose owners are all gone goes too.
+        # The garbage collector: a dependent whose owners are all gone goes too, unless the owner
+        # was deleted with propagationPolicy=Orphan (then the reference is dropped and it stays).
         for key, secret in list(self.secrets.items()):
             owners = secret["metadata"].get("ownerReferences") or []
-            if owners and all(o.get("uid") == uid or not self._uid_exists(o.get("uid")) for o in owners):
+            if not any(o.get("uid") == uid for o in owners):
+                continue
+            if uid in self._orphaned:
+                secret["metadata"]["ownerReferences"] = [o for o in owners if o.get("uid") != uid]
+            elif all(o.get("uid") == uid or not self._uid_exists(o.get("uid")) for o in owners):
                 del self.secrets[key]
 
     def _uid_exists(self, uid: str | None) -> bool:
@@ -621,6 +628,12 @@ class KubernetesFake:
         if uid and uid != pod["metadata"]["uid"]:
             raise ApiError(409, "Conflict", f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
                                             f"{pod['metadata']['uid']}", name=name, kind="pods")
+        policy = query.get("propagationPolicy", [options.get("propagationPolicy")])[0]
+        if policy not in (None, "Orphan", "Background", "Foreground"):
+            raise ApiError(422, "Invalid", f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported '
+                                          f'value: "{policy}": supported values: "Foreground", "Background", "Orphan"')
+        if policy == "Orphan":
+            self._orphaned.add(pod["metadata"]["uid"])
         grace = options.get("gracePeriodSeconds")
         if "gracePeriodSeconds" in query:
             grace = int(query["gracePeriodSeconds"][0])
