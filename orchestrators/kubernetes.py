@@ -125,10 +125,19 @@ def pod_status(pod, now: datetime, stuck_after: float) -> tuple[NormalizedStatus
     def said(head: str, why: str | None, text: str = "") -> str:
         return f"{head}/{why}: {text}" if text else (f"{head}/{why}" if why else head)
 
-    if phase in ("Succeeded", "Failed"):
+    conditions = (status.conditions if status else None) or []
+    # Set by the cluster (eviction API, preemption, the taint manager, pod GC, node pressure) on
+    # a pod it ends; never by our own delete.
+    disruption = next((c for c in conditions if c.type == "DisruptionTarget" and c.status == "True"), None)
+    deleting = pod.metadata.deletion_timestamp
+    # A deleted pod kept by our finalizer: a kubelet may leave its phase as it was, and then only
+    # the container says that the bot ended.
+    if phase in ("Succeeded", "Failed") or (deleting is not None and exit_code is not None):
         # The pod's own reason (Evicted, DeadlineExceeded, NodeLost...): the cluster ended it.
         if reason:
             return NormalizedStatus.FAILED, said(phase, reason, message), exit_code
+        if disruption is not None:
+            return NormalizedStatus.FAILED, said(phase, disruption.reason, disruption.message or ""), exit_code
         if terminated is not None and terminated.reason == "OOMKilled":
             return NormalizedStatus.FAILED, said(phase, "OOMKilled"), exit_code
         if exit_code is not None:
@@ -136,17 +145,16 @@ def pod_status(pod, now: datetime, stuck_after: float) -> tuple[NormalizedStatus
         return NormalizedStatus.FAILED, said(phase, "no exit code"), None
     if phase == "Unknown" or reason == "NodeLost":
         return NormalizedStatus.FAILED, said(phase, reason or "NodeLost", message), None
-    if pod.metadata.deletion_timestamp is not None:
-        if terminated is not None and exit_code is not None:
-            # Kept by our finalizer; a kubelet may leave a deleted pod's phase as it was, and
-            # only the container says that the bot ended.
-            ended = NormalizedStatus.FAILED if terminated.reason == "OOMKilled" else NormalizedStatus.EXITED
-            return ended, said(phase, terminated.reason or f"exit {exit_code}"), exit_code
+    if deleting is not None:
+        if (disruption is not None and disruption.reason == "DeletionByTaintManager"
+                and _rfc3339(deleting) < now):
+            # Deleted because its node is unreachable or not ready, and past its grace period with
+            # no kubelet confirming the end: its node is lost.
+            return NormalizedStatus.FAILED, said(phase, "NodeLost", disruption.message or ""), None
         return NormalizedStatus.STOPPING, said(phase, "Terminating"), None
     if phase == "Running":
         return NormalizedStatus.UP, "Running", None
     if not _scheduled(pod):
-        conditions = (status.conditions if status else None) or []
         why = next((c for c in conditions if c.type == "PodScheduled" and c.reason), None)
         return NormalizedStatus.REQUESTED, said("Pending", why.reason if why else "NotScheduled",
                                                 (why.message or "") if why else ""), None

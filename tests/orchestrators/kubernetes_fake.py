@@ -28,7 +28,9 @@ and runs (`auto_run`); a graceful delete sets `deletionTimestamp` = now + grace,
 SIGTERM at once with exit 0 (`ignore_sigterm(name)`: it is SIGKILLed, 137, when the grace ends);
 the containers ended, a pod with no finalizer is removed, and a removed pod takes the Secrets it
 owns (ownerReferences) with it. Tests drive the rest: `unschedulable`, `image_pull_error`,
-`finish` (exit by itself), `oom_kill`, `evict`, `exceed_deadline`, `lose_node`, `age`.
+`finish` (exit by itself), `oom_kill`, `evict`, `exceed_deadline`, `lose_node` (phase Unknown),
+`lose_node_unreachable` (the taint manager deletes the pod of a node that stopped reporting),
+`drain` (the eviction API), `age`.
 Faults: `fail_next(status, reason)`, `expire_continue_tokens(n)`, `delay` (seconds per answer).
 Every request is recorded as (API group, resource, RBAC verb) in `calls`.
 """
@@ -205,6 +207,8 @@ class Kubelet:
     pod_reason: str = ""
     pod_message: str = ""
     unschedulable_message: str = ""
+    conditions: list = field(default_factory=list)  # set by controllers (DisruptionTarget)
+    reachable: bool = True                # False: the node stopped reporting (nothing changes)
 
 
 @dataclass
@@ -356,6 +360,27 @@ class KubernetesFake:
         self._drive(name, namespace, pod_phase="Unknown", pod_reason="NodeLost",
                     pod_message="Node node-1 which was running pod is unresponsive")
 
+    def drain(self, name: str, namespace: str) -> None:
+        """`kubectl drain`: the eviction API marks the pod and deletes it with its grace period."""
+        self._disrupt(name, namespace, "EvictionByEvictionAPI", "Eviction API: evicting")
+
+    def lose_node_unreachable(self, name: str, namespace: str, grace: int = 0) -> None:
+        """The node stops reporting; the taint manager deletes its pods (the kubelet never confirms)."""
+        self._drive(name, namespace, reachable=False)
+        self._disrupt(name, namespace, "DeletionByTaintManager",
+                      "Taint manager: deleting due to NoExecute taint", grace=grace)
+
+    def _disrupt(self, name: str, namespace: str, reason: str, message: str, grace: int | None = None) -> None:
+        with self._lock:
+            pod, node = self.pods[(namespace, name)], self.kubelets[(namespace, name)]
+            node.conditions.append({"type": "DisruptionTarget", "status": "True", "reason": reason,
+                                    "message": message, "lastProbeTime": None,
+                                    "lastTransitionTime": _stamp(_now())})
+            grace = pod["spec"].get("terminationGracePeriodSeconds", 30) if grace is None else grace
+            pod["metadata"]["deletionTimestamp"] = _stamp(_now() + timedelta(seconds=grace))
+            pod["metadata"]["deletionGracePeriodSeconds"] = grace
+            self._sync(namespace, name)
+
     def ignore_sigterm(self, name: str, namespace: str) -> None:
         self._drive(name, namespace, ignore_sigterm=True)
 
@@ -384,6 +409,11 @@ class KubernetesFake:
         if pod is None:
             return
         node, meta, now = self.kubelets[(namespace, name)], pod["metadata"], _now()
+        if not node.reachable:
+            # No kubelet reports: the containers' state stays what it last was; controllers'
+            # conditions still show, and nothing confirms the end of a deleted pod.
+            self._render_status(pod, node)
+            return
         deleting = meta.get("deletionTimestamp")
         if node.scheduled and node.container == "creating" and self.auto_run and not deleting:
             missing = [ref for ref in self._secret_refs(pod) if (namespace, ref) not in self.secrets]
@@ -423,6 +453,7 @@ class KubernetesFake:
         status = {"phase": "Pending", "qosClass": "BestEffort",
                   "conditions": [{"type": "PodScheduled", "status": "True" if node.scheduled else "False",
                                   "lastProbeTime": None, "lastTransitionTime": created}]}
+        status["conditions"] += node.conditions
         if not node.scheduled:
             status["conditions"][0].update(reason="Unschedulable", message=node.unschedulable_message)
             spec.pop("nodeName", None)

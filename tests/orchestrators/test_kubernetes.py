@@ -396,6 +396,8 @@ def _drive(fake, name, how):
     (("exceed_deadline",), NormalizedStatus.FAILED,
      "Failed/DeadlineExceeded: Pod was active on the node longer than the specified deadline", 137),
     (("lose_node",), NormalizedStatus.FAILED, "Unknown/NodeLost: Node node-1 which was running pod is unresponsive", None),
+    (("lose_node_unreachable",), NormalizedStatus.FAILED, "Running/NodeLost: Taint manager: deleting due to NoExecute taint", None),
+    (("drain",), NormalizedStatus.FAILED, "Succeeded/EvictionByEvictionAPI: Eviction API: evicting", 0),
 ])
 def test_status_table(fake, backend, deployment_name, how, status, raw, exit_code):
     name = backend.start(make_spec(deployment_name))
@@ -403,6 +405,12 @@ def test_status_table(fake, backend, deployment_name, how, status, raw, exit_cod
     info = find(backend.list(), name)
     assert (info.status, info.raw_status, info.exit_code) == (status, raw, exit_code)
     assert backend.inspect(name).status is status
+
+
+def test_a_pod_of_an_unreachable_node_is_stopping_until_its_grace_period_ends(fake, backend, deployment_name):
+    name = backend.start(make_spec(deployment_name))
+    fake.lose_node_unreachable(name, NS, grace=30)
+    assert backend.inspect(name).status is NormalizedStatus.STOPPING
 
 
 def test_a_pod_waiting_for_its_secret_is_starting(fake, backend, deployment_name):
