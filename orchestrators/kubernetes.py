@@ -364,7 +364,6 @@ class KubernetesOrchestrator:
     def start(self, spec: BotSpec) -> str:
         if not _DNS_LABEL.match(spec.name) or len(spec.name) > 63 - len("-config"):
             raise OrchestratorError(f"bot name {spec.name!r} cannot name a pod and its secret")
-        labels, _ = self._split_labels(spec)
         try:
             pod = self.core.create_namespaced_pod(self.namespace, self.pod_manifest(spec), _request_timeout=self.timeout)
         except ApiException as exc:
@@ -374,7 +373,7 @@ class KubernetesOrchestrator:
         except _TRANSPORT_ERRORS as exc:
             raise self._failed(f"create pod {spec.name}", exc) from exc
         try:
-            self._create_secret(spec, pod, labels)
+            self._create_secret(spec, pod)
         except OrchestratorError:
             # The launch fails; a pod left waiting for its config would only wait out the pull bound.
             self._discard(pod)
@@ -404,7 +403,7 @@ class KubernetesOrchestrator:
                                     f"session's bot; refusing to touch it.")
         return pod
 
-    def _create_secret(self, spec: BotSpec, pod, labels: dict[str, str]) -> None:
+    def _create_secret(self, spec: BotSpec, pod) -> None:
         name = self._secret_name(spec.name)
         body = {
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -416,6 +415,8 @@ class KubernetesOrchestrator:
                                      "uid": pod.metadata.uid}],
             },
             "data": {CONFIG_KEY: base64.b64encode(json.dumps(spec.config).encode()).decode()},
+            # Never changed (a stale one is replaced): kubelets need not watch it.
+            "immutable": True,
         }
         for attempt in (1, 2):
             try:
