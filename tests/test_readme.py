@@ -41,8 +41,9 @@ def test_the_readers_are_found_in_settings():
 
 
 def test_the_table_parser_finds_the_tables_of_every_section_of_the_configuration_page():
-    # Guards the parser: one variable of each table (general, rate limits, Docker, Nomad).
-    assert {"DEBUG", "API_RATE_LIMIT_PER_SECOND", "BOT_IMAGE", "NOMAD_ADDR"} <= variables_documented_in(CONFIGURATION)
+    # Guards the parser: one variable of each table (general, rate limits, Docker, Nomad, Kubernetes).
+    assert {"DEBUG", "API_RATE_LIMIT_PER_SECOND", "BOT_IMAGE", "NOMAD_ADDR",
+            "KUBERNETES_NAMESPACE"} <= variables_documented_in(CONFIGURATION)
 
 
 def test_every_variable_settings_reads_is_in_a_table_of_the_configuration_page():
