@@ -31,7 +31,8 @@ owns (ownerReferences) with it. Tests drive the rest: `unschedulable`, `image_pu
 `finish` (exit by itself), `oom_kill`, `evict`, `exceed_deadline`, `lose_node` (phase Unknown),
 `lose_node_unreachable` (the taint manager deletes the pod of a node that stopped reporting),
 `drain` (the eviction API), `age`.
-Faults: `fail_next(status, reason)`, `expire_continue_tokens(n)`, `delay` (seconds per answer).
+Faults: `fail_next(status, reason)`, `expire_continue_tokens(n)`, `delay` (seconds per answer),
+`gc_enabled = False` (a lagging garbage collector).
 Every request is recorded as (API group, resource, RBAC verb) in `calls`.
 """
 from __future__ import annotations
@@ -238,6 +239,7 @@ class KubernetesFake:
         self._faults: list[Fault] = []
         self._expire_tokens = 0
         self._orphaned: set[str] = set()  # uids of pods deleted with propagationPolicy=Orphan
+        self.gc_enabled = True  # False: the garbage collector lags (dependents outlive their owner)
         self._rv = 1000
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -493,6 +495,8 @@ class KubernetesFake:
         pod = self.pods.pop((namespace, name))
         self.kubelets.pop((namespace, name), None)
         uid = pod["metadata"]["uid"]
+        if not self.gc_enabled:
+            return
         # The garbage collector: a dependent whose owners are all gone goes too, unless the owner
         # was deleted with propagationPolicy=Orphan (then the reference is dropped and it stays).
         for key, secret in list(self.secrets.items()):

@@ -71,16 +71,6 @@ def test_the_config_secret_holds_the_config_and_is_owned_by_the_pod(fake, backen
     assert fake.secret_config(f"{name}-config", NS) == spec.config
 
 
-def test_the_secret_goes_with_its_pod_through_the_garbage_collector(fake, backend, deployment_name):
-    # The pod gone by any way (here its finalizer removed by hand and a delete): no credentials stay.
-    name = backend.start(make_spec(deployment_name))
-    fake.pods[(NS, name)]["metadata"]["finalizers"] = []
-    fake.finish(name, NS, 0)
-    with fake._lock:
-        fake._remove_pod(NS, name)
-    assert (NS, f"{name}-config") not in fake.secrets
-
-
 def test_remove_deletes_the_pod_and_its_secret(fake, backend, deployment_name):
     name = backend.start(make_spec(deployment_name, exit_code=0))
     fake.finish(name, NS, 0)
@@ -108,8 +98,8 @@ def test_a_start_whose_secret_cannot_be_created_fails_and_leaves_no_pod(fake, ba
 
 def test_a_start_retried_after_a_crash_before_its_secret_creates_the_secret(fake, backend, deployment_name):
     spec = make_spec(deployment_name)
-    with fake._lock:  # the worker died between the two calls: the pod exists, its secret does not
-        fake._pods_create(NS, None, {}, backend.pod_manifest(spec), "application/json")
+    # The worker died between the two calls: the pod exists, its secret does not.
+    backend.core.create_namespaced_pod(NS, backend.pod_manifest(spec))
     assert backend.start(spec) == spec.name
     assert fake.secret_config(f"{spec.name}-config", NS) == spec.config
 
@@ -117,11 +107,9 @@ def test_a_start_retried_after_a_crash_before_its_secret_creates_the_secret(fake
 def test_a_start_replaces_a_stale_secret_of_an_older_pod_of_that_name(fake, backend, deployment_name):
     spec = make_spec(deployment_name)
     name = backend.start(spec)
-    fake.finish(name, NS, 0)
-    fake.pods[(NS, name)]["metadata"]["finalizers"] = []
-    with fake._lock:  # the pod goes, its GC has not run yet: the secret outlives it
-        fake.pods.pop((NS, name))
-        fake.kubelets.pop((NS, name))
+    fake.gc_enabled = False  # the pod goes (by hand, through the API); the GC has not run yet
+    backend.core.patch_namespaced_pod(name, NS, [{"op": "remove", "path": "/metadata/finalizers/0"}])
+    backend.core.delete_namespaced_pod(name, NS, grace_period_seconds=0)
     backend.start(spec)
     owners = fake.secrets[(NS, f"{name}-config")]["metadata"]["ownerReferences"]
     assert [o["uid"] for o in owners] == [_pod(fake, name)["metadata"]["uid"]]
@@ -312,23 +300,24 @@ def test_a_deleted_pod_whose_phase_stayed_running_is_exited_once_its_container_e
 
 def test_remove_takes_off_only_our_finalizer(fake, backend, deployment_name):
     name = backend.start(make_spec(deployment_name))
-    fake.pods[(NS, name)]["metadata"]["finalizers"] = ["example.com/audit", FINALIZER]
+    backend.core.patch_namespaced_pod(name, NS, [{"op": "add", "path": "/metadata/finalizers/0",
+                                                  "value": "example.com/audit"}])
     fake.finish(name, NS, 0)
     backend.remove(name)
     assert _pod(fake, name)["metadata"]["finalizers"] == ["example.com/audit"]
 
 
 # --- not ours ----------------------------------------------------------------------------------------
-def _foreign_pod(fake, name: str, labels: dict) -> None:
-    with fake._lock:
-        fake._pods_create(NS, None, {}, {"metadata": {"name": name, "labels": labels},
-                                         "spec": {"containers": [{"name": "web", "image": "nginx"}]}}, "")
+def _foreign_pod(fake, backend, name: str, labels: dict) -> None:
+    backend.core.create_namespaced_pod(NS, {"metadata": {"name": name, "labels": labels},
+                                            "spec": {"containers": [{"name": "web", "image": "nginx"}]}})
+    fake.calls.clear()
 
 
 @pytest.mark.parametrize("verb", ["terminate", "kill", "stop", "remove"])
 @pytest.mark.parametrize("labels", [{}, {"botmanager.managed": "true", "botmanager.deployment": "someone-else"}])
 def test_a_pod_that_is_not_ours_is_refused_and_untouched(fake, backend, verb, labels):
-    _foreign_pod(fake, "web-1", labels)
+    _foreign_pod(fake, backend, "web-1", labels)
     with pytest.raises(NotOurBotError, match="Refusing"):
         backend.stop("web-1", timeout=1) if verb == "stop" else getattr(backend, verb)("web-1")
     assert [c.verb for c in fake.calls] == ["get"]
@@ -336,7 +325,7 @@ def test_a_pod_that_is_not_ours_is_refused_and_untouched(fake, backend, verb, la
 
 
 def test_a_pod_that_is_not_ours_is_not_listed(fake, backend, deployment_name):
-    _foreign_pod(fake, "web-1", {"app": "web"})
+    _foreign_pod(fake, backend, "web-1", {"app": "web"})
     assert backend.list() == []
 
 
@@ -415,8 +404,7 @@ def test_a_pod_of_an_unreachable_node_is_stopping_until_its_grace_period_ends(fa
 
 def test_a_pod_waiting_for_its_secret_is_starting(fake, backend, deployment_name):
     spec = make_spec(deployment_name)
-    with fake._lock:
-        fake._pods_create(NS, None, {}, backend.pod_manifest(spec), "application/json")
+    backend.core.create_namespaced_pod(NS, backend.pod_manifest(spec))  # and no secret
     info = backend.inspect(spec.name)
     assert (info.status, info.raw_status) == (NormalizedStatus.STARTING, "Pending/CreateContainerConfigError")
 
