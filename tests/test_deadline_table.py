@@ -57,3 +57,12 @@ def test_the_sweep_ends_a_meeting_past_its_deadline_as_its_row_says(status):
     else:
         assert list(decision.data_updates) == ["completion_detail"]
         assert decision.completion_reason == ("left_alone" if status == S.STOPPING else deadline.outcome)
+
+
+def test_a_bots_lifetime_bound_is_every_deadline_of_a_launched_meeting_and_then_some(settings):
+    # What a backend may have the engine enforce on its own (kubernetes: activeDeadlineSeconds).
+    settings.REQUESTED_TIMEOUT_SECONDS, settings.JOINING_TIMEOUT_SECONDS = 300, 600
+    settings.AWAITING_ADMISSION_TIMEOUT_SECONDS, settings.MAX_BOT_DURATION_SECONDS = 900, 14_400
+    settings.BOT_STOP_DELAY_SECONDS, settings.BOT_STOP_GRACE_SECONDS, settings.BOT_STOP_TIMEOUT_SECONDS = 30, 10, 10
+    settings.ORPHAN_SWEEP_INTERVAL_SECONDS = 60
+    assert deadlines.bot_lifetime_bound() == 300 + 600 + 900 + 14_400 + (30 + 10) + 10 + 5 * 60

@@ -105,8 +105,8 @@ def bot_lifetime_bound() -> float:
     (requested to stopping), plus the stop's grace and a sweep interval per deadline (the sweep
     acts at its own pace). A backend that can have the engine end a bot itself uses it
     (`BotSpec.deadline_seconds`), so a bot outliving all of them ends even with no manager up."""
-    launched = (S.REQUESTED, S.JOINING, S.AWAITING_ADMISSION, S.ACTIVE, S.STOPPING)
-    return (sum(DEADLINES[status].seconds() for status in launched) + settings.BOT_STOP_TIMEOUT_SECONDS
+    launched = [deadline for deadline in DEADLINES.values() if not deadline.from_join_at]  # not `scheduled`
+    return (sum(deadline.seconds() for deadline in launched) + settings.BOT_STOP_TIMEOUT_SECONDS
             + len(launched) * settings.ORPHAN_SWEEP_INTERVAL_SECONDS)
 
 

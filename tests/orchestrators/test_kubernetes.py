@@ -200,16 +200,6 @@ def test_a_spec_without_a_deadline_leaves_the_pod_without_one(fake, backend, dep
     assert "activeDeadlineSeconds" not in _pod(fake, backend.start(make_spec(deployment_name)))["spec"]
 
 
-def test_the_launcher_gives_the_bot_every_deadline_of_its_meeting_and_then_some(settings):
-    from meetings.lifecycle import deadlines
-
-    settings.REQUESTED_TIMEOUT_SECONDS, settings.JOINING_TIMEOUT_SECONDS = 300, 600
-    settings.AWAITING_ADMISSION_TIMEOUT_SECONDS, settings.MAX_BOT_DURATION_SECONDS = 900, 14_400
-    settings.BOT_STOP_DELAY_SECONDS, settings.BOT_STOP_GRACE_SECONDS, settings.BOT_STOP_TIMEOUT_SECONDS = 30, 10, 10
-    settings.ORPHAN_SWEEP_INTERVAL_SECONDS = 60
-    assert deadlines.bot_lifetime_bound() == 300 + 600 + 900 + 14_400 + 30 + 10 + 10 + 5 * 60
-
-
 def test_the_documented_example_template_makes_a_pod_the_api_accepts(fake, build, deployment_name):
     name = build(KUBERNETES_POD_TEMPLATE=str(EXAMPLE_TEMPLATE)).start(make_spec(deployment_name))
     assert _pod(fake, name)["spec"]["containers"][0]["image"] == yaml.safe_load(
