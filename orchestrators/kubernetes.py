@@ -146,6 +146,9 @@ def pod_status(pod, now: datetime, stuck_after: float) -> tuple[NormalizedStatus
     if phase == "Unknown" or reason == "NodeLost":
         return NormalizedStatus.FAILED, said(phase, reason or "NodeLost", message), None
     if deleting is not None:
+        if not _scheduled(pod):
+            # No node, so no kubelet will ever report on it: it never ran, and never will.
+            return NormalizedStatus.FAILED, said(phase, "DeletedBeforeScheduled"), None
         if (disruption is not None and disruption.reason == "DeletionByTaintManager"
                 and _rfc3339(deleting) < now):
             # Deleted because its node is unreachable or not ready, and past its grace period with

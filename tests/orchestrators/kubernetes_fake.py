@@ -432,8 +432,8 @@ class KubernetesFake:
                     node.container, node.exit_code, node.terminated_reason = "terminated", 0, "Completed"
                 elif datetime.strptime(deleting, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) <= now:
                     node.container, node.exit_code, node.terminated_reason = "terminated", 137, "Error"
-            elif node.container in ("creating", "waiting"):
-                node.container = "never-ran"
+            elif node.container in ("creating", "waiting") and node.scheduled:
+                node.container = "never-ran"  # (an unscheduled pod has no kubelet to say so)
         self._render_status(pod, node)
         if deleting and node.container != "running" and not meta.get("finalizers"):
             self._remove_pod(namespace, name)

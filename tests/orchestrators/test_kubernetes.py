@@ -386,6 +386,17 @@ def test_status_table(fake, backend, deployment_name, how, status, raw, exit_cod
     assert backend.inspect(name).status is status
 
 
+def test_a_pod_deleted_before_it_was_scheduled_is_failed(fake, backend, deployment_name):
+    # Kept by our finalizer, and no kubelet will ever report on it.
+    name = backend.start(make_spec(deployment_name))
+    fake.unschedulable(name, NS)
+    backend.terminate(name)
+    info = backend.inspect(name)
+    assert (info.status, info.raw_status) == (NormalizedStatus.FAILED, "Pending/DeletedBeforeScheduled")
+    backend.remove(name)
+    assert backend.inspect(name) is None
+
+
 def test_a_pod_of_an_unreachable_node_is_stopping_until_its_grace_period_ends(fake, backend, deployment_name):
     name = backend.start(make_spec(deployment_name))
     fake.lose_node_unreachable(name, NS, grace=30)
