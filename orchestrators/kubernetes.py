@@ -33,6 +33,7 @@ delete pod with `gracePeriodSeconds`; remove = get pod, delete pod, patch pod (a
 our finalizer), delete secret; list = list pods by label selector, paginated; inspect = get pod;
 instance_id = get namespace kube-system (unless KUBERNETES_CLUSTER_ID is set). No call retries or
 sleeps: every failure is an OrchestratorError, and callers retry by countdowns and sweeps.
+Decision record: docs/decisions/0019-a-bot-pod-kept-by-a-finalizer-its-config-in-a-secret-it-owns.md.
 """
 from __future__ import annotations
 
