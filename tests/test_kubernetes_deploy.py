@@ -171,8 +171,8 @@ def test_the_script_rejects_an_unknown_field(deploy_copy):
 
 def test_the_script_rejects_a_role_missing_a_verb_the_backend_calls(deploy_copy):
     edit(deploy_copy / "base" / "bots" / "rbac.yaml",
-         'resources: ["secrets"]\n    verbs: ["create", "get", "list", "delete"]',
-         'resources: ["secrets"]\n    verbs: ["create", "get", "list"]')
+         'resources: ["secrets"]\n    verbs: ["create", "get", "delete"]',
+         'resources: ["secrets"]\n    verbs: ["create", "get"]')
 
     done = run_script(deploy_copy)
 
@@ -182,8 +182,8 @@ def test_the_script_rejects_a_role_missing_a_verb_the_backend_calls(deploy_copy)
 
 def test_the_script_rejects_a_role_granting_a_verb_the_backend_never_calls(deploy_copy):
     edit(deploy_copy / "base" / "bots" / "rbac.yaml",
-         'resources: ["pods"]\n    verbs: ["create", "get", "list", "delete"]',
-         'resources: ["pods"]\n    verbs: ["create", "get", "list", "delete", "watch"]')
+         'resources: ["pods"]\n    verbs: ["create", "get", "list", "delete", "patch"]',
+         'resources: ["pods"]\n    verbs: ["create", "get", "list", "delete", "patch", "watch"]')
 
     done = run_script(deploy_copy)
 
