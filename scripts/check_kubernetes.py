@@ -13,7 +13,7 @@ imports it):
    only, or not at all when KUBERNETES_CLUSTER_ID is set.
 4. What the backend relies on is wired: the pod template is mounted where KUBERNETES_POD_TEMPLATE
    points in every pod that holds the API token, bots get no API token, and no Secret (no value)
-   is shipped.
+   is shipped (secret.example.yaml, outside every kustomization, is only validated).
 
 Nothing here reaches a cluster or the network.
 """
@@ -277,6 +277,12 @@ def check(root: Path, api_calls: set[Call] | None = None, *, out=sys.stdout) -> 
         problems += [f"{label}: {problem}" for problem in found]
         print(f"check-kubernetes: {label}: {'FAILED' if found else 'ok'} ({len(objects)} objects, "
               f"{time.monotonic() - started:.1f} s)", file=out)
+    # The operator's Secret is an example outside every kustomization: valid, but never rendered.
+    example = root / "secret.example.yaml"
+    if example.exists():
+        found = schema_problems([obj for obj in yaml.safe_load_all(example.read_text()) if obj])
+        problems += [f"{example.name}: {problem}" for problem in found]
+        print(f"check-kubernetes: {example.name}: {'FAILED' if found else 'ok'}", file=out)
     return problems
 
 
