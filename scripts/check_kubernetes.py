@@ -20,6 +20,7 @@ Nothing here reaches a cluster or the network.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import shutil
@@ -84,9 +85,18 @@ def pod_templates(objects: Iterable[dict]) -> list[tuple[str, dict]]:
 
 # --- 2. schemas -----------------------------------------------------------------------------------
 
-def schema_problems(objects: Iterable[dict], versions: Iterable[str] = KUBERNETES_VERSIONS) -> list[str]:
+def _schemas():
+    """kubernetes_validate's validation, its schema files read once per process: it reads the
+    1.8 MB definitions file again for every object otherwise, most of this check's time."""
     from kubernetes_validate import utils
 
+    if not hasattr(utils.schema_contents, "cache_info"):
+        utils.schema_contents = functools.lru_cache(maxsize=None)(utils.schema_contents)
+    return utils
+
+
+def schema_problems(objects: Iterable[dict], versions: Iterable[str] = KUBERNETES_VERSIONS) -> list[str]:
+    utils = _schemas()
     objects = [(name_of(obj), obj) for obj in objects]
     objects += pod_templates(obj for _, obj in objects)
     problems = []
@@ -164,7 +174,8 @@ def grants(objects: list[dict], account: dict) -> tuple[set[tuple], list[str]]:
             problems.append(f"{name_of(role)}: an aggregated role grants what other roles say: not allowed")
         for rule in role.get("rules") or []:
             if rule.get("nonResourceURLs"):
-                problems.append(f"{name_of(role)}: nonResourceURLs {rule['nonResourceURLs']} are not calls the backend makes")
+                problems.append(f"{name_of(role)}: nonResourceURLs {rule['nonResourceURLs']} "
+                                "are not calls the backend makes")
             names = tuple(sorted(rule.get("resourceNames") or ()))
             for group in rule.get("apiGroups") or []:
                 for resource in rule.get("resources") or []:
@@ -194,9 +205,11 @@ def rbac_problems(objects: list[dict], api_calls: set[Call]) -> list[str]:
         problems += found
         in_bots = {(g, r, v) for scope, g, r, v, _ in granted if scope == bots_namespace}
         for g, r, v in sorted(namespaced - in_bots):
-            problems.append(f"{who} lacks {v} on {g or 'core'}/{r} in namespace {bots_namespace}, which the backend calls")
+            problems.append(f"{who} lacks {v} on {g or 'core'}/{r} in namespace {bots_namespace}, "
+                            "which the backend calls")
         for g, r, v in sorted(in_bots - namespaced):
-            problems.append(f"{who} may {v} {g or 'core'}/{r} in namespace {bots_namespace}: the backend makes no such call")
+            problems.append(f"{who} may {v} {g or 'core'}/{r} in namespace {bots_namespace}: "
+                            "the backend makes no such call")
         for scope, g, r, v, names in sorted(granted):
             if scope == bots_namespace and names:
                 problems.append(f"{who}: resourceNames {list(names)} on {v} {r} in {bots_namespace}: "

@@ -295,8 +295,8 @@ def test_a_pod_holding_the_token_without_the_template_mounted_is_rejected(base):
 
 
 def test_a_shipped_secret_is_rejected(base):
-    base.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "botmanager-secrets", "namespace": "botmanager"},
-                 "stringData": {"SECRET_KEY": "x"}})
+    base.append({"apiVersion": "v1", "kind": "Secret", "stringData": {"SECRET_KEY": "x"},
+                 "metadata": {"name": "botmanager-secrets", "namespace": "botmanager"}})
 
     assert checker.wiring_problems(base) == [
         "Secret botmanager/botmanager-secrets is shipped: secrets come from the operator's Secret, not the manifests"]
