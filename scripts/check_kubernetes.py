@@ -258,7 +258,10 @@ def wiring_problems(objects: list[dict]) -> list[str]:
     if not any(where.endswith(f"key {template_key}") for where, _ in templates):
         problems.append(f"no {POD_TEMPLATE_CONFIGMAP} ConfigMap has the key {template_key} (KUBERNETES_POD_TEMPLATE)")
     for where, pod in templates:
-        spec = (pod or {}).get("spec") or {}
+        if (pod or {}).get("kind") != "Pod":
+            problems.append(f"{where}: the backend reads a `kind: Pod` manifest, not {(pod or {}).get('kind')!r}")
+            continue
+        spec = pod.get("spec") or {}
         if spec.get("automountServiceAccountToken") is not False:
             problems.append(f"{where}: bots must get no Kubernetes API token (automountServiceAccountToken: false)")
     return problems

@@ -135,15 +135,34 @@ def test_every_configured_variable_is_one_the_settings_read(base):
     assert unread == set(), f"deploy/kubernetes sets variables botmanager/settings.py does not read: {sorted(unread)}"
 
 
-def test_every_service_container_runs_as_non_root_on_a_read_only_root(base):
+def pods(objects):
+    """(name, pod spec) of every workload and bot pod template."""
+    found = [(obj["metadata"]["name"], obj["spec"]["template"]["spec"]) for obj in objects
+             if obj["kind"] in checker.WORKLOAD_KINDS]
+    return found + [(where, pod["spec"]) for where, pod in checker.pod_templates(objects)]
+
+
+def test_every_pod_bots_included_meets_the_restricted_pod_security_standard(rendered):
+    # What `pod-security.kubernetes.io/enforce=restricted` on both namespaces (README) demands.
+    for objects in rendered.values():
+        for name, pod in pods(objects):
+            assert pod["securityContext"]["runAsNonRoot"] is True, name
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod), name
+            assert all(set(volume) - {"name"} <= {"emptyDir", "configMap", "secret", "projected"}
+                       for volume in pod.get("volumes", [])), name
+            for container in pod.get("initContainers", []) + pod["containers"]:
+                assert container["securityContext"]["allowPrivilegeEscalation"] is False, (name, container["name"])
+                assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}, (name, container["name"])
+
+
+def test_every_service_container_has_a_read_only_root_and_resources(base):
     for obj in base:
         if obj["kind"] not in checker.WORKLOAD_KINDS:
             continue
         pod = obj["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True, obj["metadata"]["name"]
         for container in pod.get("initContainers", []) + pod["containers"]:
             assert container["securityContext"]["readOnlyRootFilesystem"] is True, container["name"]
-            assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
             assert {"requests", "limits"} <= set(container["resources"]), container["name"]
 
 
@@ -282,6 +301,16 @@ def test_a_bot_pod_template_giving_bots_an_api_token_is_rejected(base):
         "automountServiceAccountToken: false", "automountServiceAccountToken: true")
 
     assert any("bots must get no Kubernetes API token" in problem for problem in checker.wiring_problems(base))
+
+
+def test_a_bot_template_that_is_not_a_pod_is_rejected(base):
+    template = find(base, "ConfigMap", "botmanager-bot-pod-template")
+    pod = yaml.safe_load(template["data"]["bot-pod.yaml"])
+    template["data"]["bot-pod.yaml"] = yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "bot"}, "template": pod})
+
+    assert any("the backend reads a `kind: Pod` manifest, not 'PodTemplate'" in problem
+               for problem in checker.wiring_problems(base))
 
 
 def test_a_pod_holding_the_token_without_the_template_mounted_is_rejected(base):
