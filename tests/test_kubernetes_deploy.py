@@ -166,6 +166,18 @@ def test_every_service_container_has_a_read_only_root_and_resources(base):
             assert {"requests", "limits"} <= set(container["resources"]), container["name"]
 
 
+def test_no_connection_into_a_bot_pod_is_allowed(rendered):
+    from orchestrators.base import LABEL_MANAGED
+
+    for objects in rendered.values():
+        policy = find(objects, "NetworkPolicy", "botmanager-bots-no-ingress")
+        bots_namespace = find(objects, "ConfigMap", "botmanager-config")["data"]["KUBERNETES_NAMESPACE"]
+
+        assert policy["metadata"]["namespace"] == bots_namespace
+        assert policy["spec"]["podSelector"] == {"matchLabels": {LABEL_MANAGED: "true"}}
+        assert policy["spec"]["policyTypes"] == ["Ingress"] and not policy["spec"].get("ingress")
+
+
 def test_an_overlay_moves_both_namespaces_and_keeps_them_naming_each_other(rendered):
     objects = rendered["example"]
     config = find(objects, "ConfigMap", "botmanager-config")["data"]
