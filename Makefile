@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench docker-build-check compose-check remove-bots compose-down services-stop clean
+.PHONY: run test install bench docker-build-check compose-check kubernetes-check remove-bots compose-down services-stop clean
 # Compose v2 (`docker compose`) when it answers, else v1 (`docker-compose`, Debian's package).
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
@@ -39,6 +39,11 @@ docker-build-check: $(STAMP)
 # images docker-build-check built: health, a meeting, /readyz, JSON logs, down leaving nothing.
 compose-check: $(STAMP)
 	PYTHON=$(BIN)/python COMPOSE="$(COMPOSE)" scripts/compose-check.sh
+
+# deploy/kubernetes/ offline: rendered with kustomize, every object validated against the Kubernetes
+# schemas, the ServiceAccount's rights equal to the backend's API calls (scripts/check-kubernetes.sh).
+kubernetes-check: $(STAMP)
+	PYTHON=$(BIN)/python scripts/check-kubernetes.sh
 
 # Stops (SIGTERM, SIGKILL after BOT_STOP_TIMEOUT_SECONDS) and removes every bot of this deployment
 # (DEPLOYMENT_NAME) on the configured backend: after `make run` with the docker backend.
