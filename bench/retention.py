@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from bench import common
@@ -107,8 +108,23 @@ def purge_child(batch: int) -> None:
     retention.PURGERS.update({name: timed(p) for name, p in retention.PURGERS.items()})
     started = time.perf_counter()
     deleted = retention.run(batch_size=batch, budget_seconds=3600)
-    print(json.dumps({"deleted": deleted, "seconds": time.perf_counter() - started, "batches_ms": timings}),
-          flush=True)
+    # Written to a file, not the pipe: a pipe holds 64 KiB, and a child blocked writing into it is
+    # still alive to the parent, which would go on measuring a purge that has ended.
+    with open(os.environ["BENCH_PURGE_OUT"], "w") as out:
+        json.dump({"deleted": deleted, "seconds": time.perf_counter() - started, "batches_ms": timings}, out)
+
+
+def _start_purge(env: dict, batch: int) -> tuple[subprocess.Popen, str]:
+    """The purge in a second process, as the beat job runs it in a worker; its figures go to a file."""
+    out_path = os.path.join(tempfile.mkdtemp(prefix="bench-retention-"), "purge.json")
+    child = subprocess.Popen([sys.executable, "-m", "bench.retention", "--purge-child", "--batch", str(batch)],
+                             env={**env, "LOG_LEVEL": "WARNING", "BENCH_PURGE_OUT": out_path}, cwd=common.REPO)
+    return child, out_path
+
+
+def _purge_figures(out_path: str) -> dict:
+    with open(out_path) as out:
+        return json.load(out)
 
 
 def summary(latencies: list[float]) -> str:
@@ -116,9 +132,10 @@ def summary(latencies: list[float]) -> str:
             f"p99 {common.percentile(latencies, 99):.2f} ms, max {max(latencies):.2f} ms")
 
 
-def paced_phase(port: int, name: str, uids: list[str], rate: float) -> list[float]:
+def paced_phase(port: int, name: str, uids: list[str], rate: float, spans: list | None = None) -> list[float]:
     """POST one callback per uid, a new one every 1/rate s whatever the answers (open loop);
-    latency in ms from connect to the response read. Non-200 answers raise."""
+    latency in ms from connect to the response read. Non-200 answers raise. `spans` (when given)
+    receives each callback's (sent, answered) perf_counter times."""
     import selectors
     import socket
 
@@ -154,7 +171,10 @@ def paced_phase(port: int, name: str, uids: list[str], rate: float) -> list[floa
             sock.close()
             if not state["response"].startswith(b"HTTP/1.1 200 "):
                 raise RuntimeError(f"a callback failed: {bytes(state['response'][:200])!r}")
-            latencies.append((time.perf_counter() - state["started"]) * 1000)
+            answered = time.perf_counter()
+            latencies.append((answered - state["started"]) * 1000)
+            if spans is not None:
+                spans.append((state["started"], answered))
     return latencies
 
 
@@ -183,15 +203,13 @@ def callbacks_while_purging(env: dict, batch: int, meetings: int, rate: float) -
         walk_callbacks(port, uids("cb-warm")[:300])
         idle = walk_callbacks(port, rounds.pop()) + walk_callbacks(port, rounds.pop())
         print(f"callbacks idle: {summary(idle)}", flush=True)
-        child = subprocess.Popen([sys.executable, "-m", "bench.retention", "--purge-child", "--batch", str(batch)],
-                                 env={**env, "LOG_LEVEL": "WARNING"}, cwd=common.REPO, stdout=subprocess.PIPE,
-                                 text=True)
+        child, out_path = _start_purge(env, batch)
         busy: list[float] = []
         while child.poll() is None and rounds:
             busy += walk_callbacks(port, rounds.pop())
         ran_out = child.poll() is None
-        out, _ = child.communicate(timeout=3600)
-    purge = json.loads(out.strip().splitlines()[-1])
+        child.wait(timeout=3600)
+    purge = _purge_figures(out_path)
     print(f"purge: {sum(purge['deleted'].values()):,} rows in {purge['seconds']:.1f} s, "
           f"{len(purge['batches_ms'])} batches", flush=True)
     print(f"callbacks while purging: {summary(busy)}", flush=True)
@@ -200,6 +218,86 @@ def callbacks_while_purging(env: dict, batch: int, meetings: int, rate: float) -
     return {"rate_per_second": rate, "callbacks_idle_ms": {p: round(common.percentile(idle, p), 1) for p in (50, 99)},
             "callbacks_purging_ms": {p: round(common.percentile(busy, p), 1) for p in (50, 99)},
             "callbacks_purging": len(busy), "purge_seconds": round(purge["seconds"], 1)}
+
+
+def callbacks_interleaved(env: dict, batch: int, meetings: int, rate: float, window: float) -> dict:
+    """Callback latency under gunicorn with the purge paused and resumed (SIGSTOP/SIGCONT of its
+    process) every `window` seconds: the callbacks sent while it runs are compared with those sent
+    while it is paused, minutes apart at most, so the machine's other load weighs on both alike.
+    A callback whose span crosses a switch counts for neither."""
+    import signal
+    import threading
+
+    from bench.callbacks import PHASES
+    from django.conf import settings
+
+    from meetings.models import MeetingSession
+
+    def uids(prefix: str) -> list[str]:
+        ids = common.bulk_meetings(meetings, "requested", prefix=prefix, with_sessions=True)
+        return [str(u) for u in MeetingSession.objects.filter(meeting_id__in=ids).values_list("session_uid", flat=True)]
+
+    rounds = [uids(f"cbi-{n}") for n in range(40)]
+    switches: list[tuple[float, bool]] = []  # (perf_counter, purge running from then on)
+    done = threading.Event()
+    with common.gunicorn(env, settings.WEB_CONCURRENCY) as web:
+        port = int(web.url.rsplit(":", 1)[1])
+        warm = uids("cbi-warm")[:300]
+        for name in PHASES:
+            paced_phase(port, name, warm, rate)
+        idle: list[float] = []
+        for _ in range(2):
+            for name in PHASES:
+                idle += paced_phase(port, name, rounds[-1], rate)
+            rounds.pop()
+        print(f"callbacks, before the purge: {summary(idle)}", flush=True)
+        child, out_path = _start_purge(env, batch)
+        time.sleep(3)  # django.setup() in the child: its start-up is no purge
+
+        def toggle() -> None:
+            running = True
+            switches.append((time.perf_counter(), True))
+            while not done.wait(window) and child.poll() is None:
+                running = not running
+                child.send_signal(signal.SIGCONT if running else signal.SIGSTOP)
+                switches.append((time.perf_counter(), running))
+            child.send_signal(signal.SIGCONT)
+
+        toggler = threading.Thread(target=toggle, daemon=True)
+        toggler.start()
+        spans: list[tuple[float, float]] = []
+        while child.poll() is None and rounds:
+            for name in PHASES:
+                paced_phase(port, name, rounds.pop(), rate, spans)
+                if child.poll() is not None or not rounds:
+                    break
+        done.set()
+        toggler.join()
+        ran_out = child.poll() is None
+        child.wait(timeout=3600)
+    ended = time.perf_counter() if ran_out else switches[-1][0] + window
+    switches.append((ended, False))
+    purging: list[float] = []
+    paused: list[float] = []
+    for sent, answered in spans:
+        for (start, running), (end, _) in zip(switches, switches[1:]):
+            if start <= sent and answered < end:
+                (purging if running else paused).append((answered - sent) * 1000)
+                break
+    purge = _purge_figures(out_path)
+    print(f"purge: {sum(purge['deleted'].values()):,} rows in {purge['seconds']:.1f} s (paused about half of it), "
+          f"{len(purge['batches_ms'])} batches of up to {batch}: p50 {common.percentile(purge['batches_ms'], 50):.1f} ms",
+          flush=True)
+    print(f"callbacks, purge paused:  {summary(paused)}", flush=True)
+    print(f"callbacks, purge running: {summary(purging)}", flush=True)
+    if ran_out:
+        print("(the callback rounds ran out before the purge ended: the figure covers its first part)")
+    return {"rate_per_second": rate, "window_seconds": window, "batch": batch,
+            "duty_cycle": settings.RETENTION_DUTY_CYCLE,
+            "callbacks_idle_ms": {p: round(common.percentile(idle, p), 1) for p in (50, 99)},
+            "callbacks_paused_ms": {p: round(common.percentile(paused, p), 1) for p in (50, 99)},
+            "callbacks_purging_ms": {p: round(common.percentile(purging, p), 1) for p in (50, 99)},
+            "callbacks": {"paused": len(paused), "purging": len(purging)}, "purge_seconds": round(purge["seconds"], 1)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -211,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--callbacks", action="store_true",
                         help="bot callbacks against gunicorn instead of in-process lifecycle calls")
     parser.add_argument("--rate", type=float, default=100, help="callbacks per second with --callbacks")
+    parser.add_argument("--interleave", type=float, metavar="SECONDS",
+                        help="with --callbacks: pause and resume the purge every SECONDS and compare the two")
     parser.add_argument("--purge-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.purge_child:
@@ -218,6 +318,11 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     env = common.setup()
     load_seconds = load(args.transitions, args.per_meeting)
+    if args.callbacks and args.interleave:
+        figures = {"load_seconds": round(load_seconds, 1),
+                   **callbacks_interleaved(env, args.batch, meetings=500, rate=args.rate, window=args.interleave)}
+        common.save("retention_interleaved", figures)
+        return figures
     if args.callbacks:
         figures = {"load_seconds": round(load_seconds, 1),
                    **callbacks_while_purging(env, args.batch, meetings=500, rate=args.rate)}
@@ -228,16 +333,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"lifecycle idle: {summary(idle)}", flush=True)
 
     live = common.bulk_meetings(args.live, "requested", prefix="busy")
-    child = subprocess.Popen([sys.executable, "-m", "bench.retention", "--purge-child", "--batch", str(args.batch)],
-                             env={**env, "LOG_LEVEL": "WARNING"}, cwd=common.REPO, stdout=subprocess.PIPE, text=True)
+    child, out_path = _start_purge(env, args.batch)
     busy: list[float] = []
     # Walked round after round while the purge runs (each round on new meetings).
     while child.poll() is None and live:
         busy += walk(live[:1000], stop=lambda: child.poll() is not None)
         live = live[1000:]
     ran_out = child.poll() is None
-    out, _ = child.communicate(timeout=3600)
-    purge = json.loads(out.strip().splitlines()[-1])
+    child.wait(timeout=3600)
+    purge = _purge_figures(out_path)
     batches = purge["batches_ms"]
     print(f"purge: {sum(purge['deleted'].values()):,} rows {purge['deleted']} in {purge['seconds']:.1f} s, "
           f"{len(batches)} batches of up to {args.batch}: p50 {common.percentile(batches, 50):.1f} ms, "

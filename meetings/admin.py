@@ -102,7 +102,9 @@ class MeetingAdmin(admin.ModelAdmin):
 
 @admin.register(MeetingTransition)
 class MeetingTransitionAdmin(ReadOnlyModelAdmin):
-    list_display = ["id", "meeting", "from_status", "to_status", "source", "applied", "created_at"]
+    # The time first: a whole meeting happens within a minute, its rows told apart by their seconds,
+    # and the meeting column is wide enough to push a last column out of sight.
+    list_display = ["id", "created_at", "meeting", "from_status", "to_status", "source", "applied"]
     list_filter = ["source", "applied", "to_status"]
     search_fields = ["meeting__native_meeting_id", "reason"]
 

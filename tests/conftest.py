@@ -140,3 +140,13 @@ def _forget_engine_outages():
     request_listing.reset()
     yield
     request_listing.reset()
+
+
+@pytest.fixture(autouse=True)
+def _settle_past_the_other_workers_tests(settings):
+    """The event log's settled position waits for every writing transaction of the PostgreSQL
+    cluster older than the reader (meetings/events/log.py), and the other xdist worker's tests run
+    inside one for as long as each runs: seconds, now and then. With the default two-second wait a
+    stream's first frames then carried the start cursor instead of their own, and a test resuming
+    from one saw the log again from its start. A test of the timeout sets its own wait."""
+    settings.EVENTS_SETTLE_WAIT_SECONDS = 60

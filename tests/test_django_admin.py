@@ -277,6 +277,14 @@ def test_transition_and_meeting_times_show_seconds(console):
     assert page.count(shown) >= 2  # the meeting's creation and its transition inline
 
 
+def test_the_transitions_list_shows_the_time_before_the_wide_columns(console):
+    make_meeting()
+
+    columns = list(console.get("/admin/meetings/meetingtransition/").context["cl"].list_display)
+
+    assert columns.index("created_at") < columns.index("meeting")
+
+
 def test_transitions_cannot_be_added_changed_or_deleted_in_the_admin(console):
     meeting = make_meeting()
     record = meeting.transitions.get()

@@ -17,7 +17,11 @@ class AttemptInline(ReadOnlyInline):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(ReadOnlyModelAdmin):
+    """What was sent to each user's receiver and what it answered: a record, read only (rows come
+    from the outbox, and are the record of what was sent). Redelivering is the one action, for
+    whoever may change deliveries."""
+
     list_display = ["id", "event", "status", "user", "meeting_ref", "attempts", "last_response_code",
                     "next_attempt_at", "created_at", "delivered_at"]
     list_filter = ["status", "event", "last_response_code", "created_at"]
@@ -43,19 +47,33 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
             text = obj.payload
         return format_html("<pre>{}</pre>", text)
 
-    def has_add_permission(self, request) -> bool:
-        return False  # rows come from the outbox only
+    def has_redeliver_permission(self, request) -> bool:
+        return request.user.has_perm("webhooks.change_webhookdelivery")
 
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False  # the record of what was sent
-
-    @admin.action(description="Redeliver selected deliveries")
+    @admin.action(description="Redeliver selected deliveries", permissions=["redeliver"])
     def redeliver_selected(self, request, queryset):
         done, skipped = delivery.redeliver(list(queryset.values_list("pk", flat=True)))
         text = f"Redelivering {done} deliver{'y' if done == 1 else 'ies'}."
         if skipped:
             text += f" {skipped} had an attempt running and were left alone."
         self.message_user(request, text, messages.SUCCESS if not skipped else messages.WARNING)
+
+
+class EndpointStateFilter(admin.SimpleListFilter):
+    """The endpoint's state in the words of its `state` column, not "disabled at: empty"."""
+
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("enabled", "enabled"), ("disabled", "disabled")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "enabled":
+            return queryset.filter(disabled_at__isnull=True)
+        if self.value() == "disabled":
+            return queryset.filter(disabled_at__isnull=False)
+        return queryset
 
 
 @admin.register(Endpoint)
@@ -66,7 +84,7 @@ class EndpointAdmin(ReadOnlyModelAdmin):
 
     list_display = ["url", "user", "state", "consecutive_failures", "backing_off", "failing_since", "last_error",
                     "last_failure_at", "last_success_at", "deliveries"]
-    list_filter = [("disabled_at", admin.EmptyFieldListFilter), "last_failure_at"]
+    list_filter = [EndpointStateFilter, "last_failure_at"]
     search_fields = ["url", "user__email"]
     list_select_related = ["user"]
     ordering = ["-consecutive_failures", "-last_failure_at"]

@@ -146,7 +146,40 @@ def test_the_endpoint_list_shows_a_disabled_endpoint_and_links_its_deliveries(co
     receiver.answer(500)
     assert delivery.attempt(WebhookDelivery.objects.get(meeting=new_meeting(hook_user)).pk) == "retry"
 
-    page = console.get("/admin/webhooks/endpoint/?disabled_at__isnull=False").content.decode()
+    page = console.get("/admin/webhooks/endpoint/?state=disabled").content.decode()
 
     assert "disabled since" in page
     assert f"{LIST}?user__id__exact={hook_user.pk}" in page
+
+
+def test_the_endpoint_list_filters_by_state_in_words(console, hook_user, receiver, settings):
+    settings.WEBHOOK_ENDPOINT_DISABLE_AFTER_SECONDS = 0
+    receiver.answer(500)
+    assert delivery.attempt(WebhookDelivery.objects.get(meeting=new_meeting(hook_user)).pk) == "retry"
+
+    page = console.get("/admin/webhooks/endpoint/").content.decode()
+    enabled = console.get("/admin/webhooks/endpoint/?state=enabled").context["cl"].result_list
+
+    assert "By state" in page and "disabled at" not in page.lower()
+    assert [e for e in enabled if e.user_id == hook_user.pk] == []
+
+
+def test_the_delivery_list_is_a_record_to_view_not_to_change(console, failed_and_succeeded):
+    page = console.get(LIST).content.decode()
+
+    assert "Select webhook delivery to view" in page
+    assert "to change" not in page
+
+
+def test_a_viewer_sees_deliveries_without_the_redeliver_action(failed_and_succeeded):
+    from django.contrib.auth.models import Permission
+
+    viewer = make_user(email="viewer-hooks@example.com", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_webhookdelivery"))
+    client = Client()
+    client.force_login(viewer)
+
+    response = client.get(LIST)
+
+    assert response.status_code == 200
+    assert "redeliver_selected" not in response.content.decode()
