@@ -7,7 +7,10 @@ completion (beside `completion_reason`). Each function returns the `data` update
 from __future__ import annotations
 
 from meetings.lifecycle.deadlines import DEADLINES, FAIL
-from orchestrators.base import BotInfo
+from orchestrators.base import BotInfo, NormalizedStatus
+
+# A backend's reason, as much of it as a person reads (a Kubernetes message can run long).
+FAILURE_REASON_MAX = 300
 
 
 def deadline_passed(status: str) -> dict:
@@ -25,6 +28,10 @@ def container_gone(status: str, bot: BotInfo | None) -> dict:
     else:
         code = "unknown" if bot.exit_code is None else bot.exit_code
         seen = f"{bot.status.value.lower()}, exit code {code}"
+        if bot.status is NormalizedStatus.FAILED and bot.raw_status:
+            # The backend's reason (an image that cannot be pulled, an eviction, OOM): what the
+            # user or the operator can act on.
+            seen = f"failed: {bot.raw_status[:FAILURE_REASON_MAX]}, exit code {code}"
     if status == "stopping":
         return {"completion_detail": f"Bot container gone after the stop ({seen}); its exit was never reported, "
                                      "so the manager finalized the meeting."}

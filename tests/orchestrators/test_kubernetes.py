@@ -6,10 +6,12 @@ import json
 import math
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
+from django.utils import timezone
 
 from orchestrators import kubernetes as k8s
 from orchestrators import registry
@@ -537,3 +539,36 @@ def test_a_launched_meeting_runs_as_a_pod_that_the_cluster_ends_after_every_dead
         assert (config["meeting_id"], config["container_name"]) == (meeting.id, name)
     finally:
         bot_credentials.remove_for(meeting.id, [meeting.current_session.session_uid])
+
+
+@pytest.mark.django_db
+def test_a_meeting_whose_pod_cannot_pull_its_image_is_failed_with_the_reason(fake, kubernetes_selected, settings):
+    from meetings.launching import bot_credentials
+    from meetings.launching.launch import launch
+    from meetings.models import Meeting
+    from meetings.stopping import reconcile
+    from tests.factories import make_meeting
+    from tests.stop.conftest import run_bot_stops
+
+    settings.KUBERNETES_IMAGE_PULL_TIMEOUT_SECONDS = 60
+    settings.ORPHAN_GRACE_SECONDS = 60
+    registry.get_orchestrator.cache_clear()
+    meeting = make_meeting(deadline_at=timezone.now() + timedelta(hours=1))
+    name = launch(meeting.id)
+    session_uid = Meeting.objects.get(pk=meeting.pk).current_session.session_uid
+    fake.image_pull_error(name, NS, "ImagePullBackOff", 'Back-off pulling image "registry.example/bot:missing"')
+    fake.age(name, NS, 61)
+    Meeting.objects.filter(pk=meeting.pk).update(updated_at=timezone.now() - timedelta(seconds=61))
+    try:
+        reconcile.sweep()
+        run_bot_stops()
+        ended = Meeting.objects.get(pk=meeting.pk)
+        assert ended.status == "failed"
+        assert "ImagePullBackOff" in ended.data["last_error"]
+        assert 'registry.example/bot:missing' in ended.data["last_error"]
+        reconcile.sweep()  # the next sweep removes the ended meeting's failed bot, and its Secret with it
+        run_bot_stops()
+        assert (NS, name) not in fake.pods
+        assert (NS, f"{name}-config") not in fake.secrets
+    finally:
+        bot_credentials.remove_for(meeting.id, [session_uid])
