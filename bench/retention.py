@@ -95,8 +95,6 @@ def purge_child(batch: int) -> None:
     logging.disable(logging.INFO)
     from common import retention
 
-    if os.environ.get("BENCH_SYNCHRONOUS_COMMIT") == "on":
-        retention.SYNCHRONOUS_COMMIT = True
     timings: list[float] = []
 
     def timed(purger):

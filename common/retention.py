@@ -49,8 +49,6 @@ def delete_rows(queryset, batch_size: int, before: Callable[[list], object] | No
     queryset has one: sorting by key would make each batch walk again, in the key's index, past the
     entries of the rows the batches before it deleted (dead until vacuumed)."""
     with transaction.atomic():
-        if not SYNCHRONOUS_COMMIT:
-            _commit_without_waiting_for_the_disk()
         pks = list(queryset.values_list("pk", flat=True)[:batch_size])
         if not pks:
             return 0
@@ -58,17 +56,6 @@ def delete_rows(queryset, batch_size: int, before: Callable[[list], object] | No
             before(pks)
         _delete(queryset.model, pks)
     return len(pks)
-
-
-# A purge's commit need not wait for its WAL to reach the disk: if the server crashes before it
-# does, the rows come back and the next run deletes them again. Waiting would hold the WAL flush
-# that live meetings' commits wait on for a batch's worth of full-page images.
-SYNCHRONOUS_COMMIT = False
-
-
-def _commit_without_waiting_for_the_disk() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL synchronous_commit TO off")
 
 
 def _delete(model, pks: list) -> None:

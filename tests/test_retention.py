@@ -104,25 +104,6 @@ def test_a_batch_deletes_at_most_the_batch_size(settings):
     assert not Meeting.objects.filter(pk__in=[first.pk, second.pk], history_purged_at__isnull=True).exists()
 
 
-def test_a_batch_commits_without_waiting_for_the_disk_and_live_work_still_does(settings):
-    user = make_user()
-    meeting = ended_meeting(user, days=100)
-    seen = []
-
-    def note_the_setting(pks):
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW synchronous_commit")
-            seen.append(cursor.fetchone()[0])
-
-    retention.delete_rows(MeetingTransition.objects.filter(meeting=meeting), 10, before=note_the_setting)
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SHOW synchronous_commit")
-        after = cursor.fetchone()[0]
-
-    assert seen == ["off"]
-    assert after == "on"
-
-
 def test_an_open_purge_batch_holds_no_lock_a_live_meetings_transition_needs(settings):
     settings.RETENTION_TRANSITIONS_DAYS = 90
     user = make_user()
