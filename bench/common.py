@@ -44,6 +44,23 @@ RATE_LIMITS = {
 }
 
 
+def _drop(cur, name: str) -> None:
+    """Drop a benchmark database. An autovacuum worker still cleaning up after the run that made it
+    (a purge of a million rows leaves work for one) cannot be ended by the benchmark's role: wait
+    for it, up to two minutes."""
+    import psycopg2
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            return
+        except psycopg2.errors.InsufficientPrivilege:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def setup() -> dict[str, str]:
     """Start/reuse the servers, (re)create the bench database, point this process's Django at it,
     migrate. Returns the environment for subprocesses (gunicorn, celery)."""
@@ -67,7 +84,7 @@ def setup() -> dict[str, str]:
         for (name,) in cur.fetchall():
             pid = name.rsplit("_", 1)[1]
             if name == BENCH_DB or (pid.isdigit() and not _alive(int(pid))):
-                cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                _drop(cur, name)
         cur.execute(f"CREATE DATABASE {BENCH_DB}")
     admin.close()
     auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")

@@ -10,7 +10,7 @@ function (in process: the transaction, the row lock, the transition insert into 
 purged, the after-commit Redis publish) and times each call; the same is timed first with nothing
 else running.
 
-    python -m bench.retention [--transitions 1000000] [--per-meeting 10] [--batch 1000] [--callbacks]
+    python -m bench.retention [--transitions 1000000] [--per-meeting 10] [--batch N] [--callbacks [--interleave S]]
 
 --callbacks: instead of in-process lifecycle calls, bot status callbacks against gunicorn, idle and
 then while the purge runs: the latency a bot sees. Sent at a steady --rate per second (open loop, a
@@ -285,6 +285,9 @@ def callbacks_interleaved(env: dict, batch: int, meetings: int, rate: float, win
                 (purging if running else paused).append((answered - sent) * 1000)
                 break
     purge = _purge_figures(out_path)
+    if not paused or not purging:
+        raise SystemExit("the purge ended before callbacks were sent both while it ran and while it was "
+                         "paused: give it more --transitions")
     print(f"purge: {sum(purge['deleted'].values()):,} rows in {purge['seconds']:.1f} s (paused about half of it), "
           f"{len(purge['batches_ms'])} batches of up to {batch}: p50 {common.percentile(purge['batches_ms'], 50):.1f} ms",
           flush=True)
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transitions", type=int, default=1_000_000)
     parser.add_argument("--per-meeting", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=None, help="rows per batch (default: RETENTION_BATCH_SIZE)")
     parser.add_argument("--live", type=int, default=4000, help="live meetings walked during the purge (3 calls each)")
     parser.add_argument("--callbacks", action="store_true",
                         help="bot callbacks against gunicorn instead of in-process lifecycle calls")
@@ -313,6 +316,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="with --callbacks: pause and resume the purge every SECONDS and compare the two")
     parser.add_argument("--purge-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.batch is None:
+        from django.conf import settings
+
+        args.batch = settings.RETENTION_BATCH_SIZE
     if args.purge_child:
         purge_child(args.batch)
         return {}

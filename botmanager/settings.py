@@ -301,13 +301,15 @@ WEBHOOK_REDELIVER_MAX = _int("WEBHOOK_REDELIVER_MAX", 1000)
 # webhook deliveries with their attempts. A purged meeting keeps its row (the counts need it).
 RETENTION_TRANSITIONS_DAYS = _float("RETENTION_TRANSITIONS_DAYS", 90)
 RETENTION_DELIVERIES_DAYS = _float("RETENTION_DELIVERIES_DAYS", 30)
-# Rows per delete: each batch is one short transaction, so no lock is held for long.
-RETENTION_BATCH_SIZE = _int("RETENTION_BATCH_SIZE", 1000)
+# Rows per delete: each batch is one short transaction, so no lock is held for long. Small enough
+# that a callback meeting a batch in progress barely waits (200: about 6 ms a batch; 1000 took
+# 16 ms and added 2-7 ms to the callbacks' p99 while purging, 200 adds 1-3, docs/benchmarks.md).
+RETENTION_BATCH_SIZE = _int("RETENTION_BATCH_SIZE", 200)
 RETENTION_INTERVAL_SECONDS = _float("RETENTION_INTERVAL_SECONDS", 3600)
 # A run stops starting batches after this long; the next run goes on where it stopped.
 RETENTION_TIME_BUDGET_SECONDS = _float("RETENTION_TIME_BUDGET_SECONDS", 30)
 # The share of a run's time spent deleting: after each batch the run pauses so that deleting takes
-# at most this fraction (0.5: a batch of 25 ms, then 25 ms of rest). On the web's cores the purge
+# at most this fraction (0.5: a batch of 6 ms, then 6 ms of rest). On the web's cores the purge
 # would otherwise take CPU from the callbacks while it clears a backlog (docs/benchmarks.md).
 RETENTION_DUTY_CYCLE = min(1.0, max(0.05, _float("RETENTION_DUTY_CYCLE", 0.5)))
 
