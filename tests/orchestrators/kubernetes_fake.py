@@ -46,8 +46,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.orchestrators.wire_fake import WireFake
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -223,7 +225,7 @@ class Call:
     body: object = None
 
 
-class KubernetesFake:
+class KubernetesFake(WireFake):
     def __init__(self, *, token: str = "fake-token"):
         self.token = token
         self.namespaces: dict[str, dict] = {}
@@ -242,54 +244,12 @@ class KubernetesFake:
         self.gc_enabled = True  # False: the garbage collector lags (dependents outlive their owner)
         self._rv = 1000
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
         for name in ("default", "kube-system"):
             self.add_namespace(name)
 
     # --- server ---------------------------------------------------------------------------------------
     def start(self) -> str:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body are two writes: with Nagle's algorithm each answer waits for the
-            # client's delayed ACK (40 ms).
-            disable_nagle_algorithm = True
-
-            def do_GET(self):
-                fake._handle(self, "GET")
-
-            def do_POST(self):
-                fake._handle(self, "POST")
-
-            def do_DELETE(self):
-                fake._handle(self, "DELETE")
-
-            def do_PATCH(self):
-                fake._handle(self, "PATCH")
-
-            def do_PUT(self):
-                fake._handle(self, "PUT")
-
-            def log_message(self, *args):
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                         name="kubernetes-fake", daemon=True).start()
-        return self.url
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        return self._serve("kubernetes-fake")
 
     def kubeconfig(self, namespace: str = "default") -> str:
         """A kubeconfig (YAML is a superset of JSON) naming this server and its bearer token."""

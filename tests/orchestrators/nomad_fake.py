@@ -38,8 +38,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.orchestrators.wire_fake import WireFake
 
 
 def _now_ns() -> int:
@@ -82,7 +84,7 @@ class RecordedRequest:
     headers: dict[str, str]
 
 
-class NomadFake:
+class NomadFake(WireFake):
     def __init__(self):
         self.jobs: dict[tuple[str, str], dict] = {}       # (namespace, id) -> Job
         self.allocs: dict[str, dict] = {}                 # alloc id -> Allocation
@@ -98,49 +100,10 @@ class NomadFake:
         self._faults: list[Fault] = []
         self._index = 10
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # --- server -----------------------------------------------------------------------------------
     def start(self) -> str:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                fake._handle(self, "GET")
-
-            def do_PUT(self):
-                fake._handle(self, "PUT")
-
-            def do_POST(self):
-                fake._handle(self, "POST")
-
-            def do_DELETE(self):
-                fake._handle(self, "DELETE")
-
-            def log_message(self, *args):
-                return  # keep test output clean; requests are recorded in fake.requests
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        # A short poll interval: shutdown() waits for the next poll, which is 0.5 s by default.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="nomad-fake", daemon=True)
-        self._thread.start()
-        return self.url
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        return self._serve("nomad-fake")
 
     # --- test controls ----------------------------------------------------------------------------
     def register_parameterized_job(self, job_id: str, *, namespace: str = "default",
