@@ -70,6 +70,20 @@ def test_transitions_of_meetings_ended_before_the_retention_period_are_deleted_a
     assert kept.status == S.COMPLETED and kept.history_purged_at is not None
 
 
+def test_a_late_refused_attempt_on_a_purged_meeting_is_purged_by_the_next_run(settings):
+    settings.RETENTION_TRANSITIONS_DAYS = 90
+    old = ended_meeting(make_user(), days=91)
+    meetings_retention.purge_transitions(100)
+
+    late = lifecycle.transition(old.pk, S.ACTIVE, source=TransitionSource.BOT_CALLBACK, reason="a zombie bot")
+    assert late.outcome == lifecycle.Outcome.REFUSED
+    assert Meeting.objects.get(pk=old.pk).history_purged_at is None
+    meetings_retention.purge_transitions(100)
+
+    assert transitions_of(old) == 0
+    assert Meeting.objects.get(pk=old.pk).history_purged_at is not None
+
+
 def test_transitions_of_meetings_ended_within_the_retention_period_are_kept(settings):
     settings.RETENTION_TRANSITIONS_DAYS = 90
     recent = ended_meeting(make_user(), days=89, status=S.FAILED)

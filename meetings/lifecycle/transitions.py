@@ -198,7 +198,7 @@ def record_condition_from_session(
         if refusal is not None:
             record.applied = False
             record.metadata = {**metadata, "refused": refusal}
-            compiled.insert(record)
+            _insert_refused(meeting, record)
             return TransitionResult(Outcome.REFUSED, meeting, status, status, record, refusal, session)
         data = dict(meeting.data or {})
         if _same_report(data.get(key), value):
@@ -211,6 +211,16 @@ def record_condition_from_session(
             "meeting_id": meeting.id, "session_id": session.id, "source": str(source), "condition": key})
         _announce(meeting, record)
         return TransitionResult(Outcome.APPLIED, meeting, status, status, record, session=session)
+
+
+def _insert_refused(meeting: Meeting, record: MeetingTransition) -> None:
+    compiled.insert(record)
+    if meeting.history_purged_at is not None:
+        # A late attempt (a bot long after the meeting ended) on a meeting whose history retention
+        # purged: its history is kept again, so that the next purge, which selects only such
+        # meetings, takes this row too instead of keeping it forever.
+        meeting.history_purged_at = None
+        meeting.save(update_fields=["history_purged_at"])
 
 
 def _same_report(old, new: dict) -> bool:
@@ -240,7 +250,7 @@ def _transition_locked(meeting: Meeting, to_status: str, *, source, reason, comp
         record.completion_reason = completion_reason
         record.failure_stage = failure_stage
         record.metadata = {**metadata, "refused": refusal}
-        compiled.insert(record)
+        _insert_refused(meeting, record)
         log.info("meeting %s: refused %s -> %s from %s (%s)", meeting.id, from_status, to_status,
                  source, refusal, extra={
                      "meeting_id": meeting.id, "session_id": session.id if session else None,
