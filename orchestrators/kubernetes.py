@@ -288,12 +288,13 @@ class KubernetesOrchestrator:
             return OrchestratorError(f"{self._where()} could not {what}: HTTP {exc.status} {detail}{hint}")
         return OrchestratorError(f"{self._where()} could not {what}: {type(exc).__name__}: {exc}")
 
-    def _call(self, what: str, method, *args, timeout: float, missing_ok: bool = False, **kwargs):
-        """One API call; None for a 404 when `missing_ok`. Never retried here."""
+    def _call(self, what: str, method, *args, timeout: float, tolerate: tuple[int, ...] = (), **kwargs):
+        """One API call; None when the server answers a status in `tolerate` (404: gone counts as
+        done). Never retried here."""
         try:
             return method(*args, _request_timeout=timeout, **kwargs)
         except ApiException as exc:
-            if missing_ok and exc.status == 404:
+            if exc.status in tolerate:
                 return None
             raise self._failed(what, exc) from exc
         except _TRANSPORT_ERRORS as exc:
@@ -398,7 +399,7 @@ class KubernetesOrchestrator:
         """A 409 on create: a retried start of this very bot finds its own pod; anything else by
         that name is a real conflict."""
         pod = self._call(f"read pod {spec.name}", self.core.read_namespaced_pod, spec.name, self.namespace,
-                         timeout=self.query_timeout, missing_ok=True)
+                         timeout=self.query_timeout, tolerate=(404,))
         if pod is None:  # gone between the two calls: let the caller's retry create it
             raise self._failed(f"create pod {spec.name} (it existed, then vanished)", conflict)
         wanted = spec.labels.get(LABEL_SESSION_UID)
@@ -432,7 +433,7 @@ class KubernetesOrchestrator:
             except _TRANSPORT_ERRORS as exc:
                 raise self._failed(f"create the config secret {name} of pod {spec.name}", exc) from exc
             existing = self._call(f"read secret {name}", self.core.read_namespaced_secret, name, self.namespace,
-                                  timeout=self.query_timeout, missing_ok=True)
+                                  timeout=self.query_timeout, tolerate=(404,))
             owners = (existing.metadata.owner_references or []) if existing is not None else []
             if any(o.uid == pod.metadata.uid for o in owners):
                 return  # a retried start: this pod's own secret
@@ -441,7 +442,7 @@ class KubernetesOrchestrator:
                                         f"refusing to replace it.")
             # Ours, left by an older pod of this name (its GC has not run yet): replace it.
             self._call(f"delete the stale secret {name}", self.core.delete_namespaced_secret, name, self.namespace,
-                       timeout=self.timeout, missing_ok=True)
+                       timeout=self.timeout, tolerate=(404,))
 
     # --- stop, kill, remove --------------------------------------------------------------------
     def _own(self, container_id: str, verb: str):
@@ -450,7 +451,7 @@ class KubernetesOrchestrator:
         if not _DNS_LABEL.match(container_id or "") or len(container_id) > 253:
             raise NotOurBotError(f"Refusing to {verb} {container_id!r}: not a pod name.")
         pod = self._call(f"read pod {container_id}", self.core.read_namespaced_pod, container_id, self.namespace,
-                         timeout=self.query_timeout, missing_ok=True)
+                         timeout=self.query_timeout, tolerate=(404,))
         if pod is not None and not self._is_ours(pod):
             raise NotOurBotError(f"Refusing to {verb} {container_id!r}: it is not a bot of deployment "
                                  f"{self.deployment!r}.")
@@ -460,14 +461,9 @@ class KubernetesOrchestrator:
         name = pod.metadata.name
         # The uid precondition: never delete a pod that replaced the one we judged ours.
         options = {"gracePeriodSeconds": max(0, math.ceil(grace)), "preconditions": {"uid": pod.metadata.uid}}
-        try:
-            self.core.delete_namespaced_pod(name, self.namespace, body=options, _request_timeout=self.query_timeout)
-        except ApiException as exc:
-            if exc.status in (404, 409):  # gone, or replaced since we read it: not ours to touch
-                return
-            raise self._failed(f"{verb} pod {name}", exc) from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise self._failed(f"{verb} pod {name}", exc) from exc
+        # 404: gone; 409: replaced since we read it, not ours to touch.
+        self._call(f"{verb} pod {name}", self.core.delete_namespaced_pod, name, self.namespace, body=options,
+                   timeout=self.query_timeout, tolerate=(404, 409))
 
     def terminate(self, container_id: str) -> None:
         # The kubelet sends SIGTERM and, after the grace period, SIGKILL.
@@ -508,18 +504,13 @@ class KubernetesOrchestrator:
             patch = [{"op": "test", "path": "/metadata/uid", "value": pod.metadata.uid},
                      {"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
                      {"op": "remove", "path": f"/metadata/finalizers/{index}"}]
-            try:
-                self.core.patch_namespaced_pod(container_id, self.namespace, patch, _request_timeout=self.timeout)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise self._failed(f"release pod {container_id} (remove its finalizer {FINALIZER})", exc) from exc
-            except _TRANSPORT_ERRORS as exc:
-                raise self._failed(f"release pod {container_id}", exc) from exc
+            self._call(f"release pod {container_id} (remove its finalizer {FINALIZER})", self.core.patch_namespaced_pod,
+                       container_id, self.namespace, patch, timeout=self.timeout, tolerate=(404,))
 
     def _delete_secret(self, pod_name: str) -> None:
         # The GC would delete it with the pod; deleting it now keeps no credentials around a moment longer.
         self._call(f"delete the config secret of {pod_name}", self.core.delete_namespaced_secret,
-                   self._secret_name(pod_name), self.namespace, timeout=self.timeout, missing_ok=True)
+                   self._secret_name(pod_name), self.namespace, timeout=self.timeout, tolerate=(404,))
 
     # --- list, inspect --------------------------------------------------------------------------------
     def list(self) -> list[BotInfo]:
@@ -559,7 +550,7 @@ class KubernetesOrchestrator:
         if not _DNS_LABEL.match(container_id or ""):
             return None
         pod = self._call(f"inspect pod {container_id}", self.core.read_namespaced_pod, container_id,
-                         self.namespace, timeout=self.query_timeout, missing_ok=True)
+                         self.namespace, timeout=self.query_timeout, tolerate=(404,))
         if pod is None or not self._is_ours(pod):
             return None
         return self._info(pod, datetime.now(timezone.utc))
